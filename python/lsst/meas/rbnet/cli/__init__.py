@@ -1,0 +1,41 @@
+# This file is part of meas_rbnet.
+"""The ``rbnet`` command line tool.
+
+Each sub-command lives in its own module of this package and is listed in
+`_COMMANDS`; modules are imported only when their command runs, so
+``rbnet --help`` stays fast (no torch import).
+"""
+
+__all__ = ["main"]
+
+import importlib
+
+import click
+
+#: Sub-command name -> (module in this package, click command attribute, one-line help).
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "simulate": ("simulate", "simulate", "Write simulated triplets or images with truth."),
+    "gallery": ("simulate", "gallery", "Plot a gallery of simulated examples of each class."),
+    "train": ("train", "train", "Train a triplet model package from arrays."),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in _COMMANDS:
+            return None
+        module, attr, _ = _COMMANDS[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup)
+def main():
+    """Real/bogus reliability for difference-image sources (lsst.meas.rbnet)."""

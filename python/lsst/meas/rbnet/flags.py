@@ -1,0 +1,47 @@
+# This file is part of meas_rbnet.
+"""Per-source flag bits, documented in one place.
+
+Every source gets an output row; these bits say what happened to it. A source
+with any bit of `UNSCORABLE` set gets ``reliability = NaN`` by default (the
+reliability task can be configured to give such sources a fixed score instead).
+"""
+
+__all__ = ["SourceFlag", "UNSCORABLE", "describe_flags"]
+
+import enum
+
+
+class SourceFlag(enum.IntFlag):
+    """Bits of the ``reliabilityFlags`` column (int32)."""
+
+    #: The stamp reached past the image edge; the missing part was padded.
+    EDGE = 1 << 0
+    #: Some stamp pixels were NaN or infinite and were filled.
+    NONFINITE = 1 << 1
+    #: Some stamp pixels carried a bad mask plane (NO_DATA, SAT, BAD, CR, ...) and were filled.
+    MASKED = 1 << 2
+    #: The central pixel of the stamp was bad (masked, NaN or off the image).
+    BAD_CENTER = 1 << 3
+    #: More than the allowed fraction of a channel's pixels were bad.
+    MOSTLY_BAD = 1 << 4
+    #: A channel had no valid pixel at all.
+    NO_VALID_PIXELS = 1 << 5
+    #: The centroid lies off the image (or further than half a stamp past it).
+    OFF_IMAGE = 1 << 6
+    #: The centroid is NaN or infinite.
+    BAD_CENTROID = 1 << 7
+    #: The stamp was cropped or padded to the model's input size.
+    RESIZED = 1 << 8
+    #: The source was not scored (set together with the reason bits above).
+    NOT_SCORED = 1 << 9
+    #: The template had no coverage at the source (NO_DATA over the centre).
+    NO_TEMPLATE = 1 << 10
+
+
+#: Any of these bits means the source cannot be scored meaningfully.
+UNSCORABLE = SourceFlag.NO_VALID_PIXELS | SourceFlag.OFF_IMAGE | SourceFlag.BAD_CENTROID
+
+
+def describe_flags(value: int) -> list[str]:
+    """Names of the bits set in ``value``, e.g. ``["EDGE", "MASKED"]``."""
+    return [flag.name for flag in SourceFlag if value & flag]
