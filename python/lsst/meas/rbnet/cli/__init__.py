@@ -17,6 +17,10 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate": ("simulate", "simulate", "Write simulated triplets or images with truth."),
     "gallery": ("simulate", "gallery", "Plot a gallery of simulated examples of each class."),
     "train": ("train", "train", "Train a triplet model package from arrays."),
+    "demo": ("demo", "demo", "Simulate, score with a real pipetask run in a new Butler repo, and report."),
+    "register-model": ("butler_commands", "register_model", "Put a model package into a repo's pretrained_models."),
+    "ingest-labels": ("butler_commands", "ingest_labels", "Register a real/bogus labels table (CSV/Parquet) in a repo."),
+    "configure-repo": ("butler_commands", "configure_repo", "Teach an existing Butler repo this package's storage classes."),
 }
 
 

@@ -4,3 +4,5 @@
 __all__: list[str] = []
 
 from . import triplet  # noqa: F401,E402
+from . import vae  # noqa: F401,E402
+from . import sequence  # noqa: F401,E402

@@ -1,0 +1,83 @@
+# This file is part of meas_rbnet.
+"""``rbnet register-model``, ``rbnet ingest-labels`` and ``rbnet configure-repo``."""
+
+__all__ = ["register_model", "ingest_labels", "configure_repo"]
+
+import click
+
+
+@click.command("register-model")
+@click.argument("repo")
+@click.argument("package", required=False)
+@click.option("--name", default="default", show_default=True, help="Model name: the run is pretrained_models/NAME.")
+@click.option(
+    "--dataset-type",
+    default="pretrainedModelPackage",
+    show_default=True,
+    help="Dataset type name (the reliability task's connections.pretrainedModel).",
+)
+def register_model(repo, package, name, dataset_type):
+    """Put model PACKAGE (the shipped default model if omitted) into REPO.
+
+    The package goes into the RUN collection pretrained_models/NAME, which is put first
+    in the CHAINED collection pretrained_models; pipelines then find it with
+    '-i pretrained_models' (the newest model) or '-i pretrained_models/NAME'.
+    """
+    from ..butler.repo import register_model as _register
+    from ..package import ModelPackageError
+
+    try:
+        ref = _register(repo, package, name=name, dataset_type=dataset_type)
+    except (ModelPackageError, RuntimeError, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"Registered {ref.datasetType.name} in run {ref.run} (chained in 'pretrained_models').")
+
+
+@click.command("ingest-labels")
+@click.argument("repo")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", required=True, help="RUN collection for the labels, e.g. labels/2024-06.")
+@click.option("--instrument", default=None, help="Instrument of the labels (default: the repo's only one).")
+@click.option("--dataset-type", default="rbnet_labels", show_default=True, help="Dataset type name.")
+def ingest_labels(repo, file, run, instrument, dataset_type):
+    """Register the labels in FILE (.csv or .parquet) in REPO.
+
+    Columns: label (0/1 or bogus/real) and either id (source id) or ra, dec (deg) and mjd;
+    optional source_class (e.g. cosmic_ray, dipole, real_new).
+    """
+    from ..butler.repo import ingest_labels as _ingest
+
+    try:
+        ref = _ingest(repo, file, run=run, instrument=instrument, dataset_type=dataset_type)
+    except (ValueError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"Ingested {file} as {ref.datasetType.name} {ref.dataId.required} in run {ref.run}.")
+
+
+@click.command("configure-repo")
+@click.argument("repo", required=False)
+@click.option(
+    "--print-config-path",
+    is_flag=True,
+    help="Only print the directory to put on DAF_BUTLER_CONFIG_PATH (for repos you cannot write to).",
+)
+def configure_repo(repo, print_config_path):
+    """Add this package's storage classes and formatters to REPO's butler.yaml (once).
+
+    Repositories made by 'rbnet demo' need nothing. For others, either run this once, or
+    export DAF_BUTLER_CONFIG_PATH=$(rbnet configure-repo --print-config-path) in every
+    process that opens the repository.
+    """
+    from ..butler.config import config_search_path
+    from ..butler.config import configure_repo as _configure
+
+    if print_config_path:
+        click.echo(config_search_path())
+        return
+    if repo is None:
+        raise click.UsageError("Give REPO (or --print-config-path).")
+    try:
+        changed = _configure(repo)
+    except (FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{'Configured' if changed else 'Already configured:'} {repo}")

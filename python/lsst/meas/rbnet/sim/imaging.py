@@ -1,0 +1,556 @@
+# This file is part of meas_rbnet.
+"""From a scene to science, template and difference images: the instrument and the pipeline.
+
+`observe` renders a `Scene` on a batch of canvases and does what the camera and
+Rubin's image differencing do to it:
+
+1. render the noiseless science and template (different PSFs; the template
+   may be misregistered by a few hundredths of a pixel),
+2. add noise with a per-pixel variance (sky + source Poisson + read noise; the
+   template is a deeper coadd), record the variance planes,
+3. saturate and bleed the science image,
+4. PSF-match: convolve the sharper image with the kernel that turns its PSF
+   into the other's (the ideal Alard-Lupton solution, with a small width
+   error so very bright stars leave faint residuals), subtract, and propagate
+   the variance (``var_diff = var_sci + K^2 * var_tmpl``),
+5. set the mask planes a pipeline sets (SAT, SUSPECT, BAD, CR, STREAK, EDGE,
+   NO_DATA, DETECTED, DETECTED_NEGATIVE).
+
+`measure_objects` gives the PSF-optimal signal-to-noise ratio of labelled
+objects in the noiseless difference, which sets their amplitudes.
+"""
+
+__all__ = [
+    "Conditions",
+    "sample_conditions",
+    "Observation",
+    "observe",
+    "render_models",
+    "noiseless_difference",
+    "psf_matched_filter",
+    "measure_objects",
+    "DETECTION_THRESHOLD",
+]
+
+import dataclasses
+
+import numpy as np
+import scipy.fft
+from scipy import ndimage
+
+from ..constants import MASK_PLANES
+from .artifacts import render_artifacts, saturate
+from .psf import DoubleGaussianPsf, matching_kernel_fourier
+from .render import render_fourier, render_points
+from .scene import Scene
+
+#: Detection threshold of the simulated pipeline (PSF-smoothed S/N).
+DETECTION_THRESHOLD: float = 5.0
+
+_BIT = {name: np.int32(1 << bit) for name, bit in MASK_PLANES.items()}
+
+
+@dataclasses.dataclass
+class Conditions:
+    """Observing conditions of a batch of science/template pairs; every array has shape (n,).
+
+    Parameters
+    ----------
+    psf_science, psf_template : `DoubleGaussianPsf`
+    sky_sigma_science, sky_sigma_template : `numpy.ndarray`
+        Background noise per pixel (nJy): sky and read noise.
+    gain_science, gain_template : `numpy.ndarray`
+        nJy per detected electron: a source of flux ``F`` adds ``F * gain`` to the variance (nJy^2).
+    saturation : `numpy.ndarray`
+        Science pixel value (nJy above the background) at which the full well is reached.
+    kernel_error : `numpy.ndarray`
+        Fractional width error of the PSF-matching kernel.
+    template_dx, template_dy : `numpy.ndarray`
+        Misregistration of the template (pixels).
+    """
+
+    psf_science: DoubleGaussianPsf
+    psf_template: DoubleGaussianPsf
+    sky_sigma_science: np.ndarray
+    sky_sigma_template: np.ndarray
+    gain_science: np.ndarray
+    gain_template: np.ndarray
+    saturation: np.ndarray
+    kernel_error: np.ndarray
+    template_dx: np.ndarray
+    template_dy: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.psf_science)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, DoubleGaussianPsf):
+                setattr(self, field.name, np.broadcast_to(np.asarray(value, dtype=float), (n,)).copy())
+        if len(self.psf_template) != n:
+            raise ValueError("Conditions: psf_science and psf_template differ in length.")
+
+    def __len__(self) -> int:
+        return len(self.psf_science)
+
+    def take(self, index) -> "Conditions":
+        """Conditions of the canvases ``index``."""
+        return Conditions(**{
+            f.name: (getattr(self, f.name).take(index) if f.name.startswith("psf") else getattr(self, f.name)[index])
+            for f in dataclasses.fields(self)
+        })
+
+    @property
+    def convolve_science(self) -> np.ndarray:
+        """True where the template is the sharper image, so the science image is convolved (n,)."""
+        s = self.psf_science.sigma**2 * (1 + 3 * self.psf_science.wing_fraction)
+        t = self.psf_template.sigma**2 * (1 + 3 * self.psf_template.wing_fraction)
+        return t > s
+
+    @property
+    def psf_difference(self) -> DoubleGaussianPsf:
+        """PSF of the difference image: that of the convolved (broader) image."""
+        mode = self.convolve_science
+        s, t = self.psf_science, self.psf_template
+        return DoubleGaussianPsf(*(np.where(mode, a, b) for a, b in zip(
+            (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
+            (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio))))
+
+
+def sample_conditions(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    fwhm_range=(1.5, 6.0),
+    fwhm_science=None,
+    fwhm_template=None,
+    sky_sigma_range=(12.0, 50.0),
+    template_depth_range=(6.0, 30.0),
+) -> Conditions:
+    """Draw observing conditions typical of Rubin visits and templates.
+
+    Parameters
+    ----------
+    rng : `numpy.random.Generator`
+    n : `int`
+    fwhm_range : `tuple` [`float`, `float`]
+        Range of seeing FWHM (pixels) for science and template PSFs.
+    fwhm_science, fwhm_template : `float` or array-like, optional
+        Fixed FWHMs (pixels) instead of drawn ones.
+    sky_sigma_range : `tuple` [`float`, `float`]
+        Range of the science background noise per pixel (nJy), drawn log-uniformly.
+    template_depth_range : `tuple` [`float`, `float`]
+        Range of the number of visits in the template coadd (its noise is
+        ``sqrt(depth)`` lower).
+    """
+    lo, hi = fwhm_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"fwhm_range must satisfy 0 < lo <= hi, got {fwhm_range}.")
+    if fwhm_science is None:
+        # Half uniform over the range (coverage for training), half a realistic log-normal seeing.
+        realistic = np.exp(rng.normal(np.log(3.6), 0.3, n))
+        fwhm_s = np.where(rng.random(n) < 0.5, rng.uniform(lo, hi, n), realistic)
+        fwhm_s = np.clip(fwhm_s, lo, hi)
+    else:
+        fwhm_s = np.broadcast_to(np.asarray(fwhm_science, dtype=float), (n,)).copy()
+    if fwhm_template is None:
+        # Templates are built from the better-seeing visits: usually sharper than the science image.
+        ratio = np.where(rng.random(n) < 0.8, rng.uniform(0.6, 0.95, n), rng.uniform(1.02, 1.3, n))
+        fwhm_t = np.clip(fwhm_s * ratio, lo, hi)
+    else:
+        fwhm_t = np.broadcast_to(np.asarray(fwhm_template, dtype=float), (n,)).copy()
+    psf_s = DoubleGaussianPsf.from_fwhm(
+        fwhm_s, wing_fraction=rng.uniform(0.05, 0.2, n), wing_ratio=rng.uniform(1.8, 2.6, n),
+        ellipticity=np.clip(rng.normal(0, 0.03, n), -0.08, 0.08))
+    psf_t = DoubleGaussianPsf.from_fwhm(
+        fwhm_t, wing_fraction=rng.uniform(0.05, 0.2, n), wing_ratio=rng.uniform(1.8, 2.6, n),
+        ellipticity=np.clip(rng.normal(0, 0.015, n), -0.05, 0.05))
+    sky = np.exp(rng.uniform(np.log(sky_sigma_range[0]), np.log(sky_sigma_range[1]), n))
+    gain = rng.uniform(0.35, 0.7, n)
+    depth = rng.uniform(*template_depth_range, n)
+    sky_t = np.exp(rng.uniform(np.log(sky_sigma_range[0]), np.log(sky_sigma_range[1]), n)) / np.sqrt(depth)
+    full_well = rng.uniform(9.0e4, 1.5e5, n)  # electrons
+    sky_electrons = (sky / gain) ** 2
+    return Conditions(
+        psf_science=psf_s,
+        psf_template=psf_t,
+        sky_sigma_science=sky,
+        sky_sigma_template=sky_t,
+        gain_science=gain,
+        gain_template=gain / depth,
+        saturation=gain * (full_well - sky_electrons),
+        kernel_error=rng.normal(0.0, 0.004, n),
+        template_dx=rng.normal(0.0, 0.02, n),
+        template_dy=rng.normal(0.0, 0.02, n),
+    )
+
+
+def render_models(scene: Scene, cond: Conditions, shape: tuple[int, int], *, with_artifacts: bool = True):
+    """Noiseless science and template canvases of a scene.
+
+    Returns
+    -------
+    science, template : `numpy.ndarray`, (n, H, W) float32
+        nJy, background-subtracted.
+    mask_science, mask_template, mask_difference : `numpy.ndarray`, (n, H, W) int32
+        Mask bits set by the artifacts (BAD, CR on the science or template,
+        STREAK on the difference).
+    """
+    n = len(cond)
+    height, width = shape
+    science = np.zeros((n, height, width), np.float32)
+    template = np.zeros((n, height, width), np.float32)
+    masks = [np.zeros((n, height, width), np.int32) for _ in range(3)]
+    tables = scene.tables()
+    t = tables["point"]
+    if len(t["canvas"]):
+        b = t["canvas"]
+        render_points(science, b, t["x"], t["y"], t["flux_s"], cond.psf_science.take(b).scaled(t["psf_fx"], t["psf_fy"]))
+        render_points(template, b, t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b],
+                      t["flux_t"], cond.psf_template.take(b))
+    t = tables["extended"]
+    if len(t["canvas"]):
+        b = t["canvas"]
+        shape_cols = dict(shape=t["shape"], r_e=t["r_e"], q=t["q"], theta=t["theta"], length=t["length"])
+        render_fourier(science, b, t["x"], t["y"], t["flux_s"], cond.psf_science.take(b), **shape_cols)
+        render_fourier(template, b, t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b],
+                       t["flux_t"], cond.psf_template.take(b), **shape_cols)
+    if with_artifacts:
+        render_artifacts(tables, science, template, *masks, cond.psf_science)
+    return (science, template, *masks)
+
+
+def _frequencies(shape):
+    return scipy.fft.fftfreq(shape[0]), scipy.fft.rfftfreq(shape[1])
+
+
+def _rfft(a):
+    return scipy.fft.rfft2(a, axes=(-2, -1), workers=1)
+
+
+def _irfft(a, shape):
+    return scipy.fft.irfft2(a, s=shape, axes=(-2, -1), workers=1)
+
+
+def _kernel_fourier(cond: Conditions, shape) -> np.ndarray:
+    # Fourier transform of the PSF-matching kernel of each canvas (n, H, W//2+1).
+    ky, kx = _frequencies(shape)
+    mode = cond.convolve_science
+    s, t = cond.psf_science, cond.psf_template
+    target = DoubleGaussianPsf(*(np.where(mode, a, b) for a, b in zip(
+        (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio), (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio))))
+    source = DoubleGaussianPsf(*(np.where(mode, b, a) for a, b in zip(
+        (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio), (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio))))
+    target = target.scaled(1 + cond.kernel_error, 1 + cond.kernel_error)
+    return matching_kernel_fourier(target, source, ky, kx).astype(np.float32)
+
+
+def noiseless_difference(science: np.ndarray, template: np.ndarray, cond: Conditions) -> np.ndarray:
+    """Difference of noiseless canvases with the same PSF matching as `observe` (n, H, W) float32."""
+    shape = science.shape[1:]
+    kernel = _kernel_fourier(cond, shape)
+    mode = cond.convolve_science[:, None, None]
+    s_hat = _rfft(science)
+    t_hat = _rfft(template)
+    d_hat = np.where(mode, kernel * s_hat - t_hat, s_hat - kernel * t_hat)
+    return _irfft(d_hat, shape).astype(np.float32)
+
+
+def _difference_sky_sigma(cond: Conditions, sum_k2: np.ndarray) -> np.ndarray:
+    mode = cond.convolve_science
+    return np.sqrt(np.where(mode, cond.sky_sigma_science**2 * sum_k2 + cond.sky_sigma_template**2,
+                            cond.sky_sigma_science**2 + cond.sky_sigma_template**2 * sum_k2))
+
+
+def kernel_sum_squares(cond: Conditions, shape=(64, 64)) -> np.ndarray:
+    """Sum of the squared PSF-matching kernel of each canvas, (n,)."""
+    kernel = _irfft(_kernel_fourier(cond, shape), shape)
+    return (kernel.astype(np.float64) ** 2).sum(axis=(1, 2))
+
+
+def difference_sky_sigma(cond: Conditions) -> np.ndarray:
+    """Background noise per pixel of the difference image (nJy), (n,)."""
+    return _difference_sky_sigma(cond, kernel_sum_squares(cond))
+
+
+def psf_matched_filter(images, canvas, x, y, psf: DoubleGaussianPsf, sigma, *, search_radius: float = 0.0):
+    """PSF-optimal flux and S/N of the signal near ``(x, y)``, in real space.
+
+    The statistic is ``M = sum_p P(p - c) D(p)`` with ``P`` the pixel-integrated
+    PSF centred at ``c``: the maximum-likelihood PSF flux is ``M / sum P^2`` and
+    its S/N against background noise ``sigma`` is ``M / (sigma sqrt(sum P^2))``.
+    With ``search_radius > 0`` the centre ``c`` also moves by whole pixels up to
+    that distance and the lag with the largest ``|S/N|`` is kept (how a
+    detection lands on the strongest part of an artifact).
+
+    Parameters
+    ----------
+    images : `numpy.ndarray`, (n, H, W)
+        Canvases (NaN is treated as 0).
+    canvas : `numpy.ndarray` of `int`, (k,)
+    x, y : `numpy.ndarray`, (k,)
+        Centres (pixels).
+    psf : `DoubleGaussianPsf`
+        PSF per row (length k).
+    sigma : `numpy.ndarray`, (k,)
+        Background noise per pixel.
+
+    Returns
+    -------
+    snr, flux, dx, dy : `numpy.ndarray`, (k,)
+        Signed S/N and PSF flux at the chosen centre, and its integer lag.
+    """
+    canvas = np.asarray(canvas)
+    k = len(canvas)
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    half = int(np.ceil(min(np.max(psf.extent) * 0.7, 40))) if k else 0
+    r = int(np.floor(search_radius))
+    lags = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx <= search_radius**2 + 1e-9]
+    size = 2 * half + 1
+    ix = np.floor(x + 0.5).astype(int)
+    iy = np.floor(y + 0.5).astype(int)
+    grid = np.arange(-half, half + 1, dtype=float)
+    cx, cy, wx, wy = psf.profiles_1d(grid[None, :] + (ix - x)[:, None], grid[None, :] + (iy - y)[:, None])
+    kernel = np.einsum("ky,kx->kyx", cy, cx) + np.einsum("ky,kx->kyx", wy, wx)
+    sum_p2 = (kernel**2).sum(axis=(1, 2))
+    # Patches of the image large enough for every lag.
+    pad = half + r
+    n, height, width = images.shape
+    oy = np.arange(-pad, pad + 1)
+    rows = iy[:, None] + oy[None, :]
+    cols = ix[:, None] + oy[None, :]
+    valid = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    patch = images[canvas[:, None, None], np.clip(rows, 0, height - 1)[:, :, None], np.clip(cols, 0, width - 1)[:, None, :]]
+    patch = np.where(valid & np.isfinite(patch), patch, 0.0).astype(np.float64)
+    best = np.zeros(k)
+    best_lag = np.zeros((k, 2), int)
+    for dy, dx in lags:
+        m = np.einsum("kyx,kyx->k", kernel, patch[:, r + dy : r + dy + size, r + dx : r + dx + size])
+        better = np.abs(m) > np.abs(best)
+        best = np.where(better, m, best)
+        best_lag[better] = (dy, dx)
+    sigma = np.asarray(sigma, dtype=float)
+    return best / (sigma * np.sqrt(sum_p2)), best / sum_p2, best_lag[:, 1], best_lag[:, 0]
+
+
+def measure_objects(keys: Scene, cond: Conditions, shape, canvas, x, y, *, search_radius=2.0):
+    """PSF-optimal S/N of labelled objects alone in the noiseless difference.
+
+    Parameters
+    ----------
+    keys : `Scene`
+        Components of the labelled objects only (one object per canvas of ``cond``).
+    cond : `Conditions`
+        Conditions of the canvases.
+    shape : `tuple` [`int`, `int`]
+        Canvas shape.
+    canvas, x, y : `numpy.ndarray`, (k,)
+        Canvas and detection position of each object.
+
+    Returns
+    -------
+    snr, flux : `numpy.ndarray`, (k,)
+        Signed PSF-optimal S/N against the difference's background noise, and PSF flux (nJy).
+    peak : `numpy.ndarray`, (k,)
+        Largest science pixel value of the object (for saturation checks).
+    """
+    science, template, *_ = render_models(keys, cond, shape)
+    diff = noiseless_difference(science, template, cond)
+    sigma = difference_sky_sigma(cond)
+    canvas = np.asarray(canvas)
+    snr, flux, _, _ = psf_matched_filter(diff, canvas, x, y, cond.psf_difference.take(canvas), sigma[canvas],
+                                         search_radius=search_radius)
+    peak = science.reshape(len(cond), -1).max(axis=1)[canvas]
+    return snr, flux, peak
+
+
+@dataclasses.dataclass
+class Observation:
+    """Science, template and difference canvases with variance and mask planes.
+
+    Images are float32 nJy (NaN where NO_DATA), variances float32 nJy^2, masks
+    int32 with bits from `lsst.meas.rbnet.constants.MASK_PLANES`; all (n, H, W).
+    ``sky_sigma_difference`` is the background noise per pixel of each
+    difference canvas (nJy, (n,)).
+    """
+
+    science: np.ndarray
+    template: np.ndarray
+    difference: np.ndarray
+    variance_science: np.ndarray
+    variance_template: np.ndarray
+    variance_difference: np.ndarray
+    mask_science: np.ndarray
+    mask_template: np.ndarray
+    mask_difference: np.ndarray
+    sky_sigma_difference: np.ndarray
+
+
+def _grow(mask: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    # Grow footprints by a square of half-side ``radius`` (per canvas), as footprint
+    # growing does around detections.
+    out = mask.copy()
+    for r in np.unique(radius):
+        if r <= 0:
+            continue
+        sel = np.flatnonzero(radius == r)
+        grown = ndimage.maximum_filter1d(mask[sel].view(np.uint8), 2 * r + 1, axis=1)
+        grown = ndimage.maximum_filter1d(grown, 2 * r + 1, axis=2)
+        out[sel] = grown.astype(bool)
+    return out
+
+
+def _detect(image: np.ndarray, psf: DoubleGaussianPsf, sigma: np.ndarray, threshold: float):
+    # PSF-smoothed S/N map of each canvas, as the detection step computes it.
+    shape = image.shape[1:]
+    ky, kx = _frequencies(shape)
+    p_hat = psf.fourier(ky, kx) * (np.sinc(ky)[:, None] * np.sinc(kx)[None, :])[None]
+    smoothed = _irfft(_rfft(np.nan_to_num(image)) * p_hat.astype(np.float32), shape)
+    norm = sigma / np.sqrt(psf.effective_area())
+    return smoothed / norm[:, None, None].astype(np.float32)
+
+
+def _edge_band(on_chip: np.ndarray, width: np.ndarray) -> np.ndarray:
+    # On-chip pixels within ``width`` pixels of off-chip pixels.
+    band = np.zeros_like(on_chip)
+    for b in np.flatnonzero(~on_chip.all(axis=(1, 2))):
+        dist = ndimage.distance_transform_cdt(on_chip[b], metric="chessboard")
+        band[b] = on_chip[b] & (dist <= width[b])
+    return band
+
+
+def observe(
+    scene: Scene,
+    cond: Conditions,
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    crop: tuple[int, int, int, int] | None = None,
+    on_chip: np.ndarray | None = None,
+    template_covered: np.ndarray | None = None,
+    noise_objects: dict | None = None,
+    detection_threshold: float = DETECTION_THRESHOLD,
+) -> Observation:
+    """Render, add noise, saturate, PSF-match, subtract and mask.
+
+    Parameters
+    ----------
+    scene : `Scene`
+        Everything on the canvases (labelled objects already scaled).
+    cond : `Conditions`
+        One entry per canvas.
+    shape : `tuple` [`int`, `int`]
+        Canvas shape (H, W).
+    rng : `numpy.random.Generator`
+    crop : `tuple` [`int`, `int`, `int`, `int`], optional
+        ``(y0, x0, height, width)`` of the region returned; the margin around it
+        lets the PSF-matching convolution and the neighbours' light be right.
+    on_chip : `numpy.ndarray` of `bool`, (n, H, W), optional
+        Pixels on the detector; others are NO_DATA (NaN) in every image.
+    template_covered : `numpy.ndarray` of `bool`, (n, H, W), optional
+        Pixels where the template has data.
+    noise_objects : `dict`, optional
+        Noise-fluctuation objects: ``keys`` (a `Scene` with a unit PSF bump per
+        object, ``obj`` numbering the rows), and arrays ``canvas``, ``x``, ``y``,
+        ``snr`` (target matched-filter S/N) and ``unit`` (S/N of the unit bump,
+        from `measure_objects`); the noise is conditioned to reach ``snr`` at
+        ``(x, y)``.
+    detection_threshold : `float`
+        S/N of the DETECTED planes.
+    """
+    n = len(cond)
+    science_model, template_model, mask_s, mask_t, mask_d = render_models(scene, cond, shape)
+    # Noise: sky + read noise and the sources' Poisson noise (Gaussian at these counts).
+    var_s = np.clip(science_model, 0, None) * cond.gain_science[:, None, None].astype(np.float32) + (
+        cond.sky_sigma_science**2)[:, None, None].astype(np.float32)
+    science = science_model + np.sqrt(var_s) * rng.standard_normal(science_model.shape, dtype=np.float32)
+    del science_model
+    var_t = np.clip(template_model, 0, None) * cond.gain_template[:, None, None].astype(np.float32) + (
+        cond.sky_sigma_template**2)[:, None, None].astype(np.float32)
+    template = template_model + np.sqrt(var_t) * rng.standard_normal(template_model.shape, dtype=np.float32)
+    del template_model
+    saturate(science, cond.saturation, mask_s, rng)
+
+    # PSF matching and subtraction.
+    kernel_hat = _kernel_fourier(cond, shape)
+    kernel = _irfft(kernel_hat, shape)
+    k2_hat = _rfft(kernel * kernel)
+    sum_k2 = (kernel.astype(np.float64) ** 2).sum(axis=(1, 2))
+    mode = cond.convolve_science[:, None, None]
+    covered = np.ones((n, *shape), bool) if template_covered is None else template_covered
+    template_in = np.where(covered, template, 0.0).astype(np.float32)
+    var_t_in = np.where(covered, var_t, 0.0).astype(np.float32)
+    convolve_in = np.where(mode, science, template_in)
+    matched = _irfft(_rfft(convolve_in) * kernel_hat, shape)
+    matched_var = _irfft(_rfft(np.where(mode, var_s, var_t_in)) * k2_hat, shape)
+    difference = np.where(mode, matched - template_in, science - matched).astype(np.float32)
+    var_d = np.where(mode, matched_var + var_t, var_s + matched_var).astype(np.float32)
+    del matched, matched_var, convolve_in
+    sigma_d = _difference_sky_sigma(cond, sum_k2)
+
+    # Pixels whose matched template used missing template data are not valid.
+    diff_invalid = ~covered
+    if template_covered is not None and not template_covered.all():
+        reach = _irfft(_rfft((~covered).astype(np.float32)) * _rfft(np.abs(kernel)), shape)
+        diff_invalid = diff_invalid | (np.where(mode, 0.0, reach) > 1e-3)
+
+    if noise_objects is not None and len(noise_objects["canvas"]):
+        _condition_noise(noise_objects, cond, shape, science, template, difference, sigma_d)
+
+    # Detection planes (positive on every image, negative on the difference).
+    det = _detect(science, cond.psf_science, cond.sky_sigma_science, detection_threshold)
+    grow_s = np.ceil(2.4 * cond.psf_science.sigma).astype(int)
+    mask_s |= np.where(_grow(det > detection_threshold, grow_s), _BIT["DETECTED"], 0).astype(np.int32)
+    det = _detect(np.where(covered, template, 0), cond.psf_template, cond.sky_sigma_template, detection_threshold)
+    grow_t = np.ceil(2.4 * cond.psf_template.sigma).astype(int)
+    mask_t |= np.where(_grow(det > detection_threshold, grow_t), _BIT["DETECTED"], 0).astype(np.int32)
+    psf_d = cond.psf_difference
+    det = _detect(np.where(diff_invalid, 0, difference), psf_d, sigma_d, detection_threshold)
+    grow_d = np.ceil(2.4 * psf_d.sigma).astype(int)
+    mask_d |= np.where(_grow(det > detection_threshold, grow_d), _BIT["DETECTED"], 0).astype(np.int32)
+    mask_d |= np.where(_grow(det < -detection_threshold, grow_d), _BIT["DETECTED_NEGATIVE"], 0).astype(np.int32)
+    del det
+
+    # The difference inherits the bad-pixel planes of both inputs.
+    inherit = ~(_BIT["DETECTED"] | _BIT["DETECTED_NEGATIVE"])
+    mask_d |= (mask_s & inherit) | (mask_t & inherit)
+    mask_t |= np.where(~covered, _BIT["NO_DATA"], 0).astype(np.int32)
+    mask_d |= np.where(diff_invalid, _BIT["NO_DATA"], 0).astype(np.int32)
+    if on_chip is not None and not on_chip.all():
+        off = ~on_chip
+        for m in (mask_s, mask_t, mask_d):
+            m[off] = _BIT["NO_DATA"]
+        band = _edge_band(on_chip, np.ceil(1.5 * cond.psf_science.fwhm).astype(int))
+        for m in (mask_s, mask_t, mask_d):
+            m[band] |= _BIT["EDGE"]
+
+    images = [science, template, difference, var_s, var_t, var_d]
+    no_data = [mask_s, mask_t, mask_d, mask_s, mask_t, mask_d]
+    for i, (img, m) in enumerate(zip(images, no_data)):
+        img[(m & _BIT["NO_DATA"]) != 0] = np.nan
+    masks = [mask_s, mask_t, mask_d]
+    if crop is not None:
+        y0, x0, h, w = crop
+        images = [a[:, y0 : y0 + h, x0 : x0 + w] for a in images]
+        masks = [a[:, y0 : y0 + h, x0 : x0 + w] for a in masks]
+    return Observation(*images[:3], *images[3:], *masks, sky_sigma_difference=sigma_d)
+
+
+def _condition_noise(objects, cond, shape, science, template, difference, sigma_d):
+    # Constrained realisation: add the conditional mean of the noise given that the
+    # difference's matched filter reaches the target S/N at the object (for white
+    # noise it is a PSF-shaped bump), keeping the realised fluctuations around it.
+    canvas = np.asarray(objects["canvas"])
+    psf_d = cond.psf_difference.take(canvas)
+    now, _, _, _ = psf_matched_filter(difference, canvas, objects["x"], objects["y"], psf_d, sigma_d[canvas])
+    unit = np.asarray(objects["unit"], dtype=float)
+    amp = (np.asarray(objects["snr"], dtype=float) - now) / np.where(unit == 0, np.inf, unit)
+    used, local = np.unique(canvas, return_inverse=True)
+    keys = objects["keys"].relocate(local, np.zeros(len(canvas)), np.zeros(len(canvas)))
+    keys.scale_objects(amp)
+    sub = cond.take(used)
+    sci_b, tmpl_b, *_ = render_models(keys, sub, shape, with_artifacts=False)
+    diff_b = noiseless_difference(sci_b, tmpl_b, sub)
+    science[used] += sci_b
+    template[used] += tmpl_b
+    difference[used] += diff_b

@@ -1,0 +1,238 @@
+# This file is part of meas_rbnet.
+"""Labelled objects: one recipe per class of `REAL_CLASSES` and `ARTIFACT_CLASSES`.
+
+`add_labelled` puts one object of a given class at each requested position
+(the position a detection would have). Amplitudes are in units that
+`lsst.meas.rbnet.sim.imaging.measure_objects` later scales so that each
+object reaches its target signal-to-noise ratio in the difference image;
+saturated stars are made with a fixed flux instead, and noise fluctuations are
+made by conditioning the noise itself. The same recipes serve the stamp
+simulator, the detector-sized visits and the multi-visit sequences.
+
+Real classes
+    ``real_new``: a point source absent from the template.
+    ``real_brighter`` / ``real_fainter``: a star present in the template that
+    brightened / faded (negative in the difference; sometimes vanished).
+    ``real_on_galaxy``: a point source on a host galaxy (offset from the nucleus
+    by up to about two half-light radii, sometimes nuclear).
+    ``real_moving``: a slowly moving solar-system object, trailed by 1.5-10
+    pixels in the science exposure and absent from the template.
+Artifact classes
+    See `lsst.meas.rbnet.sim.artifacts`; ``dipole`` is a star or compact galaxy
+    whose template position is off by 0.15-1 pixel (misregistration or
+    differential chromatic refraction); ``bright_star_residual`` a bright star
+    whose science PSF differs by 3-12% in width from what the matching kernel
+    assumed; ``saturated_star`` a star above the full well; ``noise`` a
+    fluctuation of the noise reaching the target S/N.
+"""
+
+__all__ = ["add_labelled", "SCALED", "FIXED", "CONDITIONED", "SNR_CAP", "SNAP_X", "SNAP_Y"]
+
+import numpy as np
+
+from ..constants import ARTIFACT_CLASSES, REAL_CLASSES
+from . import artifacts
+from .imaging import Conditions
+from .render import SHAPE_TRAIL
+from .scene import Scene, add_galaxy
+
+#: How an object's amplitude is set: scaled to a target S/N, fixed by the recipe,
+#: or by conditioning the noise.
+SCALED, FIXED, CONDITIONED = 0, 1, 2
+
+#: Largest target S/N of classes that are faint by nature.
+SNR_CAP: dict[str, float] = {"ghost": 80.0, "edge": 300.0, "bad_column": 500.0}
+
+#: Classes whose detection sits on a pixel centre along x (columns) / y.
+SNAP_X = frozenset({"hot_pixel", "bad_column"})
+SNAP_Y = frozenset({"hot_pixel"})
+
+
+def _psf_peak_fraction(cond: Conditions, canvas, x, y) -> np.ndarray:
+    # Fraction of a point source's flux in its brightest pixel.
+    psf = cond.psf_science.take(canvas)
+    dx = (np.floor(np.asarray(x) + 0.5) - x)[:, None]
+    dy = (np.floor(np.asarray(y) + 0.5) - y)[:, None]
+    cx, cy, wx, wy = psf.profiles_1d(dx, dy)
+    return (cx * cy + wx * wy)[:, 0]
+
+
+def add_labelled(
+    scene: Scene,
+    noise_scene: Scene,
+    rng: np.random.Generator,
+    classes,
+    canvas,
+    x,
+    y,
+    cond: Conditions,
+    *,
+    obj=None,
+    canvas_height: int,
+    edge_geometry: dict | None = None,
+) -> dict:
+    """Add one labelled object per row.
+
+    Parameters
+    ----------
+    scene : `Scene`
+        Receives the objects' components (``obj`` set) and any unlabelled
+        companions (host galaxies, stars at chip edges; ``obj = -1``).
+    noise_scene : `Scene`
+        Receives the unit PSF bumps of ``noise`` objects.
+    rng : `numpy.random.Generator`
+    classes : sequence of `str`, (m,)
+        Class of each object.
+    canvas : `numpy.ndarray` of `int`, (m,)
+    x, y : `numpy.ndarray`, (m,)
+        Detection positions (canvas pixels).
+    cond : `Conditions`
+        Conditions of the canvases (indexed by ``canvas``).
+    obj : `numpy.ndarray` of `int`, (m,), optional
+        Object indices; ``arange(m)`` by default.
+    canvas_height : `int`
+        Height of the canvases (bad columns span at most this).
+    edge_geometry : `dict`, optional
+        For ``edge`` objects: arrays ``side`` and ``boundary`` (see
+        `lsst.meas.rbnet.sim.artifacts.add_edge_glow`), aligned with the rows.
+
+    Returns
+    -------
+    info : `dict` [`str`, `numpy.ndarray`]
+        ``mode`` (`SCALED`, `FIXED` or `CONDITIONED`), ``x`` and ``y`` (the
+        detection position, snapped to a pixel centre for pixel-level
+        artifacts), ``snr_sign`` (+1 or -1: the sign of the S/N the object
+        should have), ``fixed_flux`` (nJy, saturated stars), ``host_flux``
+        (nJy, 0 without a host).
+    """
+    classes = np.asarray(classes)
+    m = len(classes)
+    canvas = np.asarray(canvas, dtype=np.int64)
+    obj = np.arange(m) if obj is None else np.asarray(obj, dtype=np.int64)
+    x = np.array(x, dtype=float)
+    y = np.array(y, dtype=float)
+    unknown = set(classes) - set(REAL_CLASSES) - set(ARTIFACT_CLASSES)
+    if unknown:
+        raise ValueError(f"Unknown source classes {sorted(unknown)}; expected names from "
+                         f"{REAL_CLASSES + ARTIFACT_CLASSES}.")
+    snap_x = np.isin(classes, list(SNAP_X))
+    snap_y = np.isin(classes, list(SNAP_Y))
+    x[snap_x] = np.floor(x[snap_x] + 0.5)
+    y[snap_y] = np.floor(y[snap_y] + 0.5)
+    info = {
+        "mode": np.full(m, SCALED),
+        "x": x,
+        "y": y,
+        "snr_sign": np.ones(m),
+        "fixed_flux": np.zeros(m),
+        "host_flux": np.zeros(m),
+    }
+
+    def rows(name):
+        return np.flatnonzero(classes == name)
+
+    def point(sel, flux_s, flux_t, **extra):
+        scene.add("point", canvas[sel], obj=obj[sel], x=x[sel], y=y[sel], flux_s=flux_s, flux_t=flux_t, **extra)
+
+    sel = rows("real_new")
+    point(sel, 1.0, 0.0)
+
+    sel = rows("real_brighter")
+    base = np.exp(rng.uniform(np.log(0.3), np.log(20.0), len(sel)))
+    point(sel, base + 1.0, base)
+
+    sel = rows("real_fainter")
+    base = np.where(rng.random(len(sel)) < 0.25, 0.0, np.exp(rng.uniform(np.log(0.2), np.log(10.0), len(sel))))
+    point(sel, base, base + 1.0)
+    info["snr_sign"][sel] = -1.0
+
+    sel = rows("real_on_galaxy")
+    if len(sel):
+        k = len(sel)
+        r_e = np.exp(rng.uniform(np.log(1.5), np.log(12.0), k))
+        psf_sigma = cond.psf_science.sigma[canvas[sel]]
+        host_snr = np.exp(rng.uniform(np.log(20.0), np.log(2000.0), k))
+        host_flux = host_snr * cond.sky_sigma_science[canvas[sel]] * np.sqrt(4 * np.pi * (r_e**2 + psf_sigma**2))
+        nuclear = rng.random(k) < 0.15
+        r_off = np.where(nuclear, rng.uniform(0, 0.3, k), r_e * np.abs(rng.normal(0, 0.8, k)))
+        phi = rng.uniform(0, 2 * np.pi, k)
+        add_galaxy(scene, rng, canvas[sel], x[sel] - r_off * np.cos(phi), y[sel] - r_off * np.sin(phi),
+                   host_flux, r_e)
+        info["host_flux"][sel] = host_flux
+        point(sel, 1.0, 0.0)
+
+    sel = rows("real_moving")
+    scene.add("extended", canvas[sel], obj=obj[sel], x=x[sel], y=y[sel], flux_s=1.0, flux_t=0.0,
+              shape=SHAPE_TRAIL, r_e=0.0, q=1.0, theta=rng.uniform(0, np.pi, len(sel)),
+              length=rng.uniform(1.5, 10.0, len(sel)))
+
+    sel = rows("cosmic_ray")
+    artifacts.add_cosmic_ray(scene, rng, canvas[sel], x[sel], y[sel], obj=obj[sel])
+
+    sel = rows("hot_pixel")
+    artifacts.add_hot_pixel(scene, rng, canvas[sel], x[sel], y[sel], obj=obj[sel])
+
+    sel = rows("bad_column")
+    artifacts.add_bad_column(scene, rng, canvas[sel], x[sel], y[sel], canvas_height, obj=obj[sel])
+
+    sel = rows("saturated_star")
+    if len(sel):
+        over = np.exp(rng.uniform(np.log(1.3), np.log(400.0), len(sel)))
+        flux = over * cond.saturation[canvas[sel]] / _psf_peak_fraction(cond, canvas[sel], x[sel], y[sel])
+        point(sel, flux, flux)
+        info["mode"][sel] = FIXED
+        info["fixed_flux"][sel] = flux
+
+    sel = rows("dipole")
+    if len(sel):
+        k = len(sel)
+        shift = rng.uniform(0.15, 1.0, k)
+        phi = rng.uniform(0, 2 * np.pi, k)
+        dx, dy = shift * np.cos(phi), shift * np.sin(phi)
+        galaxy = rng.random(k) < 0.3
+        s = sel[~galaxy]
+        point(s, 1.0, 1.0, dx_t=dx[~galaxy], dy_t=dy[~galaxy])
+        s = sel[galaxy]
+        add_galaxy(scene, rng, canvas[s], x[s], y[s], 1.0, rng.uniform(0.5, 2.5, len(s)), obj=obj[s],
+                   dx_t=dx[galaxy], dy_t=dy[galaxy])
+
+    sel = rows("bright_star_residual")
+    if len(sel):
+        k = len(sel)
+        eps = rng.uniform(0.03, 0.12, k) * rng.choice([-1.0, 1.0], k)
+        # Mostly a width error, sometimes an ellipticity error (a quadrupole residual).
+        aniso = np.where(rng.random(k) < 0.35, rng.uniform(-0.08, 0.08, k), 0.0)
+        point(sel, 1.0, 1.0, psf_fx=1 + eps + aniso, psf_fy=1 + eps - aniso)
+
+    sel = rows("satellite_trail")
+    artifacts.add_satellite_trail(scene, rng, canvas[sel], x[sel], y[sel], obj=obj[sel])
+
+    sel = rows("ghost")
+    artifacts.add_ghost(scene, rng, canvas[sel], x[sel], y[sel], obj=obj[sel])
+
+    sel = rows("edge")
+    if len(sel):
+        if edge_geometry is None:
+            raise ValueError("add_labelled: 'edge' objects need edge_geometry (side, boundary).")
+        side = np.asarray(edge_geometry["side"])[sel]
+        boundary = np.asarray(edge_geometry["boundary"])[sel]
+        center = np.where(side < 2, y[sel], x[sel]) + rng.normal(0, 5.0, len(sel))
+        artifacts.add_edge_glow(scene, rng, canvas[sel], side, boundary, center, obj=obj[sel])
+        # Often a source sits right at the edge and is cut by it.
+        star = rng.random(len(sel)) < 0.4
+        s = sel[star]
+        flux = cond.sky_sigma_science[canvas[s]] * np.exp(rng.uniform(np.log(30), np.log(3000), len(s)))
+        scene.add("point", canvas[s], x=x[s] + rng.normal(0, 2.0, len(s)), y=y[s] + rng.normal(0, 2.0, len(s)),
+                  flux_s=flux, flux_t=flux)
+
+    sel = rows("noise")
+    if len(sel):
+        k = len(sel)
+        u = rng.random(k)
+        in_template = u < 0.2
+        negative = in_template | (u > 0.8)
+        noise_scene.add("point", canvas[sel], obj=obj[sel], x=x[sel], y=y[sel],
+                        flux_s=np.where(in_template, 0.0, 1.0), flux_t=np.where(in_template, 1.0, 0.0))
+        info["mode"][sel] = CONDITIONED
+        info["snr_sign"][sel] = np.where(negative, -1.0, 1.0)
+    return info

@@ -1,0 +1,373 @@
+# This file is part of meas_rbnet.
+"""Labelled triplet stamps for training and tests, fast.
+
+Each example is a small scene of its own: a labelled object at the stamp
+centre, a random static field around it (stars and galaxies from the same
+number counts as the detector-sized simulator), unlabelled artifacts at their
+natural rates, its own seeing, sky and template depth. The scene is rendered
+on a canvas larger than the stamp (so PSF matching and neighbours' light are
+right at the stamp borders), observed with `lsst.meas.rbnet.sim.imaging.observe`
+and cropped. Thousands of examples are processed per numpy call.
+"""
+
+__all__ = ["StampSet", "simulate_stamps", "class_counts", "sample_snr", "sample_noise_snr"]
+
+import dataclasses
+
+import numpy as np
+import scipy.fft
+from astropy.table import Table
+
+from ..constants import ARTIFACT_CLASSES, BOGUS, CHANNEL_ORDER, REAL, REAL_CLASSES
+from .artifacts import add_background_artifacts
+from .imaging import measure_objects, observe, sample_conditions
+from .labelled import CONDITIONED, FIXED, SCALED, SNR_CAP, add_labelled
+from .scene import Scene, add_field
+
+#: Examples simulated per numpy batch. Part of the random stream: changing it changes the output.
+_CHUNK = 256
+
+#: Fraction of ``edge`` examples whose chip boundary makes a corner.
+_CORNER_FRACTION = 0.15
+
+
+@dataclasses.dataclass
+class StampSet:
+    """Simulated labelled triplets.
+
+    Attributes
+    ----------
+    stamps : `numpy.ndarray`, (n, 3, S, S) float32
+        Pixel values in nJy, channels in `CHANNEL_ORDER` (difference, science,
+        template); NaN where the pixel is NO_DATA (off the chip, no template).
+    masks : `numpy.ndarray`, (n, 3, S, S) int32, or `None`
+        Mask planes (bits of `MASK_PLANES`) of each channel.
+    table : `astropy.table.Table`
+        One row per stamp with the truth (see `simulate_stamps`).
+    variances : `numpy.ndarray`, (n, 3, S, S) float32, or `None`
+        Variance planes (nJy^2), when asked for.
+    """
+
+    stamps: np.ndarray
+    masks: np.ndarray | None
+    table: Table
+    variances: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __iter__(self):
+        # Allows ``stamps, masks, table = simulate_stamps(...)``.
+        return iter((self.stamps, self.masks, self.table))
+
+
+def class_counts(n: int, class_fractions: dict | None = None, real_fraction: float = 0.5) -> dict[str, int]:
+    """Number of examples of each class (largest-remainder rounding of the fractions).
+
+    Parameters
+    ----------
+    n : `int`
+    class_fractions : `dict` [`str`, `float`], optional
+        Relative weight of each class (missing classes get none); by default
+        ``real_fraction`` is shared equally by `REAL_CLASSES` and the rest by
+        `ARTIFACT_CLASSES`.
+    real_fraction : `float`
+        Used only without ``class_fractions``.
+    """
+    if class_fractions is None:
+        if not 0 <= real_fraction <= 1:
+            raise ValueError(f"real_fraction must be in [0, 1], got {real_fraction}.")
+        weights = {c: real_fraction / len(REAL_CLASSES) for c in REAL_CLASSES}
+        weights.update({c: (1 - real_fraction) / len(ARTIFACT_CLASSES) for c in ARTIFACT_CLASSES})
+    else:
+        unknown = set(class_fractions) - set(REAL_CLASSES) - set(ARTIFACT_CLASSES)
+        if unknown:
+            raise ValueError(f"class_fractions has unknown classes {sorted(unknown)}; expected names from "
+                             f"{REAL_CLASSES + ARTIFACT_CLASSES}.")
+        if any(v < 0 for v in class_fractions.values()) or sum(class_fractions.values()) <= 0:
+            raise ValueError("class_fractions must be non-negative with a positive sum.")
+        weights = {c: float(class_fractions.get(c, 0.0)) for c in REAL_CLASSES + ARTIFACT_CLASSES}
+    names = list(weights)
+    p = np.array([weights[c] for c in names]) / sum(weights.values())
+    raw = p * n
+    counts = np.floor(raw).astype(int)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: n - counts.sum()]] += 1
+    return dict(zip(names, counts.tolist()))
+
+
+def sample_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.ndarray:
+    """Target S/N: half log-uniform over ``snr_range``, half concentrated near the 5-sigma threshold."""
+    lo, hi = snr_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"snr_range must satisfy 0 < lo <= hi, got {snr_range}.")
+    wide = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+    near = np.exp(rng.normal(np.log(7.0), 0.45, n))
+    out = np.where(rng.random(n) < 0.5, wide, near)
+    bad = (out < lo) | (out > hi)
+    out[bad] = wide[bad]
+    return out
+
+
+def sample_noise_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.ndarray:
+    """|S/N| of noise fluctuations: the Gaussian tail above the lower S/N bound or above 5."""
+    floor = np.where(rng.random(n) < 0.5, snr_range[0], max(snr_range[0], 5.0))
+    return np.sqrt(floor**2 - 2 * np.log(rng.random(n)))
+
+
+def _edge_geometry(rng, classes, tx, ty, size, stamp_size, edge_fraction):
+    # Chip boundaries for ``edge`` objects (the detection 0-6 pixels inside the chip)
+    # and for a fraction of other objects (part of the stamp off the chip).
+    m = len(classes)
+    is_edge = classes == "edge"
+    near = is_edge | (rng.random(m) < edge_fraction)
+    side = rng.integers(0, 4, m)
+    depth = np.where(is_edge, rng.uniform(0.0, 6.0, m), rng.uniform(2.0, stamp_size / 2 - 1, m))
+    coord = np.where(side < 2, tx, ty)
+    boundary = np.where(side % 2 == 0, np.floor(coord + 0.5 - depth), np.floor(coord + 0.5 + depth))
+    on_chip = None
+    if near.any():
+        on_chip = np.ones((m, size, size), bool)
+        grid = np.arange(size)
+        corner = near & (rng.random(m) < _CORNER_FRACTION)
+        side2 = np.where(side < 2, 2 + rng.integers(0, 2, m), rng.integers(0, 2, m))
+        depth2 = rng.uniform(2.0, stamp_size / 2 - 1, m)
+        coord2 = np.where(side2 < 2, tx, ty)
+        boundary2 = np.where(side2 % 2 == 0, np.floor(coord2 + 0.5 - depth2), np.floor(coord2 + 0.5 + depth2))
+        for sides, bounds, use in ((side, boundary, near), (side2, boundary2, corner)):
+            for s in range(4):
+                sel = np.flatnonzero(use & (sides == s))
+                if not len(sel):
+                    continue
+                b = bounds[sel][:, None]
+                off = (grid[None, :] < b) if s % 2 == 0 else (grid[None, :] > b)
+                if s < 2:
+                    on_chip[sel] &= ~off[:, None, :]
+                else:
+                    on_chip[sel] &= ~off[:, :, None]
+    return {"side": side, "boundary": boundary}, on_chip, near
+
+
+def _template_coverage(rng, m, size, centre, stamp_size, fraction):
+    # Stamps whose template lacks data beyond a random line (sometimes everywhere).
+    lacking = rng.random(m) < fraction
+    if not lacking.any():
+        return None, lacking
+    covered = np.ones((m, size, size), bool)
+    grid = np.arange(size) - centre
+    for i in np.flatnonzero(lacking):
+        if rng.random() < 0.3:
+            covered[i] = False
+            continue
+        phi = rng.uniform(0, 2 * np.pi)
+        s = rng.uniform(-0.5, 0.5) * stamp_size
+        covered[i] = (grid[None, :] * np.cos(phi) + grid[:, None] * np.sin(phi)) < s
+    return covered, lacking
+
+
+def simulate_stamps(
+    n: int,
+    stamp_size: int = 51,
+    seed: int = 0,
+    *,
+    class_fractions: dict | None = None,
+    real_fraction: float = 0.5,
+    fwhm_range=(1.5, 6.0),
+    snr_range=(3.0, 1000.0),
+    edge_fraction: float = 0.03,
+    no_template_fraction: float = 0.0,
+    pixel_scale: float = 0.2,
+    with_masks: bool = True,
+    with_variance: bool = False,
+    id_offset: int = 0,
+    progress=None,
+) -> StampSet:
+    """Simulate ``n`` labelled triplet stamps.
+
+    Parameters
+    ----------
+    n : `int`
+        Number of stamps.
+    stamp_size : `int`
+        Side of the stamps (pixels, odd).
+    seed : `int`
+        Seed of the random stream; the same arguments give identical output.
+    class_fractions : `dict` [`str`, `float`], optional
+        Relative weight of each class of `REAL_CLASSES` and `ARTIFACT_CLASSES`
+        (classes not named get none). Overrides ``real_fraction``.
+    real_fraction : `float`
+        Fraction of real examples, shared equally by the real classes (the rest
+        equally by the artifact classes).
+    fwhm_range : `tuple` [`float`, `float`]
+        Seeing FWHM range (pixels) of science and template images.
+    snr_range : `tuple` [`float`, `float`]
+        Range of the PSF-optimal S/N of the labelled objects in the difference image.
+    edge_fraction : `float`
+        Fraction of non-``edge`` examples placed near a chip boundary (part of the stamp off the chip).
+    no_template_fraction : `float`
+        Fraction of examples whose template lacks data over part or all of the stamp.
+    pixel_scale : `float`
+        Arcseconds per pixel (sets galaxy sizes and source densities).
+    with_masks, with_variance : `bool`
+        Return mask / variance planes.
+    id_offset : `int`
+        First ``id``.
+    progress : callable, optional
+        Called as ``progress(done, n)`` after each batch.
+
+    Returns
+    -------
+    stamp_set : `StampSet`
+        ``table`` columns: ``id`` (int64), ``label`` (int8, 1 real / 0 bogus),
+        ``source_class``, ``snr`` (float64, the true PSF-optimal |S/N| of the
+        object in the difference against its background noise), ``flux`` (nJy,
+        signed PSF flux of the object in the noiseless difference),
+        ``fwhm_science``, ``fwhm_template`` (pixels), ``x_offset``, ``y_offset``
+        (true detection position minus the centre pixel, pixels), ``sky_noise``
+        (science background noise per pixel, nJy), ``sky_noise_template``,
+        ``sky_noise_difference`` (nJy), ``off_chip_fraction``,
+        ``template_missing_fraction``, ``near_edge`` (bool), ``convolved_science``
+        (bool: the template was the sharper image), ``host_flux`` (nJy).
+    """
+    if not isinstance(stamp_size, (int, np.integer)) or stamp_size < 3 or stamp_size % 2 != 1:
+        raise ValueError(f"stamp_size must be an odd integer >= 3, got {stamp_size!r}.")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}.")
+    counts = class_counts(n, class_fractions, real_fraction)
+    order_rng = np.random.default_rng([seed, 0x5EED])
+    classes_all = order_rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
+    margin = int(np.ceil(2.5 * fwhm_range[1])) + 4
+    size = scipy.fft.next_fast_len(stamp_size + 2 * margin, real=True)
+    y0 = (size - stamp_size) // 2
+    centre = y0 + stamp_size // 2
+
+    stamps = np.empty((n, 3, stamp_size, stamp_size), np.float32)
+    masks = np.empty((n, 3, stamp_size, stamp_size), np.int32) if with_masks else None
+    variances = np.empty((n, 3, stamp_size, stamp_size), np.float32) if with_variance else None
+    columns = {name: [] for name in ("snr", "flux", "fwhm_science", "fwhm_template", "x_offset", "y_offset",
+                                     "sky_noise", "sky_noise_template", "sky_noise_difference", "off_chip_fraction",
+                                     "template_missing_fraction", "near_edge", "convolved_science", "host_flux")}
+    for chunk_index, start in enumerate(range(0, n, _CHUNK)):
+        classes = classes_all[start : start + _CHUNK]
+        rng = np.random.default_rng([seed, chunk_index])
+        result = _simulate_chunk(rng, classes, stamp_size, size, y0, centre, fwhm_range, snr_range, edge_fraction,
+                                 no_template_fraction, pixel_scale)
+        obs, truth = result
+        stop = start + len(classes)
+        stamps[start:stop] = np.stack([obs.difference, obs.science, obs.template], axis=1)
+        if masks is not None:
+            masks[start:stop] = np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1)
+        if variances is not None:
+            variances[start:stop] = np.stack(
+                [obs.variance_difference, obs.variance_science, obs.variance_template], axis=1)
+        for name in columns:
+            columns[name].append(truth[name])
+        if progress is not None:
+            progress(stop, n)
+    table = Table()
+    table["id"] = np.arange(id_offset, id_offset + n, dtype=np.int64)
+    is_real = np.isin(classes_all, list(REAL_CLASSES))
+    table["label"] = np.where(is_real, REAL, BOGUS).astype(np.int8)
+    table["source_class"] = classes_all.astype(str)
+    for name, parts in columns.items():
+        table[name] = np.concatenate(parts) if parts else np.zeros(0)
+    table["snr"].description = "True PSF-optimal |S/N| of the object in the difference image"
+    table["flux"].unit = "nJy"
+    table["flux"].description = "PSF flux of the object in the noiseless difference image (signed)"
+    for name in ("sky_noise", "sky_noise_template", "sky_noise_difference", "host_flux"):
+        table[name].unit = "nJy"
+    for name in ("fwhm_science", "fwhm_template", "x_offset", "y_offset"):
+        table[name].unit = "pix"
+    table.meta.update(
+        {"channels": list(CHANNEL_ORDER), "stamp_size": stamp_size, "seed": seed, "pixel_scale": pixel_scale,
+         "units": "nJy"})
+    return StampSet(stamps=stamps, masks=masks, table=table, variances=variances)
+
+
+def _simulate_chunk(rng, classes, stamp_size, size, y0, centre, fwhm_range, snr_range, edge_fraction,
+                    no_template_fraction, pixel_scale):
+    m = len(classes)
+    shape = (size, size)
+    cond = sample_conditions(rng, m, fwhm_range=fwhm_range)
+    # Detection positions: the centre pixel plus a sub-pixel offset.
+    tx = centre + rng.uniform(-0.5, 0.5, m)
+    ty = centre + rng.uniform(-0.5, 0.5, m)
+    edge_geometry, on_chip, near = _edge_geometry(rng, classes, tx, ty, size, stamp_size, edge_fraction)
+    covered, lacking = _template_coverage(rng, m, size, centre, stamp_size, no_template_fraction)
+
+    scene = Scene()
+    add_field(scene, rng, m, size, size, pixel_scale=pixel_scale,
+              density_factor=np.exp(rng.uniform(np.log(0.3), np.log(3.0), m)))
+    add_background_artifacts(scene, rng, m, size, size, cond.sky_sigma_science)
+    keys_and_companions = Scene()
+    noise_keys = Scene()
+    canvas = np.arange(m)
+    info = add_labelled(keys_and_companions, noise_keys, rng, classes, canvas, tx, ty, cond,
+                        canvas_height=size, edge_geometry=edge_geometry)
+    tx, ty = info["x"], info["y"]
+
+    # Scale each labelled object to its target S/N.
+    keys = keys_and_companions.select(lambda t: t["obj"] >= 0)
+    unit_snr, unit_flux, unit_peak = measure_objects(keys, cond, shape, canvas, tx, ty)
+    target = sample_snr(rng, m, snr_range)
+    for name, cap in SNR_CAP.items():
+        sel = classes == name
+        target[sel] = np.minimum(target[sel], cap)
+    mode = info["mode"]
+    factor = np.ones(m)
+    scaled = mode == SCALED
+    factor[scaled] = target[scaled] / np.maximum(np.abs(unit_snr[scaled]), 1e-12)
+    # Stars that would saturate are kept just below the full well.
+    starlike = np.isin(classes, ["real_new", "real_brighter", "real_fainter", "real_on_galaxy", "real_moving",
+                                 "dipole", "bright_star_residual"])
+    limit = 0.8 * cond.saturation / np.maximum(unit_peak, 1e-12)
+    capped = scaled & starlike & (factor > limit)
+    factor[capped] = limit[capped]
+    factor[mode == CONDITIONED] = 0.0
+    keys_and_companions.scale_objects(factor)
+    scene.extend(keys_and_companions)
+    snr = np.abs(unit_snr) * factor
+    flux = unit_flux * factor
+
+    noise_rows = np.flatnonzero(mode == CONDITIONED)
+    noise_objects = None
+    if len(noise_rows):
+        noise_snr = sample_noise_snr(rng, len(noise_rows), snr_range) * info["snr_sign"][noise_rows]
+        # Renumber the bumps 0..k-1 in the order of noise_rows.
+        renumber = np.full(m, -1)
+        renumber[noise_rows] = np.arange(len(noise_rows))
+        bumps = noise_keys.select(lambda t: t["obj"] >= 0)
+        for table in bumps.tables().values():
+            table["obj"] = renumber[table["obj"]]
+        unit, _, _ = measure_objects(bumps, cond, shape, noise_rows, tx[noise_rows], ty[noise_rows],
+                                     search_radius=0.0)
+        noise_objects = {"keys": bumps, "canvas": noise_rows, "x": tx[noise_rows], "y": ty[noise_rows],
+                         "snr": noise_snr, "unit": unit}
+        snr[noise_rows] = np.abs(noise_snr)
+
+    obs = observe(scene, cond, shape, rng, crop=(y0, y0, stamp_size, stamp_size), on_chip=on_chip,
+                  template_covered=covered, noise_objects=noise_objects)
+    if len(noise_rows):
+        # PSF flux of a fluctuation of |S/N| = snr: snr * sigma / sqrt(sum P^2).
+        area = cond.psf_difference.take(noise_rows).effective_area()
+        flux[noise_rows] = noise_objects["snr"] * obs.sky_sigma_difference[noise_rows] * np.sqrt(area)
+
+    nan_s = np.isnan(obs.science).mean(axis=(1, 2))
+    nan_t = np.isnan(obs.template).mean(axis=(1, 2))
+    truth = {
+        "snr": snr,
+        "flux": flux,
+        "fwhm_science": cond.psf_science.fwhm,
+        "fwhm_template": cond.psf_template.fwhm,
+        "x_offset": tx - centre,
+        "y_offset": ty - centre,
+        "sky_noise": cond.sky_sigma_science,
+        "sky_noise_template": cond.sky_sigma_template,
+        "sky_noise_difference": obs.sky_sigma_difference,
+        "off_chip_fraction": nan_s,
+        "template_missing_fraction": np.clip(nan_t - nan_s, 0, 1),
+        "near_edge": near,
+        "convolved_science": cond.convolve_science,
+        "host_flux": info["host_flux"],
+    }
+    return obs, truth

@@ -1,0 +1,39 @@
+# This file is part of meas_rbnet.
+"""PipelineTasks: thin layers that turn Butler objects into arrays and call the science code.
+
+- `~lsst.meas.rbnet.tasks.reliability.ReliabilityTask` (label ``computeReliability``): scores
+  diaSources, the AP drop-in.
+- `~lsst.meas.rbnet.tasks.labelled_cutouts.LabelledCutoutsTask`: raw stamps of labelled sources.
+- `~lsst.meas.rbnet.tasks.train.TrainTripletTask`: trains a model package from labelled cutouts.
+- `~lsst.meas.rbnet.tasks.adapter`: image objects (lsst.images, afw) to numpy arrays.
+
+Names are imported on first use so that ``import lsst.meas.rbnet.tasks`` stays cheap.
+"""
+
+__all__ = [
+    "ReliabilityTask",
+    "ReliabilityConfig",
+    "ReliabilityConnections",
+    "LabelledCutoutsTask",
+    "LabelledCutoutsConfig",
+    "TrainTripletTask",
+    "TrainTripletConfig",
+]
+
+_WHERE = {
+    "ReliabilityTask": "reliability",
+    "ReliabilityConfig": "reliability",
+    "ReliabilityConnections": "reliability",
+    "LabelledCutoutsTask": "labelled_cutouts",
+    "LabelledCutoutsConfig": "labelled_cutouts",
+    "TrainTripletTask": "train",
+    "TrainTripletConfig": "train",
+}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,322 @@
+# This file is part of meas_rbnet.
+"""Labelled cutouts: raw triplet stamps of the labelled sources of one (visit, detector).
+
+The training data of a model are made in the Butler, from the same datasets the
+reliability task reads plus a labels table (``rbnet_labels``, registered with
+``rbnet ingest-labels``). Sources are matched to labels by source id, or, when the
+labels have no ``id`` column, by position (``ra``, ``dec``) and time (``mjd``).
+
+Stamps are *raw*: pixel values in image units with untrusted pixels (off the image,
+non-finite, bad mask planes) NaN, channels in `~lsst.meas.rbnet.constants.CHANNEL_ORDER`.
+Normalisation belongs to the model's input contract and is applied when training, so
+one set of cutouts serves models with different contracts (a stamp size up to the
+cutouts' own, any channel subset, any normalisation).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LabelledCutoutsConnections",
+    "LabelledCutoutsConfig",
+    "LabelledCutoutsTask",
+    "match_labels",
+    "empty_cutouts_table",
+]
+
+import math
+
+import astropy.table
+import numpy as np
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.utils.timer import timeMethod
+
+from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, DEFAULT_STAMP_SIZE
+from .adapter import check_same_bbox, to_arrays
+from .reliability import source_table_from_any
+
+_DIMS = ("instrument", "visit", "detector")
+
+
+class LabelledCutoutsConnections(pipeBase.PipelineTaskConnections, dimensions=_DIMS):
+    """Connections of `LabelledCutoutsTask`."""
+
+    science = cT.Input(
+        doc="Science image (calibrated visit image).",
+        name="preliminary_visit_image",
+        storageClass="VisitImage",
+        dimensions=_DIMS,
+    )
+    template = cT.Input(
+        doc="Template warped onto the science image's pixel grid.",
+        name="template_detector",
+        storageClass="RBNetMaskedImage",
+        dimensions=_DIMS,
+    )
+    difference = cT.Input(
+        doc="Difference image.", name="difference_image", storageClass="DifferenceImage", dimensions=_DIMS
+    )
+    sources = cT.Input(
+        doc="Sources detected on the difference image.",
+        name="dia_source_unstandardized",
+        storageClass="ArrowAstropy",
+        dimensions=_DIMS,
+    )
+    labels = cT.Input(
+        doc="Real/bogus labels (id or ra/dec/mjd, label, optional source_class), from rbnet ingest-labels.",
+        name="rbnet_labels",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument",),
+    )
+    cutouts = cT.Output(
+        doc="Raw stamps of the labelled sources: id, stamp (N, 3, S, S) float32 (NaN where untrusted), "
+        "label, source_class, snr, flags, x, y.",
+        name="rbnet_labelled_cutouts",
+        storageClass="ArrowAstropy",
+        dimensions=_DIMS,
+    )
+
+
+class LabelledCutoutsConfig(pipeBase.PipelineTaskConfig, pipelineConnections=LabelledCutoutsConnections):
+    """Configuration of `LabelledCutoutsTask`."""
+
+    stampSize = pexConfig.Field[int](
+        doc="Side of the raw stamps (pixels, odd). Models with a smaller stamp crop the centre.",
+        default=DEFAULT_STAMP_SIZE,
+    )
+    idColumn = pexConfig.Field[str](doc="Source id column of the source table.", default="id")
+    xColumn = pexConfig.Field[str](doc="Centroid x column (pixels, parent frame).", default="x")
+    yColumn = pexConfig.Field[str](doc="Centroid y column (pixels, parent frame).", default="y")
+    raColumn = pexConfig.Field[str](doc="Right ascension column of the sources (deg).", default="ra")
+    decColumn = pexConfig.Field[str](doc="Declination column of the sources (deg).", default="dec")
+    snrColumn = pexConfig.Field[str](
+        doc="Signal-to-noise column; if absent, psfFlux/psfFluxErr is used, else NaN.", default="snr"
+    )
+    matchRadius = pexConfig.Field[float](
+        doc="Largest separation (arcsec) for matching labels without ids to sources by position.", default=1.0
+    )
+    matchTimeTolerance = pexConfig.Field[float](
+        doc="Largest |label mjd - visit mid-time| (days) for matching labels without ids.", default=0.02
+    )
+    badMaskPlanes = pexConfig.ListField[str](
+        doc="Mask planes whose pixels are untrusted (set to NaN in the raw stamps).",
+        default=list(DEFAULT_BAD_MASK_PLANES),
+    )
+    keepUnlabelled = pexConfig.Field[bool](
+        doc="Also write sources without a label (label -1); training ignores them.", default=False
+    )
+
+    def validate(self):
+        super().validate()
+        if self.stampSize < 3 or self.stampSize % 2 != 1:
+            raise pexConfig.FieldValidationError(
+                LabelledCutoutsConfig.stampSize, self, f"must be an odd integer >= 3, got {self.stampSize}"
+            )
+        if not self.matchRadius > 0:
+            raise pexConfig.FieldValidationError(LabelledCutoutsConfig.matchRadius, self, "must be > 0")
+
+
+def empty_cutouts_table(stamp_size: int, n_channels: int = len(CHANNEL_ORDER)) -> astropy.table.Table:
+    """A labelled-cutouts table with no rows and the right columns."""
+    table = astropy.table.Table()
+    table["id"] = np.zeros(0, np.int64)
+    table["stamp"] = np.zeros((0, n_channels, stamp_size, stamp_size), np.float32)
+    table["label"] = np.zeros(0, np.int16)
+    table["source_class"] = np.zeros(0, dtype="<U32")
+    table["snr"] = np.zeros(0, np.float32)
+    table["flags"] = np.zeros(0, np.int32)
+    table["x"] = np.zeros(0, np.float64)
+    table["y"] = np.zeros(0, np.float64)
+    return table
+
+
+def match_labels(
+    sources: astropy.table.Table,
+    labels: astropy.table.Table,
+    *,
+    id_column: str = "id",
+    ra_column: str = "ra",
+    dec_column: str = "dec",
+    mjd: float | None = None,
+    radius_arcsec: float = 1.0,
+    time_tolerance: float = 0.02,
+) -> np.ndarray:
+    """Index into ``labels`` of each source's label, or -1.
+
+    Parameters
+    ----------
+    sources : `astropy.table.Table`
+        Sources (``id_column``; ``ra_column``/``dec_column`` in degrees for position matching).
+    labels : `astropy.table.Table`
+        Labels with ``id``, or with ``ra``, ``dec`` (deg) and ``mjd``.
+    mjd : `float`, optional
+        Mid-time of the visit (MJD), needed to match labels without ids.
+    radius_arcsec, time_tolerance : `float`
+        Position (arcsec) and time (days) tolerances of the position match.
+
+    Returns
+    -------
+    index : `numpy.ndarray`, (N,) int64
+        Row of ``labels`` for each source, -1 where none.
+
+    Raises
+    ------
+    ValueError
+        If the labels can only be matched by position and the sources lack ra/dec or
+        ``mjd`` is unknown.
+    """
+    n = len(sources)
+    if "id" in labels.colnames:
+        label_ids = np.asarray(labels["id"], dtype=np.int64)
+        order = np.argsort(label_ids)
+        sorted_ids = label_ids[order]
+        src_ids = np.asarray(sources[id_column], dtype=np.int64)
+        pos = np.searchsorted(sorted_ids, src_ids)
+        pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
+        found = (len(sorted_ids) > 0) & (sorted_ids[pos] == src_ids) if len(sorted_ids) else np.zeros(n, bool)
+        out = np.full(n, -1, np.int64)
+        out[found] = order[pos[found]]
+        return out
+    missing = [c for c in (ra_column, dec_column) if c not in sources.colnames]
+    if missing:
+        raise ValueError(
+            f"The labels have no 'id' column, so they are matched by position, but the sources have no "
+            f"{missing} column(s)."
+        )
+    if mjd is None or not math.isfinite(mjd):
+        raise ValueError("The labels have no 'id' column, so they are matched by position and time, but the "
+                         "visit's time is unknown.")
+    sel = np.flatnonzero(np.abs(np.asarray(labels["mjd"], dtype=float) - mjd) <= time_tolerance)
+    out = np.full(n, -1, np.int64)
+    if n == 0 or len(sel) == 0:
+        return out
+    from scipy.spatial import cKDTree
+
+    def unit(ra, dec):
+        ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
+        return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=1)
+
+    tree = cKDTree(unit(labels["ra"][sel], labels["dec"][sel]))
+    chord = 2 * np.sin(np.radians(radius_arcsec / 3600.0) / 2)
+    dist, idx = tree.query(unit(sources[ra_column], sources[dec_column]), distance_upper_bound=chord)
+    ok = np.isfinite(dist)
+    out[ok] = sel[idx[ok]]
+    return out
+
+
+def _snr(sources: astropy.table.Table, column: str) -> np.ndarray:
+    if column in sources.colnames:
+        return np.asarray(sources[column], dtype=np.float32)
+    if "psfFlux" in sources.colnames and "psfFluxErr" in sources.colnames:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (np.asarray(sources["psfFlux"], float) / np.asarray(sources["psfFluxErr"], float)).astype(
+                np.float32
+            )
+    return np.full(len(sources), np.nan, np.float32)
+
+
+class LabelledCutoutsTask(pipeBase.PipelineTask):
+    """Cut raw triplet stamps of labelled sources (training data in the Butler)."""
+
+    ConfigClass = LabelledCutoutsConfig
+    _DefaultName = "labelledCutouts"
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        inputs = butlerQC.get(inputRefs)
+        mjd = None
+        record = butlerQC.quantum.dataId.records["visit"] if butlerQC.quantum.dataId.hasRecords() else None
+        if record is not None and record.timespan is not None:
+            begin, end = record.timespan.begin, record.timespan.end
+            mjd = float((begin.tai.mjd + end.tai.mjd) / 2)
+        outputs = self.run(**inputs, mjd=mjd)
+        butlerQC.put(outputs, outputRefs)
+
+    @timeMethod
+    def run(self, science, template, difference, sources, labels, mjd=None):
+        """Cut stamps of the labelled sources.
+
+        Parameters
+        ----------
+        science, template, difference
+            Images on one pixel grid (see `ReliabilityTask.run`).
+        sources : `astropy.table.Table` (or DataFrame, ...)
+            Sources with id and centroid columns.
+        labels : `astropy.table.Table`
+            Labels (see `match_labels`).
+        mjd : `float`, optional
+            Mid-time of the visit, for labels matched by position.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``cutouts``: `astropy.table.Table` with ``id``, ``stamp`` (N, 3, S, S) float32,
+            ``label`` int16 (-1 unlabelled), ``source_class``, ``snr``, ``flags``, ``x``, ``y``.
+        """
+        from ..cutouts import extract_cutouts
+
+        config = self.config
+        table = source_table_from_any(sources, name=f"sources ({config.connections.sources})")
+        missing = [c for c in (config.idColumn, config.xColumn, config.yColumn) if c not in table.colnames]
+        if missing:
+            raise ValueError(
+                f"The source table ({config.connections.sources}) has no column(s) {missing}; it has "
+                f"{table.colnames}."
+            )
+        labels = source_table_from_any(labels, name=f"labels ({config.connections.labels})")
+        if "label" not in labels.colnames:
+            raise ValueError(f"The labels ({config.connections.labels}) have no 'label' column.")
+        index = match_labels(
+            table,
+            labels,
+            id_column=config.idColumn,
+            ra_column=config.raColumn,
+            dec_column=config.decColumn,
+            mjd=mjd,
+            radius_arcsec=config.matchRadius,
+            time_tolerance=config.matchTimeTolerance,
+        )
+        keep = np.ones(len(table), bool) if config.keepUnlabelled else index >= 0
+        self.log.info("%d of %d sources have labels.", int(np.count_nonzero(index >= 0)), len(table))
+        if not np.any(keep):
+            return pipeBase.Struct(cutouts=empty_cutouts_table(config.stampSize))
+        planes = list(config.badMaskPlanes)
+        arrays = {
+            "difference": to_arrays(difference, name="difference", planes=planes),
+            "science": to_arrays(science, name="science", planes=planes),
+            "template": to_arrays(template, name="template", planes=planes),
+        }
+        x0, y0, _, _ = check_same_bbox(arrays)
+        bits = 0
+        for a in arrays.values():
+            bits |= a.bits(planes)
+        rows = np.flatnonzero(keep)
+        x = np.asarray(table[config.xColumn], dtype=np.float64)[rows]
+        y = np.asarray(table[config.yColumn], dtype=np.float64)[rows]
+        batch = extract_cutouts(
+            [arrays[c].image for c in CHANNEL_ORDER],
+            x - x0,
+            y - y0,
+            config.stampSize,
+            masks=[arrays[c].mask for c in CHANNEL_ORDER],
+            bad_mask_bits=bits,
+            names=CHANNEL_ORDER,
+        )
+        idx = index[rows]
+        has = idx >= 0
+        label = np.full(len(rows), -1, np.int16)
+        label[has] = np.asarray(labels["label"], dtype=np.int16)[idx[has]]
+        classes = np.full(len(rows), "", dtype="<U32")
+        if "source_class" in labels.colnames:
+            classes[has] = np.asarray(labels["source_class"]).astype(str)[idx[has]]
+        out = astropy.table.Table()
+        out["id"] = np.asarray(table[config.idColumn], dtype=np.int64)[rows]
+        out["stamp"] = batch.stamps
+        out["label"] = label
+        out["source_class"] = classes
+        out["snr"] = _snr(table, config.snrColumn)[rows]
+        out["flags"] = batch.flags
+        out["x"] = x
+        out["y"] = y
+        return pipeBase.Struct(cutouts=out)

@@ -1,0 +1,304 @@
+# This file is part of meas_rbnet.
+"""Train a triplet model from labelled cutouts in the Butler.
+
+One quantum reads every ``rbnet_labelled_cutouts`` dataset selected by the data
+query (``multiple=True``) and writes a model package (storage class
+``RBNetModelPackage``) that the reliability task can use as it is, plus the training
+metrics (``StructuredDataDict``) and two plots (``Plot``: ROC on the validation set,
+loss and AUC per epoch).
+
+The package's dataset type is ``pretrainedModelPackage`` by default, the name the
+reliability task looks for, so a model trained into collection ``C`` is deployed by
+adding ``C`` to the inputs of the reliability pipeline (``-i C,...``), or by
+registering it under ``pretrained_models/<name>`` with ``rbnet register-model``. The
+training and the reliability pipelines must stay separate pipelines: a prerequisite
+input cannot be made by the same pipeline.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TrainTripletConnections", "TrainTripletConfig", "TrainTripletTask", "training_figures"]
+
+import numpy as np
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.utils.timer import timeMethod
+
+from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, REAL
+from ..contract import NORMALIZATIONS
+
+
+class TrainTripletConnections(pipeBase.PipelineTaskConnections, dimensions=()):
+    """Connections of `TrainTripletTask`: one quantum over all selected cutouts."""
+
+    cutouts = cT.Input(
+        doc="Labelled raw stamps (from LabelledCutoutsTask), all of them.",
+        name="rbnet_labelled_cutouts",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit", "detector"),
+        multiple=True,
+    )
+    model = cT.Output(
+        doc="The trained, calibrated model package (usable as the reliability task's pretrainedModel).",
+        name="pretrainedModelPackage",
+        storageClass="RBNetModelPackage",
+        dimensions=(),
+    )
+    metrics = cT.Output(
+        doc="Validation metrics, per-epoch history and data summary.",
+        name="rbnet_training_metrics",
+        storageClass="StructuredDataDict",
+        dimensions=(),
+    )
+    rocPlot = cT.Output(
+        doc="ROC curve and score histograms on the validation set.",
+        name="rbnet_training_roc",
+        storageClass="Plot",
+        dimensions=(),
+    )
+    historyPlot = cT.Output(
+        doc="Training and validation loss and validation AUC per epoch.",
+        name="rbnet_training_history",
+        storageClass="Plot",
+        dimensions=(),
+    )
+
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if config is not None and not config.doPlots:
+            del self.rocPlot
+            del self.historyPlot
+
+
+class TrainTripletConfig(pipeBase.PipelineTaskConfig, pipelineConnections=TrainTripletConnections):
+    """Configuration of `TrainTripletTask` (see `lsst.meas.rbnet.training.TrainConfig`)."""
+
+    architecture = pexConfig.Field[str](doc="Registered architecture name.", default="triplet_cnn")
+    widths = pexConfig.ListField[int](
+        doc="Convolution widths per block (triplet_cnn); empty uses the architecture's default.", default=[]
+    )
+    hidden = pexConfig.Field[int](doc="Hidden units of the head (triplet_cnn); 0 uses the default.", default=0)
+    stampSize = pexConfig.Field[int](
+        doc="Stamp side the model takes (pixels, odd, <= the cutouts' size; larger cutouts are cropped).",
+        default=DEFAULT_STAMP_SIZE,
+    )
+    channels = pexConfig.ListField[str](
+        doc="Channels the model reads, a subsequence of (difference, science, template).",
+        default=list(CHANNEL_ORDER),
+    )
+    normalization = pexConfig.ChoiceField[str](
+        doc="Per-stamp normalisation of the input contract.",
+        allowed={n: n for n in NORMALIZATIONS},
+        default="robust_asinh",
+    )
+    epochs = pexConfig.Field[int](doc="Maximum number of epochs.", default=10)
+    batchSize = pexConfig.Field[int](doc="Training batch size.", default=256)
+    learningRate = pexConfig.Field[float](doc="Peak AdamW learning rate.", default=3e-3)
+    loss = pexConfig.Field[str](doc="Loss: bce, focal or tversky.", default="bce")
+    classLossWeight = pexConfig.Field[float](
+        doc="Weight of the artifact-class head's loss (0 disables the head).", default=0.2
+    )
+    patience = pexConfig.Field[int](doc="Early-stopping patience (epochs).", default=3)
+    validationFraction = pexConfig.Field[float](doc="Fraction held out for validation.", default=0.15)
+    augment = pexConfig.Field[bool](doc="Random rotations/flips while training.", default=True)
+    seed = pexConfig.Field[int](doc="Random seed (split, initialisation, batches).", default=0)
+    device = pexConfig.Field[str](doc="Torch device: auto, cpu, cuda, cuda:N.", default="auto")
+    numThreads = pexConfig.Field[int](doc="CPU threads for torch (0 leaves the default).", default=0)
+    maxSeconds = pexConfig.Field[float](
+        doc="Wall-time budget of the training epochs (seconds; 0 = none).", default=0.0
+    )
+    version = pexConfig.Field[str](
+        doc="reliabilityVersion of the trained package (1 to 7 characters).", default="trained"
+    )
+    doPlots = pexConfig.Field[bool](doc="Write the ROC and history plots.", default=True)
+
+    def validate(self):
+        super().validate()
+        if not 1 <= len(self.version) <= 7:
+            raise pexConfig.FieldValidationError(TrainTripletConfig.version, self, "must have 1 to 7 characters")
+        if any(c not in CHANNEL_ORDER for c in self.channels):
+            raise pexConfig.FieldValidationError(
+                TrainTripletConfig.channels, self, f"must be names from {CHANNEL_ORDER}"
+            )
+
+
+def training_figures(result) -> tuple:
+    """ROC/histogram and history figures of a `TrainResult` (matplotlib Figures, no pyplot)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from ..training import metrics as M
+
+    val = result.validation
+    fig_roc = Figure(figsize=(10, 4), layout="constrained")
+    ax1, ax2 = fig_roc.subplots(1, 2)
+    labels = np.asarray(val.labels)
+    probs = np.asarray(val.probabilities)
+    if len(np.unique(labels)) == 2:
+        fpr, tpr, _ = M.roc_curve(probs, labels)
+        ax1.plot(fpr, tpr, label=f"AUC = {M.roc_auc(probs, labels):.4f}")
+        ax1.legend(loc="lower right")
+    ax1.plot([0, 1], [0, 1], ls=":", color="grey")
+    ax1.set_xlabel("false positive rate")
+    ax1.set_ylabel("true positive rate")
+    ax1.set_title("Validation ROC")
+    bins = np.linspace(0, 1, 41)
+    ax2.hist(probs[labels == REAL], bins=bins, histtype="step", label="real", density=True)
+    ax2.hist(probs[labels != REAL], bins=bins, histtype="step", label="bogus", density=True)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("reliability")
+    ax2.set_title("Validation scores")
+    ax2.legend()
+    fig_hist = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig_hist.subplots()
+    epochs = [h["epoch"] for h in result.history]
+    ax.plot(epochs, [h.get("train_loss") for h in result.history], label="train loss")
+    ax.plot(epochs, [h.get("val_loss") for h in result.history], label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2b = ax.twinx()
+    ax2b.plot(epochs, [h.get("val_auc") for h in result.history], color="k", ls="--", label="validation AUC")
+    ax2b.set_ylabel("AUC")
+    ax.legend(loc="upper right")
+    return fig_roc, fig_hist
+
+
+class TrainTripletTask(pipeBase.PipelineTask):
+    """Train a triplet real/bogus model from labelled cutouts and write it as a model package."""
+
+    ConfigClass = TrainTripletConfig
+    _DefaultName = "trainTriplet"
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        inputs = butlerQC.get(inputRefs)
+        provenance = {
+            "inputs": [str(ref.dataId.required) for ref in inputRefs.cutouts],
+            "collections": sorted({ref.run for ref in inputRefs.cutouts}),
+        }
+        outputs = self.run(**inputs, provenance=provenance)
+        butlerQC.put(outputs, outputRefs)
+
+    @timeMethod
+    def run(self, cutouts, provenance=None):
+        """Train on the labelled sources of all the given cutout tables.
+
+        Parameters
+        ----------
+        cutouts : `list` [`astropy.table.Table`]
+            Tables from `LabelledCutoutsTask` (``stamp``, ``label``, ``source_class``, ``snr``).
+        provenance : `dict`, optional
+            Recorded in the package.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``model`` (`~lsst.meas.rbnet.package.ModelPackage`), ``metrics`` (`dict`) and, with
+            ``doPlots``, ``rocPlot`` and ``historyPlot`` (`matplotlib.figure.Figure`).
+
+        Raises
+        ------
+        ValueError
+            If there are no labelled stamps, only one class, or stamps smaller than ``stampSize``.
+        """
+        from ..contract import InputContract
+        from ..training import TrainConfig, train_triplet_model
+
+        config = self.config
+        tables = [t for t in cutouts if len(t)]
+        if not tables:
+            raise ValueError("No labelled cutouts to train on (every rbnet_labelled_cutouts dataset is empty).")
+        sizes = {t["stamp"].shape[1:] for t in tables}
+        if len(sizes) != 1:
+            raise ValueError(f"The labelled cutouts have different stamp shapes {sorted(sizes)}; remake them.")
+        shape = sizes.pop()
+        if shape[0] != len(CHANNEL_ORDER) or shape[1] < config.stampSize:
+            raise ValueError(
+                f"The labelled cutouts have stamps of shape {shape}; need {len(CHANNEL_ORDER)} channels of at "
+                f"least {config.stampSize} pixels (config.stampSize)."
+            )
+        n_total = sum(len(t) for t in tables)
+        stamps = np.empty((n_total, *shape), dtype=np.float32)
+        labels = np.empty(n_total, dtype=np.int16)
+        classes = np.empty(n_total, dtype="<U32")
+        snr = np.empty(n_total, dtype=np.float32)
+        k = 0
+        for t in tables:
+            m = len(t)
+            stamps[k : k + m] = np.asarray(t["stamp"], dtype=np.float32)
+            labels[k : k + m] = np.asarray(t["label"], dtype=np.int16)
+            classes[k : k + m] = np.asarray(t["source_class"]).astype(str)
+            snr[k : k + m] = np.asarray(t["snr"], dtype=np.float32)
+            k += m
+        keep = labels >= 0
+        stamps, labels, classes, snr = stamps[keep], labels[keep], classes[keep], snr[keep]
+        if shape[1] != config.stampSize:
+            # Crop the centre: the cutouts' centre pixel is at index S // 2 for any odd S.
+            off = (shape[1] - config.stampSize) // 2
+            stamps = np.ascontiguousarray(stamps[:, :, off : off + config.stampSize, off : off + config.stampSize])
+        n_real = int(np.count_nonzero(labels == REAL))
+        self.log.info("Training on %d labelled stamps (%d real, %d bogus).", len(labels), n_real, len(labels) - n_real)
+        hyper = {}
+        if config.widths:
+            hyper["widths"] = list(config.widths)
+        if config.hidden:
+            hyper["hidden"] = int(config.hidden)
+        use_classes = config.classLossWeight > 0 and bool(np.all(classes != ""))
+        train_config = TrainConfig(
+            contract=InputContract(
+                stamp_size=config.stampSize, channels=tuple(config.channels), normalization=config.normalization
+            ),
+            architecture=config.architecture,
+            hyperparameters=hyper,
+            epochs=config.epochs,
+            batch_size=config.batchSize,
+            learning_rate=config.learningRate,
+            loss=config.loss,
+            class_loss_weight=config.classLossWeight if use_classes else 0.0,
+            patience=config.patience,
+            validation_fraction=config.validationFraction,
+            augment=config.augment,
+            seed=config.seed,
+            device=config.device,
+            num_threads=config.numThreads or None,
+            max_seconds=config.maxSeconds or None,
+            version=config.version,
+        )
+        result = train_triplet_model(
+            stamps,
+            labels,
+            classes=classes if use_classes else None,
+            snr=snr,
+            config=train_config,
+            provenance=dict(provenance or {}, task=self._DefaultName),
+        )
+        metrics = {
+            "metrics": result.metrics,
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "n_train_total": int(len(labels)),
+            "n_real": n_real,
+            "n_bogus": int(len(labels) - n_real),
+            "version": result.package.version,
+        }
+        struct = pipeBase.Struct(model=result.package, metrics=_plain(metrics))
+        if config.doPlots:
+            struct.rocPlot, struct.historyPlot = training_figures(result)
+        return struct
+
+
+def _plain(value):
+    """JSON/YAML-safe copy (numpy scalars and arrays to Python types)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,19 @@
+# This file is part of meas_rbnet.
+"""Training of triplet models from labelled stamps: data, losses, loops, metrics, calibration.
+
+Modules:
+
+- `~lsst.meas.rbnet.training.data`: prepared in-memory datasets, splits, augmentation;
+- `~lsst.meas.rbnet.training.losses`: BCE, focal and Tversky losses by name;
+- `~lsst.meas.rbnet.training.metrics`: ROC-AUC, purity/completeness, calibration error
+  (numpy only);
+- `~lsst.meas.rbnet.training.calibration`: temperature scaling;
+- `~lsst.meas.rbnet.training.loop`: `train_triplet_model` (train, calibrate, package);
+- `~lsst.meas.rbnet.training.crossval`: stratified k-fold cross-validation;
+- `~lsst.meas.rbnet.training.baseline`: the logistic-regression baseline;
+- `~lsst.meas.rbnet.training.report`, `~lsst.meas.rbnet.training.plots`: tables and PNGs.
+"""
+
+from .loop import TrainConfig, TrainResult, train_triplet_model  # noqa: F401
+
+__all__ = ["TrainConfig", "TrainResult", "train_triplet_model"]

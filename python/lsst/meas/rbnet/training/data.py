@@ -1,0 +1,419 @@
+# This file is part of meas_rbnet.
+"""Labelled stamp datasets held in memory, splits, batching and augmentation.
+
+Stamps are prepared once, as the model's input contract says
+(`lsst.meas.rbnet.cutouts.prepare_stamps`: channel selection, crop/pad,
+normalisation, NaN fill), and kept as one array; augmentation then works on
+the prepared tensors of each batch. Preparing in chunks keeps the peak memory
+at one chunk of raw stamps plus the prepared set.
+
+Augmentation:
+- always (when enabled) one of the 8 rotations/flips of the square, drawn per
+  stamp: the sky has no preferred orientation on a detector, but artifacts
+  such as bad columns and bleed trails do, and the model must learn them at
+  every orientation a rotated camera or a transposed readout can give;
+- optionally Gaussian noise added in normalised units (``noise_std``), and a
+  jitter of the noise normalisation (``flux_jitter``): ``asinh(f sinh(x))``
+  scales the pre-compression pixel values by ``f = exp(N(0, flux_jitter))``,
+  which is what an error of the noise estimate by that factor does to a stamp.
+"""
+
+__all__ = [
+    "PreparedStamps",
+    "prepare_dataset",
+    "load_npz",
+    "class_targets",
+    "stratified_split",
+    "stratified_folds",
+    "dihedral_augment",
+    "iterate_batches",
+]
+
+import dataclasses
+import functools
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..constants import ALL_CLASSES, class_index
+from ..contract import InputContract
+from ..cutouts import prepare_stamps
+from ..nn.triplet import dihedral_transforms
+
+#: Keys accepted in a labelled ``.npz`` file (first match wins).
+_NPZ_KEYS = {
+    "stamps": ("stamps", "x", "images"),
+    "labels": ("label", "labels", "y"),
+    "classes": ("source_class", "classes", "class"),
+    "snr": ("snr",),
+}
+
+
+@dataclasses.dataclass
+class PreparedStamps:
+    """Prepared, labelled stamps.
+
+    Attributes
+    ----------
+    x : `numpy.ndarray`, shape ``(N, C, S, S)``, float32 or float16
+        Network input, prepared with ``contract`` (float16 halves the memory of
+        a large training set; batches are converted to float32).
+    labels : `numpy.ndarray`, shape ``(N,)``, int8
+        1 = real, 0 = bogus.
+    contract : `InputContract`
+        How ``x`` was prepared.
+    classes : `numpy.ndarray` of `str`, shape ``(N,)``, optional
+        Fine class of each stamp (`constants.REAL_CLASSES` / `ARTIFACT_CLASSES`).
+    snr : `numpy.ndarray`, shape ``(N,)``, float32, optional
+        Signal-to-noise ratio of each source (for "at SNR >= 6" metrics).
+    """
+
+    x: np.ndarray
+    labels: np.ndarray
+    contract: InputContract
+    classes: np.ndarray | None = None
+    snr: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.x)
+        s = self.contract.stamp_size
+        if self.x.ndim != 4 or self.x.shape[1:] != (self.contract.n_channels, s, s):
+            raise ValueError(
+                f"prepared stamps have shape {self.x.shape}; the contract needs (N, {self.contract.n_channels}, {s}, {s})."
+            )
+        self.labels = _check_labels(self.labels, n)
+        if self.classes is not None:
+            self.classes = np.asarray(self.classes).astype(str)
+            if self.classes.shape != (n,):
+                raise ValueError(f"classes has shape {self.classes.shape}; expected ({n},).")
+        if self.snr is not None:
+            self.snr = np.asarray(self.snr, dtype=np.float32)
+            if self.snr.shape != (n,):
+                raise ValueError(f"snr has shape {self.snr.shape}; expected ({n},).")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, index) -> "PreparedStamps":
+        """The stamps at ``index`` (integer indices or a boolean mask); copies."""
+        index = np.asarray(index)
+        return PreparedStamps(
+            x=self.x[index],
+            labels=self.labels[index],
+            contract=self.contract,
+            classes=None if self.classes is None else self.classes[index],
+            snr=None if self.snr is None else self.snr[index],
+        )
+
+    @staticmethod
+    def concatenate(parts: Sequence["PreparedStamps"]) -> "PreparedStamps":
+        """Join datasets prepared with the same contract."""
+        if not parts:
+            raise ValueError("nothing to concatenate.")
+        contract = parts[0].contract
+        if any(p.contract != contract for p in parts):
+            raise ValueError("cannot concatenate stamps prepared with different input contracts.")
+
+        def join(attr):
+            values = [getattr(p, attr) for p in parts]
+            if any(v is None for v in values):
+                return None
+            return np.concatenate(values)
+
+        return PreparedStamps(
+            x=np.concatenate([p.x for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            contract=contract,
+            classes=join("classes"),
+            snr=join("snr"),
+        )
+
+
+def _check_labels(labels, n: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,):
+        raise ValueError(f"labels has shape {y.shape}; expected ({n},) (one per stamp).")
+    if not np.all(np.isin(y, (0, 1))):
+        bad = np.unique(y[~np.isin(y, (0, 1))])[:5]
+        raise ValueError(f"labels must be 0 (bogus) or 1 (real); found {bad.tolist()}.")
+    return y.astype(np.int8)
+
+
+def prepare_dataset(
+    stamps: np.ndarray,
+    labels,
+    contract: InputContract,
+    *,
+    classes=None,
+    snr=None,
+    chunk_size: int = 16384,
+    dtype=np.float32,
+) -> PreparedStamps:
+    """Prepare raw labelled stamps for training.
+
+    Parameters
+    ----------
+    stamps : `numpy.ndarray`, shape ``(N, C, H, W)``
+        Raw stamps in `constants.CHANNEL_ORDER` (or the contract's channels),
+        untrusted pixels NaN.
+    labels : array-like, shape ``(N,)``
+        1 = real, 0 = bogus.
+    contract : `InputContract`
+    classes, snr : array-like, shape ``(N,)``, optional
+    chunk_size : `int`
+        Stamps prepared at a time (bounds the temporary memory).
+    dtype : numpy dtype
+        Storage type of the prepared stamps (float32 or float16).
+
+    Returns
+    -------
+    data : `PreparedStamps`
+    """
+    stamps = np.asarray(stamps)
+    n = len(stamps)
+    labels = _check_labels(labels, n)
+    s = contract.stamp_size
+    x = np.empty((n, contract.n_channels, s, s), dtype=dtype)
+    for start in range(0, n, chunk_size):
+        chunk, _ = prepare_stamps(stamps[start : start + chunk_size], contract)
+        x[start : start + len(chunk)] = chunk
+    return PreparedStamps(x=x, labels=labels, contract=contract, classes=classes, snr=snr)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a labelled stamp file (as written by ``rbnet simulate stamps``).
+
+    Parameters
+    ----------
+    path : path-like
+        An ``.npz`` with at least the stamps (key ``stamps``, ``(N, C, H, W)``)
+        and labels (key ``label``); optionally ``source_class`` and ``snr``.
+        Read with ``allow_pickle=False``.
+
+    Returns
+    -------
+    arrays : `dict`
+        ``{"stamps", "labels", "classes" (or None), "snr" (or None)}``.
+
+    Raises
+    ------
+    ValueError
+        If the file lacks stamps or labels, or the lengths differ.
+    """
+    with np.load(path, allow_pickle=False) as f:
+        keys = set(f.files)
+        out: dict[str, np.ndarray | None] = {}
+        for name, candidates in _NPZ_KEYS.items():
+            found = next((k for k in candidates if k in keys), None)
+            out[name] = None if found is None else f[found]
+    for required in ("stamps", "labels"):
+        if out[required] is None:
+            raise ValueError(
+                f"{os.fspath(path)}: no {required} array (looked for keys {_NPZ_KEYS[required]}; "
+                f"the file has {sorted(keys)})."
+            )
+    n = len(out["stamps"])
+    for name in ("labels", "classes", "snr"):
+        if out[name] is not None and len(out[name]) != n:
+            raise ValueError(f"{os.fspath(path)}: {name} has {len(out[name])} rows but there are {n} stamps.")
+    if out["classes"] is not None:
+        out["classes"] = out["classes"].astype(str)
+    return out
+
+
+def class_targets(classes, labels) -> np.ndarray:
+    """Index in `constants.ALL_CLASSES` of each source, for the class head.
+
+    Parameters
+    ----------
+    classes : array-like of `str`, shape ``(N,)``
+    labels : array-like, shape ``(N,)``
+        Used to check consistency: a real class must have label 1.
+
+    Returns
+    -------
+    targets : `numpy.ndarray` of int64, shape ``(N,)``
+    """
+    names, inverse = np.unique(np.asarray(classes).astype(str), return_inverse=True)
+    idx = np.array([class_index(n) for n in names], dtype=np.int64)[inverse]
+    labels = np.asarray(labels)
+    wrong = (idx == 0) != (labels == 1)
+    if np.any(wrong):
+        i = int(np.flatnonzero(wrong)[0])
+        raise ValueError(
+            f"source {i} has class {np.asarray(classes)[i]!r} but label {labels[i]}; real classes must have "
+            f"label 1 and artifact classes label 0 (classes {ALL_CLASSES})."
+        )
+    return idx
+
+
+def _strata(labels, strata) -> np.ndarray:
+    labels = np.asarray(labels)
+    if strata is None:
+        return labels.astype(str)
+    s = np.asarray(strata).astype(str)
+    if s.shape != labels.shape:
+        raise ValueError(f"strata has shape {s.shape}; labels has {labels.shape}.")
+    # Label is part of the stratum so a class name shared by both labels cannot unbalance them.
+    return np.char.add(np.char.add(labels.astype(str), ":"), s)
+
+
+def stratified_folds(labels, k: int, seed: int = 0, strata=None) -> np.ndarray:
+    """Assign each source to one of ``k`` folds, stratified by label (and class).
+
+    Within each stratum the sources are shuffled and dealt to the folds in turn,
+    starting at a random fold so that small strata do not all land in fold 0.
+
+    Parameters
+    ----------
+    labels : array-like, shape ``(N,)``
+    k : `int`
+        Number of folds (>= 2).
+    seed : `int`
+    strata : array-like of `str`, shape ``(N,)``, optional
+        Finer strata, e.g. the source classes.
+
+    Returns
+    -------
+    fold : `numpy.ndarray` of int64, shape ``(N,)``
+        Fold number of each source in ``[0, k)``.
+    """
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"k must be an integer >= 2, got {k!r}.")
+    s = _strata(labels, strata)
+    if len(s) < k:
+        raise ValueError(f"cannot make {k} folds from {len(s)} sources.")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(s), dtype=np.int64)
+    offset = 0
+    for name in np.unique(s):
+        members = rng.permutation(np.flatnonzero(s == name))
+        # Continue dealing where the previous stratum stopped: fold sizes stay within one of each other.
+        fold[members] = (np.arange(len(members)) + offset) % k
+        offset = (offset + len(members)) % k
+    return fold
+
+
+def stratified_split(labels, fraction: float, seed: int = 0, strata=None) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, held-out) with ``fraction`` held out per stratum.
+
+    Returns
+    -------
+    train, held_out : `numpy.ndarray` of int64
+        Sorted, disjoint, covering ``range(N)``.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}.")
+    s = _strata(labels, strata)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(s), dtype=bool)
+    for name in np.unique(s):
+        members = rng.permutation(np.flatnonzero(s == name))
+        n_held = int(round(fraction * len(members)))
+        held[members[:n_held]] = True
+    if held.all() or not held.any():
+        raise ValueError(f"a validation fraction of {fraction} of {len(s)} sources leaves one side empty.")
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+@functools.lru_cache(maxsize=8)
+def _dihedral_permutations(size: int) -> torch.Tensor:
+    """``(8, size * size)`` pixel permutations of the 8 rotations/flips (as `nn.triplet.dihedral_transforms`)."""
+    idx = torch.arange(size * size).view(1, size, size)
+    return torch.stack([t.reshape(-1) for t in dihedral_transforms(idx)])
+
+
+def dihedral_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply one random rotation/flip of the square to each stamp.
+
+    Parameters
+    ----------
+    x : `torch.Tensor`, shape ``(N, C, S, S)``
+    generator : `torch.Generator`, optional
+
+    Returns
+    -------
+    out : `torch.Tensor`, same shape; ``x`` is not modified.
+    """
+    n, c, h, w = x.shape
+    if h != w:
+        raise ValueError(f"stamps must be square to rotate them, got {h}x{w}.")
+    k = torch.randint(0, 8, (n,), generator=generator, device="cpu")
+    # One gather with a per-stamp pixel permutation: ~10x faster than rot90/flip per group.
+    perm = _dihedral_permutations(h)[k].to(x.device)
+    flat = x.reshape(n, c, h * w)
+    return torch.gather(flat, 2, perm[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
+
+
+def _jitter(x: torch.Tensor, noise_std: float, flux_jitter: float, generator) -> torch.Tensor:
+    if flux_jitter > 0:
+        f = torch.exp(flux_jitter * torch.randn(x.shape[0], 1, 1, 1, generator=generator)).to(x.device)
+        x = torch.asinh(torch.sinh(x) * f)
+    if noise_std > 0:
+        x = x + noise_std * torch.randn(x.shape, generator=generator).to(x.device)
+    return x
+
+
+def iterate_batches(
+    data: PreparedStamps,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment: bool = False,
+    noise_std: float = 0.0,
+    flux_jitter: float = 0.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    class_index_targets: np.ndarray | None = None,
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Batches of ``(x, labels, class_targets)`` as tensors on ``device``.
+
+    Parameters
+    ----------
+    data : `PreparedStamps`
+    batch_size : `int`
+    shuffle : `bool`
+        Visit the stamps in a random order (drawn from ``generator``).
+    augment : `bool`
+        Apply a random rotation/flip per stamp, then the optional jitters.
+    noise_std, flux_jitter : `float`
+        See the module docstring; 0 disables.
+    generator : `torch.Generator`, optional
+        CPU generator for the order and the augmentation (reproducibility).
+    device : `torch.device` or `str`
+    class_index_targets : `numpy.ndarray`, shape ``(N,)``, optional
+        Class-head targets (`class_targets`); ``None`` yields ``None``.
+    channels_last : `bool`
+        Return ``x`` in channels-last memory format (faster convolutions on CPU).
+
+    Yields
+    ------
+    x : `torch.Tensor`, ``(B, C, S, S)`` float32
+    y : `torch.Tensor`, ``(B,)`` float32
+    c : `torch.Tensor`, ``(B,)`` int64, or `None`
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    n = len(data)
+    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if shuffle:
+            # Sorted gathers read memory in order (faster on a big array); the batch is still random.
+            idx = np.sort(idx)
+        x = torch.from_numpy(np.ascontiguousarray(data.x[idx], dtype=np.float32))
+        y = torch.from_numpy(data.labels[idx].astype(np.float32))
+        c = None if class_index_targets is None else torch.from_numpy(class_index_targets[idx])
+        if augment:
+            x = dihedral_augment(x, generator)
+            x = _jitter(x, noise_std, flux_jitter, generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if c is not None:
+            c = c.to(device, non_blocking=True)
+        yield x, y, c

@@ -1,0 +1,694 @@
+# This file is part of meas_rbnet.
+"""Train a triplet model from labelled stamps and package it.
+
+`train_triplet_model` runs the whole recipe on arrays: prepare the stamps once
+as the input contract says, split off a stratified validation set (unless one
+is given), train with AdamW under a cosine (or plateau) schedule with
+rotation/flip augmentation, stop early on the validation loss and restore the
+best weights, fit the calibration temperatures on the validation set, choose
+the recommended thresholds there, and return a validated `ModelPackage`
+together with the training history and the validation metrics.
+
+Reproducibility: on the CPU, a run is deterministic for a given seed, data and
+thread count (the seed drives the split, the initial weights, the batch order,
+the augmentation and dropout; the caller's global torch RNG state is restored
+afterwards). On CUDA, mixed precision and cuDNN make runs close but not
+bit-identical.
+"""
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "ValidationScores",
+    "train_triplet_model",
+    "model_logits",
+    "choose_thresholds",
+    "git_commit",
+    "SCHEDULES",
+]
+
+import copy
+import dataclasses
+import math
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..constants import ALL_CLASSES
+from ..contract import InputContract
+from ..nn import registry
+from ..nn.triplet import dihedral_transforms
+from ..package import ModelPackage, validate_version_string
+from ..version import __version__
+from . import metrics as M
+from .calibration import apply_temperature, fit_temperature
+from .data import PreparedStamps, class_targets, iterate_batches, prepare_dataset, stratified_split
+from .losses import LOSSES, get_loss
+
+#: Learning-rate schedules: cosine decay per step after a short linear warm-up;
+#: reduce-on-plateau of the validation loss per epoch; constant.
+SCHEDULES: tuple[str, ...] = ("cosine", "plateau", "constant")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train a triplet model.
+
+    Parameters
+    ----------
+    contract : `InputContract`
+        Stamp size, channels and normalisation of the model (travels with it).
+    architecture : `str`
+        Registered architecture name (``"triplet_cnn"``, ``"braai_like"``).
+    hyperparameters : `dict`
+        Builder keyword arguments; ``in_channels``, ``stamp_size`` and
+        ``n_classes`` are filled in from the contract and the class head setting.
+    epochs : `int`
+        Maximum number of passes over the training set.
+    batch_size : `int`
+    learning_rate : `float`
+        Peak AdamW learning rate.
+    weight_decay : `float`
+        AdamW decoupled weight decay.
+    schedule : `str`
+        One of `SCHEDULES`.
+    warmup_fraction : `float`
+        Fraction of the steps (at most 500 steps) with a linear warm-up (cosine only).
+    loss : `str`
+        One of `losses.LOSSES`.
+    loss_params : `dict`
+        Keyword parameters of the loss (e.g. ``{"gamma": 2.0}`` for focal).
+    class_loss_weight : `float`
+        Weight of the class-head cross-entropy over `constants.ALL_CLASSES`; it
+        makes the network learn what kind of artifact it sees, which helps the
+        real/bogus decision on rare artifacts. 0 (or no ``classes``) disables the head.
+    patience : `int`
+        Stop after this many epochs without a validation-loss improvement larger than ``min_delta``.
+    min_delta : `float`
+    validation_fraction : `float`
+        Held out (stratified by label and class) when no validation set is given.
+    seed : `int`
+    device : `str`
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (`scoring.select_device`).
+    amp : `bool`
+        Mixed precision (float16 autocast with gradient scaling) on CUDA; ignored on the CPU.
+    augment : `bool`
+        Random rotation/flip per stamp (and the jitters below).
+    noise_std, flux_jitter : `float`
+        Optional augmentation strengths (see `training.data`); 0 disables.
+    num_threads : `int` or `None`
+        torch CPU threads during training (restored afterwards); None leaves it.
+    channels_last : `bool` or `None`
+        Channels-last memory format; None = on for the CPU, where it makes the
+        small convolutions of `TripletCNN` several times faster.
+    storage_dtype : `str`
+        ``"float32"`` or ``"float16"``: how the prepared training stamps are kept in memory.
+    eval_batch_size : `int`
+    max_seconds : `float` or `None`
+        Wall-time budget of the training epochs; the epoch in progress ends early
+        when it is spent (then validation, calibration and packaging still run).
+    version : `str`
+        APDB ``reliabilityVersion`` of the package (<= 7 characters).
+    purity_targets : `tuple` [`float`, ...]
+        Purities of the recommended thresholds (``"purity95"``, ``"purity99"``).
+    threshold_snr_min : `float` or `None`
+        Purity thresholds are chosen on validation sources with ``snr >= this``
+        (when SNR is known); None uses all.
+    symmetric_temperature : `bool`
+        Also fit the temperature of rotation/flip-averaged logits (costs 8
+        evaluations of the validation set).
+    """
+
+    contract: InputContract = dataclasses.field(default_factory=InputContract)
+    architecture: str = "triplet_cnn"
+    hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.03
+    loss: str = "bce"
+    loss_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    class_loss_weight: float = 0.2
+    patience: int = 3
+    min_delta: float = 1e-4
+    validation_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    augment: bool = True
+    noise_std: float = 0.0
+    flux_jitter: float = 0.0
+    num_threads: int | None = 2
+    channels_last: bool | None = None
+    storage_dtype: str = "float32"
+    eval_batch_size: int = 1024
+    max_seconds: float | None = None
+    version: str = "dev"
+    purity_targets: tuple[float, ...] = (0.95, 0.99)
+    threshold_snr_min: float | None = 6.0
+    symmetric_temperature: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.contract, InputContract):
+            raise ValueError(f"TrainConfig.contract must be an InputContract, got {type(self.contract).__name__}.")
+        validate_version_string(self.version)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {v!r}.")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"TrainConfig.patience must be an integer >= 1, got {self.patience!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}.")
+        get_loss(self.loss, **dict(self.loss_params))  # checks the parameters now, not after an hour
+        if not self.learning_rate > 0 or self.weight_decay < 0 or self.class_loss_weight < 0:
+            raise ValueError("TrainConfig: learning_rate must be > 0, weight_decay and class_loss_weight >= 0.")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"TrainConfig.validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        if self.storage_dtype not in ("float32", "float16"):
+            raise ValueError(f"TrainConfig.storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}.")
+        if any(not 0 < p < 1 for p in self.purity_targets):
+            raise ValueError(f"TrainConfig.purity_targets must lie in (0, 1), got {self.purity_targets}.")
+        if self.architecture not in registry.architectures():
+            raise ValueError(
+                f"TrainConfig.architecture {self.architecture!r} is unknown; known: {registry.architectures()}."
+            )
+        self.purity_targets = tuple(float(p) for p in self.purity_targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (recorded in the package provenance)."""
+        d = dataclasses.asdict(self)
+        d["contract"] = self.contract.to_dict()
+        d["purity_targets"] = list(self.purity_targets)
+        return d
+
+
+@dataclasses.dataclass
+class ValidationScores:
+    """Scores of the final model on the validation set (for plots and reports).
+
+    Attributes
+    ----------
+    logits : `numpy.ndarray`, shape ``(N,)``
+        Uncalibrated logits.
+    probabilities : `numpy.ndarray`, shape ``(N,)``
+        ``sigmoid(logits / temperature)``.
+    labels : `numpy.ndarray`, shape ``(N,)``
+    classes, snr : `numpy.ndarray`, shape ``(N,)``, or `None`
+    """
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray | None = None
+    snr: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train_triplet_model` returns.
+
+    Attributes
+    ----------
+    package : `ModelPackage`
+        The trained, calibrated, validated model package (not yet written).
+    history : `list` [`dict`]
+        One entry per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_auc``,
+        ``lr``, ``seconds``, ``samples_per_second``.
+    metrics : `dict`
+        Validation metrics (JSON-serialisable; also stored in the package).
+    validation : `ValidationScores`
+        Final validation scores.
+    best_epoch : `int`
+        Epoch (1-based) whose weights were kept.
+    stopped_early : `bool`
+        True if early stopping (or the time budget) ended training before ``epochs``.
+    """
+
+    package: ModelPackage
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    validation: ValidationScores
+    best_epoch: int
+    stopped_early: bool
+
+
+def git_commit() -> str:
+    """Commit hash of the source tree this module was imported from, or ``"unknown"``."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        )
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "") if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _select_device(name: str) -> torch.device:
+    from ..scoring import select_device
+
+    return select_device(name)
+
+
+@torch.no_grad()
+def model_logits(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    *,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+    symmetric: bool = False,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Logits of prepared stamps (model in eval mode, no gradients).
+
+    Parameters
+    ----------
+    model : `torch.nn.Module`
+        Returns ``(N,)`` logits.
+    x : `numpy.ndarray`, shape ``(N, C, S, S)``
+        Prepared stamps (float32 or float16).
+    batch_size : `int`
+    device : `torch.device` or `str`
+    symmetric : `bool`
+        Average the logits over the 8 rotations/flips of each stamp (as the
+        scorer's symmetry averaging does).
+    channels_last : `bool`
+
+    Returns
+    -------
+    logits : `numpy.ndarray`, shape ``(N,)``, float64
+    """
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(x), dtype=np.float64)
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
+            views = dihedral_transforms(xb) if symmetric else [xb]
+            acc = None
+            for v in views:
+                if channels_last:
+                    v = v.contiguous(memory_format=torch.channels_last)
+                z = model(v.to(device)).float()
+                acc = z if acc is None else acc + z
+            out[start : start + len(xb)] = (acc / len(views)).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def choose_thresholds(
+    probabilities,
+    labels,
+    *,
+    snr=None,
+    snr_min: float | None = 6.0,
+    purity_targets=(0.95, 0.99),
+    default: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Recommended thresholds on calibrated probabilities, with their purity and completeness.
+
+    Parameters
+    ----------
+    probabilities, labels : array-like, shape ``(N,)``
+        Calibrated validation probabilities and labels.
+    snr : array-like, shape ``(N,)``, optional
+    snr_min : `float` or `None`
+        Purity thresholds are chosen on sources with ``snr >= snr_min`` (when
+        ``snr`` is given), and their purity/completeness are measured there.
+    purity_targets : sequence of `float`
+        Each gives a threshold named ``"purity<100 p>"`` (e.g. ``"purity99"``).
+    default : `float`
+        The ``"default"`` threshold: 0.5 on a calibrated probability is the
+        decision "more likely real than not"; its purity and completeness are
+        measured on all sources.
+
+    Returns
+    -------
+    thresholds : `list` [`dict`]
+        ``{"name", "threshold", "purity", "completeness"}`` entries. A purity
+        that no threshold reaches gives threshold 1.0 with the measured values there.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels)
+    pur, comp = M.purity_completeness(p, y, default)
+    out = [{"name": "default", "threshold": float(default), "purity": pur, "completeness": comp}]
+    mask = None
+    if snr is not None and snr_min is not None:
+        mask = np.asarray(snr) >= snr_min
+        if not np.any(mask & (y == 1)):
+            mask = None
+    for target in purity_targets:
+        thr = M.threshold_for_purity(p, y, target, mask=mask)
+        thr = min(thr, 1.0)
+        pur, comp = M.purity_completeness(p, y, thr, mask=mask)
+        name = f"purity{round(100 * target):d}"
+        out.append({"name": name, "threshold": float(thr), "purity": pur, "completeness": comp})
+    return out
+
+
+def _as_prepared(data, labels, classes, snr, contract: InputContract, dtype, what: str) -> PreparedStamps:
+    if isinstance(data, PreparedStamps):
+        if data.contract != contract:
+            raise ValueError(f"{what} stamps were prepared with {data.contract}, but the config asks for {contract}.")
+        return data
+    if isinstance(data, dict):
+        return prepare_dataset(
+            data["stamps"], data["labels"], contract, classes=data.get("classes"), snr=data.get("snr"), dtype=dtype
+        )
+    if isinstance(data, (tuple, list)) and not isinstance(data, np.ndarray):
+        parts = list(data) + [None] * (4 - len(data))
+        return prepare_dataset(parts[0], parts[1], contract, classes=parts[2], snr=parts[3], dtype=dtype)
+    if labels is None:
+        raise ValueError(f"{what}: labels are required with raw stamps.")
+    return prepare_dataset(data, labels, contract, classes=classes, snr=snr, dtype=dtype)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int, floor: float = 0.02) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _evaluate_metrics(
+    probs: np.ndarray, labels: np.ndarray, classes, snr, thresholds, snr_min
+) -> dict[str, Any]:
+    """Validation metrics as a JSON-serialisable dict (see `report.evaluate_scores`)."""
+    from .report import evaluate_scores
+
+    return evaluate_scores(
+        probs,
+        labels,
+        classes=classes,
+        snr=snr,
+        thresholds={t["name"]: t["threshold"] for t in thresholds},
+        snr_min=snr_min,
+    )
+
+
+def train_triplet_model(
+    stamps,
+    labels=None,
+    *,
+    classes=None,
+    snr=None,
+    config: TrainConfig | None = None,
+    validation=None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train, calibrate and package a triplet model.
+
+    Parameters
+    ----------
+    stamps : `numpy.ndarray` ``(N, C, H, W)`` or `PreparedStamps`
+        Raw stamps in `constants.CHANNEL_ORDER` (untrusted pixels NaN; prepared
+        here with ``config.contract``), or stamps already prepared with that contract.
+    labels : array-like, shape ``(N,)``
+        1 = real, 0 = bogus (taken from ``stamps`` if it is `PreparedStamps`).
+    classes : array-like of `str`, shape ``(N,)``, optional
+        Fine class per source (`constants.REAL_CLASSES`, `ARTIFACT_CLASSES`):
+        stratifies the split, trains the class head and gives per-class metrics.
+    snr : array-like, shape ``(N,)``, optional
+        Source signal-to-noise, for the "at SNR >= 6" thresholds and metrics.
+    config : `TrainConfig`, optional
+    validation : optional
+        Validation data: `PreparedStamps`, a dict with ``stamps``, ``labels``
+        (and ``classes``, ``snr``), or a tuple ``(stamps, labels[, classes[, snr]])``.
+        By default ``config.validation_fraction`` of the input is held out.
+    progress : callable, optional
+        Called with event dicts: ``{"event": "start", ...}``, ``{"event": "step",
+        "epoch", "step", "steps", "loss"}`` after every batch, ``{"event": "epoch",
+        ...}`` (a history entry), ``{"event": "calibrate"}`` and ``{"event": "done"}``.
+    provenance : `dict`, optional
+        Recorded in the package (e.g. the command line and the data seeds); the
+        config, seed, data sizes, git commit and versions are added.
+
+    Returns
+    -------
+    result : `TrainResult`
+    """
+    config = config or TrainConfig()
+    contract = config.contract
+    notify = progress or (lambda event: None)
+    dtype = np.float16 if config.storage_dtype == "float16" else np.float32
+    data = _as_prepared(stamps, labels, classes, snr, contract, dtype, "training")
+    if validation is None:
+        strata = data.classes if data.classes is not None else None
+        train_idx, val_idx = stratified_split(data.labels, config.validation_fraction, config.seed, strata)
+        val = data.subset(val_idx)
+        data = data.subset(train_idx)
+    else:
+        val = _as_prepared(validation, None, None, None, contract, dtype, "validation")
+    for name, d in (("training", data), ("validation", val)):
+        counts = np.bincount(d.labels, minlength=2)
+        if counts.min() == 0:
+            raise ValueError(f"the {name} set needs both real and bogus stamps; it has {counts[1]} real, {counts[0]} bogus.")
+
+    use_classes = config.class_loss_weight > 0 and data.classes is not None
+    train_targets = class_targets(data.classes, data.labels) if use_classes else None
+
+    hp = dict(config.hyperparameters)
+    defaults = registry.architecture_defaults(config.architecture)
+    if "in_channels" in defaults:
+        hp["in_channels"] = contract.n_channels
+    if "stamp_size" in defaults:
+        hp["stamp_size"] = contract.stamp_size
+    if "n_classes" in defaults:
+        hp["n_classes"] = len(ALL_CLASSES) if use_classes else 0
+    elif use_classes:
+        raise ValueError(f"architecture {config.architecture!r} has no class head; set class_loss_weight=0.")
+    hp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp.items()}
+
+    device = _select_device(config.device)
+    on_cuda = device.type == "cuda"
+    amp = bool(config.amp and on_cuda)
+    channels_last = (not on_cuda) if config.channels_last is None else bool(config.channels_last)
+    loss_fn = get_loss(config.loss, **dict(config.loss_params))
+    old_threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    rng_devices = [device] if on_cuda else []
+    t_start = time.monotonic()
+    try:
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(config.seed)
+            model = registry.build(config.architecture, **hp).to(device)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            gen = torch.Generator().manual_seed(config.seed + 1)
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            )
+            steps_per_epoch = math.ceil(len(data) / config.batch_size)
+            total_steps = steps_per_epoch * config.epochs
+            if config.schedule == "cosine":
+                warmup = max(1, min(500, int(config.warmup_fraction * total_steps)))
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+            elif config.schedule == "plateau":
+                scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=1)
+            else:
+                scheduler = None
+            scaler = torch.amp.GradScaler("cuda", enabled=amp)
+            notify(
+                {
+                    "event": "start",
+                    "epochs": config.epochs,
+                    "steps": steps_per_epoch,
+                    "n_train": len(data),
+                    "n_val": len(val),
+                    "device": str(device),
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                }
+            )
+            history: list[dict[str, Any]] = []
+            best_loss = math.inf
+            best_state = copy.deepcopy(model.state_dict())
+            best_epoch = 0
+            bad_epochs = 0
+            stopped_early = False
+            out_of_time = False
+            for epoch in range(1, config.epochs + 1):
+                model.train()
+                t_epoch = time.monotonic()
+                sum_loss, n_seen = 0.0, 0
+                batches = iterate_batches(
+                    data,
+                    config.batch_size,
+                    shuffle=True,
+                    augment=config.augment,
+                    noise_std=config.noise_std,
+                    flux_jitter=config.flux_jitter,
+                    generator=gen,
+                    device=device,
+                    class_index_targets=train_targets,
+                    channels_last=channels_last,
+                )
+                for step, (xb, yb, cb) in enumerate(batches, start=1):
+                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                        if use_classes:
+                            logits, class_logits = model.forward_with_classes(xb)
+                        else:
+                            logits, class_logits = model(xb), None
+                    loss = loss_fn(logits.float(), yb)
+                    if class_logits is not None:
+                        loss = loss + config.class_loss_weight * F.cross_entropy(class_logits.float(), cb)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if config.schedule == "cosine":
+                        scheduler.step()
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise FloatingPointError(
+                            f"training loss became {value} at epoch {epoch}, step {step}; lower the learning rate."
+                        )
+                    sum_loss += value * len(yb)
+                    n_seen += len(yb)
+                    notify({"event": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch, "loss": value})
+                    if config.max_seconds is not None and time.monotonic() - t_start > config.max_seconds:
+                        out_of_time = True
+                        break
+                seconds = time.monotonic() - t_epoch
+                val_logits = model_logits(
+                    model, val.x, batch_size=config.eval_batch_size, device=device, channels_last=channels_last
+                )
+                vt = torch.from_numpy(val_logits).float()
+                val_loss = float(loss_fn(vt, torch.from_numpy(val.labels.astype(np.float32))))
+                val_auc = M.roc_auc(val_logits, val.labels)
+                if config.schedule == "plateau":
+                    scheduler.step(val_loss)
+                improved = val_loss < best_loss - config.min_delta
+                if improved:
+                    best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad_epochs += 1
+                entry = {
+                    "epoch": epoch,
+                    "train_loss": sum_loss / max(1, n_seen),
+                    "val_loss": val_loss,
+                    "val_auc": val_auc,
+                    "lr": float(optimizer.param_groups[0]["lr"]),
+                    "seconds": seconds,
+                    "samples_per_second": n_seen / seconds if seconds > 0 else float("nan"),
+                    "improved": improved,
+                }
+                history.append(entry)
+                notify({"event": "epoch", **entry})
+                if out_of_time:
+                    stopped_early = epoch < config.epochs
+                    break
+                if bad_epochs >= config.patience:
+                    stopped_early = epoch < config.epochs
+                    break
+            model.load_state_dict(best_state)
+            model.eval()
+            train_seconds = time.monotonic() - t_start
+
+            notify({"event": "calibrate"})
+            val_logits = model_logits(
+                model, val.x, batch_size=config.eval_batch_size, device=device, channels_last=channels_last
+            )
+            temperature = fit_temperature(val_logits, val.labels)
+            temperature_symmetric = None
+            if config.symmetric_temperature:
+                sym_logits = model_logits(
+                    model,
+                    val.x,
+                    batch_size=config.eval_batch_size,
+                    device=device,
+                    symmetric=True,
+                    channels_last=channels_last,
+                )
+                temperature_symmetric = fit_temperature(sym_logits, val.labels)
+    finally:
+        if config.num_threads is not None:
+            torch.set_num_threads(old_threads)
+
+    probs = apply_temperature(val_logits, temperature)
+    thresholds = choose_thresholds(
+        probs, val.labels, snr=val.snr, snr_min=config.threshold_snr_min, purity_targets=config.purity_targets
+    )
+    metrics = _evaluate_metrics(probs, val.labels, val.classes, val.snr, thresholds, config.threshold_snr_min)
+    metrics["uncalibrated_ece"] = M.expected_calibration_error(apply_temperature(val_logits, 1.0), val.labels)
+    training_summary = {
+        "n_train": len(data),
+        "n_val": len(val),
+        "n_train_real": int(data.labels.sum()),
+        "n_val_real": int(val.labels.sum()),
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "stopped_early": stopped_early,
+        "train_seconds": round(train_seconds, 1),
+        "device": str(device),
+        "temperature": temperature,
+        "temperature_symmetric": temperature_symmetric,
+        "history": history,
+    }
+    prov = dict(provenance or {})
+    prov.setdefault("seed", config.seed)
+    prov.setdefault("git_commit", git_commit())
+    prov.setdefault("rbnet_version", __version__)
+    prov["config"] = config.to_dict()
+    prov["training"] = {k: v for k, v in training_summary.items() if k != "history"}
+    prov["history"] = history
+    if data.classes is not None:
+        names, counts = np.unique(data.classes, return_counts=True)
+        prov["train_classes"] = {str(n): int(c) for n, c in zip(names, counts)}
+    package = ModelPackage.from_modules(
+        "triplet",
+        {"classifier": (config.architecture, hp, model.to("cpu").to(memory_format=torch.contiguous_format))},
+        contract=contract,
+        version=config.version,
+        temperature=temperature,
+        temperature_symmetric=temperature_symmetric,
+        thresholds=thresholds,
+        classes=ALL_CLASSES if use_classes else (),
+        metrics={"validation": metrics},
+        provenance=prov,
+        extra={
+            "threshold_snr_min": config.threshold_snr_min,
+            "threshold_note": (
+                "default: calibrated probability 0.5, purity/completeness over all validation sources; "
+                "purityNN: lowest threshold reaching that purity on validation sources with "
+                f"snr >= {config.threshold_snr_min} (all sources when snr is unknown), measured there."
+            ),
+        },
+    )
+    notify({"event": "done", "seconds": time.monotonic() - t_start})
+    return TrainResult(
+        package=package,
+        history=history,
+        metrics=metrics,
+        validation=ValidationScores(
+            logits=val_logits, probabilities=probs, labels=val.labels.astype(np.int64), classes=val.classes, snr=val.snr
+        ),
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+    )

@@ -1,0 +1,273 @@
+# This file is part of meas_rbnet.
+"""Evaluation plots as PNG files (matplotlib, Agg backend: no display needed).
+
+Each function takes arrays, writes one PNG and returns its path.
+"""
+
+__all__ = [
+    "plot_roc",
+    "plot_reliability",
+    "plot_score_histograms",
+    "plot_history",
+    "plot_gallery",
+    "make_evaluation_plots",
+]
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics as M
+
+
+def _figure(figsize=(6.0, 4.5)):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    # A bare Figure (no pyplot) keeps no global state and is safe in threads.
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike,
+    *,
+    mask=None,
+    title: str = "ROC",
+) -> Path:
+    """ROC curves of several models on one plot (log false-positive rate).
+
+    Parameters
+    ----------
+    curves : `dict` [`str`, `tuple`]
+        Model name -> ``(scores, labels)``.
+    path : path-like
+        PNG to write.
+    mask : array-like of `bool`, optional
+        Use only these sources (the same for every model).
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    for name, (scores, labels) in curves.items():
+        s, y = np.asarray(scores), np.asarray(labels)
+        if mask is not None:
+            s, y = s[mask], y[mask]
+        fpr, tpr, _ = M.roc_curve(s, y)
+        ax.plot(np.maximum(fpr, 1e-5), tpr, label=f"{name} (AUC {M.roc_auc(s, y):.4f})")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (bogus scored real)")
+    ax.set_ylabel("true positive rate (completeness)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_reliability(
+    models: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike,
+    *,
+    n_bins: int = 15,
+    title: str = "Reliability diagram",
+) -> Path:
+    """Observed real fraction against predicted probability (calibration), with counts.
+
+    Parameters
+    ----------
+    models : `dict` [`str`, `tuple`]
+        Model name -> ``(probabilities, labels)``.
+    """
+    fig = _figure((6.0, 6.0))
+    ax, axh = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="perfect")
+    for name, (p, y) in models.items():
+        mean_p, frac, counts = M.reliability_curve(p, y, n_bins)
+        ece = M.expected_calibration_error(p, y, n_bins)
+        ok = counts > 0
+        ax.plot(mean_p[ok], frac[ok], marker="o", ms=4, label=f"{name} (ECE {ece:.4f})")
+        axh.hist(np.asarray(p), bins=np.linspace(0, 1, n_bins + 1), histtype="step", label=name)
+    ax.set_ylabel("fraction real")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    axh.set_yscale("log")
+    axh.set_xlabel("predicted probability of real")
+    axh.set_ylabel("sources")
+    return _save(fig, path)
+
+
+def plot_score_histograms(
+    probabilities,
+    classes,
+    path: str | os.PathLike,
+    *,
+    threshold: float = 0.5,
+    title: str = "Scores per class",
+) -> Path:
+    """Histogram of the scores of each class (one row of panels per class).
+
+    Parameters
+    ----------
+    probabilities : array-like, shape ``(N,)``
+    classes : array-like of `str`, shape ``(N,)``
+    threshold : `float`
+        Drawn as a vertical line.
+    """
+    p = np.asarray(probabilities)
+    c = np.asarray(classes).astype(str)
+    names = M._ordered_class_names(np.unique(c))
+    ncol = 3
+    nrow = int(np.ceil(len(names) / ncol))
+    fig = _figure((3.2 * ncol, 1.9 * nrow + 0.4))
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True)).ravel()
+    bins = np.linspace(0, 1, 41)
+    for ax, name in zip(axes, names):
+        s = p[c == name]
+        ax.hist(s, bins=bins, color="tab:green" if name.startswith("real") else "tab:red")
+        ax.axvline(threshold, color="k", lw=0.8)
+        above = np.mean(s >= threshold) if s.size else float("nan")
+        ax.set_title(f"{name} (n={s.size}, {above:.1%} >= {threshold:.2g})", fontsize=8)
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_history(history: Sequence[Mapping], path: str | os.PathLike) -> Path:
+    """Training and validation loss, and validation AUC, per epoch."""
+    fig = _figure((7.0, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
+    ep = [h["epoch"] for h in history]
+    ax1.plot(ep, [h["train_loss"] for h in history], marker="o", label="train")
+    ax1.plot(ep, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax2.plot(ep, [1 - h["val_auc"] for h in history], marker="o")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("1 - validation AUC")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_gallery(
+    stamps: np.ndarray,
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    channel_names: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """Stamps in a grid: one row per source, one column per channel.
+
+    Parameters
+    ----------
+    stamps : `numpy.ndarray`, shape ``(N, C, S, S)``
+        Prepared (or raw) stamps; each panel is scaled on its own.
+    titles : sequence of `str`, length ``N``
+        Row labels (e.g. class and score).
+    channel_names : sequence of `str`, optional
+    """
+    x = np.asarray(stamps, dtype=np.float32)
+    n, c = x.shape[:2]
+    fig = _figure((1.5 * c + 1.8, 1.5 * max(n, 1) + 0.4))
+    if n == 0:
+        fig.suptitle(title + " (none)")
+        return _save(fig, path)
+    axes = np.asarray(fig.subplots(n, c, squeeze=False))
+    for i in range(n):
+        for j in range(c):
+            ax = axes[i, j]
+            img = x[i, j]
+            finite = np.isfinite(img)
+            lo, hi = (np.percentile(img[finite], (1, 99.5)) if finite.any() else (0, 1))
+            ax.imshow(img, origin="lower", cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0 and channel_names is not None:
+                ax.set_title(channel_names[j], fontsize=8)
+        axes[i, 0].set_ylabel(titles[i], fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def make_evaluation_plots(
+    outdir: str | os.PathLike,
+    probabilities: Mapping[str, np.ndarray],
+    labels,
+    *,
+    classes=None,
+    snr=None,
+    snr_min: float = 6.0,
+    threshold: float = 0.5,
+    history: Sequence[Mapping] | None = None,
+    prefix: str = "",
+) -> list[Path]:
+    """The standard set of plots for one evaluation.
+
+    Parameters
+    ----------
+    outdir : path-like
+        Directory for the PNGs (created).
+    probabilities : `dict` [`str`, `numpy.ndarray`]
+        Model name -> calibrated probabilities ``(N,)``; the first model is the
+        main one (score histograms are made for it).
+    labels, classes, snr : array-like, shape ``(N,)``
+    snr_min : `float`
+        An extra ROC plot is made for ``snr >= snr_min`` when ``snr`` is given.
+    threshold : `float`
+        Default threshold drawn on the histograms.
+    history : sequence of `dict`, optional
+        Training history (adds a loss-curve plot).
+    prefix : `str`
+        Prefix of the file names.
+
+    Returns
+    -------
+    paths : `list` [`pathlib.Path`]
+    """
+    outdir = Path(outdir)
+    y = np.asarray(labels)
+    paths = [plot_roc({k: (v, y) for k, v in probabilities.items()}, outdir / f"{prefix}roc.png")]
+    if snr is not None:
+        m = np.asarray(snr) >= snr_min
+        ym = y[m]
+        if ym.size and ym.min() != ym.max():
+            paths.append(
+                plot_roc(
+                    {k: (v, y) for k, v in probabilities.items()},
+                    outdir / f"{prefix}roc_snr{snr_min:g}.png",
+                    mask=m,
+                    title=f"ROC, SNR >= {snr_min:g}",
+                )
+            )
+    paths.append(plot_reliability({k: (v, y) for k, v in probabilities.items()}, outdir / f"{prefix}reliability.png"))
+    main = next(iter(probabilities))
+    if classes is not None:
+        paths.append(
+            plot_score_histograms(
+                probabilities[main], classes, outdir / f"{prefix}scores_per_class.png", threshold=threshold,
+                title=f"{main} scores per class",
+            )
+        )
+    if history:
+        paths.append(plot_history(history, outdir / f"{prefix}history.png"))
+    return paths

@@ -1,0 +1,412 @@
+# This file is part of meas_rbnet.
+"""Tests of lsst.meas.rbnet.cutouts against a naive per-source reference."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lsst.meas.rbnet.constants import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, mask_bits
+from lsst.meas.rbnet.contract import InputContract
+from lsst.meas.rbnet.cutouts import (
+    CutoutBatch,
+    extract_cutouts,
+    iter_cutout_batches,
+    normalize_stamps,
+    prepare_cutouts,
+    prepare_stamps,
+    resize_stamps,
+    stats_pixel_grid,
+)
+from lsst.meas.rbnet.flags import UNSCORABLE, SourceFlag
+
+BITS = mask_bits(DEFAULT_BAD_MASK_PLANES)
+F = SourceFlag
+
+
+def naive_cutouts(images, masks, x, y, size, bits=BITS, max_bad_fraction=0.5):
+    """One source at a time, by slicing: the obvious implementation, used as the reference."""
+    n, n_chan = len(x), len(images)
+    H, W = images[0].shape
+    half = size // 2
+    stamps = np.full((n, n_chan, size, size), np.nan, dtype=np.float32)
+    flags = np.zeros(n, dtype=np.int32)
+    n_bad = np.zeros((n, n_chan), dtype=np.int32)
+    for i in range(n):
+        if not (math.isfinite(x[i]) and math.isfinite(y[i])):
+            n_bad[i] = size * size
+            flags[i] = F.BAD_CENTROID | F.NO_VALID_PIXELS | F.MOSTLY_BAD | F.BAD_CENTER | F.NOT_SCORED
+            continue
+        cx, cy = math.floor(x[i] + 0.5), math.floor(y[i] + 0.5)
+        r0, c0 = cy - half, cx - half
+        ra, rb = max(r0, 0), min(r0 + size, H)
+        ca, cb = max(c0, 0), min(c0 + size, W)
+        f = 0
+        if ra != r0 or rb != r0 + size or ca != c0 or cb != c0 + size:
+            f |= F.EDGE
+        if not (-0.5 <= x[i] < W - 0.5 and -0.5 <= y[i] < H - 0.5):
+            f |= F.OFF_IMAGE
+        for c in range(n_chan):
+            bad = np.ones((size, size), dtype=bool)
+            if ra < rb and ca < cb:
+                pix = images[c][ra:rb, ca:cb].astype(np.float32)
+                pbad = ~np.isfinite(pix)
+                if pbad.any():
+                    f |= F.NONFINITE
+                if masks is not None and masks[c] is not None:
+                    mbad = (masks[c][ra:rb, ca:cb] & bits) != 0
+                    if mbad.any():
+                        f |= F.MASKED
+                    pbad |= mbad
+                pix = np.where(pbad, np.nan, pix)
+                stamps[i, c, ra - r0 : rb - r0, ca - c0 : cb - c0] = pix
+                bad[ra - r0 : rb - r0, ca - c0 : cb - c0] = pbad
+            n_bad[i, c] = bad.sum()
+            if bad[half, half]:
+                f |= F.BAD_CENTER
+            if bad.sum() > max_bad_fraction * size * size:
+                f |= F.MOSTLY_BAD
+            if bad.all():
+                f |= F.NO_VALID_PIXELS
+        if f & UNSCORABLE:
+            f |= F.NOT_SCORED
+        flags[i] = f
+    return stamps, flags, n_bad
+
+
+def make_images(rng, shape=(60, 80), n_chan=3, dtype=np.float32):
+    images = [rng.normal(10.0, 3.0, size=shape).astype(dtype) for _ in range(n_chan)]
+    masks = []
+    for c, img in enumerate(images):
+        bad = rng.random(shape) < 0.01
+        img[bad] = np.nan
+        img[rng.random(shape) < 0.003] = np.inf
+        m = np.zeros(shape, dtype=np.int32)
+        m[rng.random(shape) < 0.01] = 1 << MASK_PLANES["SAT"]
+        # DETECTED is not a bad plane: it must not make pixels untrusted.
+        m[rng.random(shape) < 0.05] |= 1 << MASK_PLANES["DETECTED"]
+        m[:, 7 + c] |= 1 << MASK_PLANES["BAD"]  # a bad column
+        masks.append(m)
+    masks[2] = None  # a channel without mask
+    return images, masks
+
+
+@pytest.mark.parametrize("size", [3, 4, 8, 21, 31])
+def test_matches_naive_reference(size):
+    rng = np.random.default_rng(size)
+    images, masks = make_images(rng)
+    H, W = images[0].shape
+    n = 300
+    x = rng.uniform(-size, W + size, n)
+    y = rng.uniform(-size, H + size, n)
+    x[:20] = np.round(x[:20]) + 0.5  # exact half pixels
+    y[20:40] = np.round(y[20:40]) - 0.5
+    x[40], y[41] = np.nan, np.inf
+    batch = extract_cutouts(images, x, y, size, masks=masks)
+    stamps, flags, n_bad = naive_cutouts(images, masks, x, y, size)
+    assert isinstance(batch, CutoutBatch)
+    assert batch.stamps.dtype == np.float32 and batch.stamps.shape == (n, 3, size, size)
+    np.testing.assert_array_equal(batch.stamps, stamps)  # NaN positions must agree too
+    np.testing.assert_array_equal(batch.n_bad, n_bad)
+    assert batch.flags.dtype == np.int32
+    np.testing.assert_array_equal(batch.flags, flags)
+    # Every case must actually occur in this test.
+    for bit in (F.EDGE, F.NONFINITE, F.MASKED, F.BAD_CENTER, F.OFF_IMAGE, F.BAD_CENTROID, F.NO_VALID_PIXELS):
+        assert (flags & bit).any(), bit
+
+
+def test_float64_and_integer_images():
+    rng = np.random.default_rng(3)
+    img64 = rng.normal(size=(40, 50))
+    img_int = rng.integers(-1000, 1000, size=(40, 50)).astype(np.int16)
+    x, y = rng.uniform(0, 50, 50), rng.uniform(0, 40, 50)
+    batch = extract_cutouts([img64, img_int], x, y, 7)
+    ref, _, _ = naive_cutouts([img64, img_int], None, x, y, 7)
+    assert batch.stamps.dtype == np.float32
+    np.testing.assert_array_equal(batch.stamps, ref)
+
+
+def test_center_rounding_and_offsets():
+    img = np.arange(20 * 30, dtype=np.float32).reshape(20, 30)  # value = 30 * row + col
+    x = np.array([10.0, 10.49, 10.5, 10.51, 9.5, -0.5, 12.3])
+    y = np.array([5.0, 5.0, 5.5, 4.5, 5.49, 5.0, 7.7])
+    batch = extract_cutouts([img], x, y, 5)
+    cx = np.array([10, 10, 11, 11, 10, 0, 12])
+    cy = np.array([5, 5, 6, 5, 5, 5, 8])
+    np.testing.assert_array_equal(batch.centers, np.stack([cx, cy], axis=1))
+    np.testing.assert_allclose(batch.offsets[:, 0], x - cx, atol=1e-6)
+    np.testing.assert_allclose(batch.offsets[:, 1], y - cy, atol=1e-6)
+    assert np.all((batch.offsets >= -0.5) & (batch.offsets < 0.5))
+    np.testing.assert_array_equal(batch.stamps[:, 0, 2, 2], 30 * cy + cx)
+    # x = -0.5 is on the image (pixel 0 covers [-0.5, 0.5)), but its stamp reaches past the edge.
+    assert batch.flags[5] & F.EDGE and not batch.flags[5] & F.OFF_IMAGE
+
+
+@pytest.mark.parametrize("size", [4, 30])
+def test_even_size_centre_index(size):
+    img = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    batch = extract_cutouts([img], [31.2], [33.0], size)
+    half = size // 2
+    st = batch.stamps[0, 0]
+    assert st[half, half] == img[33, 31]
+    # Rows cy - S//2 .. cy + S//2 - 1: one more pixel below/left of the centre than above/right.
+    np.testing.assert_array_equal(st, img[33 - half : 33 - half + size, 31 - half : 31 - half + size])
+
+
+def test_flags_each_case():
+    H, W = 50, 60
+    diff = np.zeros((H, W), dtype=np.float32)
+    sci = np.ones((H, W), dtype=np.float32)
+    tmpl = np.full((H, W), 2.0, dtype=np.float32)
+    mask = np.zeros((H, W), dtype=np.int32)
+    sci[10, 12] = np.nan  # NaN near source 1 (not the centre)
+    mask[30, 30] = 1 << MASK_PLANES["CR"]  # masked centre of source 3
+    mask[30, 40] = 1 << MASK_PLANES["DETECTED"]  # harmless plane at source 4
+    tmpl[:, 45:] = np.nan  # template has no data over the right part
+    x = np.array([1.0, 13.0, 30.0, 30.0, 40.0, 52.0, 75.0, np.nan, 20.0])
+    y = np.array([25.0, 10.0, 20.0, 30.0, 30.0, 25.0, 25.0, 5.0, -0.6])
+    batch = extract_cutouts([diff, sci, tmpl], x, y, 7, masks=[mask, None, None])
+    f = batch.flags
+    assert f[0] == F.EDGE  # stamp reaches past the left edge; centre fine
+    assert f[1] == F.NONFINITE
+    assert f[2] == 0
+    assert f[3] == F.MASKED | F.BAD_CENTER
+    assert f[4] == 0
+    assert f[5] == F.NONFINITE | F.BAD_CENTER | F.MOSTLY_BAD | F.NO_VALID_PIXELS | F.NOT_SCORED
+    assert f[6] & F.OFF_IMAGE and f[6] & F.EDGE and f[6] & F.NOT_SCORED and f[6] & F.NO_VALID_PIXELS
+    assert f[7] & F.BAD_CENTROID and f[7] & F.NOT_SCORED and np.isnan(batch.stamps[7]).all()
+    assert f[8] & F.OFF_IMAGE and f[8] & F.EDGE and f[8] & F.NOT_SCORED
+    np.testing.assert_array_equal(batch.n_bad[5], [0, 0, 49])
+    np.testing.assert_array_equal(batch.n_bad[0], [14, 14, 14])  # two columns off the image
+    np.testing.assert_array_equal(batch.centers[7], [0, 0])
+    # Off-image pixels are NaN, never zero.
+    assert np.isnan(batch.stamps[0, :, :, :2]).all() and np.isfinite(batch.stamps[0, :, :, 2:]).all()
+
+
+def test_mask_bits_option():
+    img = np.zeros((20, 20), dtype=np.float32)
+    mask = np.zeros((20, 20), dtype=np.int32)
+    mask[10, 10] = 1 << MASK_PLANES["DETECTED"]
+    b = extract_cutouts([img], [10.0], [10.0], 5, masks=[mask], bad_mask_bits=mask_bits(["DETECTED"]))
+    assert b.flags[0] == F.MASKED | F.BAD_CENTER and b.n_bad[0, 0] == 1
+    b = extract_cutouts([img], [10.0], [10.0], 5, masks=[mask], bad_mask_bits=0)
+    assert b.flags[0] == 0
+
+
+def test_mostly_bad_threshold():
+    img = np.zeros((20, 20), dtype=np.float32)
+    img[:, 11:] = np.nan  # 2 of 5 columns of the stamp at x=10 are bad: 40%
+    assert extract_cutouts([img], [10.0], [10.0], 5).flags[0] == F.NONFINITE
+    assert extract_cutouts([img], [10.0], [10.0], 5, max_bad_fraction=0.3).flags[0] == F.NONFINITE | F.MOSTLY_BAD
+
+
+def test_stamp_larger_than_image():
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(6, 9)).astype(np.float32)
+    x, y = np.array([4.0, 0.0, 8.4]), np.array([3.0, 0.0, 5.2])
+    batch = extract_cutouts([img], x, y, 11)
+    ref, flags, n_bad = naive_cutouts([img], None, x, y, 11)
+    np.testing.assert_array_equal(batch.stamps, ref)
+    np.testing.assert_array_equal(batch.flags, flags)
+    np.testing.assert_array_equal(batch.n_bad, n_bad)
+
+
+def test_empty_input():
+    img = np.zeros((30, 30), dtype=np.float32)
+    b = extract_cutouts([img, img], np.array([]), np.array([]), 9)
+    assert b.stamps.shape == (0, 2, 9, 9) and b.stamps.dtype == np.float32
+    assert b.flags.shape == (0,) and b.flags.dtype == np.int32
+    assert b.n_bad.shape == (0, 2) and b.centers.shape == (0, 2) and b.centers.dtype == np.int64
+    assert b.offsets.shape == (0, 2) and b.offsets.dtype == np.float32
+    c = InputContract(stamp_size=21)
+    x, f = prepare_cutouts([img, img, img], [], [], c)
+    assert x.shape == (0, 3, 21, 21) and f.shape == (0,)
+    assert list(iter_cutout_batches([img, img, img], [], [], c, 10)) == []
+
+
+def test_errors():
+    img = np.zeros((30, 30), dtype=np.float32)
+    with pytest.raises(ValueError, match="science image must be a 2-d"):
+        extract_cutouts([img, np.zeros((2, 30, 30)), img], [1.0], [1.0], 5)
+    with pytest.raises(ValueError, match="template image has shape"):
+        extract_cutouts([img, img, np.zeros((30, 31))], [1.0], [1.0], 5)
+    with pytest.raises(ValueError, match="visit image has shape"):
+        extract_cutouts([img, np.zeros((3, 3))], [1.0], [1.0], 5, names=("coadd", "visit"))
+    with pytest.raises(ValueError, match="same length"):
+        extract_cutouts([img], [1.0, 2.0], [1.0], 5)
+    with pytest.raises(ValueError, match=">= 3"):
+        extract_cutouts([img], [1.0], [1.0], 2)
+    with pytest.raises(ValueError, match="integer dtype"):
+        extract_cutouts([img], [1.0], [1.0], 5, masks=[img])
+    with pytest.raises(ValueError, match="mask has shape"):
+        extract_cutouts([img], [1.0], [1.0], 5, masks=[np.zeros((3, 3), np.int32)])
+
+
+def test_resize_round_trip():
+    rng = np.random.default_rng(7)
+    st = rng.normal(size=(4, 3, 31, 31)).astype(np.float32)
+    big, resized = resize_stamps(st, 41)
+    assert resized and big.shape == (4, 3, 41, 41)
+    assert np.isnan(big[..., :5, :]).all() and np.isnan(big[..., :, -5:]).all()
+    back, resized = resize_stamps(big, 31)
+    assert resized
+    np.testing.assert_array_equal(back, st)
+    same, resized = resize_stamps(st, 31)
+    assert not resized and same is st
+
+
+@pytest.mark.parametrize("n_in,n_out", [(30, 31), (63, 31), (31, 30), (64, 21), (21, 64)])
+def test_resize_keeps_centre_pixel(n_in, n_out):
+    st = np.arange(2 * n_in * n_in, dtype=np.float32).reshape(2, n_in, n_in)  # 3-d input
+    out, resized = resize_stamps(st, n_out)
+    assert resized and out.shape == (2, n_out, n_out)
+    np.testing.assert_array_equal(out[:, n_out // 2, n_out // 2], st[:, n_in // 2, n_in // 2])
+    # Equivalent to extracting at the new size directly.
+    img = np.arange(100 * 100, dtype=np.float32).reshape(100, 100)
+    a = extract_cutouts([img], [50.3], [49.6], n_in).stamps
+    b = extract_cutouts([img], [50.3], [49.6], n_out).stamps
+    ra, _ = resize_stamps(a, n_out)
+    if n_out <= n_in:
+        np.testing.assert_array_equal(ra, b)
+    else:
+        pad = np.isnan(ra)
+        np.testing.assert_array_equal(ra[~pad], b[~pad])
+        assert pad.sum() == n_out * n_out - n_in * n_in
+
+
+def _stamps(rng, n=6, c=2, s=31):
+    st = rng.normal(5.0, 2.0, size=(n, c, s, s)).astype(np.float32)
+    st[:, :, s // 2, s // 2] += 50.0  # a source
+    st[0, 0, :3, :] = np.nan
+    return st
+
+
+@pytest.mark.parametrize("norm", ["robust_asinh", "robust", "unit"])
+def test_normalisation_invariances(norm):
+    rng = np.random.default_rng(11)
+    st = _stamps(rng)
+    base = normalize_stamps(st, norm)
+    scaled = normalize_stamps(st * np.float32(7.5), norm)
+    np.testing.assert_allclose(scaled, base, atol=2e-5, rtol=1e-5)
+    if norm != "unit":
+        shifted = normalize_stamps(st + np.float32(1000.0), norm)
+        np.testing.assert_allclose(shifted, base, atol=2e-3)
+    assert np.isfinite(base).all() and base.dtype == np.float32
+    assert (base[0, 0, :3] == 0.0).all()  # NaN filled with fill_value 0
+
+
+def test_normalisation_values_against_nanmedian():
+    rng = np.random.default_rng(12)
+    for s in (21, 31, 51):
+        st = _stamps(rng, n=3, c=1, s=s)
+        st[1, 0, 5:9, 2:20] = np.nan
+        out = normalize_stamps(st, InputContract(stamp_size=s, normalization="robust", channels=("difference",)))
+        gr, gc = stats_pixel_grid(s)
+        for i in range(3):
+            grid = st[i, 0][gr, gc].astype(np.float64)
+            med = np.nanmedian(grid)
+            sigma = 1.4826 * np.nanmedian(np.abs(grid - med))
+            ref = np.where(np.isnan(st[i, 0]), 0.0, (st[i, 0] - med) / sigma)
+            np.testing.assert_allclose(out[i, 0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_stats_grid_is_used_and_documented():
+    assert stats_pixel_grid(31) == (slice(0, None, 1), slice(0, None, 1))
+    gr, _ = stats_pixel_grid(51)
+    idx = np.arange(51)[gr]
+    assert 25 in idx and np.all(np.diff(idx) == 2) and len(idx) <= 32
+    assert len(np.arange(101)[stats_pixel_grid(101)[0]]) <= 32
+    # Pixels off the grid do not move the median: grid pixels 0, others 100.
+    st = np.full((1, 1, 51, 51), 100.0, dtype=np.float32)
+    st[0, 0][stats_pixel_grid(51)] = 0.0
+    out = normalize_stamps(st, "robust")
+    assert out[0, 0, 25, 25] == 0.0
+
+
+def test_normalisation_degenerate_stamps():
+    st = np.zeros((4, 1, 21, 21), dtype=np.float32)
+    st[0] = 3.0  # constant
+    st[1] = np.nan  # all bad
+    st[2] = 1.0
+    st[2, 0, 10, 10] = 1e6  # MAD 0, one bright pixel: std floor
+    st[3, 0, :, :] = np.nan
+    st[3, 0, 4, 4] = np.inf  # only a non-finite value
+    for norm in ("robust_asinh", "robust", "unit", "none"):
+        out = normalize_stamps(st.copy(), norm)
+        assert np.isfinite(out).all(), norm
+    out = normalize_stamps(st, "robust")
+    assert (out[0] == 0).all() and (out[1] == 0).all() and (out[3] == 0).all()
+    assert out[2, 0, 10, 10] > 10 and np.all(np.delete(out[2, 0].ravel(), 10 * 21 + 10) == 0)
+    # fill_value travels in the contract.
+    c = InputContract(stamp_size=21, channels=("difference",), fill_value=-2.0)
+    assert (normalize_stamps(st, c)[1] == -2.0).all()
+    # In place.
+    buf = st.copy()
+    assert normalize_stamps(buf, "robust", out=buf) is buf
+
+
+def test_prepare_stamps_selection_and_flags():
+    rng = np.random.default_rng(13)
+    st = _stamps(rng, n=5, c=3, s=31)
+    st[3, 2] = np.nan  # template all bad
+    flags_in = np.zeros(5, dtype=np.int64)
+    flags_in[1] = F.EDGE
+    full = InputContract(stamp_size=31)
+    x, f = prepare_stamps(st, full, flags_in)
+    assert x.shape == (5, 3, 31, 31) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert f.dtype == np.int32 and f[1] == F.EDGE and f[3] == F.NO_VALID_PIXELS | F.NOT_SCORED
+    assert np.isfinite(x).all() and flags_in[3] == 0  # input not modified
+    diff = InputContract(stamp_size=31, channels=("difference",))
+    xd, fd = prepare_stamps(st, diff)
+    np.testing.assert_array_equal(xd, x[:, :1])
+    assert fd[3] == 0  # template not used
+    xd2, _ = prepare_stamps(st[:, 0], diff)  # (N, H, W) for a one-channel contract
+    np.testing.assert_array_equal(xd2, xd)
+    xd3, _ = prepare_stamps(st[:, :1], diff)  # already only the contract's channels
+    np.testing.assert_array_equal(xd3, xd)
+    st_t = InputContract(stamp_size=31, channels=("template", "difference"))
+    xt, _ = prepare_stamps(st, st_t)
+    np.testing.assert_array_equal(xt, x[:, [2, 0]])
+
+
+def test_prepare_stamps_sizes():
+    rng = np.random.default_rng(14)
+    c = InputContract(stamp_size=31)
+    with pytest.raises(ValueError, match=r"accepted range \[21, 101\]"):
+        prepare_stamps(rng.normal(size=(2, 3, 20, 20)), c)
+    with pytest.raises(ValueError, match=r"expected \(N, C, H, W\) stamps"):
+        prepare_stamps(rng.normal(size=(3, 31, 31)), c)
+    with pytest.raises(ValueError, match="channels"):
+        prepare_stamps(rng.normal(size=(2, 2, 31, 31)), c)
+    for s in (21, 101, 31):
+        x, f = prepare_stamps(rng.normal(size=(2, 3, s, s)), c)
+        assert x.shape == (2, 3, 31, 31) and np.isfinite(x).all()
+        assert bool(f[0] & F.RESIZED) == (s != 31)
+    # A stamp padded to the model size equals extracting at that size and NaN-masking.
+    x30, _ = prepare_stamps(rng.normal(size=(2, 3, 30, 30)), c)
+    assert x30.shape == (2, 3, 31, 31)
+
+
+def test_iter_batches_equal_one_big_prepare():
+    rng = np.random.default_rng(15)
+    images, masks = make_images(rng, shape=(70, 90))
+    n = 123
+    x, y = rng.uniform(-3, 93, n), rng.uniform(-3, 73, n)
+    x[5] = np.nan
+    c = InputContract(stamp_size=21)
+    batch = extract_cutouts(images, x, y, 21, masks=masks)
+    big, flags = prepare_stamps(batch.stamps, c, batch.flags)
+    np.testing.assert_array_equal(flags, batch.flags)
+    one, f1 = prepare_cutouts(images, x, y, c, masks=masks)
+    np.testing.assert_array_equal(one, big)
+    np.testing.assert_array_equal(f1, flags)
+    parts = list(iter_cutout_batches(images, x, y, c, 50, masks=masks))
+    assert [p[0] for p in parts] == [slice(0, 50), slice(50, 100), slice(100, 123)]
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), big)
+    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), flags)
+    # Difference-only contract reads only the difference image.
+    cd = InputContract(stamp_size=21, channels=("difference",))
+    parts = list(iter_cutout_batches(images, x, y, cd, 1000, masks=masks))
+    np.testing.assert_array_equal(parts[0][1], big[:, :1])
+    with pytest.raises(ValueError, match="batch_size"):
+        iter_cutout_batches(images, x, y, c, 0)
