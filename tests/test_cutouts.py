@@ -197,7 +197,8 @@ def test_mostly_bad_threshold():
     img = np.zeros((20, 20), dtype=np.float32)
     img[:, 11:] = np.nan  # 2 of 5 columns of the stamp at x=10 are bad: 40%
     assert extract_cutouts([img], [10.0], [10.0], 5).flags[0] == F.NONFINITE
-    assert extract_cutouts([img], [10.0], [10.0], 5, max_bad_fraction=0.3).flags[0] == F.NONFINITE | F.MOSTLY_BAD
+    flags = extract_cutouts([img], [10.0], [10.0], 5, max_bad_fraction=0.3).flags
+    assert flags[0] == F.NONFINITE | F.MOSTLY_BAD
 
 
 def test_stamp_larger_than_image():
@@ -209,6 +210,64 @@ def test_stamp_larger_than_image():
     np.testing.assert_array_equal(batch.stamps, ref)
     np.testing.assert_array_equal(batch.flags, flags)
     np.testing.assert_array_equal(batch.n_bad, n_bad)
+
+
+def test_layouts_dtypes_and_out():
+    """Non-contiguous, read-only and non-float32 inputs take other code paths; results must not change."""
+    rng = np.random.default_rng(21)
+    images, masks = make_images(rng, shape=(64, 70))
+    n = 200
+    x, y = rng.uniform(-4, 74, n), rng.uniform(-4, 68, n)
+    ref = extract_cutouts(images, x, y, 9, masks=masks)
+    fortran = [np.asfortranarray(im) for im in images]
+    strided = [np.repeat(im, 2, axis=1)[:, ::2] for im in images]
+    readonly = [im.copy() for im in images]
+    for im in readonly:
+        im.flags.writeable = False
+    big_endian = [im.astype(">f8") for im in images]
+    masks16 = [None if m is None else m.astype(np.uint16) for m in masks]
+    for imgs, msk in ((fortran, masks), (strided, masks), (readonly, masks), (big_endian, masks16)):
+        b = extract_cutouts(imgs, x, y, 9, masks=msk)
+        np.testing.assert_array_equal(b.stamps, ref.stamps)
+        np.testing.assert_array_equal(b.flags, ref.flags)
+        np.testing.assert_array_equal(b.n_bad, ref.n_bad)
+    out = np.full((n, 3, 9, 9), 7.0, dtype=np.float32)
+    b = extract_cutouts(images, x, y, 9, masks=masks, out=out)
+    assert b.stamps is out
+    np.testing.assert_array_equal(out, ref.stamps)
+    with pytest.raises(ValueError, match="out must be"):
+        extract_cutouts(images, x, y, 9, masks=masks, out=out[:, :2])
+
+
+def test_sorted_inside_sources_and_input_order():
+    """Sources already in raster order (slice writes) and shuffled give the same stamps."""
+    rng = np.random.default_rng(22)
+    images, masks = make_images(rng, shape=(80, 90))
+    yy, xx = np.meshgrid(np.arange(10, 70, 7.3), np.arange(10, 80, 6.1), indexing="ij")
+    x, y = xx.ravel(), yy.ravel()
+    b = extract_cutouts(images, x, y, 15, masks=masks)
+    ref, flags, n_bad = naive_cutouts(images, masks, x, y, 15)
+    np.testing.assert_array_equal(b.stamps, ref)
+    np.testing.assert_array_equal(b.flags, flags)
+    perm = rng.permutation(len(x))
+    bp = extract_cutouts(images, x[perm], y[perm], 15, masks=masks)
+    np.testing.assert_array_equal(bp.stamps, ref[perm])
+
+
+def test_mask_sign_bit_and_absurd_centroids():
+    img = np.zeros((20, 20), dtype=np.float32)
+    mask = np.zeros((20, 20), dtype=np.int32)
+    mask[10, 10] = np.int32(-(2**31))  # bit 31 of an int32 mask
+    b = extract_cutouts([img], [10.0], [10.0], 5, masks=[mask], bad_mask_bits=1 << 31)
+    assert b.flags[0] == F.MASKED | F.BAD_CENTER
+    b = extract_cutouts([img], [1e30, -1e300, 10.0], [10.0, 10.0, 1e20], 5)
+    assert np.all(b.flags & F.OFF_IMAGE) and np.all(b.flags & F.NOT_SCORED)
+    assert np.isnan(b.stamps).all() and np.all(b.n_bad == 25)
+
+
+def test_empty_image_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        extract_cutouts([np.zeros((0, 10), np.float32)], [1.0], [1.0], 5)
 
 
 def test_empty_input():
@@ -238,6 +297,8 @@ def test_errors():
         extract_cutouts([img], [1.0], [1.0], 2)
     with pytest.raises(ValueError, match="integer dtype"):
         extract_cutouts([img], [1.0], [1.0], 5, masks=[img])
+    with pytest.raises(ValueError, match="max_bad_fraction"):
+        extract_cutouts([img], [1.0], [1.0], 5, max_bad_fraction=1.5)
     with pytest.raises(ValueError, match="mask has shape"):
         extract_cutouts([img], [1.0], [1.0], 5, masks=[np.zeros((3, 3), np.int32)])
 
@@ -297,10 +358,10 @@ def test_normalisation_invariances(norm):
 
 def test_normalisation_values_against_nanmedian():
     rng = np.random.default_rng(12)
-    for s in (21, 31, 51):
+    for s in (21, 30, 31, 51, 52, 101):
         st = _stamps(rng, n=3, c=1, s=s)
         st[1, 0, 5:9, 2:20] = np.nan
-        out = normalize_stamps(st, InputContract(stamp_size=s, normalization="robust", channels=("difference",)))
+        out = normalize_stamps(st, "robust")
         gr, gc = stats_pixel_grid(s)
         for i in range(3):
             grid = st[i, 0][gr, gc].astype(np.float64)
@@ -410,3 +471,23 @@ def test_iter_batches_equal_one_big_prepare():
     np.testing.assert_array_equal(parts[0][1], big[:, :1])
     with pytest.raises(ValueError, match="batch_size"):
         iter_cutout_batches(images, x, y, c, 0)
+
+
+@pytest.mark.parametrize("norm,fill", [("robust_asinh", 0.0), ("robust", -1.5), ("unit", 0.0), ("none", 2.0)])
+def test_fused_prepare_equals_two_steps(norm, fill):
+    """prepare_cutouts normalises chunks in cache and fills sparsely; it must equal prepare_stamps."""
+    rng = np.random.default_rng(23)
+    images, masks = make_images(rng, shape=(90, 100))
+    n = 150
+    x, y = rng.uniform(-6, 106, n), rng.uniform(-6, 96, n)
+    x[3] = np.nan
+    c = InputContract(stamp_size=21, normalization=norm, fill_value=fill)
+    batch = extract_cutouts(images, x, y, 21, masks=masks)
+    two, f2 = prepare_stamps(batch.stamps, c, batch.flags)
+    one, f1 = prepare_cutouts(images, x, y, c, masks=masks)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-6)
+    assert np.isfinite(one).all()
+    # Untrusted pixels hold the fill value.
+    bad = np.isnan(batch.stamps)
+    assert bad.any() and np.all(one[bad] == np.float32(fill))

@@ -3,7 +3,6 @@
 
 import pytest
 import torch
-
 from lsst.meas.rbnet.constants import ALL_CLASSES
 from lsst.meas.rbnet.nn import architecture_defaults, architectures, build
 from lsst.meas.rbnet.nn.triplet import BraaiLike, TripletCNN, dihedral_transforms

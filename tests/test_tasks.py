@@ -230,23 +230,37 @@ def test_config_validation():
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, package):
-    from lsst.daf.butler import Butler, CollectionType, DatasetType
+    """Butlers on one test repository: ``rel`` (run test/rel: inputs and the model, for the
+    reliability quanta) and ``train`` (run test/train: inputs and labels, for the training ones).
+
+    makeQuantum looks for inputs in the Butler's own run, so each run holds its inputs.
+    """
+    from lsst.daf.butler import Butler, DatasetType
     from lsst.daf.butler.tests import makeTestRepo
 
     from lsst.meas.rbnet.butler.config import butler_seed_config
-    from lsst.meas.rbnet.butler.repo import VisitWriter, ingest_labels, register_model
+    from lsst.meas.rbnet.butler.repo import MODEL_DATASET_TYPE, VisitWriter, ingest_labels
 
     root = str(tmp_path_factory.mktemp("task_repo"))
-    butler = makeTestRepo(root, config=butler_seed_config())
-    writer = VisitWriter(butler, run="sim/raw")
-    writer.write(tiny_visit(visit=1, detector=0, seed=1))
-    writer.write(tiny_visit(visit=2, detector=0, seed=2))
-    labels = writer.labels()
+    config = butler_seed_config()
+    # A file datastore, so the model package goes through its formatter as in production.
+    config["datastore", "cls"] = "lsst.daf.butler.datastores.fileDatastore.FileDatastore"
+    config["datastore", "root"] = "<butlerRoot>"
+    # makeQuantum's refs carry no dimension records, so the file template may use only data ID values.
+    config["datastore", "templates", "default"] = (
+        "{run:/}/{datasetType}.{component:?}/{datasetType}_{component:?}_{instrument:?}_{visit:?}_{detector:?}"
+    )
+    butler = makeTestRepo(root, config=config)
+    rel = VisitWriter(butler, run="test/rel")
+    rel.write(tiny_visit(visit=1, detector=0, seed=1))
     bad = tiny_visit(visit=3, detector=0, seed=3)
     bad.sources["id"][1] = bad.sources["id"][0]
-    writer.write(bad)
-    ingest_labels(butler, labels, run="labels/sim")
-    register_model(butler, package, name="tiny")
+    rel.write(bad)
+    butler.put(package, MODEL_DATASET_TYPE, {}, run="test/rel")
+    train = VisitWriter(butler, run="test/train")
+    train.write(tiny_visit(visit=1, detector=0, seed=1))
+    train.write(tiny_visit(visit=2, detector=0, seed=2))
+    ingest_labels(butler, train.labels(), run="test/train")
     universe = butler.dimensions
     dims = ["instrument", "visit", "detector"]
     for name, d, sc in [
@@ -259,10 +273,10 @@ def repo(tmp_path_factory, package):
         ("rbnet_training_history", [], "Plot"),
     ]:
         butler.registry.registerDatasetType(DatasetType(name, d, sc, universe=universe))
-    butler.registry.registerCollection("test/out", CollectionType.RUN)
-    return Butler.from_config(
-        root, writeable=True, run="test/out", collections=["test/out", "sim/raw", "labels/sim", "pretrained_models"]
-    )
+    return {
+        "rel": Butler.from_config(root, writeable=True, run="test/rel"),
+        "train": Butler.from_config(root, writeable=True, run="test/train"),
+    }
 
 
 def _data_id(visit):
@@ -270,6 +284,7 @@ def _data_id(visit):
 
 
 def test_reliability_quantum(repo):
+    repo = repo["rel"]
     from lsst.pipe.base.testUtils import assertValidOutput, makeQuantum, runTestQuantum
 
     config = ReliabilityConfig()
@@ -299,6 +314,7 @@ def test_reliability_quantum(repo):
 
 
 def test_failed_quantum_writes_nothing(repo):
+    repo = repo["rel"]
     from lsst.pipe.base.testUtils import makeQuantum, runTestQuantum
 
     task = ReliabilityTask(config=ReliabilityConfig())
@@ -309,11 +325,14 @@ def test_failed_quantum_writes_nothing(repo):
     quantum = makeQuantum(task, repo, did, io)
     with pytest.raises(ValueError, match="duplicate ids"):
         runTestQuantum(task, repo, quantum, mockRun=False)
-    for name in ("dia_source_reliability", "dia_source_unstandardized_reliability"):
-        assert not list(repo.registry.queryDatasets(name, collections="test/out", dataId=did))
+    # makeQuantum registers the output refs up front; no file may have been written for them.
+    outputs = [ref for refs in quantum.outputs.values() for ref in refs]
+    assert len(outputs) == 2
+    assert not any(repo.stored(ref) for ref in outputs)
 
 
 def test_labelled_cutouts_and_training_quanta(repo):
+    repo = repo["train"]
     from lsst.pipe.base.testUtils import assertValidOutput, makeQuantum, runTestQuantum
 
     from lsst.meas.rbnet.package import ModelPackage
@@ -345,7 +364,7 @@ def test_labelled_cutouts_and_training_quanta(repo):
     io = {"cutouts": [_data_id(1), _data_id(2)], "model": {}, "metrics": {}, "rocPlot": {}, "historyPlot": {}}
     quantum = makeQuantum(ttask, repo, {}, io)
     runTestQuantum(ttask, repo, quantum, mockRun=False)
-    model = repo.get("pretrainedModelPackage", collections="test/out")
+    model = repo.get("pretrainedModelPackage")
     assert isinstance(model, ModelPackage) and model.version == "t1"
     assert model.contract.stamp_size == 21
     metrics = repo.get("rbnet_training_metrics")

@@ -28,6 +28,15 @@ from .constants import CHANNEL_ORDER, MAX_STAMP_SIZE, MIN_STAMP_SIZE
 #:
 #: In every case non-finite and masked pixels are filled with ``fill_value``
 #: after normalisation.
+#:
+#: Statistics pixels (deterministic, the same rule for every stamp): ``median``
+#: and ``MAD`` use the valid pixels on a regular grid through the centre pixel
+#: (index ``S // 2``) with step ``ceil(S / 32)``, i.e. every pixel up to 32x32
+#: and at most 32 per axis above (`lsst.meas.rbnet.cutouts.stats_pixel_grid`);
+#: if the grid has no valid pixel, all valid pixels. Floors: ``sigma`` is the
+#: standard deviation of the valid pixels where ``MAD == 0``, and 1 where that
+#: is 0 too; the median of a channel with no valid pixel is 0; the ``"unit"``
+#: norm of an all-zero channel is 1. The output never holds NaN or inf.
 NORMALIZATIONS: tuple[str, ...] = ("robust_asinh", "robust", "unit", "none")
 
 

@@ -18,6 +18,21 @@ Conventions
   NaN in raw stamps, counted per channel, and reported through `SourceFlag`
   bits; they are never silently zero. `normalize_stamps` fills them with the
   contract's ``fill_value`` only after normalisation.
+
+How it is fast (numpy only, no per-source Python loop)
+------------------------------------------------------
+- Each image is seen through a zero-copy view whose elements are runs of S
+  consecutive pixels, so one fancy index copies a whole stamp row; a stamp is
+  S indices, not S*S. Images are never copied or padded.
+- Sources are processed in raster order (neighbouring stamps share image rows
+  and cache lines) in chunks of about 2 MB per channel; each chunk is checked
+  (one row-sum pass proves a stamp finite; bad mask bits are found as a sparse
+  list of positions) and, in `prepare_cutouts` / `iter_cutout_batches`,
+  normalised while still in cache, then written to its rows of the output.
+- Sources whose stamp crosses the image edge take a separate path that
+  gathers at a clipped position and shifts into place; off-image pixels are NaN.
+- Medians use `numpy.partition` on NaN-free rows and a sort only on rows with
+  NaN, on the fixed pixel grid of `stats_pixel_grid`.
 """
 
 from __future__ import annotations
@@ -54,7 +69,7 @@ STATS_MAX_PIXELS_PER_AXIS: int = 32
 
 # Sources are gathered in chunks of about this many bytes per channel so that the
 # checks on a chunk (finite, mask bits, counts) run while it is still in cache.
-_CHUNK_BYTES: int = 1 << 20
+_CHUNK_BYTES: int = 1 << 21
 
 # Centroids are clipped to this magnitude (pixels) before rounding so that absurd
 # values cannot overflow int64 index arithmetic; such stamps are all off-image anyway.
@@ -128,6 +143,8 @@ def _validate_images(images, masks, names) -> tuple[list[np.ndarray], list[np.nd
         arr = np.asarray(img)
         if arr.ndim != 2:
             raise ValueError(f"The {name} image must be a 2-d (H, W) array, got shape {arr.shape}.")
+        if arr.size == 0:
+            raise ValueError(f"The {name} image is empty (shape {arr.shape}).")
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise ValueError(f"The {name} image must have a real numeric dtype, got {arr.dtype}.")
         if arrays and arr.shape != arrays[0].shape:
@@ -172,6 +189,13 @@ def _validate_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}.")
     return x, y
+
+
+def _validate_fraction(max_bad_fraction) -> float:
+    f = float(max_bad_fraction)
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}.")
+    return f
 
 
 def _validate_size(size) -> int:
@@ -243,79 +267,81 @@ def _rows_finite(a: np.ndarray) -> np.ndarray:
         return np.isfinite(np.einsum("ij->i", a))
 
 
-def _mark_bad(g: np.ndarray, gm: np.ndarray | None, bits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mark_bad(
+    g: np.ndarray, gm: np.ndarray | None, bits
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Set untrusted pixels of stamps ``g`` (k, P) float32 to NaN in place.
 
-    ``gm`` (k, P) holds the matching mask values or is None. Returns the
-    per-stamp count of untrusted pixels and whether any pixel was non-finite or
-    carried a bad mask bit.
+    ``gm`` (k, P) holds the matching mask values (overwritten) or is None.
+    Returns the per-stamp count of untrusted pixels, whether any pixel was
+    non-finite or carried a bad mask bit, and the sorted flat positions of the
+    untrusted pixels in ``g``. Bad pixels are sparse, so they are handled as a
+    list of positions rather than as dense boolean images.
     """
-    k = g.shape[0]
-    nf_rows = ~_rows_finite(g)
-    if gm is not None:
-        # OR of each raw mask row first: only rows with a bad bit are examined pixel by pixel.
-        m_rows = (np.bitwise_or.reduce(gm, axis=1) & bits) != 0
-        suspect = nf_rows | m_rows
-    else:
-        m_rows = np.zeros(k, dtype=bool)
-        suspect = nf_rows
-    n_bad = np.zeros(k, dtype=np.int32)
+    k, npix = g.shape
     nonfinite = np.zeros(k, dtype=bool)
-    si = np.flatnonzero(suspect)
-    if si.shape[0] == 0:
-        return n_bad, nonfinite, m_rows
-    whole = si.shape[0] == k
-    gs = g if whole else g[si]
-    nf_sub = nf_rows if whole else nf_rows[si]
+    masked = np.zeros(k, dtype=bool)
+    pos = None
+    nf_rows = np.flatnonzero(~_rows_finite(g))
+    if nf_rows.shape[0]:
+        p = np.flatnonzero(~np.isfinite(g[nf_rows]))
+        rows = nf_rows[p // npix]
+        nonfinite[rows] = True
+        pos = rows * npix + p % npix
     if gm is not None:
-        bad = ((gm if whole else gm[si]) & bits) != 0
-    else:
-        bad = np.zeros(gs.shape, dtype=bool)
-    if nf_sub.any():
-        nfi = np.flatnonzero(nf_sub)
-        nfb = ~np.isfinite(gs[nfi])
-        bad[nfi] |= nfb
-        nonfinite[si[nfi]] = nfb.any(axis=1)
-    np.copyto(gs, np.float32(np.nan), where=bad)
-    if not whole:
-        g[si] = gs
-    n_bad[si] = np.add.reduce(bad, axis=1, dtype=np.int32)
-    return n_bad, nonfinite, m_rows
+        np.bitwise_and(gm, bits, out=gm)
+        mpos = np.flatnonzero(np.not_equal(gm, 0))
+        masked[mpos // npix] = True
+        if pos is None or pos.shape[0] == 0:
+            pos = mpos
+        elif mpos.shape[0]:
+            # Union of two short sorted lists (np.union1d has a large fixed cost).
+            pos = np.sort(np.concatenate([pos, mpos]))
+            pos = pos[np.concatenate([[True], pos[1:] != pos[:-1]])]
+    if pos is None or pos.shape[0] == 0:
+        return np.zeros(k, dtype=np.int32), nonfinite, masked, np.zeros(0, dtype=np.intp)
+    g.reshape(-1)[pos] = np.nan
+    return np.bincount(pos // npix, minlength=k).astype(np.int32), nonfinite, masked, pos
 
 
 def _gather_edge(img, view, r0, c0, size):
     """Stamps reaching past the image.
 
     Returns the (k, P) stamps in the image's dtype, holding clipped duplicates
-    where they are off the image, and the (k, P) bool map of those off-image
-    pixels. With a row view, whole rows are gathered at a column start clipped
-    into the image and then shifted into place (in cache).
+    where they are off the image, the (k, P) bool map of those off-image pixels
+    and their number per stamp. With a row view, whole rows are gathered at a
+    column start clipped into the image and then shifted into place (in cache).
     """
     H, W = img.shape
     k = r0.shape[0]
     offs = np.arange(size)
     rows = r0[:, None] + offs
     cols = c0[:, None] + offs
-    off = ~(((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :])
+    vr = (rows >= 0) & (rows < H)
+    vc = (cols >= 0) & (cols < W)
+    off = ~(vr[:, :, None] & vc[:, None, :])
+    n_off = (size * size - np.count_nonzero(vr, axis=1) * np.count_nonzero(vc, axis=1)).astype(np.int32)
     np.clip(rows, 0, H - 1, out=rows)
     if view is not None:
         rview, row = view
         cs = np.clip(c0, 0, W - size)
-        g = rview[(rows * row + cs[:, None]).reshape(-1)].view(img.dtype).reshape(-1)
+        # One extra row run before and after pads the flat buffer for the shift below.
+        starts = np.concatenate([[0], (rows * row + cs[:, None]).reshape(-1), [0]])
+        buf = rview[starts].view(img.dtype)
         # Shift stamp i left by d_i = c0 - cs pixels as one flat run: the pixels that
         # wrap across a row boundary are exactly the off-image ones, blanked later.
         npix = size * size
-        buf = np.zeros(k * npix + 2 * size, dtype=img.dtype)
-        buf[size : size + k * npix] = g
         runs = np.ndarray(
-            shape=(buf.shape[0] - npix + 1,), dtype=np.dtype((np.void, npix * buf.itemsize)), buffer=buf,
+            shape=(buf.shape[0] - npix + 1,),
+            dtype=np.dtype((np.void, npix * buf.itemsize)),
+            buffer=buf,
             strides=(buf.itemsize,),
         )
         g = runs[np.arange(k) * npix + size + np.clip(c0 - cs, -size, size)].view(img.dtype)
     else:
         np.clip(cols, 0, W - 1, out=cols)
         g = img[rows[:, :, None], cols[:, None, :]]
-    return g.reshape(k, -1), off.reshape(k, -1)
+    return g.reshape(k, -1), off.reshape(k, -1), n_off
 
 
 def _extract(imgs, msks, bits, x, y, size, max_bad_fraction, out=None, norm=None) -> CutoutBatch:
@@ -368,13 +394,13 @@ def _extract(imgs, msks, bits, x, y, size, max_bad_fraction, out=None, norm=None
     mbits = [None if m is None else _mask_bits_for(m.dtype, bits) for m in msks]
     use_mask = [m is not None and mb != 0 for m, mb in zip(msks, mbits)]
 
-    def finish_channel(dest, c, g, nb, nf, mk):
+    def finish_channel(dest, c, g, nb, nf, mk, pos):
         n_bad[dest, c] = nb
         nonfinite[dest] |= nf
         masked[dest] |= mk
         bad_center[dest] |= np.isnan(g[:, half * size + half])
         if norm is not None:
-            _normalize_rows(g, size, size, *norm, nan_rows=nb > 0)
+            _normalize_rows(g, size, size, *norm, nan_rows=nb > 0, bad_pos=pos)
         stamps[dest, c] = g.reshape(-1, size, size)
 
     idx_in = np.flatnonzero(inside)
@@ -394,24 +420,24 @@ def _extract(imgs, msks, bits, x, y, size, max_bad_fraction, out=None, norm=None
                 if g.dtype != np.float32:
                     g = g.astype(np.float32)
                 gm = _gather(msks[c], mviews[c], rr, cc, size) if use_mask[c] else None
-                nb, nf, mk = _mark_bad(g, gm, mbits[c])
-                finish_channel(dest, c, g, nb, nf, mk)
+                nb, nf, mk, pos = _mark_bad(g, gm, mbits[c])
+                finish_channel(dest, c, g, nb, nf, mk, pos)
     idx_edge = np.flatnonzero(edge)
     if idx_edge.shape[0]:
         step = max(1, _CHUNK_BYTES // (npix * 4))
         for a in range(0, idx_edge.shape[0], step):
             idx = idx_edge[a : a + step]
             for c in range(n_chan):
-                g, off = _gather_edge(imgs[c], views[c], r0[idx], c0[idx], size)
+                g, off, n_off = _gather_edge(imgs[c], views[c], r0[idx], c0[idx], size)
                 g = g.astype(np.float32)
                 gm = _gather_edge(msks[c], mviews[c], r0[idx], c0[idx], size)[0] if use_mask[c] else None
-                g[off] = 0.0
+                np.copyto(g, np.float32(0.0), where=off)
                 if gm is not None:
-                    gm[off] = 0
-                nb, nf, mk = _mark_bad(g, gm, mbits[c])
-                g[off] = np.nan
-                nb += np.add.reduce(off, axis=1, dtype=np.int32)
-                finish_channel(idx, c, g, nb, nf, mk)
+                    np.copyto(gm, 0, where=off)
+                nb, nf, mk, _ = _mark_bad(g, gm, mbits[c])
+                np.copyto(g, np.float32(np.nan), where=off)
+                nb += n_off
+                finish_channel(idx, c, g, nb, nf, mk, None)
     if not good.all():
         ib = np.flatnonzero(~good)
         if norm is None:
@@ -508,6 +534,7 @@ def extract_cutouts(
     imgs, msks, names = _validate_images(images, masks, names)
     x, y = _validate_xy(x, y)
     size = _validate_size(size)
+    max_bad_fraction = _validate_fraction(max_bad_fraction)
     return _extract(imgs, msks, bad_mask_bits, x, y, size, max_bad_fraction, out=out)
 
 
@@ -625,7 +652,9 @@ def _row_median(a: np.ndarray, nan_rows: np.ndarray | None = None) -> tuple[np.n
     return med, nvalid
 
 
-def _robust_center_scale(flat: np.ndarray, H: int, W: int, nan_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _robust_center_scale(
+    flat: np.ndarray, H: int, W: int, nan_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Median and sigma (1.4826 MAD, with floors) of each row of ``flat`` (R, H*W) float32.
 
     ``flat`` holds NaN for untrusted pixels; ``nan_rows`` (R,) marks rows that may hold any.
@@ -636,6 +665,10 @@ def _robust_center_scale(flat: np.ndarray, H: int, W: int, nan_rows: np.ndarray)
         sub = np.ascontiguousarray(flat.reshape(R, H, W)[:, gr, gc]).reshape(R, -1)
     else:
         sub = flat.copy()
+    if nan_rows.any():
+        # Only rows with a NaN on the grid need the slower NaN-aware path.
+        nan_rows = nan_rows.copy()
+        nan_rows[nan_rows] = ~_rows_finite(sub[nan_rows])
     # _row_median reorders rows in place; the MAD below does not depend on the order.
     med, nv = _row_median(sub, nan_rows)
     np.subtract(sub, med[:, None], out=sub)
@@ -666,12 +699,21 @@ def _robust_center_scale(flat: np.ndarray, H: int, W: int, nan_rows: np.ndarray)
 
 
 def _normalize_rows(
-    flat: np.ndarray, H: int, W: int, norm: str, soft: float, fill: float, nan_rows: np.ndarray | None = None
+    flat: np.ndarray,
+    H: int,
+    W: int,
+    norm: str,
+    soft: float,
+    fill: float,
+    nan_rows: np.ndarray | None = None,
+    bad_pos: np.ndarray | None = None,
 ) -> None:
     """Normalise rows (one stamp channel each) of ``flat`` (R, H*W) float32 in place and fill.
 
     ``nan_rows`` marks the rows that may hold non-finite pixels, all of them NaN;
     when None it is computed here and infinities are turned into NaN first.
+    ``bad_pos``, if given, lists the flat positions of all NaN pixels (then the
+    fill is a sparse write instead of a scan).
     """
     R = flat.shape[0]
     if R == 0:
@@ -698,10 +740,19 @@ def _normalize_rows(
                 norm2[nan_rows] = np.sqrt(np.nansum(rows * rows, axis=1))
             norm2 = np.where(np.isfinite(norm2) & (norm2 > 0), norm2, 1.0)
             flat *= (1.0 / norm2).astype(np.float32)[:, None]
+        if bad_pos is not None and bad_pos.shape[0]:
+            flat.reshape(-1)[bad_pos] = np.float32(fill)
         # Fill untrusted pixels; the same check catches any overflow of extreme values.
         bad_rows = ~_rows_finite(flat)
-    if bad_rows.any():
-        bi = np.flatnonzero(bad_rows)
+    bi = np.flatnonzero(bad_rows)
+    if bi.shape[0] * 4 > R:
+        # Many rows to fill: one pass over the chunk beats copying rows out and back.
+        np.copyto(flat, np.float32(fill), where=np.isnan(flat))
+        # What is still non-finite is an overflow to +-inf.
+        bi = bi[~_rows_finite(flat[bi])]
+        if bi.shape[0]:
+            flat[bi] = np.clip(flat[bi], -_F32_MAX, _F32_MAX)
+    elif bi.shape[0]:
         rows = flat[bi]
         np.copyto(rows, np.float32(fill), where=np.isnan(rows))
         np.clip(rows, -_F32_MAX, _F32_MAX, out=rows)
@@ -757,7 +808,8 @@ def normalize_stamps(stamps: np.ndarray, contract, out: np.ndarray | None = None
         out = np.empty(stamps.shape, dtype=np.float32)
     elif out.shape != stamps.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(
-            f"out must be C-contiguous float32 with shape {stamps.shape}, got {out.dtype} with shape {out.shape}."
+            f"out must be C-contiguous float32 with shape {stamps.shape}, "
+            f"got {out.dtype} with shape {out.shape}."
         )
     if out is not stamps:
         np.copyto(out, stamps, casting="unsafe")
@@ -939,8 +991,16 @@ def prepare_cutouts(
     imgs, msks, names = _select_images(images, masks, contract, channel_axis_order, None)
     imgs, msks, names = _validate_images(imgs, msks, names)
     x, y = _validate_xy(x, y)
+    max_bad_fraction = _validate_fraction(max_bad_fraction)
     batch = _extract(
-        imgs, msks, bad_mask_bits, x, y, contract.stamp_size, max_bad_fraction, out=out,
+        imgs,
+        msks,
+        bad_mask_bits,
+        x,
+        y,
+        contract.stamp_size,
+        max_bad_fraction,
+        out=out,
         norm=_norm_params(contract),
     )
     return batch.stamps, batch.flags
@@ -977,6 +1037,7 @@ def iter_cutout_batches(
     imgs, msks, names = _select_images(images, masks, contract, channel_axis_order, None)
     imgs, msks, names = _validate_images(imgs, msks, names)
     x, y = _validate_xy(x, y)
+    max_bad_fraction = _validate_fraction(max_bad_fraction)
     return _iter_batches(imgs, msks, x, y, contract, int(batch_size), bad_mask_bits, max_bad_fraction)
 
 
@@ -985,7 +1046,5 @@ def _iter_batches(imgs, msks, x, y, contract, batch_size, bits, max_bad_fraction
     norm = _norm_params(contract)
     for a in range(0, n, batch_size):
         sl = slice(a, min(n, a + batch_size))
-        batch = _extract(
-            imgs, msks, bits, x[sl], y[sl], contract.stamp_size, max_bad_fraction, norm=norm
-        )
+        batch = _extract(imgs, msks, bits, x[sl], y[sl], contract.stamp_size, max_bad_fraction, norm=norm)
         yield sl, batch.stamps, batch.flags

@@ -39,9 +39,9 @@ __all__ = [
     "ComponentSpec",
     "ModelPackage",
     "ModelPackageError",
-    "weights_digest",
     "read_package_metadata",
     "validate_version_string",
+    "weights_digest",
 ]
 
 import dataclasses
@@ -252,7 +252,9 @@ class ModelPackage:
         self.temperature = self._check_temperature("temperature", self.temperature)
         if self.temperature_symmetric is None:
             self.temperature_symmetric = self.temperature
-        self.temperature_symmetric = self._check_temperature("temperature_symmetric", self.temperature_symmetric)
+        self.temperature_symmetric = self._check_temperature(
+            "temperature_symmetric", self.temperature_symmetric
+        )
         self.thresholds = self._check_thresholds(self.thresholds)
         if isinstance(self.classes, str) or not all(isinstance(c, str) for c in self.classes):
             raise ModelPackageError(f"classes must be a sequence of class names, got {self.classes!r}.")
@@ -265,7 +267,12 @@ class ModelPackage:
 
     @staticmethod
     def _check_temperature(name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise ModelPackageError(f"{name} must be a finite number > 0, got {value!r}.")
         return float(value)
 
@@ -276,7 +283,12 @@ class ModelPackage:
         out = []
         names = set()
         for i, t in enumerate(thresholds):
-            if not isinstance(t, Mapping) or set(t) - set(_THRESHOLD_KEYS) or "name" not in t or "threshold" not in t:
+            if (
+                not isinstance(t, Mapping)
+                or set(t) - set(_THRESHOLD_KEYS)
+                or "name" not in t
+                or "threshold" not in t
+            ):
                 raise ModelPackageError(
                     f"thresholds[{i}] must be a dict with keys name, threshold (and optionally purity, "
                     f"completeness), got {t!r}."
@@ -294,7 +306,9 @@ class ModelPackage:
                     entry[key] = None
                     continue
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v <= 1.0):
-                    raise ModelPackageError(f"thresholds[{i}] ({t['name']}): {key} must be in [0, 1], got {v!r}.")
+                    raise ModelPackageError(
+                        f"thresholds[{i}] ({t['name']}): {key} must be in [0, 1], got {v!r}."
+                    )
                 entry[key] = float(v)
             out.append(entry)
         return out
@@ -352,7 +366,9 @@ class ModelPackage:
                     f"components[{name!r}] must be (architecture, hyperparameters, module), got {entry!r}."
                 ) from None
             if not isinstance(module, torch.nn.Module):
-                raise ModelPackageError(f"components[{name!r}]: {type(module).__name__} is not a torch.nn.Module.")
+                raise ModelPackageError(
+                    f"components[{name!r}]: {type(module).__name__} is not a torch.nn.Module."
+                )
             specs[name] = ComponentSpec(arch, dict(hp))
             for key, t in module.state_dict().items():
                 state[f"{name}.{key}"] = t.detach().to("cpu", copy=True).contiguous()
@@ -443,7 +459,9 @@ class ModelPackage:
                     + (" ..." if len(wrong) > 5 else "")
                 )
             arch = self.components[component].architecture
-            raise ModelPackageError(f"component {component!r} ({arch}): weights do not match: {'; '.join(parts)}.")
+            raise ModelPackageError(
+                f"component {component!r} ({arch}): weights do not match: {'; '.join(parts)}."
+            )
 
     def validate(self) -> None:
         """Check that every component builds and that the weights fit and are finite.
@@ -456,15 +474,23 @@ class ModelPackage:
         prefixes = {k.split(".", 1)[0] for k in self.state}
         orphans = sorted(prefixes - set(self.components))
         if orphans:
-            raise ModelPackageError(f"weights for unknown components {orphans} (components: {sorted(self.components)}).")
+            raise ModelPackageError(
+                f"weights for unknown components {orphans} (components: {sorted(self.components)})."
+            )
         for name, t in self.state.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise ModelPackageError(f"tensor {name!r} has non-finite (NaN or infinite) weights.")
         for component in self.components:
             module = self._build_empty(component)
             self._check_state(component, module)
-            hp = {**registry.architecture_defaults(self.components[component].architecture), **self.components[component].hyperparameters}
-            for key, value in (("in_channels", self.contract.n_channels), ("stamp_size", self.contract.stamp_size)):
+            hp = {
+                **registry.architecture_defaults(self.components[component].architecture),
+                **self.components[component].hyperparameters,
+            }
+            for key, value in (
+                ("in_channels", self.contract.n_channels),
+                ("stamp_size", self.contract.stamp_size),
+            ):
                 if key in hp and hp[key] != value:
                     raise ModelPackageError(
                         f"component {component!r} has {key}={hp[key]!r} but the input contract says {value}."
@@ -492,7 +518,10 @@ class ModelPackage:
         for t in self.thresholds:
             if t["name"] == name:
                 return t["threshold"]
-        raise KeyError(f"model package {self.version!r} has no threshold {name!r}; it has {[t['name'] for t in self.thresholds]}.")
+        raise KeyError(
+            f"model package {self.version!r} has no threshold {name!r}; "
+            f"it has {[t['name'] for t in self.thresholds]}."
+        )
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the weights, as the JSON object stored in the file."""
@@ -618,7 +647,9 @@ class ModelPackage:
         specs = {}
         for name, c in comps.items():
             if not isinstance(c, dict) or set(c) != {"architecture", "hyperparameters"}:
-                raise ModelPackageError(f"component {name!r} must have exactly architecture and hyperparameters.")
+                raise ModelPackageError(
+                    f"component {name!r} must have exactly architecture and hyperparameters."
+                )
             specs[name] = ComponentSpec(c["architecture"], c["hyperparameters"])
         kwargs = {k: meta[k] for k in _OPTIONAL_KEYS if k in meta}
         if "classes" in kwargs and isinstance(kwargs["classes"], list):
@@ -685,7 +716,8 @@ def _check_format(meta: dict[str, str]) -> Any:
     """Check format name and version; return the parsed package JSON."""
     if meta.get("format") != FORMAT_NAME:
         raise ModelPackageError(
-            f"not an rbnet model package: metadata format is {meta.get('format')!r}, expected {FORMAT_NAME!r}."
+            f"not an rbnet model package: metadata format is {meta.get('format')!r}, "
+            f"expected {FORMAT_NAME!r}."
         )
     raw = meta.get("format_version")
     try:

@@ -26,8 +26,8 @@ float16); on the CPU it runs in float32.
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_MODEL_FILENAME",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MODEL_FILENAME",
     "ScoreResult",
     "Scorer",
     "autocast_dtype",
@@ -42,6 +42,7 @@ import collections
 import dataclasses
 import hashlib
 import importlib.resources
+import itertools
 import json
 import os
 import re
@@ -57,7 +58,7 @@ from torch import nn
 from . import cutouts
 from .constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, MAX_STAMP_SIZE, MIN_STAMP_SIZE, mask_bits
 from .flags import UNSCORABLE, SourceFlag
-from .nn.triplet import dihedral_transforms
+from .nn.triplet import dihedral_transform
 from .package import ModelPackage, ModelPackageError
 
 #: File name of the default model package shipped in ``lsst.meas.rbnet``'s ``data`` directory.
@@ -197,7 +198,7 @@ def _fuse_conv_bn(module: nn.Module) -> nn.Module:
         _fuse_conv_bn(child)
     if isinstance(module, nn.Sequential):
         names = list(module._modules)
-        for a, b in zip(names[:-1], names[1:]):
+        for a, b in itertools.pairwise(names):
             conv, bn = module._modules[a], module._modules[b]
             if (
                 type(conv) is nn.Conv2d
@@ -326,16 +327,21 @@ class Scorer:
             if not self.symmetry:
                 out = self.model(t).float()
             else:
-                views = [v.contiguous(memory_format=torch.channels_last) if self.channels_last else v.contiguous()
-                         for v in dihedral_transforms(t)]  # fmt: skip
-                stacked = torch.stack([self.model(v).float() for v in views], dim=0)
+                fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+                # One transformed copy of the batch at a time keeps memory at twice the batch.
+                stacked = torch.stack(
+                    [
+                        self.model(dihedral_transform(t, k).contiguous(memory_format=fmt)).float()
+                        for k in range(8)
+                    ]
+                )
                 # Sorting the 8 logits first makes the mean independent of their order,
                 # so the result is exactly invariant under rotations and flips.
                 out = torch.sort(stacked, dim=0).values.mean(dim=0)
         if out.shape != (t.shape[0],):
             raise ModelPackageError(
-                f"the classifier of package {self.version!r} returned shape {tuple(out.shape)} for a batch of "
-                f"{t.shape[0]}; expected ({t.shape[0]},) logits."
+                f"the classifier of package {self.version!r} returned shape {tuple(out.shape)} "
+                f"for a batch of {t.shape[0]}; expected ({t.shape[0]},) logits."
             )
         return out
 
@@ -496,7 +502,8 @@ class Scorer:
         missing = [c for c in self.contract.channels if channels.get(c) is None]
         if missing:
             raise ValueError(
-                f"model {self.version!r} uses channels {self.contract.channels}; no stamps were given for {missing}."
+                f"model {self.version!r} uses channels {self.contract.channels}; "
+                f"no stamps were given for {missing}."
             )
         arrays = [np.asarray(channels[c]) for c in self.contract.channels]
         _check_channel_arrays(dict(zip(self.contract.channels, arrays)))
@@ -522,7 +529,8 @@ def _check_stamp_shape(hw: Sequence[int], what: str) -> None:
     for axis, v in zip(("height", "width"), hw):
         if not (MIN_STAMP_SIZE <= v <= MAX_STAMP_SIZE):
             raise ValueError(
-                f"{what}: stamp {axis} {v} is outside the accepted range [{MIN_STAMP_SIZE}, {MAX_STAMP_SIZE}] "
+                f"{what}: stamp {axis} {v} is outside the accepted range "
+                f"[{MIN_STAMP_SIZE}, {MAX_STAMP_SIZE}] "
                 "pixels."
             )
 
@@ -613,7 +621,8 @@ def load_scorer(
         if not path.is_file():
             raise FileNotFoundError(
                 f"No default model package is installed ({DEFAULT_MODEL_FILENAME} in the lsst.meas.rbnet "
-                "data directory); pass model=<path of a .safetensors package> or train one with `rbnet train`."
+                "data directory); pass model=<path of a .safetensors package> "
+                "or train one with `rbnet train`."
             )
         model = path
     if isinstance(model, ModelPackage):

@@ -37,7 +37,8 @@ class ModelPackageFormatter(FormatterV2):
 
     A dataset that is not a valid package raises
     `~lsst.meas.rbnet.package.ModelPackageError` naming the dataset (type, data ID,
-    run and file), so a broken deployment is found at once.
+    run and file), so a broken deployment is found at once (daf_butler passes it on
+    as a `ValueError` carrying the same message).
     """
 
     default_extension = ".safetensors"
@@ -71,12 +72,12 @@ class ModelPackageFormatter(FormatterV2):
         except FileNotFoundError as err:
             raise ModelPackageError(f"The model package file of {self._describe(uri)} is missing.") from err
         try:
-            package = ModelPackage.from_bytes(data)
-        except ModelPackageError as err:
-            raise ModelPackageError(f"Cannot read the model package {self._describe(uri)}: {err}") from err
+            package = ModelPackage.from_bytes(data, source=self._describe(uri))
+        except ModelPackageError:
+            raise
         except Exception as err:
-            # from_bytes should raise ModelPackageError for bad input; anything else is
-            # still a bad dataset from the point of view of the caller.
+            # from_bytes raises ModelPackageError for bad input; anything else is still a
+            # bad dataset from the caller's point of view.
             raise ModelPackageError(
                 f"Cannot read the model package {self._describe(uri)}: {type(err).__name__}: {err}"
             ) from err

@@ -87,7 +87,7 @@ INPUT_DATASET_TYPES: dict[str, str] = {
 
 # Columns of the simulator's source table that are truth, not measurements: they go to
 # the labels dataset, never into the source catalogue the tasks read.
-_TRUTH_COLUMNS = ("label", "source_class")
+_TRUTH_COLUMNS = ("label", "source_class", "truth_x", "truth_y", "truth_flux", "host_flux")
 
 
 class SimulatedInstrument:
@@ -318,7 +318,8 @@ class VisitWriter:
             Images ``science``, ``template``, ``difference`` (each with ``image``,
             ``variance``, ``mask`` arrays), ``sources`` table and ``metadata`` (``visit``,
             ``detector``, ``mjd``, ``band``, ``physical_filter``, ``wcs``, ``fwhm``,
-            ``pixel_scale``).
+            ``pixel_scale``; a mapping or an object with those attributes, e.g.
+            `lsst.meas.rbnet.sim.VisitMetadata`, whose ``mjd`` is mid-exposure).
         visit, detector : `int`, optional
             Override the ids in the metadata.
 
@@ -338,16 +339,20 @@ class VisitWriter:
         wcs = _meta(sim, "wcs")
         if wcs is None:
             raise ValueError(f"Simulated visit {visit} detector {detector} has no 'wcs' in its metadata.")
-        fwhm = float(_meta(sim, "fwhm", _meta(sim, "science_fwhm", 3.0)))
+        fwhm = float(_meta(sim, "fwhm_science", _meta(sim, "fwhm", 3.0)))
         height, width = np.shape(sim.science.image)
 
         registry = self.butler.registry
         register_instrument(
             self.butler, self.instrument, detectors=[detector], physical_filters={physical_filter: band}
         )
-        day_obs = int(astropy.time.Time(mjd, format="mjd", scale="tai").strftime("%Y%m%d"))
+        # day_obs as Rubin defines it: the local date at Cerro Pachon (UTC-12 h rollover).
+        day_obs = int((astropy.time.Time(mjd, format="mjd", scale="tai") - 0.5).strftime("%Y%m%d"))
         registry.syncDimensionData("day_obs", {"instrument": self.instrument, "id": day_obs})
-        begin = astropy.time.Time(mjd, format="mjd", scale="tai")
+        # The simulator's mjd is the middle of the exposure.
+        begin = astropy.time.Time(mjd, format="mjd", scale="tai") - astropy.time.TimeDelta(
+            exposure_time / 2, format="sec"
+        )
         timespan = Timespan(begin, begin + astropy.time.TimeDelta(exposure_time, format="sec"))
         ra, dec = _detector_corners(wcs, width, height)
         corners = self._visit_corners.setdefault(visit, ([], []))

@@ -315,7 +315,7 @@ def fit_sequence_classifier(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             step += 1
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         val_logits = predict_logits(model, latents, val_index, device=config.device)
         val_loss = _bce(val_logits, y_val)

@@ -241,8 +241,9 @@ def add_background_artifacts(
     table = scene.tables()["cr"]
     new = slice(before, None)
     # Deposits of 50-2000 sigma in total; each track carries one draw.
-    per_track = np.exp(rng.uniform(np.log(50), np.log(2000), table["track"].max() + 1 if len(table["track"]) else 0))
-    table["deposit"][new] *= per_track[table["track"][new]] * sky_sigma[table["canvas"][new]]
+    if len(table["track"]) > before:
+        per_track = np.exp(rng.uniform(np.log(50), np.log(2000), int(table["track"].max()) + 1))
+        table["deposit"][new] *= per_track[table["track"][new]] * sky_sigma[table["canvas"][new]]
     canvas, x, y = draw(hot_pixels_per_mpix)
     start = len(scene.tables()["hot"]["canvas"])
     add_hot_pixel(scene, rng, canvas, x, y, bad_probability=0.6)

@@ -29,6 +29,8 @@ __all__ = [
     "noiseless_difference",
     "psf_matched_filter",
     "measure_objects",
+    "psf_photometry",
+    "add_template_noise",
     "DETECTION_THRESHOLD",
 ]
 
@@ -204,16 +206,18 @@ def render_models(scene: Scene, cond: Conditions, shape: tuple[int, int], *, wit
     t = tables["point"]
     if len(t["canvas"]):
         b = t["canvas"]
-        render_points(science, b, t["x"], t["y"], t["flux_s"], cond.psf_science.take(b).scaled(t["psf_fx"], t["psf_fy"]))
+        psf_s = cond.psf_science.take(b).scaled(t["psf_fx"], t["psf_fy"]).convolved(t["size_x"], t["size_y"])
+        psf_t = cond.psf_template.take(b).convolved(t["size_x"], t["size_y"])
+        render_points(science, b, t["x"], t["y"], t["flux_s"], psf_s)
         render_points(template, b, t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b],
-                      t["flux_t"], cond.psf_template.take(b))
+                      t["flux_t"], psf_t)
     t = tables["extended"]
     if len(t["canvas"]):
         b = t["canvas"]
         shape_cols = dict(shape=t["shape"], r_e=t["r_e"], q=t["q"], theta=t["theta"], length=t["length"])
-        render_fourier(science, b, t["x"], t["y"], t["flux_s"], cond.psf_science.take(b), **shape_cols)
-        render_fourier(template, b, t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b],
-                       t["flux_t"], cond.psf_template.take(b), **shape_cols)
+        positions = [(t["x"], t["y"]), (t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b])]
+        render_fourier([science, template], b, positions, [t["flux_s"], t["flux_t"]],
+                       [cond.psf_science.take(b), cond.psf_template.take(b)], **shape_cols)
     if with_artifacts:
         render_artifacts(tables, science, template, *masks, cond.psf_science)
     return (science, template, *masks)
@@ -232,7 +236,15 @@ def _irfft(a, shape):
 
 
 def _kernel_fourier(cond: Conditions, shape) -> np.ndarray:
-    # Fourier transform of the PSF-matching kernel of each canvas (n, H, W//2+1).
+    # Fourier transform of the PSF-matching kernel of each canvas (n, H, W//2+1),
+    # kept on the conditions object (it is needed several times per batch).
+    cache = cond.__dict__.setdefault("_kernel_cache", {})
+    if tuple(shape) not in cache:
+        cache[tuple(shape)] = _compute_kernel_fourier(cond, shape)
+    return cache[tuple(shape)]
+
+
+def _compute_kernel_fourier(cond: Conditions, shape) -> np.ndarray:
     ky, kx = _frequencies(shape)
     mode = cond.convolve_science
     s, t = cond.psf_science, cond.psf_template
@@ -241,7 +253,7 @@ def _kernel_fourier(cond: Conditions, shape) -> np.ndarray:
     source = DoubleGaussianPsf(*(np.where(mode, b, a) for a, b in zip(
         (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio), (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio))))
     target = target.scaled(1 + cond.kernel_error, 1 + cond.kernel_error)
-    return matching_kernel_fourier(target, source, ky, kx).astype(np.float32)
+    return matching_kernel_fourier(target, source, ky, kx)
 
 
 def noiseless_difference(science: np.ndarray, template: np.ndarray, cond: Conditions) -> np.ndarray:
@@ -333,6 +345,51 @@ def psf_matched_filter(images, canvas, x, y, psf: DoubleGaussianPsf, sigma, *, s
     return best / (sigma * np.sqrt(sum_p2)), best / sum_p2, best_lag[:, 1], best_lag[:, 0]
 
 
+def psf_photometry(image: np.ndarray, variance: np.ndarray, x, y, psf: DoubleGaussianPsf):
+    """Inverse-variance weighted PSF fluxes at fixed positions (forced photometry).
+
+    Parameters
+    ----------
+    image, variance : `numpy.ndarray`, (H, W)
+        Pixels (nJy) and variance (nJy^2); NaN pixels are ignored.
+    x, y : `numpy.ndarray`, (k,)
+        Positions (pixels).
+    psf : `DoubleGaussianPsf`
+        PSF per position (length k).
+
+    Returns
+    -------
+    flux, flux_err : `numpy.ndarray`, (k,)
+        ``sum(P D / V) / sum(P^2 / V)`` and ``1 / sqrt(sum(P^2 / V))``; NaN
+        when no valid pixel overlaps the PSF.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    k = len(x)
+    if k == 0:
+        return np.zeros(0), np.zeros(0)
+    half = int(np.ceil(min(np.max(psf.extent) * 0.7, 40)))
+    grid = np.arange(-half, half + 1)
+    ix = np.floor(x + 0.5).astype(int)
+    iy = np.floor(y + 0.5).astype(int)
+    cx, cy, wx, wy = psf.profiles_1d(grid[None, :] + (ix - x)[:, None], grid[None, :] + (iy - y)[:, None])
+    kernel = np.einsum("ky,kx->kyx", cy, cx) + np.einsum("ky,kx->kyx", wy, wx)
+    height, width = image.shape
+    rows = iy[:, None] + grid[None, :]
+    cols = ix[:, None] + grid[None, :]
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    r = np.clip(rows, 0, height - 1)[:, :, None]
+    c = np.clip(cols, 0, width - 1)[:, None, :]
+    data = image[r, c].astype(np.float64)
+    var = variance[r, c].astype(np.float64)
+    ok = inside & np.isfinite(data) & np.isfinite(var) & (var > 0)
+    w = np.where(ok, kernel / np.where(ok, var, 1.0), 0.0)
+    norm = (w * kernel).sum(axis=(1, 2))
+    flux = (w * np.where(ok, data, 0.0)).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, flux / norm, np.nan), np.where(norm > 0, 1 / np.sqrt(norm), np.nan)
+
+
 def measure_objects(keys: Scene, cond: Conditions, shape, canvas, x, y, *, search_radius=2.0):
     """PSF-optimal S/N of labelled objects alone in the noiseless difference.
 
@@ -354,10 +411,17 @@ def measure_objects(keys: Scene, cond: Conditions, shape, canvas, x, y, *, searc
     peak : `numpy.ndarray`, (k,)
         Largest science pixel value of the object (for saturation checks).
     """
+    canvas = np.asarray(canvas)
+    used, local = np.unique(canvas, return_inverse=True)
+    if len(used) < len(cond):
+        cond = cond.take(used)
+        keys = keys.select(lambda t: np.isin(t["canvas"], used))
+        for table in keys.tables().values():
+            table["canvas"] = np.searchsorted(used, table["canvas"])
+        canvas = local
     science, template, *_ = render_models(keys, cond, shape)
     diff = noiseless_difference(science, template, cond)
     sigma = difference_sky_sigma(cond)
-    canvas = np.asarray(canvas)
     snr, flux, _, _ = psf_matched_filter(diff, canvas, x, y, cond.psf_difference.take(canvas), sigma[canvas],
                                          search_radius=search_radius)
     peak = science.reshape(len(cond), -1).max(axis=1)[canvas]
@@ -404,19 +468,28 @@ def _detect(image: np.ndarray, psf: DoubleGaussianPsf, sigma: np.ndarray, thresh
     # PSF-smoothed S/N map of each canvas, as the detection step computes it.
     shape = image.shape[1:]
     ky, kx = _frequencies(shape)
-    p_hat = psf.fourier(ky, kx) * (np.sinc(ky)[:, None] * np.sinc(kx)[None, :])[None]
-    smoothed = _irfft(_rfft(np.nan_to_num(image)) * p_hat.astype(np.float32), shape)
+    p_hat = psf.fourier(ky, kx) * (np.sinc(ky)[:, None] * np.sinc(kx)[None, :]).astype(np.float32)[None]
+    smoothed = _irfft(_rfft(np.nan_to_num(image)) * p_hat, shape)
     norm = sigma / np.sqrt(psf.effective_area())
     return smoothed / norm[:, None, None].astype(np.float32)
 
 
 def _edge_band(on_chip: np.ndarray, width: np.ndarray) -> np.ndarray:
-    # On-chip pixels within ``width`` pixels of off-chip pixels.
+    # On-chip pixels within ``width`` pixels (chessboard distance) of off-chip pixels.
     band = np.zeros_like(on_chip)
     for b in np.flatnonzero(~on_chip.all(axis=(1, 2))):
-        dist = ndimage.distance_transform_cdt(on_chip[b], metric="chessboard")
-        band[b] = on_chip[b] & (dist <= width[b])
+        size = 2 * int(width[b]) + 1
+        inner = ndimage.minimum_filter1d(on_chip[b].view(np.uint8), size, axis=0, mode="nearest")
+        inner = ndimage.minimum_filter1d(inner, size, axis=1, mode="nearest")
+        band[b] = on_chip[b] & ~inner.astype(bool)
     return band
+
+
+def add_template_noise(template_model: np.ndarray, cond: Conditions, rng: np.random.Generator):
+    """Noisy template canvases and their variance from noiseless ones (nJy, nJy^2), (n, H, W) float32."""
+    var_t = np.clip(template_model, 0, None) * cond.gain_template[:, None, None].astype(np.float32) + (
+        cond.sky_sigma_template**2)[:, None, None].astype(np.float32)
+    return template_model + np.sqrt(var_t) * rng.standard_normal(template_model.shape, dtype=np.float32), var_t
 
 
 def observe(
@@ -429,6 +502,7 @@ def observe(
     on_chip: np.ndarray | None = None,
     template_covered: np.ndarray | None = None,
     noise_objects: dict | None = None,
+    template: tuple[np.ndarray, np.ndarray] | None = None,
     detection_threshold: float = DETECTION_THRESHOLD,
 ) -> Observation:
     """Render, add noise, saturate, PSF-match, subtract and mask.
@@ -455,6 +529,10 @@ def observe(
         ``snr`` (target matched-filter S/N) and ``unit`` (S/N of the unit bump,
         from `measure_objects`); the noise is conditioned to reach ``snr`` at
         ``(x, y)``.
+    template : `tuple` [`numpy.ndarray`, `numpy.ndarray`], optional
+        A template already observed, ``(image, variance)`` canvases (n, H, W):
+        the same coadd reused for many visits. The scene's template side is then
+        ignored.
     detection_threshold : `float`
         S/N of the DETECTED planes.
     """
@@ -465,9 +543,10 @@ def observe(
         cond.sky_sigma_science**2)[:, None, None].astype(np.float32)
     science = science_model + np.sqrt(var_s) * rng.standard_normal(science_model.shape, dtype=np.float32)
     del science_model
-    var_t = np.clip(template_model, 0, None) * cond.gain_template[:, None, None].astype(np.float32) + (
-        cond.sky_sigma_template**2)[:, None, None].astype(np.float32)
-    template = template_model + np.sqrt(var_t) * rng.standard_normal(template_model.shape, dtype=np.float32)
+    if template is None:
+        template, var_t = add_template_noise(template_model, cond, rng)
+    else:
+        template, var_t = (np.array(a, dtype=np.float32) for a in template)
     del template_model
     saturate(science, cond.saturation, mask_s, rng)
 

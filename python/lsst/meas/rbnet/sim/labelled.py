@@ -26,7 +26,18 @@ Artifact classes
     fluctuation of the noise reaching the target S/N.
 """
 
-__all__ = ["add_labelled", "SCALED", "FIXED", "CONDITIONED", "SNR_CAP", "SNAP_X", "SNAP_Y"]
+__all__ = [
+    "add_labelled",
+    "amplitude_factors",
+    "sample_snr",
+    "sample_noise_snr",
+    "SCALED",
+    "FIXED",
+    "CONDITIONED",
+    "SNR_CAP",
+    "SNAP_X",
+    "SNAP_Y",
+]
 
 import numpy as np
 
@@ -46,6 +57,67 @@ SNR_CAP: dict[str, float] = {"ghost": 80.0, "edge": 300.0, "bad_column": 500.0}
 #: Classes whose detection sits on a pixel centre along x (columns) / y.
 SNAP_X = frozenset({"hot_pixel", "bad_column"})
 SNAP_Y = frozenset({"hot_pixel"})
+
+
+#: Classes whose key component is a star-like source that must stay below the full well.
+_STARLIKE = frozenset({"real_new", "real_brighter", "real_fainter", "real_on_galaxy", "real_moving", "dipole",
+                       "bright_star_residual"})
+
+
+def sample_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.ndarray:
+    """Target S/N: half log-uniform over ``snr_range``, half concentrated near the 5-sigma threshold."""
+    lo, hi = snr_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"snr_range must satisfy 0 < lo <= hi, got {snr_range}.")
+    wide = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+    near = np.exp(rng.normal(np.log(7.0), 0.45, n))
+    out = np.where(rng.random(n) < 0.5, wide, near)
+    bad = (out < lo) | (out > hi)
+    out[bad] = wide[bad]
+    return out
+
+
+def sample_noise_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.ndarray:
+    """|S/N| of noise fluctuations: the Gaussian tail above the lower S/N bound or above 5."""
+    floor = np.where(rng.random(n) < 0.5, snr_range[0], max(snr_range[0], 5.0))
+    return np.sqrt(floor**2 - 2 * np.log(rng.random(n)))
+
+
+def amplitude_factors(classes, mode, unit_snr, unit_peak, saturation, target):
+    """Amplitude multipliers that bring each labelled object to its target S/N.
+
+    Parameters
+    ----------
+    classes : `numpy.ndarray` of `str`, (m,)
+    mode : `numpy.ndarray` of `int`, (m,)
+        `SCALED`, `FIXED` or `CONDITIONED` (from `add_labelled`).
+    unit_snr, unit_peak : `numpy.ndarray`, (m,)
+        S/N and brightest science pixel of each object at its recipe amplitude
+        (from `lsst.meas.rbnet.sim.imaging.measure_objects`).
+    saturation : `numpy.ndarray`, (m,)
+        Full-well level of the object's science image (nJy above background).
+    target : `numpy.ndarray`, (m,)
+        Target |S/N| (capped per class by `SNR_CAP`).
+
+    Returns
+    -------
+    factor : `numpy.ndarray`, (m,)
+        1 for `FIXED`, 0 for `CONDITIONED` objects (the noise does it). Star-like
+        objects are kept below 80% of the full well (their S/N is then lower).
+    """
+    classes = np.asarray(classes)
+    target = np.array(target, dtype=float)
+    for name, cap in SNR_CAP.items():
+        sel = classes == name
+        target[sel] = np.minimum(target[sel], cap)
+    factor = np.ones(len(classes))
+    scaled = mode == SCALED
+    factor[scaled] = target[scaled] / np.maximum(np.abs(unit_snr[scaled]), 1e-12)
+    limit = 0.8 * np.asarray(saturation) / np.maximum(unit_peak, 1e-12)
+    capped = scaled & np.isin(classes, list(_STARLIKE)) & (factor > limit)
+    factor[capped] = limit[capped]
+    factor[mode == CONDITIONED] = 0.0
+    return factor
 
 
 def _psf_peak_fraction(cond: Conditions, canvas, x, y) -> np.ndarray:

@@ -39,6 +39,12 @@ SHAPE_TRAIL: int = 0
 #: Sersic profiles are truncated at this many half-light radii (smoothly).
 _SERSIC_TRUNCATION = 8.0
 
+#: Sides of the local FFT grids (fast sizes).
+_GRID_SIZES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+#: Half-light radius of an exponential disc in units of its scale length.
+_EXP_RE_PER_H = float(gammaincinv(2.0, 0.5))
+
 #: PSFs with a core sigma below this (pixels) are undersampled enough to need aliases.
 _ALIAS_SIGMA = 1.1
 
@@ -165,43 +171,52 @@ def sersic_fourier(n_index: float, kappa: np.ndarray) -> np.ndarray:
 
 
 def fourier_grid_size(shape, r_e, q, length, psf: DoubleGaussianPsf) -> np.ndarray:
-    """Side of the local FFT grid that holds an object without visible wrap-around (pixels)."""
+    """Side of the local FFT grid that holds an object without visible wrap-around (pixels).
+
+    The grid holds the profile out to 6 (Sersic 1) or 8 (Sersic 4) half-light
+    radii along the major axis, or the trail, plus the PSF out to where it
+    carries about 1e-4 of the light; what falls outside wraps around, spread
+    thinly over the far side of the grid.
+    """
     shape = np.asarray(shape)
-    major = np.where(shape == SHAPE_TRAIL, 0.5 * np.asarray(length), 0.0)
     sersic = np.where(shape == 1, 6.0, _SERSIC_TRUNCATION) * np.asarray(r_e) / np.sqrt(np.asarray(q))
-    major = np.where(shape == SHAPE_TRAIL, major, sersic)
-    need = 2 * (major + 0.75 * psf.extent) + 4
-    return _group_sizes(np.ceil(need).astype(int), (16, 24, 32, 48, 64, 96, 128, 192, 256))
+    major = np.where(shape == SHAPE_TRAIL, 0.5 * np.asarray(length), sersic)
+    need = 2 * (major + 3.0 * psf.wing_ratio * np.maximum(psf.sigma_x, psf.sigma_y)) + 2
+    return _group_sizes(np.ceil(need).astype(int), _GRID_SIZES)
 
 
 def render_fourier(
-    canvas: np.ndarray,
+    canvases,
     index: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    flux: np.ndarray,
-    psf: DoubleGaussianPsf,
+    positions,
+    fluxes,
+    psfs,
     *,
     shape: np.ndarray,
     r_e: np.ndarray,
     q: np.ndarray,
     theta: np.ndarray,
     length: np.ndarray,
-    chunk_pixels: int = 2**22,
+    chunk_pixels: int = 2**21,
 ) -> None:
-    """Add PSF-convolved extended or trailed sources to canvases in place.
+    """Add PSF-convolved extended or trailed sources to one or more canvas batches in place.
+
+    The same objects are usually rendered in the science and the template
+    canvases (different PSFs, fluxes and positions); their shape transform is
+    computed once for all of them.
 
     Parameters
     ----------
-    canvas : `numpy.ndarray`, (n, H, W)
+    canvases : sequence of `numpy.ndarray`, each (n, H, W)
+        Canvas batches (e.g. ``[science, template]``), modified in place.
     index : `numpy.ndarray` of `int`, (m,)
         Canvas of each object.
-    x, y : `numpy.ndarray`, (m,)
-        Centres (canvas pixels).
-    flux : `numpy.ndarray`, (m,)
-        Total flux.
-    psf : `DoubleGaussianPsf`
-        One PSF per object.
+    positions : sequence of ``(x, y)`` pairs of `numpy.ndarray`, (m,)
+        Centres (canvas pixels) in each canvas batch.
+    fluxes : sequence of `numpy.ndarray`, (m,)
+        Total flux in each canvas batch.
+    psfs : sequence of `DoubleGaussianPsf`
+        One PSF per object, for each canvas batch.
     shape : `numpy.ndarray` of `int`, (m,)
         `SHAPE_TRAIL` for a trailed point source, else the Sersic index (1 or 4).
     r_e : `numpy.ndarray`, (m,)
@@ -213,49 +228,78 @@ def render_fourier(
     length : `numpy.ndarray`, (m,)
         Trail length (pixels) for `SHAPE_TRAIL`.
     """
-    flux = np.asarray(flux, dtype=float)
-    keep = np.flatnonzero(flux != 0)
+    index = np.asarray(index)
+    m = len(index)
+    fluxes = [np.broadcast_to(np.asarray(f, dtype=float), (m,)) for f in fluxes]
+    keep = np.flatnonzero(np.any([f != 0 for f in fluxes], axis=0)) if m else np.zeros(0, int)
     if len(keep) == 0:
         return
-    index = np.asarray(index)[keep]
-    x = np.asarray(x, dtype=float)[keep]
-    y = np.asarray(y, dtype=float)[keep]
-    flux = flux[keep]
-    psf = psf.take(keep)
+    index = index[keep]
+    positions = [(np.asarray(x, dtype=float)[keep], np.asarray(y, dtype=float)[keep]) for x, y in positions]
+    fluxes = [f[keep] for f in fluxes]
+    psfs = [p.take(keep) for p in psfs]
     shape = np.asarray(shape)[keep]
-    r_e, q, theta, length = (_take(a, keep, len(flux)) for a in (r_e, q, theta, length))
-    size = fourier_grid_size(shape, r_e, q, length, psf)
+    r_e, q, theta, length = (_take(a, keep, len(keep)) for a in (r_e, q, theta, length))
+    widest = DoubleGaussianPsf(*(np.max([getattr(p, f) for p in psfs], axis=0)
+                                 for f in ("sigma_x", "sigma_y", "wing_fraction", "wing_ratio")))
+    size = fourier_grid_size(shape, r_e, q, length, widest)
+    # A grid larger than the canvases buys nothing: the outer light it would hold falls
+    # off the canvas anyway (on small canvases it wraps around, faint and spread thin).
+    height, width = canvases[0].shape[1:]
+    size = np.minimum(size, _group_sizes(np.array([max(height, width)]), _GRID_SIZES)[0])
     # Undersampled PSFs alias: the DFT of the sampled image is the sum of the continuous
-    # transform over integer frequency shifts, so include the first aliases for them.
-    aliased = np.minimum(psf.sigma_x, psf.sigma_y) < _ALIAS_SIGMA
+    # transform over integer frequency shifts. Only compact shapes have power there.
+    sharpest = np.min([np.minimum(p.sigma_x, p.sigma_y) for p in psfs], axis=0)
+    compact = (shape == SHAPE_TRAIL) | (r_e < 1.0)
+    aliased = compact & (sharpest < _ALIAS_SIGMA)
     for g in np.unique(size):
         ky = scipy.fft.fftfreq(g)
         kx = scipy.fft.rfftfreq(g)
+        half = g // 2
         for alias in (False, True):
             members = np.flatnonzero((size == g) & (aliased == alias))
             shifts = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)] if alias else [(0, 0)]
             step = max(1, chunk_pixels // (g * g * len(shifts)))
             for start in range(0, len(members), step):
                 sel = members[start : start + step]
-                ix = np.floor(x[sel] + 0.5).astype(int)
-                iy = np.floor(y[sel] + 0.5).astype(int)
-                half = g // 2
-                # Object centre in local-grid coordinates.
-                u = x[sel] - (ix - half)
-                v = y[sel] - (iy - half)
-                sub_psf = psf.take(sel)
-                ft = 0.0
+                fts = [0.0] * len(canvases)
+                anchors = []
+                for x, y in positions:
+                    ix = np.floor(x[sel] + 0.5).astype(int)
+                    iy = np.floor(y[sel] + 0.5).astype(int)
+                    # Object centre in local-grid coordinates.
+                    anchors.append((ix, iy, x[sel] - (ix - half), y[sel] - (iy - half)))
                 for my, mx in shifts:
                     kys, kxs = ky + my, kx + mx
-                    term = sub_psf.fourier(kys, kxs) * (np.sinc(kys)[:, None] * np.sinc(kxs)[None, :])[None]
-                    term = term * _shape_fourier(shape[sel], r_e[sel], q[sel], theta[sel], length[sel], kys, kxs)
-                    phase = np.exp(-2j * np.pi * v[:, None] * kys[None, :])[:, :, None] * np.exp(
-                        -2j * np.pi * u[:, None] * kxs[None, :]
-                    )[:, None, :]
-                    ft = ft + term * phase
-                ft = ft * flux[sel][:, None, None]
-                patches = scipy.fft.irfft2(ft, s=(g, g), axes=(-2, -1), workers=1)
-                add_patches(canvas, index[sel], iy - half, ix - half, patches.astype(canvas.dtype, copy=False))
+                    common = _shape_fourier(shape[sel], r_e[sel], q[sel], theta[sel], length[sel], kys, kxs)
+                    for j, (psf, flux, (_, _, u, v)) in enumerate(zip(psfs, fluxes, anchors)):
+                        if not np.any(flux[sel]):
+                            continue
+                        fts[j] = fts[j] + common * _psf_phase_fourier(psf.take(sel), u, v, flux[sel], kys, kxs)
+                for canvas, ft, (ix, iy, _, _) in zip(canvases, fts, anchors):
+                    if np.isscalar(ft):
+                        continue
+                    patches = scipy.fft.irfft2(ft, s=(g, g), axes=(-2, -1), workers=1)
+                    add_patches(canvas, index[sel], iy - half, ix - half, patches.astype(canvas.dtype, copy=False))
+
+
+def _psf_phase_fourier(psf: DoubleGaussianPsf, u, v, flux, ky, kx) -> np.ndarray:
+    # PSF x pixel response x sub-pixel phase x flux, (m, Gy, Gx) complex64. Every factor
+    # is separable in (ky, kx), so this is two outer products of 1-D arrays.
+    c = -2.0 * np.pi**2
+    b2 = (psf.wing_ratio**2)[:, None]
+    sinc_y = np.sinc(ky)[None, :]
+    sinc_x = np.sinc(kx)[None, :]
+    phase_y = np.exp(-2j * np.pi * v[:, None] * ky[None, :]) * sinc_y
+    phase_x = np.exp(-2j * np.pi * u[:, None] * kx[None, :]) * (sinc_x * flux[:, None])
+    gy = np.exp(c * (psf.sigma_y**2)[:, None] * ky[None, :] ** 2)
+    gx = np.exp(c * (psf.sigma_x**2)[:, None] * kx[None, :] ** 2)
+    f = psf.wing_fraction[:, None]
+    core_y = (gy * phase_y).astype(np.complex64)
+    core_x = ((1 - f) * gx * phase_x).astype(np.complex64)
+    wing_y = (gy**b2 * phase_y).astype(np.complex64)
+    wing_x = (f * gx**b2 * phase_x).astype(np.complex64)
+    return core_y[:, :, None] * core_x[:, None, :] + wing_y[:, :, None] * wing_x[:, None, :]
 
 
 def _take(a, keep, m):
@@ -267,19 +311,24 @@ def _take(a, keep, m):
 
 def _shape_fourier(shape, r_e, q, theta, length, ky, kx) -> np.ndarray:
     # Fourier transform of the unconvolved light distribution of each object, (m, Gy, Gx).
-    c = np.cos(theta)[:, None, None]
-    s = np.sin(theta)[:, None, None]
-    kxx = kx[None, None, :]
-    kyy = ky[None, :, None]
+    c = np.cos(theta)[:, None, None].astype(np.float32)
+    s = np.sin(theta)[:, None, None].astype(np.float32)
+    kxx = kx[None, None, :].astype(np.float32)
+    kyy = ky[None, :, None].astype(np.float32)
     k_along = kxx * c + kyy * s
     k_across = -kxx * s + kyy * c
-    out = np.empty((len(shape), len(ky), len(kx)))
+    out = np.empty((len(shape), len(ky), len(kx)), np.float32)
     trail = shape == SHAPE_TRAIL
     if np.any(trail):
         out[trail] = np.sinc(length[trail][:, None, None] * k_along[trail])
     for n_index in np.unique(shape[~trail]):
         sel = shape == n_index
-        qq = q[sel][:, None, None]
-        kappa = r_e[sel][:, None, None] * np.sqrt(k_along[sel] ** 2 / qq + qq * k_across[sel] ** 2)
-        out[sel] = sersic_fourier(float(n_index), kappa)
+        qq = q[sel][:, None, None].astype(np.float32)
+        kappa2 = (r_e[sel][:, None, None] ** 2).astype(np.float32) * (k_along[sel] ** 2 / qq + qq * k_across[sel] ** 2)
+        if n_index == 1:
+            # Exponential disc: analytic, (1 + (2 pi k h)^2)^(-3/2) with scale length h = r_e / 1.678.
+            base = np.float32(1.0) + np.float32((2 * np.pi / _EXP_RE_PER_H) ** 2) * kappa2
+            out[sel] = 1.0 / (base * np.sqrt(base))
+        else:
+            out[sel] = sersic_fourier(float(n_index), np.sqrt(kappa2))
     return out

@@ -5,8 +5,9 @@ A `Scene` holds every light-emitting (or charge-depositing) component of a
 batch of canvases as columns of numpy arrays, one table per *kind*:
 
 ``point``
-    Unresolved sources (stars, transients): flux in science and template,
-    template offset (misregistration or proper motion), science PSF width factors.
+    Unresolved sources (stars, transients) and faint galaxies approximated by
+    Gaussians: flux in science and template, template offset (misregistration
+    or proper motion), science PSF width factors, intrinsic Gaussian size.
 ``extended``
     Sersic components of galaxies and trailed point sources, rendered in
     Fourier space.
@@ -39,7 +40,7 @@ import numpy as np
 
 #: Columns of each component kind (besides ``canvas`` and ``obj``).
 KIND_COLUMNS: dict[str, tuple[str, ...]] = {
-    "point": ("x", "y", "flux_s", "flux_t", "dx_t", "dy_t", "psf_fx", "psf_fy"),
+    "point": ("x", "y", "flux_s", "flux_t", "dx_t", "dy_t", "psf_fx", "psf_fy", "size_x", "size_y"),
     "extended": ("x", "y", "flux_s", "flux_t", "dx_t", "dy_t", "shape", "r_e", "q", "theta", "length"),
     "cr": ("track", "x", "y", "deposit", "width", "masked"),
     "hot": ("x", "y", "amp", "template", "bad"),
@@ -61,7 +62,8 @@ AMPLITUDE_COLUMNS: dict[str, tuple[str, ...]] = {
     "edge": ("amp",),
 }
 
-_DEFAULTS = {"dx_t": 0.0, "dy_t": 0.0, "psf_fx": 1.0, "psf_fy": 1.0, "length": 0.0, "obj": -1}
+_DEFAULTS = {"dx_t": 0.0, "dy_t": 0.0, "psf_fx": 1.0, "psf_fy": 1.0, "size_x": 0.0, "size_y": 0.0, "length": 0.0,
+             "obj": -1}
 
 #: AB zero point of fluxes in nJy: ``m = 31.4 - 2.5 log10(F / nJy)``.
 _AB_NJY = 31.4
@@ -75,6 +77,14 @@ def mag_to_nJy(mag):
 def nJy_to_mag(flux):
     """Flux in nJy to AB magnitude."""
     return _AB_NJY - 2.5 * np.log10(np.asarray(flux, dtype=float))
+
+
+def _dtype(column: str):
+    if column in ("canvas", "obj", "track", "shape", "side"):
+        return np.int64
+    if column in ("masked", "template", "bad"):
+        return bool
+    return float
 
 
 class Scene:
@@ -113,9 +123,7 @@ class Scene:
                 value = _DEFAULTS[name]
             else:
                 raise ValueError(f"Scene.add({kind!r}): column {name!r} is required.")
-            dtype = np.int64 if name in ("obj", "track", "shape", "side") else float
-            if name in ("masked", "template", "bad"):
-                dtype = bool
+            dtype = _dtype(name)
             row[name] = np.broadcast_to(np.asarray(value, dtype=dtype), (m,)).copy()
         if kind == "cr":
             # Track ids are made unique across calls.
@@ -141,8 +149,7 @@ class Scene:
                 if parts:
                     out[kind] = {n: np.concatenate([p[n] for p in parts]) for n in names}
                 else:
-                    out[kind] = {n: np.zeros(0, dtype=np.int64 if n in ("canvas", "obj") else float)
-                                 for n in names}
+                    out[kind] = {n: np.zeros(0, dtype=_dtype(n)) for n in names}
             self._tables = out
             self._parts = {kind: ([out[kind]] if len(out[kind]["canvas"]) else []) for kind in out}
         return self._tables
@@ -212,6 +219,10 @@ class FieldDensity:
         AB magnitude ranges drawn.
     star_slope, galaxy_slope : `float`
         Logarithmic slopes of the counts, ``dN/dm ~ 10**(slope * m)``.
+    gaussian_galaxy_mag : `float`
+        Galaxies fainter than this (S/N below about 3 in a Rubin visit) are
+        drawn as elliptical Gaussians, convolved exactly and rendered like
+        point sources; brighter ones as Sersic discs and bulges.
     """
 
     stars_per_deg2: float = 1.2e4
@@ -220,6 +231,7 @@ class FieldDensity:
     galaxy_mag_range: tuple[float, float] = (18.0, 25.5)
     star_slope: float = 0.12
     galaxy_slope: float = 0.33
+    gaussian_galaxy_mag: float = 24.3
 
 
 def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slope: float) -> np.ndarray:
@@ -333,6 +345,17 @@ def add_field(
     canvas = np.repeat(np.arange(n_canvas), n_gal)
     m = len(canvas)
     mags = _power_law_mags(rng, m, *density.galaxy_mag_range, density.galaxy_slope)
-    add_galaxy(scene, rng, canvas, rng.uniform(-0.5, width - 0.5, m), rng.uniform(-0.5, height - 0.5, m),
-               mag_to_nJy(mags), sample_galaxy_radius(rng, mags, pixel_scale))
-
+    x = rng.uniform(-0.5, width - 0.5, m)
+    y = rng.uniform(-0.5, height - 0.5, m)
+    r_e = sample_galaxy_radius(rng, mags, pixel_scale)
+    faint = mags > density.gaussian_galaxy_mag
+    # A Gaussian's half-light radius is 1.1774 sigma; axis ratios as for discs.
+    sigma = r_e[faint] / 1.1774
+    q = np.sqrt(rng.uniform(0.1, 1.0, faint.sum()))
+    along_x = rng.random(faint.sum()) < 0.5
+    flux = mag_to_nJy(mags[faint])
+    scene.add("point", canvas[faint], x=x[faint], y=y[faint], flux_s=flux, flux_t=flux,
+              size_x=np.where(along_x, sigma / np.sqrt(q), sigma * np.sqrt(q)),
+              size_y=np.where(along_x, sigma * np.sqrt(q), sigma / np.sqrt(q)))
+    bright = ~faint
+    add_galaxy(scene, rng, canvas[bright], x[bright], y[bright], mag_to_nJy(mags[bright]), r_e[bright])

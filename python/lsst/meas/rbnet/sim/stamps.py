@@ -10,7 +10,7 @@ right at the stamp borders), observed with `lsst.meas.rbnet.sim.imaging.observe`
 and cropped. Thousands of examples are processed per numpy call.
 """
 
-__all__ = ["StampSet", "simulate_stamps", "class_counts", "sample_snr", "sample_noise_snr"]
+__all__ = ["StampSet", "simulate_stamps", "class_counts"]
 
 import dataclasses
 
@@ -21,7 +21,7 @@ from astropy.table import Table
 from ..constants import ARTIFACT_CLASSES, BOGUS, CHANNEL_ORDER, REAL, REAL_CLASSES
 from .artifacts import add_background_artifacts
 from .imaging import measure_objects, observe, sample_conditions
-from .labelled import CONDITIONED, FIXED, SCALED, SNR_CAP, add_labelled
+from .labelled import CONDITIONED, add_labelled, amplitude_factors, sample_noise_snr, sample_snr
 from .scene import Scene, add_field
 
 #: Examples simulated per numpy batch. Part of the random stream: changing it changes the output.
@@ -94,25 +94,6 @@ def class_counts(n: int, class_fractions: dict | None = None, real_fraction: flo
     order = np.argsort(-(raw - counts), kind="stable")
     counts[order[: n - counts.sum()]] += 1
     return dict(zip(names, counts.tolist()))
-
-
-def sample_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.ndarray:
-    """Target S/N: half log-uniform over ``snr_range``, half concentrated near the 5-sigma threshold."""
-    lo, hi = snr_range
-    if not 0 < lo <= hi:
-        raise ValueError(f"snr_range must satisfy 0 < lo <= hi, got {snr_range}.")
-    wide = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
-    near = np.exp(rng.normal(np.log(7.0), 0.45, n))
-    out = np.where(rng.random(n) < 0.5, wide, near)
-    bad = (out < lo) | (out > hi)
-    out[bad] = wide[bad]
-    return out
-
-
-def sample_noise_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.ndarray:
-    """|S/N| of noise fluctuations: the Gaussian tail above the lower S/N bound or above 5."""
-    floor = np.where(rng.random(n) < 0.5, snr_range[0], max(snr_range[0], 5.0))
-    return np.sqrt(floor**2 - 2 * np.log(rng.random(n)))
 
 
 def _edge_geometry(rng, classes, tx, ty, size, stamp_size, edge_fraction):
@@ -236,7 +217,7 @@ def simulate_stamps(
     counts = class_counts(n, class_fractions, real_fraction)
     order_rng = np.random.default_rng([seed, 0x5EED])
     classes_all = order_rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
-    margin = int(np.ceil(2.5 * fwhm_range[1])) + 4
+    margin = int(np.ceil(2.0 * fwhm_range[1])) + 3
     size = scipy.fft.next_fast_len(stamp_size + 2 * margin, real=True)
     y0 = (size - stamp_size) // 2
     centre = y0 + stamp_size // 2
@@ -309,21 +290,8 @@ def _simulate_chunk(rng, classes, stamp_size, size, y0, centre, fwhm_range, snr_
     # Scale each labelled object to its target S/N.
     keys = keys_and_companions.select(lambda t: t["obj"] >= 0)
     unit_snr, unit_flux, unit_peak = measure_objects(keys, cond, shape, canvas, tx, ty)
-    target = sample_snr(rng, m, snr_range)
-    for name, cap in SNR_CAP.items():
-        sel = classes == name
-        target[sel] = np.minimum(target[sel], cap)
     mode = info["mode"]
-    factor = np.ones(m)
-    scaled = mode == SCALED
-    factor[scaled] = target[scaled] / np.maximum(np.abs(unit_snr[scaled]), 1e-12)
-    # Stars that would saturate are kept just below the full well.
-    starlike = np.isin(classes, ["real_new", "real_brighter", "real_fainter", "real_on_galaxy", "real_moving",
-                                 "dipole", "bright_star_residual"])
-    limit = 0.8 * cond.saturation / np.maximum(unit_peak, 1e-12)
-    capped = scaled & starlike & (factor > limit)
-    factor[capped] = limit[capped]
-    factor[mode == CONDITIONED] = 0.0
+    factor = amplitude_factors(classes, mode, unit_snr, unit_peak, cond.saturation, sample_snr(rng, m, snr_range))
     keys_and_companions.scale_objects(factor)
     scene.extend(keys_and_companions)
     snr = np.abs(unit_snr) * factor

@@ -139,16 +139,57 @@ def _from_lsst_images(obj: Any, planes: Iterable[str] | None) -> ImageArrays:
         return ImageArrays(image, variance, None, {}, x0, y0)
     names = _wanted_names(mask_obj.schema.names, planes)
     mapping = canonical_mask_planes(names)
-    mask = np.zeros(image.shape, dtype=np.int32)
-    raw = mask_obj.array
+    mask = _pack_lsst_mask(mask_obj.array, mask_obj.schema, mapping, image.shape)
+    return ImageArrays(image, variance, mask, mapping, x0, y0)
+
+
+def _pack_lsst_mask(raw: np.ndarray, schema: Any, mapping: Mapping[str, int], shape) -> np.ndarray:
+    """An lsst.images packed mask ``(H, W, k)`` as an ``(H, W)`` int32 mask in ``mapping``'s bits.
+
+    Vectorised per array element, not per plane: a mask whose planes already sit at the
+    wanted bits of one int32 element is used as it is (one AND at most); small element
+    types go through a lookup table (one gather per element); anything else is remapped
+    plane by plane.
+    """
     if raw.ndim == 2:
         raw = raw[:, :, None]
+    by_element: dict[int, list[tuple[int, int]]] = {}
     for name, bit in mapping.items():
-        # One vectorised test per plane on the packed (H, W, k) array.
-        plane_bit = mask_obj.schema.bit(name)
-        hit = (raw[:, :, plane_bit.index] & plane_bit.mask) != 0
-        mask |= hit.astype(np.int32) << np.int32(bit)
-    return ImageArrays(image, variance, mask, mapping, x0, y0)
+        plane_bit = schema.bit(name)
+        by_element.setdefault(int(plane_bit.index), []).append((int(plane_bit.mask), bit))
+    mask = np.zeros(shape, dtype=np.int32)
+    if not by_element:
+        return mask
+    wanted = 0
+    for bit in mapping.values():
+        wanted |= 1 << bit
+    if (
+        raw.dtype == np.int32
+        and list(by_element) == [0]
+        and all(src == (1 << dst) for src, dst in by_element[0])
+    ):
+        # Planes already at the canonical bits: a view, masked down to the wanted planes.
+        element = raw[:, :, 0]
+        every = 0
+        for plane in schema:
+            if plane is not None:
+                every |= int(schema.bit(plane.name).mask) if schema.bit(plane.name).index == 0 else 0
+        return element if (every & ~wanted) == 0 else np.bitwise_and(element, np.int32(wanted))
+    for index, pairs in by_element.items():
+        element = raw[:, :, index]
+        if element.dtype.itemsize <= 2:
+            size = 1 << (8 * element.dtype.itemsize)
+            codes = np.arange(size, dtype=np.int64)
+            lut = np.zeros(size, dtype=np.int32)
+            for src, dst in pairs:
+                lut[(codes & src) != 0] |= np.int32(1 << dst)
+            unsigned = element.view(np.dtype(f"u{element.dtype.itemsize}"))
+            mask |= lut[unsigned]
+        else:
+            for src, dst in pairs:
+                hit = np.bitwise_and(element, element.dtype.type(src)) != 0
+                mask |= hit.view(np.int8).astype(np.int32) << np.int32(dst)
+    return mask
 
 
 def _remap_int_mask(raw: np.ndarray, plane_dict: Mapping[str, int], planes: Iterable[str] | None):

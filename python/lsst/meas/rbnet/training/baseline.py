@@ -11,7 +11,7 @@ single-pixel cosmic rays and hot pixels, and the spread of the whole stamp).
 Fitted by full-batch L-BFGS in torch on standardised features; no scikit-learn.
 """
 
-__all__ = ["HAND_FEATURES", "hand_features", "LogisticBaseline"]
+__all__ = ["HAND_FEATURES", "L2_GRID", "hand_features", "LogisticBaseline"]
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ HAND_FEATURES: tuple[str, ...] = (
     "center_minus_ring",
     "std",
 )
+
+
+#: Penalties tried by ``LogisticBaseline(l2="auto")``.
+L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def hand_features(x: np.ndarray) -> np.ndarray:
@@ -65,8 +69,10 @@ class LogisticBaseline:
 
     Parameters
     ----------
-    l2 : `float`
-        L2 penalty on the weights (on standardised features; the intercept is free).
+    l2 : `float` or ``"auto"``
+        L2 penalty on the weights (on standardised features; the intercept is
+        free). ``"auto"`` picks the value of `L2_GRID` with the lowest log-loss
+        on a held-out fifth of the fitting set, then refits on all of it.
     use_pixels : `bool`
         Include every pixel of every channel as a feature.
     use_features : `bool`
@@ -82,7 +88,7 @@ class LogisticBaseline:
 
     def __init__(
         self,
-        l2: float = 1e-3,
+        l2: float | str = "auto",
         use_pixels: bool = True,
         use_features: bool = True,
         max_iter: int = 200,
@@ -91,9 +97,10 @@ class LogisticBaseline:
     ):
         if not (use_pixels or use_features):
             raise ValueError("LogisticBaseline needs pixels, hand features or both.")
-        if l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {l2}.")
-        self.l2 = float(l2)
+        if l2 != "auto" and (isinstance(l2, str) or l2 < 0):
+            raise ValueError(f"l2 must be 'auto' or a number >= 0, got {l2!r}.")
+        self.l2 = l2 if l2 == "auto" else float(l2)
+        self.l2_: float | None = None
         self.use_pixels = use_pixels
         self.use_features = use_features
         self.max_iter = int(max_iter)
@@ -120,8 +127,8 @@ class LogisticBaseline:
             raise ValueError(f"labels has shape {y.shape}; expected ({len(x)},).")
         if y.min() == y.max():
             raise ValueError("the baseline needs both real and bogus examples.")
+        rng = np.random.default_rng(self.seed)
         if len(x) > self.max_samples:
-            rng = np.random.default_rng(self.seed)
             idx = np.sort(rng.choice(len(x), self.max_samples, replace=False))
             x, y = x[idx], y[idx]
         a = self._design(x)
@@ -130,9 +137,27 @@ class LogisticBaseline:
         # Constant features (e.g. a filled border) carry nothing; avoid dividing by zero.
         self.scale_[self.scale_ < 1e-6] = 1.0
         a = (a - self.mean_) / self.scale_
+        if self.l2 == "auto":
+            held = rng.random(len(y)) < 0.2
+            if held.all() or not held.any() or y[held].min() == y[held].max():
+                self.l2_ = L2_GRID[len(L2_GRID) // 2]
+            else:
+                losses = []
+                for l2 in L2_GRID:
+                    w, b = self._solve(a[~held], y[~held], l2)
+                    z = a[held] @ w + b
+                    losses.append(float(np.mean(np.logaddexp(0, z) - y[held] * z)))
+                self.l2_ = L2_GRID[int(np.argmin(losses))]
+        else:
+            self.l2_ = self.l2
+        self.coef_, self.intercept_ = self._solve(a, y, self.l2_)
+        return self
+
+    def _solve(self, a: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+        """Penalised maximum likelihood by full-batch L-BFGS; returns (weights, intercept)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            at = torch.from_numpy(a)
+            at = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
             yt = torch.from_numpy(y)
             w = torch.zeros(a.shape[1], requires_grad=True)
             prior = float(np.log(y.mean() / (1 - y.mean())))
@@ -144,14 +169,12 @@ class LogisticBaseline:
             def closure():
                 opt.zero_grad()
                 z = at @ w + b
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(z, yt) + 0.5 * self.l2 * (w @ w)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(z, yt) + 0.5 * l2 * (w @ w)
                 loss.backward()
                 return loss
 
             opt.step(closure)
-        self.coef_ = w.detach().numpy().astype(np.float32)
-        self.intercept_ = float(b.detach())
-        return self
+        return w.detach().numpy().astype(np.float32), float(b.detach())
 
     def decision_function(self, x: np.ndarray, chunk_size: int = 8192) -> np.ndarray:
         """Logits ``(N,)`` float64 of prepared stamps ``x`` ``(N, C, S, S)``."""

@@ -104,6 +104,9 @@ class TrainConfig:
         Optional augmentation strengths (see `training.data`); 0 disables.
     num_threads : `int` or `None`
         torch CPU threads during training (restored afterwards); None leaves it.
+        The convolutions of these small networks gain little from more threads,
+        and on a machine shared with other jobs one thread is several times
+        faster than two (threads spin waiting for each other).
     channels_last : `bool` or `None`
         Channels-last memory format; None = on for the CPU, where it makes the
         small convolutions of `TripletCNN` several times faster.
@@ -146,7 +149,7 @@ class TrainConfig:
     augment: bool = True
     noise_std: float = 0.0
     flux_jitter: float = 0.0
-    num_threads: int | None = 2
+    num_threads: int | None = None
     channels_last: bool | None = None
     storage_dtype: str = "float32"
     eval_batch_size: int = 1024
@@ -470,7 +473,12 @@ def train_triplet_model(
             raise ValueError(f"the {name} set needs both real and bogus stamps; it has {counts[1]} real, {counts[0]} bogus.")
 
     use_classes = config.class_loss_weight > 0 and data.classes is not None
-    train_targets = class_targets(data.classes, data.labels) if use_classes else None
+    train_targets = None
+    if use_classes:
+        try:
+            train_targets = class_targets(data.classes, data.labels)
+        except ValueError as err:
+            raise ValueError(f"{err} (set class_loss_weight=0 to train without the class head)") from None
 
     hp = dict(config.hyperparameters)
     defaults = registry.architecture_defaults(config.architecture)

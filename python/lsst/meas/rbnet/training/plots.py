@@ -158,7 +158,8 @@ def plot_history(history: Sequence[Mapping], path: str | os.PathLike) -> Path:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
-    ax2.plot(ep, [1 - h["val_auc"] for h in history], marker="o")
+    # Floor at 1e-6 so a perfect validation AUC stays on the log axis.
+    ax2.plot(ep, [max(1 - h["val_auc"], 1e-6) for h in history], marker="o")
     ax2.set_yscale("log")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("1 - validation AUC")

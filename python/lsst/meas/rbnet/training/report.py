@@ -152,13 +152,17 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 
 def summary_rows(m: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(label, formatted value) rows of the headline metrics of one `evaluate_scores` dict."""
+    """(label, formatted value) rows of the headline metrics of one `evaluate_scores` dict.
+
+    "C @ P99%" is the completeness at purity 99%; "P / C" are purity and completeness.
+    """
+    snr = f"SNR>={m['snr_min']:g}" if "snr_min" in m else None
     rows = [
-        ("sources (real / bogus)", f"{m['n']} ({m['n_real']} / {m['n_bogus']})"),
+        ("sources (real/bogus)", f"{m['n']} ({m['n_real']}/{m['n_bogus']})"),
         ("ROC-AUC", _fmt(m["roc_auc"])),
     ]
     if m.get("roc_auc_snr") is not None:
-        rows.append((f"ROC-AUC, SNR >= {m['snr_min']:g}", _fmt(m["roc_auc_snr"])))
+        rows.append((f"ROC-AUC, {snr}", _fmt(m["roc_auc_snr"])))
     thr = m["thresholds"].get("default", {}).get("threshold", 0.5)
     rows += [
         (f"accuracy @ {thr:.3g}", _fmt(m["accuracy"], pct=True)),
@@ -167,17 +171,15 @@ def summary_rows(m: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("log loss", _fmt(m["log_loss"])),
     ]
     for q, c in m["completeness_at_purity"].items():
-        rows.append((f"completeness @ purity {float(q):.0%}", _fmt(c, pct=True)))
+        rows.append((f"C @ P{float(q):.0%}", _fmt(c, pct=True)))
     for q, c in (m.get("completeness_at_purity_snr") or {}).items():
-        rows.append((f"completeness @ purity {float(q):.0%}, SNR >= {m['snr_min']:g}", _fmt(c, pct=True)))
+        rows.append((f"C @ P{float(q):.0%}, {snr}", _fmt(c, pct=True)))
     for name, t in m["thresholds"].items():
         if "purity_snr" in t and name != "default":
-            pur, comp, where = t["purity_snr"], t["completeness_snr"], f", SNR >= {m['snr_min']:g}"
+            pur, comp, where = t["purity_snr"], t["completeness_snr"], f", {snr}"
         else:
             pur, comp, where = t["purity"], t["completeness"], ""
-        rows.append(
-            (f"threshold {name} = {t['threshold']:.4g}{where}", f"P {_fmt(pur, True)} / C {_fmt(comp, True)}")
-        )
+        rows.append((f"{name} >= {t['threshold']:.4g}{where}: P / C", f"{_fmt(pur, True)} / {_fmt(comp, True)}"))
     return rows
 
 

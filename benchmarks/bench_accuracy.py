@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+# This file is part of meas_rbnet.
+"""Accuracy benchmark of a triplet model package on a held-out simulated test set.
+
+The test set is simulated with `lsst.meas.rbnet.sim.simulate_stamps` at
+``--stamp-size`` (51 by default: raw stamps larger than the model's, as a
+pipeline would cut them) with the fixed seed `TEST_SEED`, which no training
+command of this project uses. The model scores the raw stamps through the
+public API, `lsst.meas.rbnet.score_triplets` (which crops, normalises and
+calibrates as the package's contract says), once plainly and once with
+rotation/flip averaging (``symmetry=True``).
+
+Reported (with `lsst.meas.rbnet.training.report.evaluate_scores`): ROC-AUC,
+accuracy, F1, expected calibration error, log loss, completeness at purity 95%
+and 99% (all sources and SNR >= 6), purity/completeness at the package's
+recommended thresholds, the fraction of each artifact class scored above the
+default threshold, the completeness of each real class, and completeness in
+bins of SNR. A logistic-regression baseline on the same prepared pixels
+(`training.baseline.LogisticBaseline`), fitted on separately simulated
+training stamps (seed ``--baseline-seed``), is evaluated on the same test set.
+
+Targets (checked and printed): ROC-AUC >= 0.99; completeness >= 95% at purity
+>= 99% for SNR >= 6; ECE <= 0.02; the CNN beats the baseline in ROC-AUC and in
+completeness at purity 99%.
+
+Results go to ``benchmarks/results/accuracy.json`` and ``.md``.
+
+Usage::
+
+    python benchmarks/bench_accuracy.py [--model PACKAGE] [--n 20000] [--test-data FILE.npz]
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Seed of the test set. Never used to simulate training data (the default model's
+#: training data use seeds 101 and up; see doc/default-model.md).
+TEST_SEED = 20240
+#: Seed of the baseline's training stamps (not a seed of the CNN's training data either).
+BASELINE_SEED = 20241
+
+TARGETS = {
+    "roc_auc": 0.99,
+    "completeness_at_purity99_snr6": 0.95,
+    "ece": 0.02,
+}
+
+
+def simulate(n, seed, stamp_size, cache=None):
+    """Raw stamps, labels, classes and SNR from the simulator (or an npz cache of them)."""
+    from lsst.meas.rbnet.training.data import load_npz
+
+    if cache is not None and Path(cache).is_file():
+        d = load_npz(cache)
+        return d["stamps"], d["labels"], d["classes"], d["snr"]
+    from lsst.meas.rbnet.sim import simulate_stamps
+
+    t0 = time.perf_counter()
+    sim = simulate_stamps(n, stamp_size=stamp_size, seed=seed, with_masks=False)
+    print(f"simulated {n} stamps (seed {seed}, {stamp_size}x{stamp_size}) in {time.perf_counter() - t0:.0f} s")
+    out = (
+        sim.stamps,
+        np.asarray(sim.table["label"]).astype(np.int64),
+        np.asarray(sim.table["source_class"]).astype(str),
+        np.asarray(sim.table["snr"], dtype=np.float64),
+    )
+    if cache is not None:
+        np.savez(cache, stamps=out[0], label=out[1], source_class=out[2], snr=out[3])
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="Model package (default: the shipped default model).")
+    parser.add_argument("--n", type=int, default=20000, help="Test sources (default 20000).")
+    parser.add_argument("--seed", type=int, default=TEST_SEED, help="Test-set seed (default %(default)s).")
+    parser.add_argument("--stamp-size", type=int, default=51, help="Side of the raw test stamps.")
+    parser.add_argument("--test-data", default=None, help="npz cache of the test set (read if present, else written).")
+    parser.add_argument("--baseline-n", type=int, default=20000, help="Training stamps of the baseline (0: none).")
+    parser.add_argument("--baseline-seed", type=int, default=BASELINE_SEED)
+    parser.add_argument("--baseline-data", default=None, help="npz cache of the baseline's training stamps.")
+    parser.add_argument("--no-symmetry", action="store_true", help="Skip the rotation/flip-averaged scores.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1).")
+    parser.add_argument("--plots", default=None, help="Directory for ROC/reliability/per-class plots.")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy"),
+                        help="Result path without suffix (.json and .md are written).")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from lsst.meas.rbnet import score_triplets
+    from lsst.meas.rbnet.cutouts import prepare_stamps
+    from lsst.meas.rbnet.package import ModelPackage
+    from lsst.meas.rbnet.scoring import default_model_path
+    from lsst.meas.rbnet.training.baseline import LogisticBaseline
+    from lsst.meas.rbnet.training.report import (
+        evaluate_scores,
+        markdown_class_table,
+        markdown_metrics_table,
+    )
+
+    torch.set_num_threads(args.threads)
+    model_path = Path(args.model) if args.model else default_model_path()
+    package = ModelPackage.load(model_path)
+    thresholds = {t["name"]: t["threshold"] for t in package.thresholds}
+    print(f"model {model_path.name}: version {package.version!r}, contract {package.contract}")
+
+    stamps, labels, classes, snr = simulate(args.n, args.seed, args.stamp_size, args.test_data)
+    d, s, t = stamps[:, 0], stamps[:, 1], stamps[:, 2]
+
+    results = {}
+    timings = {}
+    for name, symmetry in (("CNN", False), ("CNN (symmetry)", True)):
+        if symmetry and args.no_symmetry:
+            continue
+        t0 = time.perf_counter()
+        p = score_triplets(s, t, d, model=model_path, device="cpu", symmetry=symmetry)
+        timings[name] = time.perf_counter() - t0
+        ok = np.isfinite(p)
+        m = evaluate_scores(p[ok], labels[ok], classes=classes[ok], snr=snr[ok], thresholds=thresholds)
+        m["n_unscored"] = int((~ok).sum())
+        m["seconds"] = timings[name]
+        results[name] = m
+        print(f"{name}: scored {ok.sum()} of {len(p)} in {timings[name]:.1f} s, AUC {m['roc_auc']:.5f}")
+        if name == "CNN":
+            p_cnn, ok_cnn = p, ok
+
+    if args.baseline_n > 0:
+        bst, blab, _, _ = simulate(args.baseline_n, args.baseline_seed, package.contract.stamp_size, args.baseline_data)
+        xb, _ = prepare_stamps(bst, package.contract)
+        t0 = time.perf_counter()
+        base = LogisticBaseline(seed=0).fit(xb, blab)
+        del xb, bst
+        xt, _ = prepare_stamps(stamps, package.contract)
+        pb = base.predict_proba(xt)
+        ok = np.isfinite(pb) & ok_cnn
+        m = evaluate_scores(pb[ok], labels[ok], classes=classes[ok], snr=snr[ok])
+        m["l2"] = base.l2_
+        m["n_train"] = int(len(blab))
+        m["seconds"] = time.perf_counter() - t0
+        results["baseline"] = m
+        print(f"baseline (logistic regression, l2={base.l2_:g}, {len(blab)} training stamps): AUC {m['roc_auc']:.5f}")
+
+    cnn = results["CNN"]
+    c99 = (cnn.get("completeness_at_purity_snr") or {}).get("0.99")
+    checks = {
+        "roc_auc >= 0.99": cnn["roc_auc"] >= TARGETS["roc_auc"],
+        "completeness >= 95% at purity >= 99%, SNR >= 6": c99 is not None
+        and c99 >= TARGETS["completeness_at_purity99_snr6"],
+        "ECE <= 0.02": cnn["ece"] <= TARGETS["ece"],
+    }
+    if "baseline" in results:
+        b = results["baseline"]
+        checks["CNN beats baseline (AUC and C @ P99, SNR >= 6)"] = cnn["roc_auc"] > b["roc_auc"] and (c99 or 0) > (
+            (b.get("completeness_at_purity_snr") or {}).get("0.99") or 0
+        )
+    for k, v in checks.items():
+        print(f"  [{'PASS' if v else 'FAIL'}] {k}")
+
+    meta = {
+        "model": model_path.name,
+        "version": package.version,
+        "model_sha256": package.digest,
+        "contract": package.contract.to_dict(),
+        "test_seed": args.seed,
+        "n_test": int(len(labels)),
+        "stamp_size": args.stamp_size,
+        "baseline_seed": args.baseline_seed if args.baseline_n else None,
+        "thresholds": package.thresholds,
+        "temperature": package.temperature,
+        "temperature_symmetric": package.temperature_symmetric,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": args.threads,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "checks": checks, "results": results}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+
+    md = [
+        "# Accuracy benchmark",
+        "",
+        f"Model `{meta['model']}` (version `{meta['version']}`), scored through `score_triplets` on "
+        f"{meta['n_test']} raw {args.stamp_size}x{args.stamp_size} simulated triplets (seed {args.seed}, "
+        "never used for training). Produced by `python benchmarks/bench_accuracy.py`.",
+        "",
+        "## Targets",
+        "",
+        *[f"- {'PASS' if v else 'FAIL'}: {k}" for k, v in checks.items()],
+        "",
+        "## Metrics",
+        "",
+        markdown_metrics_table(results),
+        "",
+        "C @ P99% = completeness at purity 99%; P / C = purity / completeness at the package's thresholds "
+        "(the purity thresholds were chosen on the validation set at SNR >= 6).",
+        "",
+        "## Per class: fraction scored real at the default threshold",
+        "",
+        "Completeness for real classes; for artifact classes, the fraction that leaks into the real selection.",
+        "",
+        "### All sources",
+        "",
+        markdown_class_table(results),
+        "",
+        "### SNR >= 6",
+        "",
+        markdown_class_table(results, key="per_class_snr"),
+        "",
+        "## Completeness of real sources by SNR at the default threshold (CNN)",
+        "",
+        "| SNR | real sources | completeness |",
+        "|---|---:|---:|",
+    ]
+    for row in cnn.get("completeness_by_snr", []):
+        hi = "inf" if row["snr_hi"] is None else f"{row['snr_hi']:g}"
+        comp = "-" if row["completeness"] is None else f"{100 * row['completeness']:.2f}%"
+        md.append(f"| [{row['snr_lo']:g}, {hi}) | {row['n_real']} | {comp} |")
+    md += ["", f"Scoring time on this machine ({args.threads} thread): "
+           + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), ""]
+    out.with_suffix(".md").write_text("\n".join(md))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+    if args.plots:
+        from lsst.meas.rbnet.training.plots import make_evaluation_plots
+
+        probs = {"CNN": p_cnn[ok_cnn]}
+        if "baseline" in results:
+            probs["baseline"] = pb[ok_cnn]
+        paths = make_evaluation_plots(
+            args.plots, probs, labels[ok_cnn], classes=classes[ok_cnn], snr=snr[ok_cnn],
+            threshold=thresholds.get("default", 0.5), prefix="test_",
+        )  # fmt: skip
+        print("plots:", ", ".join(p.name for p in paths))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,401 @@
+# This file is part of meas_rbnet.
+"""``rbnet demo``: the whole job on simulated data, with the real pipeline tools.
+
+1. Create a local Butler repository (SQLite) that knows this package's storage classes.
+2. Simulate visits (a few detectors each) and write them as the datasets Alert
+   Production makes (``preliminary_visit_image``, ``template_detector``,
+   ``difference_image``, ``dia_source_unstandardized``); ingest their truth as labels.
+3. Register the shipped default model in ``pretrained_models/default``, or, with
+   ``--train``, simulate separate training visits, run ``pipelines/Train.yaml`` with
+   ``pipetask`` and register the model it makes.
+4. Run ``pipelines/Demo.yaml`` (the reliability task) with a real ``pipetask run``
+   subprocess, whose output the user sees.
+5. Read the scores back, compare with the truth and print a summary (ROC-AUC, purity
+   and completeness at the model's default threshold, flag counts, per class), and
+   write plots (ROC, score histograms per class) and ``summary.json`` into DIR.
+"""
+
+from __future__ import annotations
+
+__all__ = ["demo", "run_demo", "package_root", "pipeline_path"]
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+#: Collections the demo writes.
+SIM_RUN = "demo/sim"
+TRAIN_SIM_RUN = "demo/train-sim"
+LABELS_RUN = "labels/demo"
+SCORES_COLLECTION = "demo/scores"
+TRAIN_RUN = "demo/train"
+
+
+def package_root() -> Path:
+    """Top directory of the package (holding ``pipelines/`` and ``config/``).
+
+    ``$MEAS_RBNET_DIR`` (set by EUPS) if it is set, else the source tree this module
+    was imported from (an editable or in-place install).
+
+    Raises
+    ------
+    FileNotFoundError
+        If neither holds a ``pipelines`` directory.
+    """
+    candidates = []
+    if os.environ.get("MEAS_RBNET_DIR"):
+        candidates.append(Path(os.environ["MEAS_RBNET_DIR"]))
+    candidates.append(Path(__file__).resolve().parents[5])
+    for root in candidates:
+        if (root / "pipelines").is_dir():
+            return root
+    raise FileNotFoundError(
+        f"Cannot find the package's pipelines/ directory (looked in {[str(c) for c in candidates]}); "
+        "set MEAS_RBNET_DIR to the meas_rbnet source directory."
+    )
+
+
+def pipeline_path(name: str) -> Path:
+    """Path of ``pipelines/<name>``."""
+    return package_root() / "pipelines" / name
+
+
+def _echo(console, text: str = "", style: str | None = None) -> None:
+    if console is not None:
+        console.print(text, style=style, highlight=False)
+    else:
+        click.echo(text)
+
+
+def _simulate(seed: int, visit: int, detector: int, size: int, n_sources: int | None):
+    """One simulated (visit, detector); the simulator makes ids unique per (visit, detector)."""
+    from ..sim.visit import simulate_visit
+
+    kwargs: dict[str, Any] = {"shape": (size, size), "visit": visit, "detector": detector}
+    if n_sources is not None:
+        kwargs["n_sources"] = n_sources
+    # Visits of one run share a pointing, as detectors of one exposure do: the seed of the
+    # pointing is the visit's, the seed of the content the (visit, detector)'s.
+    return simulate_visit(seed, **kwargs)
+
+
+def _write_visits(writer, visits, detectors, *, size, n_sources, seed, console, what) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = 0
+    jobs = [(v, d) for v in visits for d in detectors]
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as progress:
+        task = progress.add_task(f"Simulating {what}", total=len(jobs))
+        for v, d in jobs:
+            sim = _simulate(seed * 100_003 + v * 1009 + d, v, d, size, n_sources)
+            writer.write(sim, visit=v, detector=d)
+            total += len(sim.sources)
+            progress.advance(task)
+    return total
+
+
+def _pipetask(args: list[str], log_path: Path, console) -> float:
+    """Run ``pipetask`` as a subprocess, showing its output; return the wall time."""
+    exe = shutil.which("pipetask", path=os.path.dirname(sys.executable)) or shutil.which("pipetask")
+    cmd = [exe] if exe else [sys.executable, "-m", "lsst.ctrl.mpexec.cli.pipetask"]
+    cmd += args
+    env = dict(os.environ)
+    env["MEAS_RBNET_DIR"] = str(package_root())
+    env.setdefault("OMP_NUM_THREADS", "2")
+    _echo(console, "$ " + " ".join(["pipetask"] + args), style="bold cyan")
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            _echo(console, "  " + line.rstrip(), style="dim")
+        rc = proc.wait()
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        raise click.ClickException(f"pipetask failed (exit code {rc}); its output is in {log_path}.")
+    return seconds
+
+
+def _collect(butler, collections, instrument: str):
+    """Scores of every scored (visit, detector) joined with the labels, row by row."""
+    import astropy.table
+    import numpy as np
+
+    from ..butler.repo import LABELS_DATASET_TYPE
+
+    labels = butler.get(LABELS_DATASET_TYPE, {"instrument": instrument}, collections=LABELS_RUN)
+    label_index = {int(i): k for k, i in enumerate(np.asarray(labels["id"]))}
+    refs = sorted(
+        butler.registry.queryDatasets("dia_source_reliability", collections=collections),
+        key=lambda r: (r.dataId["visit"], r.dataId["detector"]),
+    )
+    tables = []
+    for ref in refs:
+        rel = butler.get(ref)
+        src = butler.get("dia_source_unstandardized", ref.dataId, collections=collections)
+        if not np.array_equal(np.asarray(rel["id"]), np.asarray(src["id"])):
+            raise RuntimeError(f"dia_source_reliability {ref.dataId} is not row-aligned with its sources.")
+        rows = np.array([label_index.get(int(i), -1) for i in rel["id"]])
+        t = astropy.table.Table()
+        t["id"] = rel["id"]
+        t["score"] = rel["score"]
+        t["flags"] = rel["reliabilityFlags"]
+        t["version"] = rel["version"]
+        t["label"] = np.where(rows >= 0, np.asarray(labels["label"])[np.maximum(rows, 0)], -1)
+        if "source_class" in labels.colnames:
+            t["source_class"] = np.where(
+                rows >= 0, np.asarray(labels["source_class"]).astype(str)[np.maximum(rows, 0)], ""
+            )
+        else:
+            t["source_class"] = np.where(t["label"] == 1, "real", "bogus")
+        t["snr"] = np.asarray(src["snr"], float) if "snr" in src.colnames else np.nan
+        t["visit"] = ref.dataId["visit"]
+        t["detector"] = ref.dataId["detector"]
+        tables.append(t)
+    if not tables:
+        raise click.ClickException("The pipeline wrote no dia_source_reliability datasets.")
+    return astropy.table.vstack(tables), len(refs)
+
+
+def _summarise(table, threshold: float, outdir: Path, console) -> dict[str, Any]:
+    import numpy as np
+
+    from ..flags import SourceFlag
+    from ..training import metrics as M
+    from ..training.plots import plot_roc, plot_score_histograms
+
+    scores = np.asarray(table["score"], float)
+    labels = np.asarray(table["label"])
+    flags = np.asarray(table["flags"])
+    scored = np.isfinite(scores) & (labels >= 0)
+    s, y = scores[scored], labels[scored]
+    summary: dict[str, Any] = {
+        "sources": int(len(table)),
+        "scored": int(np.count_nonzero(np.isfinite(scores))),
+        "unscorable": int(np.count_nonzero(~np.isfinite(scores))),
+        "labelled_real": int(np.count_nonzero(labels == 1)),
+        "labelled_bogus": int(np.count_nonzero(labels == 0)),
+        "threshold": threshold,
+        "versions": sorted(set(np.asarray(table["version"]).astype(str).tolist())),
+    }
+    if len(np.unique(y)) == 2:
+        summary["roc_auc"] = M.roc_auc(s, y)
+        purity, completeness = M.purity_completeness(s, y, threshold)
+        summary["purity"], summary["completeness"] = purity, completeness
+        summary["accuracy"] = M.accuracy(s, y, threshold)
+        snr = np.asarray(table["snr"], float)[scored]
+        bright = np.isfinite(snr) & (snr >= 6)
+        if bright.any() and len(np.unique(y[bright])) == 2:
+            summary["roc_auc_snr6"] = M.roc_auc(s[bright], y[bright])
+        summary["classes"] = M.class_fractions(s, y, np.asarray(table["source_class"]).astype(str)[scored], threshold)
+        plot_roc({summary["versions"][0] if summary["versions"] else "model": (s, y)}, outdir / "roc.png")
+    plot_score_histograms(
+        s, np.asarray(table["source_class"]).astype(str)[scored], outdir / "score_histograms.png", threshold=threshold
+    )
+    summary["flags"] = {
+        f.name: int(np.count_nonzero(flags & int(f))) for f in SourceFlag if np.count_nonzero(flags & int(f))
+    }
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], console, outdir: Path, timings: dict[str, float]) -> None:
+    from rich.table import Table
+
+    t = Table(title="Reliability vs the simulated truth", show_header=False)
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_row("model version", ", ".join(summary["versions"]))
+    t.add_row("sources scored", f"{summary['scored']} of {summary['sources']} ({summary['unscorable']} unscorable)")
+    t.add_row("truth", f"{summary['labelled_real']} real, {summary['labelled_bogus']} bogus")
+    if "roc_auc" in summary:
+        t.add_row("ROC-AUC", f"{summary['roc_auc']:.4f}")
+        if "roc_auc_snr6" in summary:
+            t.add_row("ROC-AUC (SNR >= 6)", f"{summary['roc_auc_snr6']:.4f}")
+        t.add_row(f"purity at {summary['threshold']:.3g}", f"{summary['purity']:.4f}")
+        t.add_row(f"completeness at {summary['threshold']:.3g}", f"{summary['completeness']:.4f}")
+        t.add_row("accuracy", f"{summary['accuracy']:.4f}")
+    for name, n in summary["flags"].items():
+        t.add_row(f"flag {name}", str(n))
+    for name, seconds in timings.items():
+        t.add_row(f"time: {name}", f"{seconds:.1f} s")
+    console.print(t)
+    if "classes" in summary:
+        c = Table(title=f"Per class at threshold {summary['threshold']:.3g}")
+        for col in ("class", "n", "selected as real", "mean score"):
+            c.add_column(col, justify="right" if col != "class" else "left")
+        for name, d in summary["classes"].items():
+            c.add_row(name, str(d["n"]), f"{d['fraction_above']:.1%}", f"{d['mean_score']:.3f}")
+        console.print(c)
+    console.print(f"Plots and summary.json are in {outdir}/ (roc.png, score_histograms.png).")
+
+
+def run_demo(
+    directory: str | os.PathLike,
+    *,
+    detectors: int = 4,
+    visits: int = 2,
+    train: bool = False,
+    train_visits: int = 4,
+    seed: int = 0,
+    size: int = 1024,
+    n_sources: int | None = None,
+    jobs: int = 1,
+    overwrite: bool = False,
+    console=None,
+) -> dict[str, Any]:
+    """Run the demo (see the module docstring); return the summary written to ``summary.json``."""
+    import astropy.table
+
+    from ..butler.repo import DEFAULT_INSTRUMENT, VisitWriter, create_repo, ingest_labels, register_model
+
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+    outdir = Path(directory).resolve()
+    repo = outdir / "repo"
+    if repo.exists():
+        if not overwrite:
+            raise click.ClickException(f"{repo} exists; remove it or pass --overwrite.")
+        shutil.rmtree(repo)
+    outdir.mkdir(parents=True, exist_ok=True)
+    log_path = outdir / "pipetask.log"
+    log_path.write_text("")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    console.rule("[bold]1. Butler repository")
+    butler = create_repo(str(repo))
+    _echo(console, f"Created {repo} (SQLite registry; rbnet storage classes in butler.yaml).")
+
+    console.rule("[bold]2. Simulated visits")
+    t0 = time.perf_counter()
+    writer = VisitWriter(butler, run=SIM_RUN)
+    visit_ids = list(range(1, visits + 1))
+    detector_ids = list(range(detectors))
+    n = _write_visits(
+        writer, visit_ids, detector_ids, size=size, n_sources=n_sources, seed=seed, console=console, what="visits"
+    )
+    labels = writer.labels()
+    timings["simulate and write"] = time.perf_counter() - t0
+    _echo(console, f"Wrote {len(visit_ids)} visits x {len(detector_ids)} detectors ({n} sources) to {SIM_RUN}.")
+
+    train_inputs = None
+    if train:
+        t0 = time.perf_counter()
+        twriter = VisitWriter(butler, run=TRAIN_SIM_RUN)
+        train_ids = list(range(101, 101 + train_visits))
+        nt = _write_visits(
+            twriter, train_ids, detector_ids, size=size, n_sources=n_sources, seed=seed + 7, console=console,
+            what="training visits",
+        )
+        labels = astropy.table.vstack([labels, twriter.labels()], join_type="outer")
+        timings["simulate training visits"] = time.perf_counter() - t0
+        _echo(console, f"Wrote {len(train_ids)} training visits ({nt} sources) to {TRAIN_SIM_RUN}.")
+        train_inputs = train_ids
+    ingest_labels(butler, labels, run=LABELS_RUN, instrument=DEFAULT_INSTRUMENT)
+    _echo(console, f"Ingested {len(labels)} truth labels as rbnet_labels in {LABELS_RUN}.")
+
+    console.rule("[bold]3. Model")
+    if train:
+        t0 = time.perf_counter()
+        where = f"instrument='{DEFAULT_INSTRUMENT}' AND visit >= {min(train_inputs)}"
+        timings["pipetask (train)"] = _pipetask(
+            [
+                "run", "-b", str(repo), "-i", f"{TRAIN_SIM_RUN},{LABELS_RUN}", "--output-run", TRAIN_RUN,
+                "-p", str(pipeline_path("Train.yaml")), "-d", where,
+                "-C", f"trainTriplet:{package_root() / 'config' / 'trainQuick.py'}",
+                "-j", str(max(1, jobs)), "--register-dataset-types",
+            ],
+            log_path,
+            console,
+        )
+        butler = type(butler).from_config(str(repo), writeable=True)
+        package = butler.get("pretrainedModelPackage", collections=TRAIN_RUN)
+        register_model(butler, package, name="demo-trained")
+        _echo(console, f"Trained model {package.version!r} registered as pretrained_models/demo-trained.")
+        timings["train (total)"] = time.perf_counter() - t0
+    else:
+        from ..scoring import default_model_path
+
+        path = default_model_path()
+        if not Path(path).is_file():
+            raise click.ClickException(
+                f"No default model is installed ({path}); run the demo with --train to train one first."
+            )
+        register_model(butler, str(path), name="default")
+        _echo(console, f"Registered {Path(path).name} as pretrained_models/default.")
+
+    console.rule("[bold]4. pipetask run: the reliability pipeline")
+    where = f"instrument='{DEFAULT_INSTRUMENT}' AND visit <= {max(visit_ids)}"
+    timings["pipetask (score)"] = _pipetask(
+        [
+            "run", "-b", str(repo), "-i", f"{SIM_RUN},pretrained_models", "-o", SCORES_COLLECTION,
+            "-p", str(pipeline_path("Demo.yaml")), "-d", where, "-j", str(max(1, jobs)),
+            "--register-dataset-types",
+        ],
+        log_path,
+        console,
+    )
+
+    console.rule("[bold]5. Results")
+    from lsst.daf.butler import Butler
+
+    reader = Butler.from_config(str(repo))
+    table, n_quanta = _collect(reader, SCORES_COLLECTION, DEFAULT_INSTRUMENT)
+    package = reader.get("pretrainedModelPackage", collections="pretrained_models")
+    try:
+        threshold = package.threshold("default")
+    except KeyError:
+        threshold = 0.5
+    summary = _summarise(table, threshold, outdir, console)
+    summary["quanta"] = n_quanta
+    timings["total"] = time.perf_counter() - start
+    summary["timings_seconds"] = timings
+    summary["repo"] = str(repo)
+    _print_summary(summary, console, outdir, timings)
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    table.write(outdir / "scores.parquet", overwrite=True)
+    return summary
+
+
+@click.command("demo")
+@click.argument("directory", default="demo", required=False)
+@click.option("--detectors", default=4, show_default=True, type=click.IntRange(1, 100), help="Detectors per visit.")
+@click.option("--visits", default=2, show_default=True, type=click.IntRange(1, 100), help="Visits to score.")
+@click.option("--train", is_flag=True, help="Train a model with the Train pipeline first and score with it.")
+@click.option(
+    "--train-visits", default=4, show_default=True, type=click.IntRange(1, 100), help="Training visits (--train)."
+)
+@click.option("--seed", default=0, show_default=True, help="Random seed of the simulation.")
+@click.option("--size", default=1024, show_default=True, type=click.IntRange(128, 4096), help="Detector side (pixels).")
+@click.option("--sources", "n_sources", default=None, type=int, help="Sources per detector (simulator's default).")
+@click.option("-j", "--jobs", default=1, show_default=True, help="Processes for pipetask run -j.")
+@click.option("--overwrite", is_flag=True, help="Replace DIRECTORY/repo if it exists.")
+def demo(directory, detectors, visits, train, train_visits, seed, size, n_sources, jobs, overwrite):
+    """Simulate visits into a new Butler repo in DIRECTORY, score them with a real
+    'pipetask run' of the reliability pipeline, and report how well the scores
+    separate real sources from artifacts (plots and summary.json in DIRECTORY)."""
+    run_demo(
+        directory,
+        detectors=detectors,
+        visits=visits,
+        train=train,
+        train_visits=train_visits,
+        seed=seed,
+        size=size,
+        n_sources=n_sources,
+        jobs=jobs,
+        overwrite=overwrite,
+    )

@@ -1,0 +1,622 @@
+# This file is part of meas_rbnet.
+"""Detector-sized simulated visits: science, template and difference images with a source table.
+
+A visit is one canvas holding the whole detector plus a margin (the template
+is fetched with a border, as Rubin's ``GetTemplateTask`` does, so the
+PSF-matched template is valid up to the detector edge). Labelled objects of
+every class are placed on it with a minimum separation; each is scaled to its
+target S/N on a small canvas of its own, then everything is rendered and
+observed together by `lsst.meas.rbnet.sim.imaging.observe`.
+"""
+
+__all__ = [
+    "BAND_FILTERS",
+    "SimImage",
+    "VisitMetadata",
+    "SimulatedVisit",
+    "simulate_visit",
+    "make_wcs",
+    "source_ids",
+    "scale_labelled",
+    "add_visit_objects",
+]
+
+import dataclasses
+
+import numpy as np
+import scipy.fft
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from ..constants import BOGUS, MASK_PLANES, REAL, REAL_CLASSES
+from .artifacts import add_background_artifacts
+from .imaging import (
+    Conditions,
+    difference_sky_sigma,
+    measure_objects,
+    observe,
+    psf_photometry,
+    sample_conditions,
+)
+from .labelled import CONDITIONED, add_labelled, amplitude_factors, sample_noise_snr, sample_snr
+from .psf import DoubleGaussianPsf
+from .scene import FieldDensity, Scene, add_field
+from .stamps import class_counts
+
+#: Rubin bands and the LSSTCam physical filter of each.
+BAND_FILTERS: dict[str, str] = {"u": "u_24", "g": "g_6", "r": "r_57", "i": "i_39", "z": "z_20", "y": "y_10"}
+
+#: AB magnitude of 1 nJy: images in nJy have this zero point.
+NJY_ZERO_POINT: float = 31.4
+
+#: Side of the canvases on which each labelled object is scaled to its target S/N.
+_LOCAL_MIN = 64
+
+
+@dataclasses.dataclass
+class SimImage:
+    """One simulated image with its planes.
+
+    Attributes
+    ----------
+    image : `numpy.ndarray`, (H, W) float32
+        Background-subtracted pixels (nJy); NaN where NO_DATA.
+    variance : `numpy.ndarray`, (H, W) float32
+        Variance (nJy^2).
+    mask : `numpy.ndarray`, (H, W) int32
+        Mask bits, planes of `lsst.meas.rbnet.constants.MASK_PLANES`.
+    psf : `DoubleGaussianPsf`
+        The image's PSF (length 1).
+    """
+
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    psf: DoubleGaussianPsf
+
+    @property
+    def fwhm(self) -> float:
+        """PSF FWHM (pixels)."""
+        return float(self.psf.fwhm[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape
+
+    @property
+    def mask_planes(self) -> dict[str, int]:
+        """Mask plane name to bit number."""
+        return dict(MASK_PLANES)
+
+
+@dataclasses.dataclass
+class VisitMetadata:
+    """What a pipeline would know about a simulated visit.
+
+    Attributes
+    ----------
+    visit, detector : `int`
+    mjd : `float`
+        Mid-exposure time (MJD, TAI).
+    band, physical_filter : `str`
+    pixel_scale : `float`
+        Arcseconds per pixel.
+    wcs : `astropy.wcs.WCS`
+        Simple TAN projection of the detector (zero-based pixels as in the images).
+    fwhm_science, fwhm_template, fwhm_difference : `float`
+        PSF FWHM of each image (pixels).
+    zero_point : `float`
+        AB magnitude of one image unit (images are in nJy: 31.4).
+    exposure_time : `float`
+        Seconds.
+    sky_noise_science, sky_noise_template, sky_noise_difference : `float`
+        Background noise per pixel (nJy).
+    instrumental_zero_point : `float`
+        AB magnitude of one detected electron in the science exposure.
+    saturation : `float`
+        Science pixel value (nJy above background) where the full well is reached.
+    seed : `int`
+        Seed the visit was simulated with.
+    """
+
+    visit: int
+    detector: int
+    mjd: float
+    band: str
+    physical_filter: str
+    pixel_scale: float
+    wcs: WCS
+    fwhm_science: float
+    fwhm_template: float
+    fwhm_difference: float
+    zero_point: float
+    exposure_time: float
+    sky_noise_science: float
+    sky_noise_template: float
+    sky_noise_difference: float
+    instrumental_zero_point: float
+    saturation: float
+    seed: int
+
+    def to_dict(self) -> dict:
+        """JSON-compatible form (the WCS as a dict of FITS header cards)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "wcs"}
+        out["wcs"] = {k: v for k, v in self.wcs.to_header().items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VisitMetadata":
+        """Inverse of `to_dict`."""
+        data = dict(data)
+        data["wcs"] = WCS(data["wcs"])
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class SimulatedVisit:
+    """Science, template and difference images of one visit and its labelled sources.
+
+    Attributes
+    ----------
+    science, template, difference : `SimImage`
+        The template is warped to the science pixel grid but not PSF-matched
+        (as Rubin's ``template_detector``); the difference is science minus the
+        PSF-matched template (or the PSF-matched science minus the template
+        when the template is the sharper image).
+    sources : `astropy.table.Table`
+        One row per labelled object: ``id`` (int64), ``x``, ``y`` (measured
+        centroid, zero-based pixels), ``ra``, ``dec`` (degrees), ``psfFlux``,
+        ``psfFluxErr`` (nJy, forced PSF photometry on the difference at ``x, y``),
+        ``snr`` (true PSF-optimal |S/N|), ``label`` (int8), ``source_class``,
+        ``truth_x``, ``truth_y``, ``truth_flux`` (noiseless difference PSF flux,
+        nJy), ``detected`` (``|psfFlux / psfFluxErr| >= 5``), ``host_flux``;
+        a series adds ``diaObjectId``.
+    metadata : `VisitMetadata`
+    """
+
+    science: SimImage
+    template: SimImage
+    difference: SimImage
+    sources: Table
+    metadata: VisitMetadata
+
+    def write(self, directory, *, sources_format: str = "ecsv"):
+        """Write FITS images and the source table to ``directory``; see `lsst.meas.rbnet.sim.io.write_visit`."""
+        from .io import write_visit
+
+        return write_visit(self, directory, sources_format=sources_format)
+
+
+def make_wcs(shape, pixel_scale: float, ra: float, dec: float, rotation_deg: float = 0.0) -> WCS:
+    """A TAN WCS centred on the detector, for zero-based pixel coordinates.
+
+    Parameters
+    ----------
+    shape : `tuple` [`int`, `int`]
+        (height, width) in pixels.
+    pixel_scale : `float`
+        Arcseconds per pixel.
+    ra, dec : `float`
+        Sky position of the detector centre (degrees).
+    rotation_deg : `float`
+        Angle of the pixel y axis east of north (degrees).
+    """
+    height, width = shape
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    # FITS pixels are one-based; the LSST convention is zero-based.
+    wcs.wcs.crpix = [(width + 1) / 2.0, (height + 1) / 2.0]
+    wcs.wcs.crval = [ra, dec]
+    scale = pixel_scale / 3600.0
+    theta = np.deg2rad(rotation_deg)
+    # East to the left when north is up (the sky seen from inside the sphere).
+    wcs.wcs.cd = scale * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    wcs.wcs.radesys = "ICRS"
+    return wcs
+
+
+def source_ids(visit: int, detector: int, n: int) -> np.ndarray:
+    """Unique source ids for a (visit, detector): ``(visit % 1e9) * 1e9 + detector * 1e5 + 1..n`` (int64)."""
+    if n >= 100_000 or not 0 <= detector < 10_000:
+        raise ValueError(f"source_ids: need n < 100000 and 0 <= detector < 10000, got n={n}, detector={detector}.")
+    return (np.int64(visit % 1_000_000_000) * 1_000_000_000 + np.int64(detector) * 100_000
+            + np.arange(1, n + 1, dtype=np.int64))
+
+
+def _place(rng, n, height, width, min_separation, border=0.0):
+    # Dart throwing: uniform positions at least ``min_separation`` apart where possible.
+    accepted_x = np.empty(0)
+    accepted_y = np.empty(0)
+    tries = 0
+    sep2 = min_separation**2
+    while len(accepted_x) < n and tries < 20:
+        cand_x = rng.uniform(border - 0.5, width - 0.5 - border, 4 * n + 16)
+        cand_y = rng.uniform(border - 0.5, height - 0.5 - border, 4 * n + 16)
+        for cx, cy in zip(cand_x, cand_y):
+            if len(accepted_x) == n:
+                break
+            if len(accepted_x) == 0 or np.min((accepted_x - cx) ** 2 + (accepted_y - cy) ** 2) >= sep2:
+                accepted_x = np.append(accepted_x, cx)
+                accepted_y = np.append(accepted_y, cy)
+        tries += 1
+    if len(accepted_x) < n:
+        # Too crowded for the separation: fill the rest at random.
+        k = n - len(accepted_x)
+        accepted_x = np.append(accepted_x, rng.uniform(-0.5, width - 0.5, k))
+        accepted_y = np.append(accepted_y, rng.uniform(-0.5, height - 0.5, k))
+    return accepted_x, accepted_y
+
+
+def _positions(rng, classes, height, width, min_separation):
+    # Chip coordinates of the labelled objects; edge objects sit 0-6 pixels inside a chip edge.
+    n = len(classes)
+    x, y = _place(rng, n, height, width, min_separation, border=3.0)
+    side = rng.integers(0, 4, n)
+    depth = rng.uniform(0.0, 6.0, n)
+    boundary = np.select([side == 0, side == 1, side == 2], [0, width - 1, 0], height - 1).astype(float)
+    edge = classes == "edge"
+    x = np.where(edge & (side == 0), depth, x)
+    x = np.where(edge & (side == 1), width - 1 - depth, x)
+    y = np.where(edge & (side == 2), depth, y)
+    y = np.where(edge & (side == 3), height - 1 - depth, y)
+    return x, y, {"side": side, "boundary": boundary}
+
+
+def _local_size(cond: Conditions) -> int:
+    reach = 0.7 * float(np.max(cond.psf_difference.extent)) + 2.5 * float(np.max(cond.psf_science.fwhm))
+    return scipy.fft.next_fast_len(max(_LOCAL_MIN, int(2 * reach) + 8), real=True)
+
+
+def scale_labelled(rng, labelled: Scene, noise_scene: Scene, classes, info, cond1: Conditions, snr_range,
+                   target_snr=None, leader=None):
+    """Scale the labelled objects of one canvas to their target S/N.
+
+    Each object is measured alone on a small canvas of its own with the
+    canvas' conditions ``cond1`` (length 1). Objects that lie on another
+    object's artifact (several detections along one satellite trail, ghost
+    or bad column) have no components of their own: ``leader[j]`` names the
+    object whose components they share, they are measured on a copy of them
+    and take the leader's amplitude.
+
+    Returns
+    -------
+    snr, flux : `numpy.ndarray`
+        True |S/N| and signed PSF flux of each object in the difference.
+    noise_objects : `dict` or `None`
+        For `lsst.meas.rbnet.sim.imaging.observe` (objects on canvas 0).
+    """
+    k = len(classes)
+    leader = np.arange(k) if leader is None else np.asarray(leader)
+    tx, ty = info["x"], info["y"]
+    size = _local_size(cond1)
+    shift_x = size // 2 - np.floor(tx + 0.5)
+    shift_y = size // 2 - np.floor(ty + 0.5)
+    cond_k = cond1.take(np.zeros(k, int))
+    measured = Scene()
+    measured.extend(labelled.select(lambda t: t["obj"] >= 0))
+    followers = np.flatnonzero(leader != np.arange(k))
+    for j in followers:
+        copy = labelled.select(lambda t, lead=leader[j]: t["obj"] == lead)
+        for table in copy.tables().values():
+            table["obj"][:] = j
+        measured.extend(copy)
+    local = measured.relocate(np.arange(k), shift_x, shift_y)
+    unit_snr, unit_flux, unit_peak = measure_objects(local, cond_k, (size, size), np.arange(k), tx + shift_x,
+                                                     ty + shift_y)
+    mode = info["mode"]
+    target = sample_snr(rng, k, snr_range) if target_snr is None else np.asarray(target_snr, dtype=float)
+    factor = amplitude_factors(classes, mode, unit_snr, unit_peak, np.full(k, cond1.saturation[0]), target)
+    factor = factor[leader]
+    labelled.scale_objects(factor)
+    snr = np.abs(unit_snr) * factor
+    flux = unit_flux * factor
+    noise_rows = np.flatnonzero(mode == CONDITIONED)
+    noise_objects = None
+    if len(noise_rows):
+        renumber = np.full(k, -1)
+        renumber[noise_rows] = np.arange(len(noise_rows))
+        bumps = noise_scene.select(lambda t: t["obj"] >= 0)
+        for table in bumps.tables().values():
+            table["obj"] = renumber[table["obj"]]
+        kn = len(noise_rows)
+        local = bumps.relocate(np.arange(kn), shift_x[noise_rows], shift_y[noise_rows])
+        unit, _, _ = measure_objects(local, cond1.take(np.zeros(kn, int)), (size, size), np.arange(kn),
+                                     tx[noise_rows] + shift_x[noise_rows], ty[noise_rows] + shift_y[noise_rows],
+                                     search_radius=0.0)
+        if target_snr is None:
+            noise_snr = sample_noise_snr(rng, kn, snr_range)
+        else:
+            noise_snr = np.abs(np.asarray(target_snr, dtype=float)[noise_rows])
+        noise_snr = noise_snr * info["snr_sign"][noise_rows]
+        noise_objects = {"keys": bumps, "canvas": np.zeros(kn, int), "x": tx[noise_rows], "y": ty[noise_rows],
+                         "snr": noise_snr, "unit": unit}
+        snr[noise_rows] = np.abs(noise_snr)
+        area = cond1.psf_difference.effective_area()[0]
+        flux[noise_rows] = noise_snr * difference_sky_sigma(cond1)[0] * np.sqrt(area)
+    return snr, flux, noise_objects
+
+
+#: Artifact classes whose detections share one physical artifact in a visit, and how
+#: many detections one artifact carries at most.
+_SHARED = {"satellite_trail": 10, "ghost": 5, "bad_column": 5}
+
+
+def add_visit_objects(rng, labelled: Scene, noise_scene: Scene, classes, x, y, cond1: Conditions, canvas_shape,
+                      edge_geometry, chip_box):
+    """Add labelled objects to a detector canvas; detections of a class in `_SHARED` share artifacts.
+
+    Parameters
+    ----------
+    x, y : `numpy.ndarray`
+        Proposed canvas positions; followers are moved onto their leader's artifact.
+    chip_box : `tuple` [`float`, `float`, `float`, `float`]
+        ``(x0, y0, x1, y1)`` canvas coordinates of the detector's first and last pixels.
+
+    Returns
+    -------
+    info : `dict`
+        As `lsst.meas.rbnet.sim.labelled.add_labelled`, for every object.
+    leader : `numpy.ndarray` of `int`
+    """
+    classes = np.asarray(classes)
+    k = len(classes)
+    leader = np.arange(k)
+    for name, per in _SHARED.items():
+        members = np.flatnonzero(classes == name)
+        if len(members) <= 1:
+            continue
+        n_groups = int(np.ceil(len(members) / per))
+        groups = np.array_split(rng.permutation(members), n_groups)
+        for g in groups:
+            leader[g] = g[0]
+    leads = np.flatnonzero(leader == np.arange(k))
+    sub_geometry = {key: np.asarray(v)[leads] for key, v in edge_geometry.items()}
+    info_lead = add_labelled(labelled, noise_scene, rng, classes[leads], np.zeros(len(leads), int), x[leads],
+                             y[leads], cond1, obj=leads, canvas_height=canvas_shape[0], edge_geometry=sub_geometry)
+    info = {key: np.zeros(k, dtype=np.asarray(v).dtype) for key, v in info_lead.items()}
+    for key, v in info_lead.items():
+        info[key][leads] = v
+    info["x"] = np.array(x, dtype=float)
+    info["y"] = np.array(y, dtype=float)
+    info["x"][leads] = info_lead["x"]
+    info["y"][leads] = info_lead["y"]
+    followers = np.flatnonzero(leader != np.arange(k))
+    info["snr_sign"][followers] = 1.0
+    x0, y0, x1, y1 = chip_box
+    tables = labelled.tables()
+    for j in followers:
+        lead = leader[j]
+        name = classes[j]
+        if name == "satellite_trail":
+            t = tables["streak"]
+            row = np.flatnonzero(t["obj"] == lead)[0]
+            u = np.array([np.cos(t["theta"][row]), np.sin(t["theta"][row])])
+            # A point of the trail inside the detector.
+            for _ in range(50):
+                s = rng.uniform(-1.5, 1.5) * max(x1 - x0, y1 - y0)
+                px, py = t["x"][row] + s * u[0], t["y"][row] + s * u[1]
+                if x0 <= px <= x1 and y0 <= py <= y1:
+                    break
+            else:
+                px, py = t["x"][row], t["y"][row]
+        elif name == "ghost":
+            t = tables["ghost"]
+            row = np.flatnonzero(t["obj"] == lead)[0]
+            for _ in range(50):
+                r = rng.uniform(t["r_in"][row], t["r_out"][row])
+                phi = rng.uniform(0, 2 * np.pi)
+                px, py = t["x"][row] + r * np.cos(phi), t["y"][row] + r * np.sin(phi)
+                if x0 <= px <= x1 and y0 <= py <= y1:
+                    break
+            else:
+                px, py = info["x"][lead], info["y"][lead]
+        else:
+            t = tables["column"]
+            rows = np.flatnonzero(t["obj"] == lead)
+            # The shared column runs over the whole detector.
+            t["y0"][rows] = -1e6
+            t["y1"][rows] = 1e6
+            t["decay"][rows] = 0.0
+            px, py = t["x"][rows[0]], rng.uniform(y0, y1)
+        info["x"][j], info["y"][j] = px, py
+    return info, leader
+
+
+def _template_coverage(rng, fraction, canvas_shape, margin, shape):
+    # The template lacks data beyond a straight line cutting off ``fraction`` of the detector.
+    if fraction <= 0:
+        return None
+    height, width = shape
+    phi = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0 : canvas_shape[0], 0 : canvas_shape[1]]
+    proj = (xx - margin) * np.cos(phi) + (yy - margin) * np.sin(phi)
+    if fraction >= 1:
+        return np.zeros(canvas_shape, bool)[None]
+    inner = proj[margin : margin + height, margin : margin + width]
+    cut = np.quantile(inner, fraction)
+    return (proj >= cut)[None]
+
+
+def simulate_visit(
+    seed: int,
+    shape=(1024, 1024),
+    *,
+    n_sources: int = 300,
+    real_fraction: float = 0.5,
+    class_fractions: dict | None = None,
+    fwhm_science: float | None = None,
+    fwhm_template: float | None = None,
+    fwhm_range=(1.5, 6.0),
+    snr_range=(3.0, 1000.0),
+    visit: int | None = None,
+    detector: int = 0,
+    mjd: float | None = None,
+    band: str = "r",
+    pixel_scale: float = 0.2,
+    ra: float | None = None,
+    dec: float | None = None,
+    rotation: float | None = None,
+    template_coverage: float = 0.0,
+    density_factor: float = 1.0,
+    background_artifacts: bool = True,
+    min_separation: float = 25.0,
+) -> SimulatedVisit:
+    """Simulate one detector of one visit.
+
+    Parameters
+    ----------
+    seed : `int`
+        Seed; the same arguments give identical output.
+    shape : `tuple` [`int`, `int`]
+        Detector (height, width) in pixels (4096 x 4096 for an LSSTCam science detector).
+    n_sources : `int`
+        Number of labelled objects (table rows).
+    real_fraction, class_fractions
+        Class mix, as for `lsst.meas.rbnet.sim.stamps.simulate_stamps`.
+    fwhm_science, fwhm_template : `float`, optional
+        Seeing FWHM (pixels); drawn from ``fwhm_range`` by default.
+    snr_range : `tuple` [`float`, `float`]
+        Range of the true PSF-optimal S/N of the labelled objects.
+    visit, detector : `int`
+        Data ID values; ``visit`` defaults to ``2026010100000 + seed``.
+    mjd : `float`, optional
+        Mid-exposure MJD; drawn in 2026 by default.
+    band : `str`
+        One of `BAND_FILTERS`.
+    pixel_scale : `float`
+        Arcseconds per pixel.
+    ra, dec, rotation : `float`, optional
+        Pointing of the detector centre and rotation (degrees); drawn by default.
+    template_coverage : `float`
+        Fraction of the detector where the template has no data (NO_DATA in the
+        template and the difference), cut off by a straight line.
+    density_factor : `float`
+        Multiplies the density of field stars and galaxies.
+    background_artifacts : `bool`
+        Add unlabelled cosmic rays, hot pixels, bad columns, satellites and
+        ghosts at their natural rates.
+    min_separation : `float`
+        Minimum distance between labelled objects (pixels) when it fits.
+    """
+    if band not in BAND_FILTERS:
+        raise ValueError(f"band must be one of {sorted(BAND_FILTERS)}, got {band!r}.")
+    height, width = (int(shape[0]), int(shape[1]))
+    if height < 32 or width < 32:
+        raise ValueError(f"shape must be at least 32 x 32 pixels, got {shape}.")
+    if not 0 <= template_coverage <= 1:
+        raise ValueError(f"template_coverage must be in [0, 1], got {template_coverage}.")
+    rng = np.random.default_rng([seed, 0x71517])
+    visit = 2026010100000 + seed if visit is None else int(visit)
+    mjd = float(61041.0 + rng.uniform(0, 365)) if mjd is None else float(mjd)
+    ra = float(rng.uniform(0, 360)) if ra is None else float(ra)
+    dec = float(np.rad2deg(np.arcsin(rng.uniform(-0.94, 0.17)))) if dec is None else float(dec)
+    rotation = float(rng.uniform(0, 360)) if rotation is None else float(rotation)
+    cond = sample_conditions(rng, 1, fwhm_range=fwhm_range, fwhm_science=fwhm_science, fwhm_template=fwhm_template)
+
+    counts = class_counts(n_sources, class_fractions, real_fraction)
+    classes = rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
+    x, y, edge_geometry = _positions(rng, classes, height, width, min_separation)
+    sky = _SkyModel.build(rng, cond, (height, width), pixel_scale, density_factor, background_artifacts)
+    margin = sky.margin
+    edge_geometry["boundary"] = edge_geometry["boundary"] + margin
+    labelled = Scene()
+    noise_scene = Scene()
+    chip_box = (margin + 2.0, margin + 2.0, margin + width - 3.0, margin + height - 3.0)
+    info, leader = add_visit_objects(rng, labelled, noise_scene, classes, x + margin, y + margin, cond,
+                                     sky.canvas_shape, edge_geometry, chip_box)
+    snr, flux, noise_objects = scale_labelled(rng, labelled, noise_scene, classes, info, cond, snr_range,
+                                              leader=leader)
+    covered = _template_coverage(rng, template_coverage, sky.canvas_shape, margin, (height, width))
+    scene = Scene()
+    scene.extend(sky.scene)
+    scene.extend(labelled)
+    obs = observe(scene, cond, sky.canvas_shape, rng, crop=(margin, margin, height, width), on_chip=sky.on_chip,
+                  template_covered=covered, noise_objects=noise_objects)
+    truth_x = info["x"] - margin
+    truth_y = info["y"] - margin
+    metadata = VisitMetadata(
+        visit=visit, detector=int(detector), mjd=mjd, band=band, physical_filter=BAND_FILTERS[band],
+        pixel_scale=float(pixel_scale), wcs=make_wcs((height, width), pixel_scale, ra, dec, rotation),
+        fwhm_science=float(cond.psf_science.fwhm[0]), fwhm_template=float(cond.psf_template.fwhm[0]),
+        fwhm_difference=float(cond.psf_difference.fwhm[0]), zero_point=NJY_ZERO_POINT, exposure_time=30.0,
+        sky_noise_science=float(cond.sky_sigma_science[0]), sky_noise_template=float(cond.sky_sigma_template[0]),
+        sky_noise_difference=float(obs.sky_sigma_difference[0]),
+        instrumental_zero_point=float(NJY_ZERO_POINT + 2.5 * np.log10(cond.gain_science[0])),
+        saturation=float(cond.saturation[0]), seed=int(seed))
+    sources = _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata)
+    return _to_visit(obs, cond, sources, metadata)
+
+
+def _to_visit(obs, cond: Conditions, sources: Table, metadata: VisitMetadata) -> SimulatedVisit:
+    return SimulatedVisit(
+        science=SimImage(obs.science[0], obs.variance_science[0], obs.mask_science[0], cond.psf_science),
+        template=SimImage(obs.template[0], obs.variance_template[0], obs.mask_template[0], cond.psf_template),
+        difference=SimImage(obs.difference[0], obs.variance_difference[0], obs.mask_difference[0],
+                            cond.psf_difference),
+        sources=sources,
+        metadata=metadata,
+    )
+
+
+def _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata) -> Table:
+    k = len(classes)
+    # Centroid scatter of a PSF fit: about sqrt(2) sigma_PSF / S/N, at most 1.5 pixels.
+    err = np.minimum(np.sqrt(2.0) * cond.psf_difference.sigma[0] / np.maximum(snr, 1.0), 1.5)
+    x = truth_x + rng.normal(0, 1, k) * err
+    y = truth_y + rng.normal(0, 1, k) * err
+    psf = cond.psf_difference.take(np.zeros(k, int))
+    psf_flux, psf_flux_err = psf_photometry(obs.difference[0], obs.variance_difference[0], x, y, psf)
+    ra, dec = metadata.wcs.wcs_pix2world(x, y, 0)
+    table = Table()
+    table["id"] = source_ids(metadata.visit, metadata.detector, k)
+    table["x"] = x
+    table["y"] = y
+    table["ra"] = np.asarray(ra, dtype=float)
+    table["dec"] = np.asarray(dec, dtype=float)
+    table["psfFlux"] = psf_flux
+    table["psfFluxErr"] = psf_flux_err
+    table["snr"] = snr
+    table["label"] = np.where(np.isin(classes, list(REAL_CLASSES)), REAL, BOGUS).astype(np.int8)
+    table["source_class"] = np.asarray(classes, dtype=str)
+    table["truth_x"] = truth_x
+    table["truth_y"] = truth_y
+    table["truth_flux"] = flux
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table["detected"] = np.abs(psf_flux / psf_flux_err) >= 5.0
+    table["host_flux"] = info["host_flux"]
+    for name in ("psfFlux", "psfFluxErr", "truth_flux", "host_flux"):
+        table[name].unit = "nJy"
+    for name in ("x", "y", "truth_x", "truth_y"):
+        table[name].unit = "pix"
+    table["ra"].unit = "deg"
+    table["dec"].unit = "deg"
+    table.meta.update({"visit": metadata.visit, "detector": metadata.detector, "band": metadata.band,
+                       "mjd": metadata.mjd})
+    return table
+
+
+@dataclasses.dataclass
+class _SkyModel:
+    # The unlabelled content of a detector canvas: field and background artifacts.
+    scene: Scene
+    canvas_shape: tuple[int, int]
+    margin: int
+    on_chip: np.ndarray
+
+    @classmethod
+    def build(cls, rng, cond, shape, pixel_scale, density_factor, background_artifacts, *, density=None,
+              fwhm_max=None):
+        height, width = shape
+        fwhm = float(np.max(np.concatenate([cond.psf_science.fwhm, cond.psf_template.fwhm]))) if fwhm_max is None \
+            else fwhm_max
+        margin = int(np.ceil(2.5 * fwhm)) + 8
+        canvas_shape = (scipy.fft.next_fast_len(height + 2 * margin, real=True),
+                        scipy.fft.next_fast_len(width + 2 * margin, real=True))
+        scene = Scene()
+        add_field(scene, rng, 1, *canvas_shape, pixel_scale=pixel_scale, density=density or FieldDensity(),
+                  density_factor=density_factor)
+        if background_artifacts:
+            add_background_artifacts(scene, rng, 1, *canvas_shape, cond.sky_sigma_science[:1])
+        on_chip = np.zeros((1, *canvas_shape), bool)
+        on_chip[0, margin : margin + height, margin : margin + width] = True
+        return cls(scene, canvas_shape, margin, on_chip)
