@@ -3,9 +3,8 @@
 #
 # PostgreSQL: the scale-out tests (tests/test_scaleout.py, marker "postgres") run the pipeline
 # against a real PostgreSQL registry.  start_services makes a throw-away cluster in a temporary
-# directory under the clone, starts it on 127.0.0.1 on a free port (unix socket in the same
-# directory), creates a database with the btree_gist extension daf_butler requires, and
-# exports
+# directory under the clone, starts it on 127.0.0.1 on a free port (TCP only), creates a
+# database with the btree_gist extension daf_butler requires, and exports
 #
 #     RBNET_TEST_POSTGRES_URL=postgresql://USER@127.0.0.1:PORT/DB
 #
@@ -84,11 +83,11 @@ _rbnet_pg_start() {
         else echo "running as root and no unprivileged user (postgres, nobody) to run the server"; return 1
         fi
     fi
-    # Unix socket paths are limited to about 107 bytes, and the server user must be able to reach
-    # the directory: fall back to the system temporary directory when the clone does not allow it.
+    # The server user must be able to reach the directory (a clone under /root is not): fall back
+    # to the system temporary directory when the clone does not allow it.
     dir="$(mktemp -d "$root/.ci/pg.XXXXXX" 2>/dev/null)" || dir=""
-    if [ -n "$dir" ] && { [ ${#dir} -gt 80 ] || \
-        { [ -n "$runas" ] && chown "$runas" "$dir" && ! runuser -u "$runas" -- test -w "$dir"; }; }; then
+    if [ -n "$dir" ] && [ -n "$runas" ] && \
+        ! { chown "$runas" "$dir" && runuser -u "$runas" -- test -w "$dir"; }; then
         rm -rf "$dir"; dir=""
     fi
     if [ -z "$dir" ]; then
@@ -101,13 +100,14 @@ _rbnet_pg_start() {
         echo "initdb failed: $(tail -3 "$dir/initdb.log" | tr '\n' ' ')"
         rm -rf "$dir"; return 1
     fi
-    # Durability settings off: a throw-away test cluster, speed matters more than crash safety.
-    opts="-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    opts="$opts -c max_connections=200"
+    # TCP on loopback only, no unix socket (its path length is limited and some file systems
+    # refuse sockets).  Durability off: a throw-away test cluster, speed matters more.
+    opts="-c listen_addresses=127.0.0.1 -c unix_socket_directories= -c fsync=off"
+    opts="$opts -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     for i in 1 2 3; do
         port="$(_rbnet_pg_free_port)" || { echo "no free port"; rm -rf "$dir"; return 1; }
         if _rbnet_pg_run "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -s \
-                -o "$opts -p $port -k $dir" \
+                -o "$opts -p $port" \
                 start >/dev/null 2>&1; then
             break
         fi
@@ -119,9 +119,9 @@ _rbnet_pg_start() {
     fi
     echo "$bindir" > "$dir/bindir"; echo "$runas" > "$dir/runas"
     # btree_gist in template1 too, so databases a test creates later have it.
-    if ! { _rbnet_pg_run "$bindir/psql" -X -q -h "$dir" -p "$port" -U "$user" -d template1 \
+    if ! { _rbnet_pg_run "$bindir/psql" -X -q -h 127.0.0.1 -p "$port" -U "$user" -d template1 \
                -c "CREATE EXTENSION IF NOT EXISTS btree_gist" &&
-           _rbnet_pg_run "$bindir/createdb" -h "$dir" -p "$port" -U "$user" "$db"; } >"$dir/setup.log" 2>&1; then
+           _rbnet_pg_run "$bindir/createdb" -h 127.0.0.1 -p "$port" -U "$user" "$db"; } >"$dir/setup.log" 2>&1; then
         echo "database set-up failed: $(tail -3 "$dir/setup.log" | tr '\n' ' ')"
         _rbnet_pg_run "$bindir/pg_ctl" -D "$dir/data" -m immediate -w -s stop >/dev/null 2>&1
         rm -rf "$dir"; return 1

@@ -240,7 +240,7 @@ def bench_pipetask(args, results):
         out = {"setup_repo_20_quanta_s": setup, "pipetask_startup_s": startup, "model": model_name}
         for n_quanta, where in ((1, "visit = 1 AND detector = 0"), (20, "visit >= 1")):
             common = ["-b", str(tmp / "repo"), "-i", "sim,pretrained_models", "-p", pipeline, "-d", where]
-            qg, _ = _pipetask(["qgraph", *common], env, log)
+            qg, _ = _pipetask(["qgraph", *common, "-o", f"qg{n_quanta}"], env, log)
             wall, text = _pipetask(
                 ["run", *common, "-o", f"out{n_quanta}", "-j", "1", "--register-dataset-types",
                  "-c", f"computeReliability:numThreads={args.threads}"],
@@ -256,8 +256,11 @@ def bench_pipetask(args, results):
                 if "runStartUtc" in node and "runEndUtc" in node:
                     from datetime import datetime
 
-                    start = datetime.fromisoformat(str(node["runStartUtc"]))
-                    end = datetime.fromisoformat(str(node["runEndUtc"]))
+                    def first(v):
+                        return v[0] if isinstance(v, list) else v
+
+                    start = datetime.fromisoformat(str(first(node["runStartUtc"])))
+                    end = datetime.fromisoformat(str(first(node["runEndUtc"])))
                     run_s.append((end - start).total_seconds())
             out[f"{n_quanta}_quanta"] = {
                 "wall_s": wall,

@@ -217,6 +217,19 @@ def _data_offset(data):
             ),
             "weights do not match",
         ),
+        # Absurd sizes are refused by shape, without allocating 90 billion weights.
+        (
+            lambda d: rewrite(
+                d,
+                components={
+                    "classifier": {
+                        "architecture": "triplet_cnn",
+                        "hyperparameters": {"widths": [10**5, 10**5]},
+                    }
+                },
+            ),
+            "wrong shapes",
+        ),
         (lambda d: rewrite(d, version="toolongversion"), "1 to 7"),
         (lambda d: rewrite(d, version=""), "1 to 7"),
         (lambda d: rewrite(d, version="a b"), "without spaces"),

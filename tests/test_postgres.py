@@ -137,3 +137,33 @@ def test_repo_roundtrip_in_its_own_namespace(pg_url, tmp_path):
     # Dropped: the repository's registry is gone.
     with pytest.raises(Exception):
         Butler.from_config(str(tmp_path / "repo")).registry.queryCollections()
+
+
+@pytest.mark.postgres
+def test_missing_btree_gist_is_named_and_can_be_enabled(pg_url):
+    import sqlalchemy
+
+    from lsst.meas.rbnet.butler.postgres import _driver_url, ensure_btree_gist
+
+    # A fresh database from template0 has no extensions at all.
+    name = unique_namespace("test_db")
+    admin = sqlalchemy.create_engine(
+        _driver_url(pg_url), poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name} TEMPLATE template0"))
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        admin.dispose()
+        pytest.skip(f"cannot create a database on this server: {err}")
+    url = pg_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        with pytest.raises(RuntimeError, match="lacks the btree_gist extension"):
+            check_postgres(url)
+        ensure_btree_gist(url)
+        ensure_btree_gist(url)  # idempotent
+        assert check_postgres(url)[0] >= 13
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()

@@ -10,6 +10,7 @@ Both run the commands as a user would, in subprocesses, and check the outputs th
 fresh Butler.
 """
 
+import datetime
 import os
 import subprocess
 import sys
@@ -99,6 +100,10 @@ def _check_outputs(repo: Path, output: str, data_ids: list[dict]) -> None:
         np.testing.assert_array_equal(np.asarray(cat["reliability"], dtype=float), score)
 
 
+def _utc(value) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(str(value[-1] if isinstance(value, list) else value))
+
+
 @pytest.mark.slow
 def test_bps_parsl_local(tmp_path):
     # SQLite is enough here: BPS workers write files only and the final job registers them.
@@ -141,7 +146,7 @@ def test_postgres_multi_writer(tmp_path, pg_url):
     repo = tmp_path / "repo"
     try:
         create_postgres_repo(str(repo), pg_url, namespace, seed=butler_seed_config())
-        data_ids = _fill(Butler.from_config(str(repo), writeable=True), visits=(1, 2), detectors=(0, 1))
+        data_ids = _fill(Butler.from_config(str(repo), writeable=True), visits=(1, 2), detectors=(0,))
         output = "u/test/pg"
         # Two worker processes, each with its own registry connection, writing at once.
         _run(
@@ -153,6 +158,14 @@ def test_postgres_multi_writer(tmp_path, pg_url):
             tmp_path,
         )
         _check_outputs(repo, output, data_ids)
+        # The workers really ran at the same time: at least two quanta's lifetimes overlap.
+        butler = Butler.from_config(str(repo), collections=[output])
+        spans = []
+        for data_id in data_ids:
+            quantum = butler.get("computeReliability_metadata", data_id)["quantum"]
+            spans.append((_utc(quantum["prepUtc"]), _utc(quantum["endUtc"])))
+        spans.sort()
+        assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)), spans
     finally:
         drop_namespace(pg_url, namespace)
 

@@ -313,6 +313,21 @@ def test_reliability_quantum(repo):
     assertValidOutput(task, result)
 
 
+def test_model_package_name_must_match_the_run(repo):
+    repo = repo["rel"]
+    from lsst.pipe.base.testUtils import makeQuantum, runTestQuantum
+
+    config = ReliabilityConfig()
+    config.modelPackageName = "something_else"
+    task = ReliabilityTask(config=config)
+    did = _data_id(1)
+    io = {name: did for name in ("science", "template", "difference", "sources", "reliability",
+                                 "sourcesWithReliability")}
+    io["pretrainedModel"] = {}
+    with pytest.raises(ValueError, match="pretrained_models/something_else"):
+        runTestQuantum(task, repo, makeQuantum(task, repo, did, io), mockRun=False)
+
+
 def test_failed_quantum_writes_nothing(repo):
     repo = repo["rel"]
     from lsst.pipe.base.testUtils import makeQuantum, runTestQuantum

@@ -227,6 +227,10 @@ class ModelPackage:
             if not isinstance(name, str) or not name or "." in name:
                 raise ModelPackageError(f"component name {name!r} must be a non-empty string without dots.")
             if isinstance(spec, Mapping):
+                if set(spec) - {"architecture", "hyperparameters"} or "architecture" not in spec:
+                    raise ModelPackageError(
+                        f"component {name!r} must have keys architecture and hyperparameters, got {sorted(spec)}."
+                    )
                 spec = ComponentSpec(**spec)
             if not isinstance(spec, ComponentSpec) or not isinstance(spec.architecture, str):
                 raise ModelPackageError(f"component {name!r} must be a ComponentSpec, got {spec!r}.")
@@ -401,7 +405,8 @@ class ModelPackage:
     # Use
     # ------------------------------------------------------------------
 
-    def _build_empty(self, component: str) -> torch.nn.Module:
+    def _build_empty(self, component: str, device: str = "cpu") -> torch.nn.Module:
+        """Build a component's module with fresh weights (on ``device``; "meta" allocates nothing)."""
         try:
             spec = self.components[component]
         except KeyError:
@@ -414,8 +419,9 @@ class ModelPackage:
                 f"lsst.meas.rbnet knows {registry.architectures()}."
             )
         try:
-            return registry.build(spec.architecture, **spec.hyperparameters)
-        except (TypeError, ValueError) as err:
+            with torch.device(device):
+                return registry.build(spec.architecture, **spec.hyperparameters)
+        except Exception as err:  # noqa: BLE001 - any failure of a builder means "not accepted"
             raise ModelPackageError(
                 f"component {component!r}: architecture {spec.architecture!r} does not accept the "
                 f"hyperparameters {spec.hyperparameters}: {err}"
@@ -435,8 +441,10 @@ class ModelPackage:
             If the component is unknown, its architecture or hyperparameters are
             not accepted, or the weights do not match the built module.
         """
+        # Shapes are checked on the meta device first, so absurd hyperparameters in a
+        # file cannot make us allocate more than the weights the file really holds.
+        self._check_state(component, self._build_empty(component, device="meta"))
         module = self._build_empty(component)
-        self._check_state(component, module)
         module.load_state_dict(self.component_state(component), strict=True)
         return module.eval()
 
@@ -481,8 +489,7 @@ class ModelPackage:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise ModelPackageError(f"tensor {name!r} has non-finite (NaN or infinite) weights.")
         for component in self.components:
-            module = self._build_empty(component)
-            self._check_state(component, module)
+            self._check_state(component, self._build_empty(component, device="meta"))
             hp = {
                 **registry.architecture_defaults(self.components[component].architecture),
                 **self.components[component].hyperparameters,

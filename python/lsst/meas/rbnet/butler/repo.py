@@ -347,7 +347,8 @@ class VisitWriter:
             self.butler, self.instrument, detectors=[detector], physical_filters={physical_filter: band}
         )
         # day_obs as Rubin defines it: the local date at Cerro Pachon (UTC-12 h rollover).
-        day_obs = int((astropy.time.Time(mjd, format="mjd", scale="tai") - 0.5).strftime("%Y%m%d"))
+        local = astropy.time.Time(mjd, format="mjd", scale="tai") - astropy.time.TimeDelta(12 * 3600, format="sec")
+        day_obs = int(local.strftime("%Y%m%d"))
         registry.syncDimensionData("day_obs", {"instrument": self.instrument, "id": day_obs})
         # The simulator's mjd is the middle of the exposure.
         begin = astropy.time.Time(mjd, format="mjd", scale="tai") - astropy.time.TimeDelta(

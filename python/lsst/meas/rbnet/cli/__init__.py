@@ -20,6 +20,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "demo", "Simulate, score with a real pipetask run in a new Butler repo, and report."),
     "register-model": ("butler_commands", "register_model", "Put a model package into a repo's pretrained_models."),
     "ingest-labels": ("butler_commands", "ingest_labels", "Register a real/bogus labels table (CSV/Parquet) in a repo."),
+    "sequence-cv": ("sequence", "sequence_cv", "k-fold evaluation of multi-visit sequence models on saved latents."),
+    "train-sequence": ("sequence", "train_sequence", "Train the VAE + sequence model from frame sequences into one package."),
     "configure-repo": ("butler_commands", "configure_repo", "Teach an existing Butler repo this package's storage classes."),
 }
 

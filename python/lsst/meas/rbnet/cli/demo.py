@@ -75,15 +75,34 @@ def _echo(console, text: str = "", style: str | None = None) -> None:
 
 
 def _simulate(seed: int, visit: int, detector: int, size: int, n_sources: int | None):
-    """One simulated (visit, detector); the simulator makes ids unique per (visit, detector)."""
+    """One simulated (visit, detector); the simulator makes ids unique per (visit, detector).
+
+    All visits point at one field (with a small dither) and the detectors of a visit
+    tile the focal plane on a 4-wide grid, so visit regions are compact as in real data.
+    """
+    import numpy as np
+
     from ..sim.visit import simulate_visit
 
-    kwargs: dict[str, Any] = {"shape": (size, size), "visit": visit, "detector": detector}
+    pixel_scale = 0.2
+    rng = np.random.default_rng([seed, visit])
+    ra0, dec0 = 150.0 + rng.normal(0, 0.005), 2.0 + rng.normal(0, 0.005)
+    step = size * pixel_scale / 3600.0 * 1.05
+    col, row = detector % 4, detector // 4
+    kwargs: dict[str, Any] = {
+        "shape": (size, size),
+        "visit": visit,
+        "detector": detector,
+        "pixel_scale": pixel_scale,
+        "ra": ra0 + col * step / np.cos(np.radians(dec0)),
+        "dec": dec0 + row * step,
+        "rotation": 0.0,
+        # One epoch per visit, shared by its detectors (a night in 2026, one visit a night).
+        "mjd": 61041.2 + visit,
+    }
     if n_sources is not None:
         kwargs["n_sources"] = n_sources
-    # Visits of one run share a pointing, as detectors of one exposure do: the seed of the
-    # pointing is the visit's, the seed of the content the (visit, detector)'s.
-    return simulate_visit(seed, **kwargs)
+    return simulate_visit(seed * 100_003 + visit * 1009 + detector, **kwargs)
 
 
 def _write_visits(writer, visits, detectors, *, size, n_sources, seed, console, what) -> int:
@@ -97,7 +116,7 @@ def _write_visits(writer, visits, detectors, *, size, n_sources, seed, console, 
     ) as progress:
         task = progress.add_task(f"Simulating {what}", total=len(jobs))
         for v, d in jobs:
-            sim = _simulate(seed * 100_003 + v * 1009 + d, v, d, size, n_sources)
+            sim = _simulate(seed, v, d, size, n_sources)
             writer.write(sim, visit=v, detector=d)
             total += len(sim.sources)
             progress.advance(task)

@@ -70,7 +70,7 @@ def make_synthetic_latents(
     real_fraction: float = 1080 / 2230,
     length_range: tuple[int, int] = (5, 1100),
     median_length: float = 430.0,
-    label_noise: float = 0.06,
+    label_noise: float = 0.05,
     difficulty: float = 1.0,
     with_logvar: bool = False,
 ) -> LatentSet:
@@ -125,9 +125,17 @@ def make_synthetic_latents(
         c = rng.normal(0, 1.0, (t, 3))
         # Correlated noise (AR(1) in visit order): neighbouring frames look alike.
         rho = rng.uniform(0.2, 0.6)
-        e = lfilter([1.0], [1.0, -rho], rng.normal(0, 0.55 * difficulty, (t, d)), axis=0)
+        e = lfilter([1.0], [1.0, -rho], rng.normal(0, 0.45 * difficulty, (t, d)), axis=0)
+        # Appearance: artifacts often look a little different in every frame (a ghost, a
+        # diffraction spike, a bad column nearby); real objects are sometimes on a host galaxy.
+        # Both classes share most of these distributions, so the mean frame alone is a weak clue.
+        if not is_real[i] and rng.random() < 0.55:
+            w = rng.normal(0, 1, 4)
+            static += 0.45 * difficulty**-1 * art @ (w / np.linalg.norm(w))
+        if rng.random() < (0.3 if is_real[i] else 0.15):
+            static += rng.uniform(0.3, 1.0) * basis[:, 8]
         x = static + c @ cond.T + e
-        amp = abs(rng.normal(0.0, 1.0)) * 0.9 + 0.2
+        amp = abs(rng.normal(0.0, 1.0)) * 0.9 + 0.3
         if is_real[i]:
             kind = rng.choice(3, p=[0.45, 0.35, 0.2])
             if kind == 0:  # periodic variable, aliased by the cadence

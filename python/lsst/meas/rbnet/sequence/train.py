@@ -28,6 +28,8 @@ __all__ = [
     "VAETrainConfig",
     "train_vae",
     "TRAIN_PRESETS",
+    "SequencePackageConfig",
+    "train_sequence_package",
 ]
 
 import copy
@@ -452,3 +454,183 @@ def train_vae(
             log(f"VAE epoch {epoch:3d}  loss {sums[0]:.5f}  recon {sums[1]:.5f}  KL {sums[2]:.2f}  "
                 f"{history[-1]['seconds']:.1f}s")
     return vae.eval(), hp, history
+
+
+@dataclasses.dataclass
+class SequencePackageConfig:
+    """How `train_sequence_package` builds a sequence model package.
+
+    Attributes
+    ----------
+    vae : `VAETrainConfig`
+        VAE training (``hyperparameters["latent_dim"]`` sets the latent width).
+    classifier : `SequenceTrainConfig`
+        Classifier training.
+    normalization : `str`
+        Per-frame normalisation of the input contract (`lsst.meas.rbnet.contract.NORMALIZATIONS`).
+    channels : `tuple` [`str`, ...]
+        Frame channels the model reads, a subsequence of `CHANNEL_ORDER`.
+    test_fraction : `float`
+        Stratified share of objects held out to measure the package's metrics
+        (0: none; then the metrics are those of the inner validation split).
+    version : `str`
+        ``reliabilityVersion`` of the package (<= 7 characters).
+    seed : `int`
+        Split seed.
+    """
+
+    vae: VAETrainConfig = dataclasses.field(default_factory=VAETrainConfig)
+    classifier: SequenceTrainConfig = dataclasses.field(default_factory=SequenceTrainConfig)
+    normalization: str = "robust_asinh"
+    channels: tuple[str, ...] = ("science",)
+    test_fraction: float = 0.2
+    version: str = "seq1"
+    seed: int = 0
+
+
+def train_sequence_package(
+    frames: np.ndarray,
+    offsets: np.ndarray,
+    labels: np.ndarray,
+    times: np.ndarray | None = None,
+    config: SequencePackageConfig | None = None,
+    frame_channels: tuple[str, ...] | None = None,
+    object_ids: np.ndarray | None = None,
+    provenance: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+):
+    """Train the VAE and a sequence classifier from raw frames and package them.
+
+    Parameters
+    ----------
+    frames : `numpy.ndarray`
+        ``(sum T_i, C, F, F)`` raw frames (pixels; NaN where no data), objects
+        concatenated, visits of each object in time order.
+    offsets : `numpy.ndarray`
+        ``(n_objects + 1,)`` object boundaries.
+    labels : `numpy.ndarray`
+        ``(n_objects,)`` 1 = real, 0 = bogus.
+    times : `numpy.ndarray`, optional
+        ``(sum T_i,)`` visit times in days.
+    config : `SequencePackageConfig`, optional
+        Settings.
+    frame_channels : `tuple` [`str`, ...], optional
+        Channel names of ``frames`` (default `CHANNEL_ORDER` for 3 channels, else
+        ``config.channels``).
+    object_ids : `numpy.ndarray`, optional
+        Object ids (for the provenance only).
+    provenance : `dict`, optional
+        Extra provenance entries (e.g. the command line).
+    log : callable, optional
+        Progress lines.
+
+    Returns
+    -------
+    package : `lsst.meas.rbnet.package.ModelPackage`
+        ``kind="sequence"`` with components ``"encoder"`` (``"vae"``) and ``"classifier"``.
+    metrics : `dict`
+        Held-out metrics (ROC-AUC, accuracy, F1, purity/completeness at the default threshold).
+    """
+    from ..constants import CHANNEL_ORDER
+    from ..contract import InputContract
+    from ..cutouts import normalize_stamps
+    from ..package import ModelPackage
+    from ..training.calibration import fit_temperature
+    from ..training.metrics import accuracy, f1, purity_completeness
+    from .encode import encode_frames
+
+    config = config or SequencePackageConfig()
+    say = log or (lambda s: None)
+    frames = np.asarray(frames)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    labels = np.asarray(labels).astype(np.int8)
+    if frames.ndim != 4 or frames.shape[2] != frames.shape[3]:
+        raise ValueError(f"frames must be (N, C, F, F), got {frames.shape}.")
+    if offsets.shape != (len(labels) + 1,) or offsets[0] != 0 or offsets[-1] != len(frames):
+        raise ValueError("offsets must be (n_objects + 1,) from 0 to the number of frames.")
+    if np.any(np.diff(offsets) < 1):
+        raise ValueError("every object needs at least one frame.")
+    if frame_channels is None:
+        frame_channels = CHANNEL_ORDER if frames.shape[1] == 3 else tuple(config.channels)
+    frame_channels = tuple(frame_channels)
+    if len(frame_channels) != frames.shape[1]:
+        raise ValueError(f"frame_channels {frame_channels} do not match the frames' {frames.shape[1]} channels.")
+    channels = tuple(config.channels)
+    missing = [c for c in channels if c not in frame_channels]
+    if missing:
+        raise ValueError(f"The model should read channels {channels} but the frames lack {missing}.")
+    frame_size = int(frames.shape[2])
+    # The per-visit stamps the frames are cut from: odd, the source at pixel stamp_size // 2 == frame_size // 2.
+    stamp_size = frame_size + 1 if frame_size % 2 == 0 else frame_size
+    contract = InputContract(stamp_size=stamp_size, channels=channels, normalization=config.normalization)
+
+    say(f"Normalising {len(frames)} frames ({config.normalization}) ...")
+    x = np.ascontiguousarray(frames[:, [frame_channels.index(c) for c in channels]], dtype=np.float32)
+    x = normalize_stamps(x, contract)
+
+    rng = np.random.default_rng(config.seed)
+    all_idx = np.arange(len(labels))
+    if config.test_fraction > 0:
+        keep, held = stratified_split(labels, config.test_fraction, rng)
+    else:
+        keep, held = all_idx, np.zeros(0, dtype=np.int64)
+    train_rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in keep])
+    say(f"Training the VAE on {len(train_rows)} frames of {len(keep)} objects ...")
+    vae, vae_hp, vae_hist = train_vae(x[train_rows], config.vae, log=log)
+    say("Encoding all frames ...")
+    mu = encode_frames(vae, x)
+    latents = LatentSet(
+        object_ids=np.asarray(object_ids if object_ids is not None else all_idx).astype(str),
+        values=mu,
+        offsets=offsets,
+        labels=labels,
+        times=None if times is None else np.asarray(times, dtype=np.float64),
+    )
+    say(f"Training the classifier {config.classifier.architecture} on {len(keep)} objects ...")
+    fit = fit_sequence_classifier(latents, keep, config.classifier, log=log)
+    y_val = labels[fit.val_index]
+    temperature = fit_temperature(fit.val_logits, y_val) if 0 < y_val.sum() < len(y_val) else 1.0
+
+    eval_idx = held if len(held) else fit.val_index
+    z = predict_logits(fit.model, latents, eval_idx)
+    p = 1.0 / (1.0 + np.exp(-np.clip(z / temperature, -60, 60)))
+    y = labels[eval_idx].astype(np.int64)
+    metrics: dict[str, Any] = {"evaluated_on": "held-out test objects" if len(held) else "inner validation objects",
+                               "n_eval": int(len(eval_idx))}
+    if 0 < y.sum() < len(y):
+        pur, comp = purity_completeness(p, y, 0.5)
+        metrics.update(roc_auc=roc_auc(p, y), accuracy=accuracy(p, y, 0.5), f1_real=f1(p, y, 0.5),
+                       f1_artifact=f1(1 - p, 1 - y, 0.5), purity=pur, completeness=comp)
+        thresholds = [{"name": "default", "threshold": 0.5, "purity": pur, "completeness": comp}]
+    else:
+        thresholds = [{"name": "default", "threshold": 0.5}]
+    metrics["vae_final_loss"] = vae_hist[-1]["loss"] if vae_hist else None
+    metrics["classifier_best_epoch"] = fit.best_epoch
+    prov = {
+        "n_objects": int(len(labels)), "n_frames": int(len(frames)), "n_train_objects": int(len(keep)),
+        "n_test_objects": int(len(held)), "seed": config.seed,
+        "vae_config": {k: v for k, v in dataclasses.asdict(config.vae).items()},
+        "classifier_config": {k: v for k, v in dataclasses.asdict(config.classifier).items()},
+        **(provenance or {}),
+    }
+    package = ModelPackage.from_modules(
+        "sequence",
+        {
+            "encoder": ("vae", vae_hp, vae),
+            "classifier": (config.classifier.architecture, fit.hyperparameters, fit.model),
+        },
+        contract=contract,
+        version=config.version,
+        temperature=temperature,
+        thresholds=thresholds,
+        metrics=metrics,
+        provenance=prov,
+        extra={
+            "frame_size": frame_size,
+            "frame_channels": list(channels),
+            "frame_crop": "stamp[..., a:a+F, a:a+F] with a = stamp_size // 2 - frame_size // 2",
+            "latent_columns": [0, int(vae_hp.get("latent_dim", vae.latent_dim))],
+            "time_feature": "log(1 + dt), dt in days since the previous visit",
+        },
+    )
+    return package, metrics

@@ -10,10 +10,32 @@ sets. Entry points:
 
 - `simulate_stamps`: labelled triplet stamps for training (fast path).
 - `simulate_visit`: detector-sized images of one visit with a source table.
-- `simulate_sequences` / `simulate_visit_series`: the same objects over many visits.
+- `simulate_sequences`: cutout sequences of objects over many visits.
+- `simulate_visit_series`: detector-sized visits of the same objects.
 - `make_gallery`: a plot of examples of every class.
+
+Modules: `psf` (PSF and matching kernels), `render` (pixels from
+components), `scene` (component tables, the static field), `artifacts`,
+`labelled` (one recipe per class), `imaging` (noise, saturation, PSF
+matching, subtraction, masks), `stamps`, `visit`, `sequences`, `series`,
+`gallery`, `io`.
 """
 
-from .stamps import StampSet, simulate_stamps  # noqa: F401
+from .gallery import make_gallery
+from .sequences import SequenceSet, simulate_sequences
+from .series import simulate_visit_series
+from .stamps import StampSet, simulate_stamps
+from .visit import SimImage, SimulatedVisit, VisitMetadata, simulate_visit
 
-__all__ = ["StampSet", "simulate_stamps"]
+__all__ = [
+    "StampSet",
+    "simulate_stamps",
+    "SimImage",
+    "SimulatedVisit",
+    "VisitMetadata",
+    "simulate_visit",
+    "SequenceSet",
+    "simulate_sequences",
+    "simulate_visit_series",
+    "make_gallery",
+]

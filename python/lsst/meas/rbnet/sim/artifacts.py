@@ -370,31 +370,40 @@ def _streak_profile(defocus, sigma_n, wing_fraction, wing_ratio):
     return u, profile
 
 
-def _render_streaks(t, science, mask_difference, psf):
+def _render_streaks(t, science, mask_difference, psf, tile: int = 128):
     if not len(t["canvas"]):
         return
     _, height, width = science.shape
-    yy = np.arange(height, dtype=np.float32)[:, None]
-    xx = np.arange(width, dtype=np.float32)[None, :]
     for i in range(len(t["canvas"])):
         b = t["canvas"][i]
         c, s = np.cos(t["theta"][i]), np.sin(t["theta"][i])
         # Width of the PSF across the trail, with the pixel response.
         sig_n = np.sqrt((psf.sigma_x[b] * s) ** 2 + (psf.sigma_y[b] * c) ** 2 + 1.0 / 12.0)
         u, prof = _streak_profile(t["defocus"][i], sig_n, psf.wing_fraction[b], psf.wing_ratio[b])
-        d = -(xx - t["x"][i]) * s + (yy - t["y"][i]) * c
-        near = np.abs(d) < u[-1]
-        if not near.any():
-            continue
-        along = (xx - t["x"][i]) * c + (yy - t["y"][i]) * s
-        values = np.interp(d[near], u, prof) * t["flux"][i]
-        if t["glint_amp"][i] > 0:
-            values *= 1 + t["glint_amp"][i] * np.sin(
-                2 * np.pi * np.broadcast_to(along, d.shape)[near] / t["glint_period"][i] + t["glint_phase"][i])
-        science[b][near] += values.astype(science.dtype)
-        if t["masked"][i]:
-            wide = np.abs(d) < max(t["defocus"][i] + 2.5 * sig_n, 2.0)
-            mask_difference[b][wide] |= _BIT["STREAK"]
+        mask_half = max(t["defocus"][i] + 2.5 * sig_n, 2.0)
+        # Only tiles the trail crosses are evaluated.
+        for ty in range(0, height, tile):
+            for tx in range(0, width, tile):
+                h, w = min(tile, height - ty), min(tile, width - tx)
+                cy, cx = ty + 0.5 * (h - 1), tx + 0.5 * (w - 1)
+                if abs(-(cx - t["x"][i]) * s + (cy - t["y"][i]) * c) > u[-1] + 0.71 * tile:
+                    continue
+                yy = np.arange(ty, ty + h, dtype=np.float64)[:, None]
+                xx = np.arange(tx, tx + w, dtype=np.float64)[None, :]
+                d = -(xx - t["x"][i]) * s + (yy - t["y"][i]) * c
+                near = np.abs(d) < u[-1]
+                if not near.any():
+                    continue
+                values = np.interp(d[near], u, prof) * t["flux"][i]
+                if t["glint_amp"][i] > 0:
+                    along = (xx - t["x"][i]) * c + (yy - t["y"][i]) * s
+                    values *= 1 + t["glint_amp"][i] * np.sin(
+                        2 * np.pi * np.broadcast_to(along, d.shape)[near] / t["glint_period"][i]
+                        + t["glint_phase"][i])
+                block = science[b, ty : ty + h, tx : tx + w]
+                block[near] += values.astype(science.dtype)
+                if t["masked"][i]:
+                    mask_difference[b, ty : ty + h, tx : tx + w][np.abs(d) < mask_half] |= _BIT["STREAK"]
 
 
 def _render_ghosts(t, science):
@@ -420,18 +429,30 @@ def _render_edges(t, science):
     _, height, width = science.shape
     for i in range(len(t["canvas"])):
         b, side, edge = t["canvas"][i], t["side"][i], t["boundary"][i]
-        if side < 2:
-            coord = np.arange(width, dtype=float)
-            along = np.arange(height, dtype=float)
+        reach = 12.0 * t["decay"][i]
+        # Across the edge: from the boundary inwards; along it: around the centre.
+        if side in (0, 2):
+            lo, hi = edge, edge + reach
         else:
-            coord = np.arange(height, dtype=float)
-            along = np.arange(width, dtype=float)
+            lo, hi = edge - reach, edge
+        extent = height if side < 2 else width
+        a0 = int(max(np.floor(lo), 0))
+        a1 = int(min(np.ceil(hi) + 1, width if side < 2 else height))
+        c0 = int(max(np.floor(t["center"][i] - 5 * t["length"][i]), 0))
+        c1 = int(min(np.ceil(t["center"][i] + 5 * t["length"][i]) + 1, extent))
+        if a0 >= a1 or c0 >= c1:
+            continue
+        coord = np.arange(a0, a1, dtype=float)
+        along = np.arange(c0, c1, dtype=float)
         dist = coord - edge if side in (0, 2) else edge - coord
         fall = np.where(dist >= 0, np.exp(-np.clip(dist, 0, None) / t["decay"][i]), 0.0)
         mod = (1 + t["mod_amp"][i] * np.sin(2 * np.pi * along / t["mod_period"][i] + t["mod_phase"][i])) * np.exp(
             -0.5 * ((along - t["center"][i]) / t["length"][i]) ** 2)
-        values = t["amp"][i] * (mod[:, None] * fall[None, :] if side < 2 else fall[:, None] * mod[None, :])
-        science[b] += values.astype(science.dtype)
+        values = (t["amp"][i] * mod[:, None] * fall[None, :]).astype(science.dtype)
+        if side < 2:
+            science[b, c0:c1, a0:a1] += values
+        else:
+            science[b, a0:a1, c0:c1] += values.T
 
 
 def saturate(science: np.ndarray, threshold: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:

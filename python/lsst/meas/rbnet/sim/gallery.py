@@ -106,9 +106,11 @@ def make_gallery(path, seed: int = 0, n_per_class: int = 4, *, stamp_size: int =
     table = result.table
     rows = len(classes)
     cols = n_per_class * 3
-    fig = plt.figure(figsize=(cols * 0.95 + 1.4, rows * 1.05 + 0.6))
-    grid = fig.add_gridspec(rows, n_per_class, left=1.3 / (cols * 0.95 + 1.4), right=0.995, top=1 - 0.45 / (
-        rows * 1.05 + 0.6), bottom=0.01, wspace=0.08, hspace=0.28)
+    width_in = cols * 0.95 + 1.4
+    height_in = rows * 1.05 + 0.9
+    fig = plt.figure(figsize=(width_in, height_in))
+    grid = fig.add_gridspec(rows, n_per_class, left=1.3 / width_in, right=0.995, top=1 - 0.75 / height_in,
+                            bottom=0.01, wspace=0.08, hspace=0.3)
     for r, name in enumerate(classes):
         idx = np.flatnonzero(table["source_class"] == name)
         # Span the S/N range: quantiles of the class' S/N, preferring detectable ones.
@@ -127,8 +129,9 @@ def make_gallery(path, seed: int = 0, n_per_class: int = 4, *, stamp_size: int =
                 label = "real" if name in REAL_CLASSES else "bogus"
                 axes[0].text(-0.12, 0.5, f"{name}\n({label})", transform=axes[0].transAxes, ha="right",
                              va="center", fontsize=8)
-    fig.suptitle(f"lsst.meas.rbnet simulated triplets (seed {seed}, {stamp_size}x{stamp_size} px, asinh stretch)",
-                 fontsize=9, y=0.998)
+    fig.suptitle(f"lsst.meas.rbnet simulated triplets: difference (negative dark), science, template; "
+                 f"seed {seed}, {stamp_size}x{stamp_size} px, noise-scaled asinh stretch, NaN dark red",
+                 fontsize=9, y=1 - 0.12 / height_in, va="top")
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -31,6 +31,7 @@ __all__ = [
     "measure_objects",
     "psf_photometry",
     "add_template_noise",
+    "local_canvas_size",
     "DETECTION_THRESHOLD",
 ]
 
@@ -43,7 +44,7 @@ from scipy import ndimage
 from ..constants import MASK_PLANES
 from .artifacts import render_artifacts, saturate
 from .psf import DoubleGaussianPsf, matching_kernel_fourier
-from .render import render_fourier, render_points
+from .render import add_patches, render_fourier, render_points, render_spikes
 from .scene import Scene
 
 #: Detection threshold of the simulated pipeline (PSF-smoothed S/N).
@@ -69,6 +70,9 @@ class Conditions:
         Fractional width error of the PSF-matching kernel.
     template_dx, template_dy : `numpy.ndarray`
         Misregistration of the template (pixels).
+    spike_angle : `numpy.ndarray`
+        Angle of the diffraction spikes of bright stars in the science image
+        (radians; the camera rotation).
     """
 
     psf_science: DoubleGaussianPsf
@@ -81,6 +85,7 @@ class Conditions:
     kernel_error: np.ndarray
     template_dx: np.ndarray
     template_dy: np.ndarray
+    spike_angle: np.ndarray = 0.7853981633974483
 
     def __post_init__(self) -> None:
         n = len(self.psf_science)
@@ -183,11 +188,16 @@ def sample_conditions(
         kernel_error=rng.normal(0.0, 0.004, n),
         template_dx=rng.normal(0.0, 0.02, n),
         template_dy=rng.normal(0.0, 0.02, n),
+        spike_angle=rng.uniform(0.0, np.pi / 2, n),
     )
 
 
-def render_models(scene: Scene, cond: Conditions, shape: tuple[int, int], *, with_artifacts: bool = True):
+def render_models(scene: Scene, cond: Conditions, shape: tuple[int, int], *, with_artifacts: bool = True,
+                  with_template: bool = True):
     """Noiseless science and template canvases of a scene.
+
+    ``with_template=False`` leaves the template canvases empty (when a
+    template observed once is reused).
 
     Returns
     -------
@@ -209,14 +219,21 @@ def render_models(scene: Scene, cond: Conditions, shape: tuple[int, int], *, wit
         psf_s = cond.psf_science.take(b).scaled(t["psf_fx"], t["psf_fy"]).convolved(t["size_x"], t["size_y"])
         psf_t = cond.psf_template.take(b).convolved(t["size_x"], t["size_y"])
         render_points(science, b, t["x"], t["y"], t["flux_s"], psf_s)
+        # Stars near or above the full well show the spider's diffraction spikes.
+        peak = t["flux_s"] / (2 * np.pi * psf_s.sigma_x * psf_s.sigma_y)
+        bright = np.flatnonzero(peak > 0.3 * cond.saturation[b])
+        if len(bright):
+            render_spikes(science, b[bright], t["x"][bright], t["y"][bright], t["flux_s"][bright],
+                          psf_s.take(bright), cond.spike_angle[b[bright]])
         render_points(template, b, t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b],
-                      t["flux_t"], psf_t)
+                      t["flux_t"] if with_template else np.zeros(len(b)), psf_t)
     t = tables["extended"]
     if len(t["canvas"]):
         b = t["canvas"]
         shape_cols = dict(shape=t["shape"], r_e=t["r_e"], q=t["q"], theta=t["theta"], length=t["length"])
         positions = [(t["x"], t["y"]), (t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b])]
-        render_fourier([science, template], b, positions, [t["flux_s"], t["flux_t"]],
+        render_fourier([science, template], b, positions,
+                       [t["flux_s"], t["flux_t"] if with_template else np.zeros(len(b))],
                        [cond.psf_science.take(b), cond.psf_template.take(b)], **shape_cols)
     if with_artifacts:
         render_artifacts(tables, science, template, *masks, cond.psf_science)
@@ -450,6 +467,27 @@ class Observation:
     sky_sigma_difference: np.ndarray
 
 
+def _box_any(mask: np.ndarray, r: int, axis: int) -> np.ndarray:
+    # True where any element within +-r along ``axis`` is True: ORs of shifted copies,
+    # doubling the reach each step (log2(r) passes).
+    out = mask.copy()
+    covered = 0
+    n = mask.shape[axis]
+    while covered < r:
+        step = min(covered + 1, r - covered)
+        if step >= n:
+            step = n - 1
+            covered = r
+        src = out.copy()
+        fwd = [slice(None)] * mask.ndim
+        bwd = [slice(None)] * mask.ndim
+        fwd[axis], bwd[axis] = slice(step, None), slice(None, n - step)
+        out[tuple(fwd)] |= src[tuple(bwd)]
+        out[tuple(bwd)] |= src[tuple(fwd)]
+        covered += step
+    return out
+
+
 def _grow(mask: np.ndarray, radius: np.ndarray) -> np.ndarray:
     # Grow footprints by a square of half-side ``radius`` (per canvas), as footprint
     # growing does around detections.
@@ -458,9 +496,10 @@ def _grow(mask: np.ndarray, radius: np.ndarray) -> np.ndarray:
         if r <= 0:
             continue
         sel = np.flatnonzero(radius == r)
-        grown = ndimage.maximum_filter1d(mask[sel].view(np.uint8), 2 * r + 1, axis=1)
-        grown = ndimage.maximum_filter1d(grown, 2 * r + 1, axis=2)
-        out[sel] = grown.astype(bool)
+        sub = mask[sel]
+        if not sub.any():
+            continue
+        out[sel] = _box_any(_box_any(sub, int(r), 1), int(r), 2)
     return out
 
 
@@ -469,7 +508,7 @@ def _detect(image: np.ndarray, psf: DoubleGaussianPsf, sigma: np.ndarray, thresh
     shape = image.shape[1:]
     ky, kx = _frequencies(shape)
     p_hat = psf.fourier(ky, kx) * (np.sinc(ky)[:, None] * np.sinc(kx)[None, :]).astype(np.float32)[None]
-    smoothed = _irfft(_rfft(np.nan_to_num(image)) * p_hat, shape)
+    smoothed = _irfft(_rfft(image) * p_hat, shape)
     norm = sigma / np.sqrt(psf.effective_area())
     return smoothed / norm[:, None, None].astype(np.float32)
 
@@ -478,10 +517,9 @@ def _edge_band(on_chip: np.ndarray, width: np.ndarray) -> np.ndarray:
     # On-chip pixels within ``width`` pixels (chessboard distance) of off-chip pixels.
     band = np.zeros_like(on_chip)
     for b in np.flatnonzero(~on_chip.all(axis=(1, 2))):
-        size = 2 * int(width[b]) + 1
-        inner = ndimage.minimum_filter1d(on_chip[b].view(np.uint8), size, axis=0, mode="nearest")
-        inner = ndimage.minimum_filter1d(inner, size, axis=1, mode="nearest")
-        band[b] = on_chip[b] & ~inner.astype(bool)
+        w = int(width[b])
+        off = ~on_chip[b : b + 1]
+        band[b] = on_chip[b] & _box_any(_box_any(off, w, 1), w, 2)[0]
     return band
 
 
@@ -537,7 +575,8 @@ def observe(
         S/N of the DETECTED planes.
     """
     n = len(cond)
-    science_model, template_model, mask_s, mask_t, mask_d = render_models(scene, cond, shape)
+    science_model, template_model, mask_s, mask_t, mask_d = render_models(scene, cond, shape,
+                                                                          with_template=template is None)
     # Noise: sky + read noise and the sources' Poisson noise (Gaussian at these counts).
     var_s = np.clip(science_model, 0, None) * cond.gain_science[:, None, None].astype(np.float32) + (
         cond.sky_sigma_science**2)[:, None, None].astype(np.float32)
@@ -552,26 +591,27 @@ def observe(
 
     # PSF matching and subtraction.
     kernel_hat = _kernel_fourier(cond, shape)
-    kernel = _irfft(kernel_hat, shape)
-    k2_hat = _rfft(kernel * kernel)
+    kernel, k2_hat = _kernel_real(cond, shape)
     sum_k2 = (kernel.astype(np.float64) ** 2).sum(axis=(1, 2))
-    mode = cond.convolve_science[:, None, None]
-    covered = np.ones((n, *shape), bool) if template_covered is None else template_covered
-    template_in = np.where(covered, template, 0.0).astype(np.float32)
-    var_t_in = np.where(covered, var_t, 0.0).astype(np.float32)
-    convolve_in = np.where(mode, science, template_in)
-    matched = _irfft(_rfft(convolve_in) * kernel_hat, shape)
-    matched_var = _irfft(_rfft(np.where(mode, var_s, var_t_in)) * k2_hat, shape)
-    difference = np.where(mode, matched - template_in, science - matched).astype(np.float32)
-    var_d = np.where(mode, matched_var + var_t, var_s + matched_var).astype(np.float32)
-    del matched, matched_var, convolve_in
+    mode = cond.convolve_science
+    if template_covered is not None and not template_covered.all():
+        template_in = np.where(template_covered, template, 0.0).astype(np.float32)
+        var_t_in = np.where(template_covered, var_t, 0.0).astype(np.float32)
+    else:
+        template_covered = None
+        template_in, var_t_in = template, var_t
+    matched = _irfft(_rfft(_select(mode, science, template_in)) * kernel_hat, shape)
+    matched_var = _irfft(_rfft(_select(mode, var_s, var_t_in)) * k2_hat, shape)
+    difference = _select(mode, matched - template_in, science - matched).astype(np.float32, copy=False)
+    var_d = _select(mode, matched_var + var_t, var_s + matched_var).astype(np.float32, copy=False)
+    del matched, matched_var
     sigma_d = _difference_sky_sigma(cond, sum_k2)
 
     # Pixels whose matched template used missing template data are not valid.
-    diff_invalid = ~covered
-    if template_covered is not None and not template_covered.all():
-        reach = _irfft(_rfft((~covered).astype(np.float32)) * _rfft(np.abs(kernel)), shape)
-        diff_invalid = diff_invalid | (np.where(mode, 0.0, reach) > 1e-3)
+    diff_invalid = None
+    if template_covered is not None:
+        reach = _irfft(_rfft((~template_covered).astype(np.float32)) * _rfft(_embed(np.abs(kernel), shape)), shape)
+        diff_invalid = ~template_covered | (np.where(mode[:, None, None], 0.0, reach) > 1e-3)
 
     if noise_objects is not None and len(noise_objects["canvas"]):
         _condition_noise(noise_objects, cond, shape, science, template, difference, sigma_d)
@@ -579,57 +619,114 @@ def observe(
     # Detection planes (positive on every image, negative on the difference).
     det = _detect(science, cond.psf_science, cond.sky_sigma_science, detection_threshold)
     grow_s = np.ceil(2.4 * cond.psf_science.sigma).astype(int)
-    mask_s |= np.where(_grow(det > detection_threshold, grow_s), _BIT["DETECTED"], 0).astype(np.int32)
-    det = _detect(np.where(covered, template, 0), cond.psf_template, cond.sky_sigma_template, detection_threshold)
+    _set(mask_s, _grow(det > detection_threshold, grow_s), "DETECTED")
+    det = _detect(template_in, cond.psf_template, cond.sky_sigma_template, detection_threshold)
     grow_t = np.ceil(2.4 * cond.psf_template.sigma).astype(int)
-    mask_t |= np.where(_grow(det > detection_threshold, grow_t), _BIT["DETECTED"], 0).astype(np.int32)
+    _set(mask_t, _grow(det > detection_threshold, grow_t), "DETECTED")
     psf_d = cond.psf_difference
-    det = _detect(np.where(diff_invalid, 0, difference), psf_d, sigma_d, detection_threshold)
+    det = _detect(difference if diff_invalid is None else np.where(diff_invalid, 0, difference), psf_d, sigma_d,
+                  detection_threshold)
     grow_d = np.ceil(2.4 * psf_d.sigma).astype(int)
-    mask_d |= np.where(_grow(det > detection_threshold, grow_d), _BIT["DETECTED"], 0).astype(np.int32)
-    mask_d |= np.where(_grow(det < -detection_threshold, grow_d), _BIT["DETECTED_NEGATIVE"], 0).astype(np.int32)
+    _set(mask_d, _grow(det > detection_threshold, grow_d), "DETECTED")
+    _set(mask_d, _grow(det < -detection_threshold, grow_d), "DETECTED_NEGATIVE")
     del det
-
-    # The difference inherits the bad-pixel planes of both inputs.
-    inherit = ~(_BIT["DETECTED"] | _BIT["DETECTED_NEGATIVE"])
-    mask_d |= (mask_s & inherit) | (mask_t & inherit)
-    mask_t |= np.where(~covered, _BIT["NO_DATA"], 0).astype(np.int32)
-    mask_d |= np.where(diff_invalid, _BIT["NO_DATA"], 0).astype(np.int32)
+    band = None
     if on_chip is not None and not on_chip.all():
-        off = ~on_chip
-        for m in (mask_s, mask_t, mask_d):
-            m[off] = _BIT["NO_DATA"]
         band = _edge_band(on_chip, np.ceil(1.5 * cond.psf_science.fwhm).astype(int))
-        for m in (mask_s, mask_t, mask_d):
-            m[band] |= _BIT["EDGE"]
 
     images = [science, template, difference, var_s, var_t, var_d]
-    no_data = [mask_s, mask_t, mask_d, mask_s, mask_t, mask_d]
-    for i, (img, m) in enumerate(zip(images, no_data)):
-        img[(m & _BIT["NO_DATA"]) != 0] = np.nan
     masks = [mask_s, mask_t, mask_d]
+    extra = [template_covered, diff_invalid, on_chip, band]
     if crop is not None:
         y0, x0, h, w = crop
         images = [a[:, y0 : y0 + h, x0 : x0 + w] for a in images]
         masks = [a[:, y0 : y0 + h, x0 : x0 + w] for a in masks]
+        extra = [None if a is None else a[:, y0 : y0 + h, x0 : x0 + w] for a in extra]
+    mask_s, mask_t, mask_d = masks
+    covered, diff_invalid, on_chip, band = extra
+    # The difference inherits the bad-pixel planes of both inputs.
+    inherit = ~(_BIT["DETECTED"] | _BIT["DETECTED_NEGATIVE"])
+    mask_d |= (mask_s | mask_t) & inherit
+    if covered is not None:
+        _set(mask_t, ~covered, "NO_DATA")
+        _set(mask_d, diff_invalid, "NO_DATA")
+    if on_chip is not None:
+        off = ~on_chip
+        for m in masks:
+            m[off] = _BIT["NO_DATA"]
+            _set(m, band, "EDGE")
+    for i, m in enumerate(masks):
+        nodata = (m & _BIT["NO_DATA"]) != 0
+        if nodata.any():
+            images[i][nodata] = np.nan
+            images[i + 3][nodata] = np.nan
     return Observation(*images[:3], *images[3:], *masks, sky_sigma_difference=sigma_d)
+
+
+def _select(mode: np.ndarray, a, b):
+    # Per-canvas choice between two arrays, without a copy when every canvas agrees.
+    if mode.all():
+        return a
+    if not mode.any():
+        return b
+    return np.where(mode[:, None, None], a, b)
+
+
+def _set(mask: np.ndarray, where: np.ndarray, plane: str) -> None:
+    np.bitwise_or(mask, _BIT[plane], out=mask, where=where)
+
+
+def _embed(small: np.ndarray, shape) -> np.ndarray:
+    # Centred small kernels (n, k, k) placed on canvases of ``shape`` with their centre at
+    # pixel (0, 0), wrapped around, for FFT convolution.
+    n, ky, kx = small.shape
+    out = np.zeros((n, *shape), np.float32)
+    out[:, :ky, :kx] = small
+    return np.roll(out, (-(ky // 2), -(kx // 2)), axis=(1, 2))
+
+
+def _kernel_real(cond: Conditions, shape):
+    # Real-space PSF-matching kernels on a small grid (n, k, k), centred, and the Fourier
+    # transform of their squares on the canvas grid (for the variance).
+    size = min(scipy.fft.next_fast_len(int(2 * np.ceil(np.max(cond.psf_difference.extent))) + 1), min(shape))
+    small = _irfft(_kernel_fourier(cond, (size, size)), (size, size))
+    small = np.fft.fftshift(small, axes=(1, 2)).astype(np.float32)
+    if size % 2 == 0:
+        # Keep an odd, centred support.
+        small = small[:, 1:, 1:]
+    return small, _rfft(_embed(small * small, shape))
+
+
+def local_canvas_size(cond: Conditions, minimum: int = 64) -> int:
+    """Side of a canvas large enough to measure or render one object alone under ``cond`` (pixels)."""
+    reach = 0.7 * float(np.max(cond.psf_difference.extent)) + 2.5 * float(
+        np.max(np.concatenate([cond.psf_science.fwhm, cond.psf_template.fwhm])))
+    return scipy.fft.next_fast_len(max(minimum, int(2 * reach) + 8), real=True)
 
 
 def _condition_noise(objects, cond, shape, science, template, difference, sigma_d):
     # Constrained realisation: add the conditional mean of the noise given that the
     # difference's matched filter reaches the target S/N at the object (for white
     # noise it is a PSF-shaped bump), keeping the realised fluctuations around it.
+    # The bump is made on a small canvas of its own and added in place.
     canvas = np.asarray(objects["canvas"])
+    k = len(canvas)
+    x = np.asarray(objects["x"], dtype=float)
+    y = np.asarray(objects["y"], dtype=float)
     psf_d = cond.psf_difference.take(canvas)
-    now, _, _, _ = psf_matched_filter(difference, canvas, objects["x"], objects["y"], psf_d, sigma_d[canvas])
+    now, _, _, _ = psf_matched_filter(difference, canvas, x, y, psf_d, sigma_d[canvas])
     unit = np.asarray(objects["unit"], dtype=float)
     amp = (np.asarray(objects["snr"], dtype=float) - now) / np.where(unit == 0, np.inf, unit)
-    used, local = np.unique(canvas, return_inverse=True)
-    keys = objects["keys"].relocate(local, np.zeros(len(canvas)), np.zeros(len(canvas)))
+    sub = cond.take(canvas)
+    size = local_canvas_size(sub)
+    shift_x = size // 2 - np.floor(x + 0.5)
+    shift_y = size // 2 - np.floor(y + 0.5)
+    keys = objects["keys"].relocate(np.arange(k), shift_x, shift_y)
     keys.scale_objects(amp)
-    sub = cond.take(used)
-    sci_b, tmpl_b, *_ = render_models(keys, sub, shape, with_artifacts=False)
+    sci_b, tmpl_b, *_ = render_models(keys, sub, (size, size), with_artifacts=False)
     diff_b = noiseless_difference(sci_b, tmpl_b, sub)
-    science[used] += sci_b
-    template[used] += tmpl_b
-    difference[used] += diff_b
+    x0 = (-shift_x).astype(int)
+    y0 = (-shift_y).astype(int)
+    add_patches(science, canvas, y0, x0, sci_b)
+    add_patches(template, canvas, y0, x0, tmpl_b)
+    add_patches(difference, canvas, y0, x0, diff_b)

@@ -120,6 +120,14 @@ def amplitude_factors(classes, mode, unit_snr, unit_peak, saturation, target):
     return factor
 
 
+def _saturation_excess(rng: np.random.Generator, n: int) -> np.ndarray:
+    # Peak over full well of saturated stars: star counts make most of them barely
+    # saturated (dN/dF ~ F^-1.6 above the saturation flux), a few by a factor of hundreds.
+    u = rng.random(n)
+    lo, hi, a = 1.3, 500.0, 0.6
+    return (lo ** -a - u * (lo ** -a - hi ** -a)) ** (-1 / a)
+
+
 def _psf_peak_fraction(cond: Conditions, canvas, x, y) -> np.ndarray:
     # Fraction of a point source's flux in its brightest pixel.
     psf = cond.psf_science.take(canvas)
@@ -249,7 +257,7 @@ def add_labelled(
 
     sel = rows("saturated_star")
     if len(sel):
-        over = np.exp(rng.uniform(np.log(1.3), np.log(400.0), len(sel)))
+        over = _saturation_excess(rng, len(sel))
         flux = over * cond.saturation[canvas[sel]] / _psf_peak_fraction(cond, canvas[sel], x[sel], y[sel])
         point(sel, flux, flux)
         info["mode"][sel] = FIXED

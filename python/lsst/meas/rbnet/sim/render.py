@@ -18,6 +18,7 @@ Two renderers share the PSF model of `lsst.meas.rbnet.sim.psf`:
 
 __all__ = [
     "add_patches",
+    "render_spikes",
     "render_points",
     "render_fourier",
     "sersic_fourier",
@@ -92,6 +93,7 @@ def render_points(
     psf: DoubleGaussianPsf,
     *,
     chunk: int = 4096,
+    floor: float = 1e-2,
 ) -> None:
     """Add PSF-shaped point sources to canvases in place.
 
@@ -106,6 +108,10 @@ def render_points(
         Total flux (canvas units, e.g. nJy).
     psf : `DoubleGaussianPsf`
         One PSF per source (length m).
+    floor : `float`
+        Each source is drawn out to where its wing falls below this value
+        (canvas units: 0.01 nJy is far below any sky noise), at most to where
+        it holds 1e-5 of the flux.
     """
     index = np.asarray(index)
     flux = np.asarray(flux, dtype=float)
@@ -115,7 +121,11 @@ def render_points(
     x = np.asarray(x, dtype=float)[keep]
     y = np.asarray(y, dtype=float)[keep]
     index, flux, psf = index[keep], flux[keep], psf.take(keep)
-    half = _group_sizes(np.ceil(psf.extent).astype(int), (4, 6, 8, 11, 15, 20, 26, 34, 44, 56, 70))
+    wing_sigma = psf.wing_ratio * np.maximum(psf.sigma_x, psf.sigma_y)
+    peak_wing = np.abs(flux) * np.maximum(psf.wing_fraction, 1e-3) / (2 * np.pi * wing_sigma**2)
+    reach = wing_sigma * np.sqrt(2 * np.log(np.maximum(peak_wing / floor, 1.0)))
+    reach = np.clip(reach, 3 * np.maximum(psf.sigma_x, psf.sigma_y), psf.extent)
+    half = _group_sizes(np.ceil(reach).astype(int), (4, 6, 8, 11, 15, 20, 26, 34, 44, 56, 70))
     for h in np.unique(half):
         for start in range(0, int(np.sum(half == h)), chunk):
             sel = np.flatnonzero(half == h)[start : start + chunk]
@@ -135,10 +145,10 @@ def _sersic_table(n_index: float):
     # Hankel transform of a circular Sersic profile of unit half-light radius and unit
     # flux, tabulated against the radial frequency kappa (cycles per half-light radius).
     b = gammaincinv(2 * n_index, 0.5)
-    t = np.concatenate([[0.0], np.geomspace(1e-7, _SERSIC_TRUNCATION, 30000)])
+    t = np.concatenate([[0.0], np.geomspace(1e-7, _SERSIC_TRUNCATION, 12000)])
     taper = np.clip((_SERSIC_TRUNCATION - t) / (0.25 * _SERSIC_TRUNCATION), 0.0, 1.0) ** 2
     profile = np.exp(-b * (t ** (1.0 / n_index) - 1.0)) * taper
-    kappa = np.concatenate([[0.0], np.geomspace(1e-3, 200.0, 700)])
+    kappa = np.concatenate([[0.0], np.geomspace(1e-3, 200.0, 400)])
     weights = np.zeros_like(t)
     dt = np.diff(t)
     weights[:-1] += 0.5 * dt
@@ -173,13 +183,13 @@ def sersic_fourier(n_index: float, kappa: np.ndarray) -> np.ndarray:
 def fourier_grid_size(shape, r_e, q, length, psf: DoubleGaussianPsf) -> np.ndarray:
     """Side of the local FFT grid that holds an object without visible wrap-around (pixels).
 
-    The grid holds the profile out to 6 (Sersic 1) or 8 (Sersic 4) half-light
-    radii along the major axis, or the trail, plus the PSF out to where it
-    carries about 1e-4 of the light; what falls outside wraps around, spread
-    thinly over the far side of the grid.
+    The grid holds the profile out to 6 half-light radii along the major
+    axis, or the trail, plus the PSF out to where it carries about 1e-4 of the
+    light; what falls outside (at most a few per cent of a de Vaucouleurs
+    profile) wraps around, spread thinly over the far side of the grid.
     """
     shape = np.asarray(shape)
-    sersic = np.where(shape == 1, 6.0, _SERSIC_TRUNCATION) * np.asarray(r_e) / np.sqrt(np.asarray(q))
+    sersic = 6.0 * np.asarray(r_e) / np.sqrt(np.asarray(q))
     major = np.where(shape == SHAPE_TRAIL, 0.5 * np.asarray(length), sersic)
     need = 2 * (major + 3.0 * psf.wing_ratio * np.maximum(psf.sigma_x, psf.sigma_y)) + 2
     return _group_sizes(np.ceil(need).astype(int), _GRID_SIZES)
@@ -332,3 +342,59 @@ def _shape_fourier(shape, r_e, q, theta, length, ky, kx) -> np.ndarray:
         else:
             out[sel] = sersic_fourier(float(n_index), np.sqrt(kappa2))
     return out
+
+
+#: Fraction of a star's flux scattered into each diffraction spike, per pixel of radius squared.
+SPIKE_STRENGTH: float = 5e-3
+
+
+def render_spikes(
+    canvas: np.ndarray,
+    index: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    flux: np.ndarray,
+    psf: DoubleGaussianPsf,
+    angle: np.ndarray,
+    *,
+    floor: float = 1.0,
+    max_radius: float = 300.0,
+) -> None:
+    """Add the four diffraction spikes of the telescope spider around bright stars, in place.
+
+    A straight vane scatters light along a line through the star whose surface
+    brightness falls as ``1 / r^2``; across the line the profile is the PSF
+    core. Spikes start two core sigmas from the centre and are drawn out to
+    where they fall below ``floor`` (canvas units).
+
+    Parameters
+    ----------
+    canvas : `numpy.ndarray`, (n, H, W)
+    index, x, y, flux : `numpy.ndarray`, (m,)
+        Canvas, centre and flux of each bright star.
+    psf : `DoubleGaussianPsf`
+        PSF of each star (length m).
+    angle : `numpy.ndarray`, (m,)
+        Angle of the first spike (radians); the others follow at right angles.
+    """
+    _, height, width = canvas.shape
+    for i in range(len(index)):
+        sigma = float(np.sqrt(psf.sigma_x[i] * psf.sigma_y[i] + 1.0 / 12.0))
+        amplitude = flux[i] * SPIKE_STRENGTH / (np.sqrt(2 * np.pi) * sigma)
+        reach = min(np.sqrt(max(amplitude / floor, 0.0)), max_radius)
+        r0 = 2.0 * sigma
+        if reach <= r0:
+            continue
+        x0, x1 = int(max(np.floor(x[i] - reach), 0)), int(min(np.ceil(x[i] + reach) + 1, width))
+        y0, y1 = int(max(np.floor(y[i] - reach), 0)), int(min(np.ceil(y[i] + reach) + 1, height))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        dx = np.arange(x0, x1)[None, :] - x[i]
+        dy = np.arange(y0, y1)[:, None] - y[i]
+        c, s = np.cos(angle[i]), np.sin(angle[i])
+        value = 0.0
+        for u, v in ((dx * c + dy * s, -dx * s + dy * c), (-dx * s + dy * c, dx * c + dy * s)):
+            # u along the spike, v across it.
+            r = np.maximum(np.abs(u), r0)
+            value = value + np.exp(-0.5 * (v / sigma) ** 2) / r**2 * (np.abs(u) < reach)
+        canvas[index[i], y0:y1, x0:x1] += (amplitude * value).astype(canvas.dtype)

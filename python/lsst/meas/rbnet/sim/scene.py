@@ -126,8 +126,9 @@ class Scene:
             dtype = _dtype(name)
             row[name] = np.broadcast_to(np.asarray(value, dtype=dtype), (m,)).copy()
         if kind == "cr":
-            # Track ids are made unique across calls.
-            _, inverse = np.unique(row["track"], return_inverse=True)
+            # Track ids are made unique across calls and canvases (copies of a track are separate tracks).
+            _, inverse = np.unique(np.stack([row["track"], row["canvas"]]), axis=1, return_inverse=True)
+            inverse = inverse.reshape(-1)
             row["track"] = inverse + self._next_track
             self._next_track = int(row["track"].max()) + 1
         self._parts[kind].append(row)
@@ -199,6 +200,48 @@ class Scene:
             canvas = canvas_of_obj[obj]
             del cols["canvas"]
             new.add(kind, canvas, **cols)
+        return new
+
+    def replicate(self, source_canvas: np.ndarray, dx=None, dy=None, obj=None, new_canvas=None) -> "Scene":
+        """Copies of every component on new canvases.
+
+        Copy ``j`` receives every component on canvas ``source_canvas[j]``
+        (shifted by ``dx[j]``, ``dy[j]`` and given object index ``obj[j]`` when
+        those are given; ``obj`` is kept otherwise) and goes to canvas
+        ``new_canvas[j]`` (``j`` by default).
+        """
+        source_canvas = np.asarray(source_canvas)
+        new = Scene()
+        order = np.argsort(source_canvas, kind="stable")
+        sorted_src = source_canvas[order]
+        for kind, table in self.tables().items():
+            if not len(table["canvas"]):
+                continue
+            # For each component, the new canvases copying its canvas.
+            lo = np.searchsorted(sorted_src, table["canvas"], side="left")
+            hi = np.searchsorted(sorted_src, table["canvas"], side="right")
+            counts = hi - lo
+            if not counts.sum():
+                continue
+            rows = np.repeat(np.arange(len(counts)), counts)
+            starts = np.repeat(lo, counts)
+            within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            targets = order[starts + within]
+            cols = {k: v[rows].copy() for k, v in table.items() if k != "canvas"}
+            if dx is not None:
+                ddx = np.asarray(dx)[targets]
+                ddy = np.asarray(dy)[targets]
+                if "x" in cols:
+                    cols["x"] += ddx
+                for name in ("y", "y0", "y1"):
+                    if name in cols:
+                        cols[name] += ddy
+                if kind == "edge":
+                    cols["boundary"] += np.where(cols["side"] < 2, ddx, ddy)
+                    cols["center"] += np.where(cols["side"] < 2, ddy, ddx)
+            if obj is not None:
+                cols["obj"] = np.asarray(obj)[targets]
+            new.add(kind, targets if new_canvas is None else np.asarray(new_canvas)[targets], **cols)
         return new
 
     def __len__(self) -> int:

@@ -33,6 +33,7 @@ from .artifacts import add_background_artifacts
 from .imaging import (
     Conditions,
     difference_sky_sigma,
+    local_canvas_size,
     measure_objects,
     observe,
     psf_photometry,
@@ -263,8 +264,7 @@ def _positions(rng, classes, height, width, min_separation):
 
 
 def _local_size(cond: Conditions) -> int:
-    reach = 0.7 * float(np.max(cond.psf_difference.extent)) + 2.5 * float(np.max(cond.psf_science.fwhm))
-    return scipy.fft.next_fast_len(max(_LOCAL_MIN, int(2 * reach) + 8), real=True)
+    return local_canvas_size(cond, _LOCAL_MIN)
 
 
 def scale_labelled(rng, labelled: Scene, noise_scene: Scene, classes, info, cond1: Conditions, snr_range,

@@ -220,6 +220,12 @@ class ReliabilityConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Reliabi
     cutoutSize = pexConfig.Field[int](
         doc="Side of the written stamps (pixels); 0 uses the model's stamp size.", default=0
     )
+    modelPackageName = pexConfig.Field[str](
+        doc="If set, the model must come from the run pretrained_models/<modelPackageName> (as registered by "
+        "'rbnet register-model --name'); empty accepts the first model found in the input collections "
+        "(e.g. the newest in the pretrained_models chain).",
+        default="",
+    )
     expectedModelVersion = pexConfig.Field[str](
         doc="If set, the model package's version must equal this (guards a deployment against picking up "
         "the wrong model from the collections).",
@@ -367,6 +373,14 @@ class ReliabilityTask(pipeBase.PipelineTask):
     # ------------------------------------------------------------------
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        if self.config.modelPackageName:
+            run = inputRefs.pretrainedModel.run
+            wanted = f"pretrained_models/{self.config.modelPackageName}"
+            if run != wanted and not run.startswith(wanted + "/"):
+                raise ValueError(
+                    f"config.modelPackageName is {self.config.modelPackageName!r}, but the model found in the "
+                    f"input collections is in run {run!r}; put {wanted!r} first in the inputs."
+                )
         inputs = butlerQC.get(inputRefs)
         outputs = self.run(**inputs)
         # Only now, with everything computed, is anything written.

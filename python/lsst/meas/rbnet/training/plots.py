@@ -22,14 +22,12 @@ import numpy as np
 from . import metrics as M
 
 
-def _figure(figsize=(6.0, 4.5)):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+def _figure(figsize=(6.0, 4.5), layout: str | None = "constrained"):
     from matplotlib.figure import Figure
 
-    # A bare Figure (no pyplot) keeps no global state and is safe in threads.
-    return Figure(figsize=figsize, layout="constrained")
+    # A bare Figure (no pyplot) keeps no global state, needs no display and is safe in threads.
+    # Grids of many panels use fixed margins: constrained layout costs seconds there.
+    return Figure(figsize=figsize, layout=layout)
 
 
 def _save(fig, path) -> Path:
@@ -131,7 +129,9 @@ def plot_score_histograms(
     names = M._ordered_class_names(np.unique(c))
     ncol = 3
     nrow = int(np.ceil(len(names) / ncol))
-    fig = _figure((3.2 * ncol, 1.9 * nrow + 0.4))
+    fig = _figure((3.2 * ncol, 1.9 * nrow + 0.4), layout=None)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.5 / (1.9 * nrow + 0.4), top=1 - 0.6 / (1.9 * nrow + 0.4),
+                        hspace=0.45, wspace=0.2)
     axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True)).ravel()
     bins = np.linspace(0, 1, 41)
     for ax, name in zip(axes, names):
@@ -188,7 +188,10 @@ def plot_gallery(
     """
     x = np.asarray(stamps, dtype=np.float32)
     n, c = x.shape[:2]
-    fig = _figure((1.5 * c + 1.8, 1.5 * max(n, 1) + 0.4))
+    height = 1.5 * max(n, 1) + 0.5
+    fig = _figure((1.5 * c + 1.8, height), layout=None)
+    fig.subplots_adjust(left=1.7 / (1.5 * c + 1.8), right=0.98, bottom=0.1 / height, top=1 - 0.7 / height,
+                        hspace=0.08, wspace=0.05)
     if n == 0:
         fig.suptitle(title + " (none)")
         return _save(fig, path)
@@ -206,7 +209,7 @@ def plot_gallery(
                 ax.set_title(channel_names[j], fontsize=8)
         axes[i, 0].set_ylabel(titles[i], fontsize=7, rotation=0, ha="right", va="center")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1 - 0.12 / height)
     return _save(fig, path)
 
 

@@ -1,0 +1,350 @@
+# This file is part of meas_rbnet.
+"""Stratified k-fold evaluation of sequence classifiers, and ROC curves of several models.
+
+As in the RB_ZTF paper the labelled objects are split into ``k`` (5) folds; each fold
+is the test set of one model trained on the other ``k - 1`` (with its own inner
+validation split for early stopping and its own feature standardisation), and the
+metrics are reported as mean +/- standard deviation over folds:
+
+- ROC-AUC (does not depend on which class is called positive);
+- accuracy at probability 0.5;
+- F1 of the *artifact* class (the positive class of the paper's table, where
+  label 1 = artifact), and in the JSON also F1 of the real class.
+
+With two or more models, an ``ensemble`` row averages their fold probabilities.
+A wall-time budget can be shared out between the fits (`cross_validate`'s
+``time_budget``): each fit gets the remaining budget divided by the fits still to
+run and keeps its best epoch when its share runs out.
+"""
+
+__all__ = [
+    "MODEL_ALIASES",
+    "resolve_model",
+    "stratified_kfold",
+    "FoldResult",
+    "ModelCV",
+    "CVResult",
+    "cross_validate",
+    "plot_roc",
+]
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..constants import BOGUS, REAL
+from ..training.metrics import accuracy, f1, roc_auc, roc_curve
+from .latents import LatentSet
+from .train import SequenceTrainConfig, fit_sequence_classifier, predict_logits
+
+#: Short model names accepted on the command line -> registered architectures.
+MODEL_ALIASES: dict[str, str] = {
+    "bigru": "seq_bigru",
+    "gru": "seq_gru",
+    "lstm": "seq_lstm",
+    "conv1d": "seq_conv1d",
+}
+
+
+def resolve_model(name: str) -> str:
+    """Registered architecture name of a short or full model name."""
+    name = name.strip()
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]
+    if name in MODEL_ALIASES.values():
+        return name
+    raise ValueError(f"Unknown sequence model {name!r}; expected one of {sorted(MODEL_ALIASES)}.")
+
+
+def stratified_kfold(labels: np.ndarray, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified ``k``-fold split.
+
+    Parameters
+    ----------
+    labels : `numpy.ndarray`
+        ``(N,)`` class labels.
+    k : `int`
+        Number of folds (>= 2, at most the size of the smallest class).
+    seed : `int`
+        Random seed of the shuffle.
+
+    Returns
+    -------
+    folds : `list` [`tuple` [`numpy.ndarray`, `numpy.ndarray`]]
+        ``(train_index, test_index)`` per fold; every object is in exactly one test set
+        and each class is spread over the folds as evenly as possible.
+    """
+    labels = np.asarray(labels)
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}.")
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise ValueError("k-fold evaluation needs both classes.")
+    if counts.min() < k:
+        raise ValueError(f"k = {k} folds need at least {k} objects of each class; the smallest class has {counts.min()}.")
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    offset = 0
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        # Continue the round robin where the previous class stopped, so fold sizes stay balanced.
+        fold_of[idx] = (np.arange(len(idx)) + offset) % k
+        offset = (offset + len(idx)) % k
+    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
+@dataclasses.dataclass
+class FoldResult:
+    """Metrics of one model on one test fold."""
+
+    fold: int
+    roc_auc: float
+    accuracy: float
+    f1_artifact: float
+    f1_real: float
+    seconds: float
+    best_epoch: int
+    epochs: int
+    n_train: int
+    n_test: int
+
+
+@dataclasses.dataclass
+class ModelCV:
+    """One model's k-fold results.
+
+    Attributes
+    ----------
+    name : `str`
+        Short name (``"bigru"``, ..., ``"ensemble"``).
+    architecture : `str`
+        Registered architecture (``""`` for the ensemble).
+    folds : `list` [`FoldResult`]
+        Per-fold metrics.
+    probabilities : `numpy.ndarray`
+        ``(N,)`` out-of-fold ``P(real)`` of every object.
+    """
+
+    name: str
+    architecture: str
+    folds: list[FoldResult]
+    probabilities: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Mean and standard deviation over folds of each metric, and the total time."""
+        out: dict[str, float] = {}
+        for key in ("roc_auc", "accuracy", "f1_artifact", "f1_real"):
+            v = np.array([getattr(f, key) for f in self.folds], dtype=float)
+            out[f"{key}_mean"] = float(v.mean())
+            # Population std over folds (as numpy's default; the paper does not say which).
+            out[f"{key}_std"] = float(v.std())
+        out["seconds"] = float(sum(f.seconds for f in self.folds))
+        return out
+
+
+@dataclasses.dataclass
+class CVResult:
+    """k-fold results of several models on the same folds."""
+
+    models: dict[str, ModelCV]
+    labels: np.ndarray
+    object_ids: np.ndarray
+    fold_of: np.ndarray
+    k: int
+    seed: int
+    settings: dict[str, Any]
+    seconds: float
+
+    def table_lines(self) -> list[str]:
+        """The results table: model, ROC-AUC, accuracy, F1, time."""
+        head = f"{'model':<10} {'ROC-AUC':>15} {'accuracy':>15} {'F1 (artifact)':>15} {'time':>8}"
+        lines = [head, "-" * len(head)]
+        for name, m in self.models.items():
+            s = m.summary()
+            lines.append(
+                f"{name:<10} {s['roc_auc_mean']:>7.3f} +/- {s['roc_auc_std']:.3f} "
+                f"{s['accuracy_mean']:>7.3f} +/- {s['accuracy_std']:.3f} "
+                f"{s['f1_artifact_mean']:>7.3f} +/- {s['f1_artifact_std']:.3f} {s['seconds']:>7.0f}s"
+            )
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (summaries, per-fold metrics and out-of-fold probabilities)."""
+        return {
+            "k": self.k,
+            "seed": self.seed,
+            "n_objects": int(len(self.labels)),
+            "n_real": int((self.labels == REAL).sum()),
+            "n_bogus": int((self.labels == BOGUS).sum()),
+            "seconds": self.seconds,
+            "settings": self.settings,
+            "models": {
+                name: {
+                    "architecture": m.architecture,
+                    "summary": m.summary(),
+                    "folds": [dataclasses.asdict(f) for f in m.folds],
+                }
+                for name, m in self.models.items()
+            },
+            "predictions": {
+                "object_id": self.object_ids.tolist(),
+                "label_real": self.labels.astype(int).tolist(),
+                "fold": self.fold_of.astype(int).tolist(),
+                **{f"p_real_{name}": np.round(m.probabilities, 6).tolist() for name, m in self.models.items()},
+            },
+        }
+
+
+def _fold_metrics(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    auc = roc_auc(p, y) if 0 < y.sum() < len(y) else float("nan")
+    return auc, accuracy(p, y, 0.5), f1(1.0 - p, 1 - y, 0.5), f1(p, y, 0.5)
+
+
+def cross_validate(
+    latents: LatentSet,
+    models: Sequence[str] = ("bigru",),
+    k: int = 5,
+    seed: int = 0,
+    loss: str = "bce",
+    time_budget: float | None = None,
+    config_overrides: dict[str, dict[str, Any]] | None = None,
+    ensemble: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> CVResult:
+    """Stratified k-fold evaluation of sequence models on the same folds.
+
+    Parameters
+    ----------
+    latents : `LatentSet`
+        Labelled objects (1 = real).
+    models : sequence of `str`
+        Model names (`MODEL_ALIASES` keys or registered architectures).
+    k : `int`
+        Number of folds.
+    seed : `int`
+        Seed of the folds and of training.
+    loss : `str`
+        ``"bce"`` or ``"bce+tversky"``.
+    time_budget : `float`, optional
+        Wall seconds for all fits together (shared out as they run).
+    config_overrides : `dict`, optional
+        Per model name, `SequenceTrainConfig` fields to override (``hyperparameters``
+        are merged with the defaults).
+    ensemble : `bool`
+        Add an ``"ensemble"`` row averaging the models' probabilities (two or more models).
+    log : callable, optional
+        Progress lines.
+
+    Returns
+    -------
+    result : `CVResult`
+    """
+    if latents.labels is None:
+        raise ValueError("cross_validate needs labelled latents.")
+    t_start = time.perf_counter()
+    names = [m.strip() for m in models if m.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"models must be distinct names, got {list(models)}.")
+    archs = {name: resolve_model(name) for name in names}
+    y = latents.labels.astype(np.int64)
+    folds = stratified_kfold(y, k, seed)
+    fold_of = np.empty(len(y), dtype=np.int64)
+    for f, (_, test) in enumerate(folds):
+        fold_of[test] = f
+    overrides = config_overrides or {}
+    probs = {name: np.full(len(y), np.nan) for name in names}
+    results: dict[str, list[FoldResult]] = {name: [] for name in names}
+    n_fits = len(folds) * len(names)
+    done = 0
+    for f, (train, test) in enumerate(folds):
+        for name in names:
+            ov = dict(overrides.get(name, {}))
+            hp = dict(ov.pop("hyperparameters", {}))
+            max_seconds = None
+            if time_budget is not None:
+                remaining = time_budget - (time.perf_counter() - t_start)
+                # Leave a little for evaluation and plotting after the last fit.
+                max_seconds = max(5.0, 0.97 * remaining / (n_fits - done))
+            config = SequenceTrainConfig(
+                architecture=archs[name], hyperparameters=hp, loss=loss, seed=seed * 1000 + f,
+                max_seconds=max_seconds, **ov,
+            )
+            fit = fit_sequence_classifier(latents, train, config)
+            p = _sigmoid(predict_logits(fit.model, latents, test, device=config.device))
+            probs[name][test] = p
+            auc, acc, f1a, f1r = _fold_metrics(p, y[test])
+            results[name].append(FoldResult(f, auc, acc, f1a, f1r, fit.seconds, fit.best_epoch,
+                                            len(fit.history), len(train), len(test)))
+            done += 1
+            if log is not None:
+                log(f"fold {f + 1}/{k} {name:<7} AUC {auc:.3f}  acc {acc:.3f}  F1(artifact) {f1a:.3f}  "
+                    f"epochs {len(fit.history)} (best {fit.best_epoch})  {fit.seconds:.0f}s")
+    out = {name: ModelCV(name, archs[name], results[name], probs[name]) for name in names}
+    if ensemble and len(names) > 1:
+        p_ens = np.mean([probs[n] for n in names], axis=0)
+        ens_folds = []
+        for f, (train, test) in enumerate(folds):
+            auc, acc, f1a, f1r = _fold_metrics(p_ens[test], y[test])
+            secs = sum(results[n][f].seconds for n in names)
+            ens_folds.append(FoldResult(f, auc, acc, f1a, f1r, secs, 0, 0, len(train), len(test)))
+        out["ensemble"] = ModelCV("ensemble", "", ens_folds, p_ens)
+    settings = {"models": {n: archs[n] for n in names}, "loss": loss, "time_budget": time_budget,
+                "overrides": overrides, "has_times": latents.has_times, "width": latents.width}
+    return CVResult(out, y, latents.object_ids, fold_of, k, seed, settings, time.perf_counter() - t_start)
+
+
+def plot_roc(result: CVResult, path: str, title: str | None = None) -> None:
+    """ROC curves of all models in one plot: mean over folds with a +/- 1 std band.
+
+    Parameters
+    ----------
+    result : `CVResult`
+        Output of `cross_validate`.
+    path : `str`
+        Image file to write (format from the extension, e.g. ``.png``).
+    title : `str`, optional
+        Plot title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(0.0, 1.0, 201)
+    fig, ax = plt.subplots(figsize=(6.0, 5.5))
+    for name, m in result.models.items():
+        curves = []
+        for f in range(result.k):
+            sel = result.fold_of == f
+            yy = result.labels[sel]
+            if yy.min() == yy.max():
+                continue
+            fpr, tpr, _ = roc_curve(m.probabilities[sel], yy)
+            curves.append(np.interp(grid, fpr, tpr))
+        if not curves:
+            continue
+        curves = np.array(curves)
+        mean, std = curves.mean(0), curves.std(0)
+        s = m.summary()
+        line, = ax.plot(grid, mean, lw=2 if name == "ensemble" else 1.5,
+                        label=f"{name}: AUC {s['roc_auc_mean']:.3f} $\\pm$ {s['roc_auc_std']:.3f}")
+        ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=line.get_color(),
+                        alpha=0.15)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set_xlabel("false positive rate (artifacts scored real)")
+    ax.set_ylabel("true positive rate (real objects kept)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_title(title or f"Sequence models, {result.k}-fold CV ({len(result.labels)} objects)")
+    ax.legend(loc="lower right", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,254 @@
+# This file is part of meas_rbnet.
+"""Score objects with a sequence model package: frames -> VAE latents -> classifier -> P(real).
+
+A sequence package (``kind="sequence"``) has two components, ``"encoder"`` (the
+``"vae"`` architecture) and ``"classifier"`` (a ``"seq_*"`` architecture), and keeps
+in ``extra``:
+
+``"frame_size"``
+    Side ``F`` of the frames the VAE reads (28 by default, as in the RB_ZTF paper).
+``"frame_channels"``
+    Channel names of the frames, e.g. ``["science"]`` (the paper) or the triplet.
+``"frame_crop"``
+    How a frame is cut from a per-visit stamp of the contract's (odd) ``stamp_size``:
+    the stamp's first ``F`` rows and columns, so the source pixel
+    ``stamp_size // 2`` stays at ``F // 2`` (for 29 -> 28: pixel 14 in both).
+``"latent_columns"``
+    Latent columns the classifier reads (``[0, latent_dim]``: the means).
+
+The package's input contract is that of the per-visit stamps (``stamp_size`` odd,
+e.g. 29; channels; normalisation): frames are normalised per frame and channel with
+`lsst.meas.rbnet.cutouts.normalize_stamps` under that contract before encoding.
+
+Scoring streams: objects are taken in chunks of at most ``chunk_frames`` frames,
+encoded in batches, then classified in length-bucketed batches, so memory stays
+bounded however many objects there are.
+"""
+
+__all__ = ["SequenceScorer", "score_sequences", "frames_from_stamps"]
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..constants import CHANNEL_ORDER
+from ..cutouts import normalize_stamps
+from ..package import ModelPackage, ModelPackageError
+from .data import collate, length_batches
+from .encode import fused_encoder
+
+
+def frames_from_stamps(stamps: np.ndarray, frame_size: int) -> np.ndarray:
+    """Cut ``(N, C, F, F)`` frames from ``(N, C, S, S)`` stamps keeping the source pixel.
+
+    The source sits at pixel ``S // 2`` of a stamp and at ``F // 2`` of a frame,
+    so the frame is ``stamp[..., a:a + F, a:a + F]`` with ``a = S // 2 - F // 2``.
+    """
+    s = stamps.shape[-1]
+    if stamps.ndim != 4 or stamps.shape[-2] != s:
+        raise ValueError(f"Expected square stamps (N, C, S, S), got {stamps.shape}.")
+    if s == frame_size:
+        return stamps
+    if s < frame_size:
+        raise ValueError(f"Stamps of side {s} are smaller than the model's frames ({frame_size}).")
+    a = s // 2 - frame_size // 2
+    return stamps[..., a : a + frame_size, a : a + frame_size]
+
+
+class SequenceScorer:
+    """A sequence model package loaded once, ready to score many objects.
+
+    Parameters
+    ----------
+    package : `lsst.meas.rbnet.package.ModelPackage` or path
+        A package of kind ``"sequence"``.
+    device : `str`
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+    chunk_frames : `int`
+        Frames encoded per chunk of objects (memory bound).
+    encode_batch : `int`
+        Frames per VAE forward pass.
+    classify_frames : `int`
+        Padded frames per classifier batch.
+    """
+
+    def __init__(
+        self,
+        package: ModelPackage | str | os.PathLike,
+        device: str = "cpu",
+        chunk_frames: int = 65536,
+        encode_batch: int = 4096,
+        classify_frames: int = 65536,
+    ):
+        if not isinstance(package, ModelPackage):
+            package = ModelPackage.load(package)
+        if package.kind != "sequence":
+            raise ModelPackageError(f"SequenceScorer needs a package of kind 'sequence', got {package.kind!r}.")
+        for comp in ("encoder", "classifier"):
+            if comp not in package.components:
+                raise ModelPackageError(f"a sequence package needs an {comp!r} component, got {sorted(package.components)}.")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.package = package
+        self.vae = package.build("encoder")
+        self.encoder = fused_encoder(self.vae).to(self.device)
+        self.classifier = package.build("classifier").to(self.device)
+        self.temperature = float(package.temperature)
+        self.contract = package.contract
+        extra = package.extra
+        self.frame_size = int(extra.get("frame_size", self.vae.frame_size))
+        self.frame_channels = tuple(extra.get("frame_channels", package.contract.channels))
+        cols = extra.get("latent_columns", [0, self.vae.latent_dim])
+        self.latent_columns = slice(int(cols[0]), int(cols[1]))
+        self.chunk_frames = int(chunk_frames)
+        self.encode_batch = int(encode_batch)
+        self.classify_frames = int(classify_frames)
+
+    @property
+    def version(self) -> str:
+        """The package's ``reliabilityVersion``."""
+        return self.package.version
+
+    def _select_channels(self, frames: np.ndarray, channels: Sequence[str] | None) -> np.ndarray:
+        c = frames.shape[1]
+        if channels is None:
+            if c == len(self.frame_channels):
+                return frames
+            if c == len(CHANNEL_ORDER):
+                channels = CHANNEL_ORDER
+            else:
+                raise ValueError(f"Frames have {c} channels; the model reads {self.frame_channels}. "
+                                 "Pass channels=... to name the frames' channels.")
+        channels = tuple(channels)
+        if len(channels) != c:
+            raise ValueError(f"channels {channels} do not match the frames' {c} channels.")
+        missing = [ch for ch in self.frame_channels if ch not in channels]
+        if missing:
+            raise ValueError(f"The model needs channels {self.frame_channels}; the frames lack {missing}.")
+        return frames[:, [channels.index(ch) for ch in self.frame_channels]]
+
+    def latents(self, frames: np.ndarray, channels: Sequence[str] | None = None,
+                normalized: bool = False) -> np.ndarray:
+        """``(N, D)`` float32 latent means of frames (or stamps) ``(N, C, S, S)``."""
+        frames = frames_from_stamps(self._select_channels(np.asarray(frames), channels), self.frame_size)
+        x = np.ascontiguousarray(frames, dtype=np.float32)
+        if normalized:
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        else:
+            x = normalize_stamps(x, self.contract)
+        out = np.empty((len(x), self.encoder.fc_mu.out_features), dtype=np.float32)
+        with torch.inference_mode():
+            for i in range(0, len(x), self.encode_batch):
+                mu, _ = self.encoder(torch.from_numpy(x[i : i + self.encode_batch]).to(self.device))
+                out[i : i + len(mu)] = mu.float().cpu().numpy()
+        return out[:, self.latent_columns]
+
+    def score_latents(self, latents: np.ndarray, offsets: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated ``P(real)`` ``(n_objects,)`` float32 from latents ``(sum T_i, D)``; NaN for empty objects."""
+        offsets = _check_offsets(offsets, len(latents))
+        n = len(offsets) - 1
+        out = np.full(n, np.nan, dtype=np.float32)
+        lengths = np.diff(offsets)
+        keep = np.flatnonzero(lengths > 0)
+        if len(keep) == 0:
+            return out
+        values = np.ascontiguousarray(latents, dtype=np.float32)
+        t = None if times is None else np.asarray(times, dtype=np.float64)
+        with torch.inference_mode():
+            for b in length_batches(lengths[keep], self.classify_frames, 512):
+                batch = collate(values, offsets, keep[b], t, device=self.device)
+                z = self.classifier(batch.x, batch.lengths, batch.dt).float().cpu().numpy()
+                out[keep[b]] = 1.0 / (1.0 + np.exp(-np.clip(z / self.temperature, -60, 60)))
+        return out
+
+    def score(
+        self,
+        frames: np.ndarray,
+        offsets: np.ndarray,
+        times: np.ndarray | None = None,
+        channels: Sequence[str] | None = None,
+        normalized: bool = False,
+    ) -> np.ndarray:
+        """Calibrated ``P(real)`` of each object from its frames.
+
+        Parameters
+        ----------
+        frames : `numpy.ndarray`
+            ``(sum T_i, C, S, S)`` raw frames or stamps (pixels, e.g. nJy; NaN where
+            no data), objects concatenated, each object's visits in time order.
+            ``S >= frame_size``; larger stamps are cut around the source pixel.
+        offsets : `numpy.ndarray`
+            ``(n_objects + 1,)``; object ``i`` has frames ``offsets[i]:offsets[i + 1]``.
+        times : `numpy.ndarray`, optional
+            ``(sum T_i,)`` visit times (days, e.g. MJD); without them ``dt = 0``.
+        channels : sequence of `str`, optional
+            Channel names of ``frames`` (default: the model's, or `CHANNEL_ORDER` for 3).
+        normalized : `bool`
+            The frames are already normalised as the contract says.
+
+        Returns
+        -------
+        reliability : `numpy.ndarray`
+            ``(n_objects,)`` float32; NaN for an object with no frame.
+        """
+        frames = np.asarray(frames) if not isinstance(frames, np.ndarray) else frames
+        if frames.ndim != 4:
+            raise ValueError(f"frames must be (N, C, S, S), got shape {frames.shape}.")
+        offsets = _check_offsets(offsets, len(frames))
+        if times is not None and np.shape(times) != (len(frames),):
+            raise ValueError(f"times must have one value per frame ({len(frames)}), got shape {np.shape(times)}.")
+        n = len(offsets) - 1
+        out = np.full(n, np.nan, dtype=np.float32)
+        start = 0
+        while start < n:
+            stop = start + 1
+            while stop < n and offsets[stop + 1] - offsets[start] <= self.chunk_frames:
+                stop += 1
+            a, b = offsets[start], offsets[stop]
+            lat = self.latents(frames[a:b], channels, normalized)
+            tt = None if times is None else np.asarray(times[a:b], dtype=np.float64)
+            out[start:stop] = self.score_latents(lat, offsets[start : stop + 1] - a, tt)
+            start = stop
+        return out
+
+
+def _check_offsets(offsets, n_frames: int) -> np.ndarray:
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n_frames:
+        raise ValueError(f"offsets must be (n_objects + 1,) running from 0 to the number of frames ({n_frames}).")
+    if np.any(np.diff(offsets) < 0):
+        raise ValueError("offsets must be non-decreasing.")
+    return offsets
+
+
+def score_sequences(
+    package: ModelPackage | str | os.PathLike | SequenceScorer,
+    frames: np.ndarray,
+    offsets: np.ndarray,
+    times: np.ndarray | None = None,
+    *,
+    channels: Sequence[str] | None = None,
+    normalized: bool = False,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Score objects from their frame sequences with a sequence model package.
+
+    Parameters
+    ----------
+    package : `ModelPackage`, path, or `SequenceScorer`
+        The model (a scorer is reused as is; a package is loaded once per call).
+    frames, offsets, times, channels, normalized
+        As in `SequenceScorer.score`.
+    device : `str`
+        Torch device when a scorer is built here.
+
+    Returns
+    -------
+    reliability : `numpy.ndarray`
+        ``(n_objects,)`` float32 calibrated ``P(real)``; NaN for objects without frames.
+    """
+    scorer = package if isinstance(package, SequenceScorer) else SequenceScorer(package, device=device)
+    return scorer.score(frames, offsets, times, channels=channels, normalized=normalized)

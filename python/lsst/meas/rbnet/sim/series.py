@@ -1,0 +1,228 @@
+# This file is part of meas_rbnet.
+"""A series of detector-sized visits of the same field: the data a sequence pipeline sees.
+
+The pointing is fixed (so artifacts at a fixed pixel also sit at a fixed sky
+position), the static field and the template are the same in every visit
+(one coadd, observed once), and each visit has its own seeing, sky, time and
+unlabelled artifacts (cosmic rays differ from visit to visit). Objects behave
+as described in `lsst.meas.rbnet.sim.sequences`; every visit's source table
+lists every object (forced measurements), with its stable ``diaObjectId``.
+"""
+
+__all__ = ["simulate_visit_series"]
+
+import numpy as np
+
+from ..constants import BOGUS, REAL, REAL_CLASSES
+from .artifacts import add_background_artifacts
+from .imaging import Conditions, add_template_noise, observe, psf_photometry, render_models, sample_conditions
+from .scene import Scene
+from .sequences import _draw_objects, _object_components, rubin_cadence
+from .stamps import class_counts
+from .visit import (
+    BAND_FILTERS,
+    NJY_ZERO_POINT,
+    SimulatedVisit,
+    VisitMetadata,
+    _local_size,
+    _place,
+    _SkyModel,
+    _template_coverage,
+    _to_visit,
+    make_wcs,
+    source_ids,
+)
+
+
+def simulate_visit_series(
+    n_visits: int,
+    seed: int,
+    shape=(512, 512),
+    n_objects: int = 100,
+    *,
+    real_fraction: float = 0.5,
+    class_fractions: dict | None = None,
+    fwhm_range=(1.5, 6.0),
+    snr_range=(3.0, 1000.0),
+    first_visit: int | None = None,
+    detector: int = 0,
+    band: str = "r",
+    pixel_scale: float = 0.2,
+    ra: float | None = None,
+    dec: float | None = None,
+    rotation: float | None = None,
+    start_mjd: float = 61041.0,
+    density_factor: float = 1.0,
+    background_artifacts: bool = True,
+    min_separation: float = 30.0,
+    template_coverage: float = 0.0,
+) -> list[SimulatedVisit]:
+    """Simulate ``n_visits`` visits of one detector observing the same objects.
+
+    Parameters
+    ----------
+    n_visits : `int`
+    seed : `int`
+        The same arguments give identical output.
+    shape : `tuple` [`int`, `int`]
+        Detector (height, width), pixels.
+    n_objects : `int`
+        Labelled objects (rows of every visit's source table).
+    real_fraction, class_fractions, fwhm_range, snr_range
+        As for `lsst.meas.rbnet.sim.sequences.simulate_sequences` (S/N is each
+        object's peak S/N).
+    first_visit : `int`, optional
+        Visit id of the first visit (then +1 per visit); ``2026010100000 + 1000 * seed`` by default.
+    detector, band, pixel_scale, ra, dec, rotation
+        As for `lsst.meas.rbnet.sim.visit.simulate_visit` (one pointing for all visits).
+    start_mjd : `float`
+        The series starts within a year after this MJD.
+    density_factor, background_artifacts, min_separation, template_coverage
+        As for `lsst.meas.rbnet.sim.visit.simulate_visit`.
+
+    Returns
+    -------
+    visits : `list` [`SimulatedVisit`]
+        In time order. Source tables add ``diaObjectId`` (int64, stable),
+        ``kind`` and ``present`` (the object's signal is in this visit).
+    """
+    if n_visits < 1:
+        raise ValueError(f"n_visits must be >= 1, got {n_visits}.")
+    if band not in BAND_FILTERS:
+        raise ValueError(f"band must be one of {sorted(BAND_FILTERS)}, got {band!r}.")
+    height, width = int(shape[0]), int(shape[1])
+    rng = np.random.default_rng([seed, 0x5E1E5])
+    ra = float(rng.uniform(0, 360)) if ra is None else float(ra)
+    dec = float(np.rad2deg(np.arcsin(rng.uniform(-0.94, 0.17)))) if dec is None else float(dec)
+    rotation = float(rng.uniform(0, 360)) if rotation is None else float(rotation)
+    first_visit = 2026010100000 + 1000 * seed if first_visit is None else int(first_visit)
+    wcs = make_wcs((height, width), pixel_scale, ra, dec, rotation)
+
+    # Per-visit conditions with one template for the whole series.
+    cond_v = sample_conditions(rng, n_visits, fwhm_range=fwhm_range)
+    tmpl = sample_conditions(rng, 1, fwhm_range=fwhm_range)
+    idx = np.zeros(n_visits, int)
+    cond_v = Conditions(
+        psf_science=cond_v.psf_science, psf_template=tmpl.psf_template.take(idx),
+        sky_sigma_science=cond_v.sky_sigma_science, sky_sigma_template=tmpl.sky_sigma_template[idx],
+        gain_science=cond_v.gain_science, gain_template=tmpl.gain_template[idx], saturation=cond_v.saturation,
+        kernel_error=cond_v.kernel_error, template_dx=tmpl.template_dx[idx], template_dy=tmpl.template_dy[idx])
+    times = rubin_cadence(rng, n_visits, start_mjd + rng.uniform(0, 365))
+
+    counts = class_counts(n_objects, class_fractions, real_fraction)
+    classes = rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
+    size = _local_size(cond_v)
+    objs = _draw_objects(rng, classes, size, size // 2, [times] * n_objects, snr_range)
+    frame_visit = np.tile(np.arange(n_visits), n_objects)
+    cond_f = cond_v.take(frame_visit)
+    static_local = Scene()
+    parts = _object_components(rng, objs, [times] * n_objects, np.full(n_objects, n_visits), cond_f,
+                               (size, size), snr_range, static_local)
+
+    fwhm_max = float(np.max(np.concatenate([cond_v.psf_science.fwhm, cond_v.psf_template.fwhm])))
+    sky = _SkyModel.build(rng, tmpl, (height, width), pixel_scale, density_factor, False, fwhm_max=fwhm_max)
+    margin = sky.margin
+    # Detector positions: whole-pixel shifts of the local positions (keeps pixel-level artifacts on pixels).
+    px, py = _place(rng, n_objects, height, width, min_separation, border=3.0)
+    dx = np.round(px + margin - objs.x)
+    dy = np.round(py + margin - objs.y)
+    p = objs.params
+    for i in np.flatnonzero(classes == "edge"):
+        side, b = p["side"][i], p["boundary"][i]
+        chip = (margin, margin + width - 1, margin, margin + height - 1)[side]
+        if side < 2:
+            dx[i] = chip - b
+        else:
+            dy[i] = chip - b
+    gx = objs.x + dx
+    gy = objs.y + dy
+    static = Scene()
+    static.extend(sky.scene)
+    static.extend(static_local.replicate(np.arange(n_objects), dx=dx, dy=dy, new_canvas=np.zeros(n_objects, int)))
+    _, tmpl_model, *_ = render_models(static, tmpl, sky.canvas_shape, with_artifacts=False)
+    template = add_template_noise(tmpl_model, tmpl, rng)
+    del tmpl_model
+    covered = _template_coverage(rng, template_coverage, sky.canvas_shape, margin, (height, width))
+
+    noise = parts["noise"]
+    visits = []
+    object_ids = np.arange(1, n_objects + 1, dtype=np.int64) + np.int64(seed) * 10_000_000
+    for v in range(n_visits):
+        frames = np.arange(n_objects) * n_visits + v
+        scene = Scene()
+        scene.extend(static)
+        # Frame f = object i, visit v: move its components to the detector canvas.
+        mapping = np.full(n_objects * n_visits, -1)
+        mapping[frames] = np.arange(n_objects)
+        scene.extend(parts["per_frame"].replicate(frames, dx=dx, dy=dy, new_canvas=np.zeros(n_objects, int)))
+        if background_artifacts:
+            add_background_artifacts(scene, rng, 1, *sky.canvas_shape, cond_v.sky_sigma_science[v : v + 1])
+        noise_objects = None
+        if noise is not None and np.isin(noise["canvas"], frames).any():
+            rows = np.flatnonzero(np.isin(noise["canvas"], frames))
+            obj_of_row = mapping[noise["canvas"][rows]]
+            renumber = np.full(len(noise["canvas"]), -1)
+            renumber[rows] = np.arange(len(rows))
+            keys = noise["keys"].select(lambda t: np.isin(t["obj"], rows))
+            for table in keys.tables().values():
+                table["obj"] = renumber[table["obj"]]
+            keys = keys.replicate(noise["canvas"][rows], dx=dx[obj_of_row], dy=dy[obj_of_row],
+                                  new_canvas=np.zeros(len(rows), int))
+            noise_objects = {"keys": keys, "canvas": np.zeros(len(rows), int), "x": gx[obj_of_row],
+                             "y": gy[obj_of_row], "snr": noise["snr"][rows], "unit": noise["unit"][rows]}
+        cond1 = cond_v.take([v])
+        obs = observe(scene, cond1, sky.canvas_shape, rng, crop=(margin, margin, height, width),
+                      on_chip=sky.on_chip, template_covered=covered, template=template,
+                      noise_objects=noise_objects)
+        meta = VisitMetadata(
+            visit=first_visit + v, detector=int(detector), mjd=float(times[v]), band=band,
+            physical_filter=BAND_FILTERS[band], pixel_scale=float(pixel_scale), wcs=wcs,
+            fwhm_science=float(cond1.psf_science.fwhm[0]), fwhm_template=float(cond1.psf_template.fwhm[0]),
+            fwhm_difference=float(cond1.psf_difference.fwhm[0]), zero_point=NJY_ZERO_POINT, exposure_time=30.0,
+            sky_noise_science=float(cond1.sky_sigma_science[0]),
+            sky_noise_template=float(cond1.sky_sigma_template[0]),
+            sky_noise_difference=float(obs.sky_sigma_difference[0]),
+            instrumental_zero_point=float(NJY_ZERO_POINT + 2.5 * np.log10(cond1.gain_science[0])),
+            saturation=float(cond1.saturation[0]), seed=int(seed))
+        snr_signed = parts["frame_snr"][frames]
+        area = cond1.psf_difference.effective_area()[0]
+        truth_flux = snr_signed * obs.sky_sigma_difference[0] * np.sqrt(area)
+        truth_x = gx - margin
+        truth_y = gy - margin
+        snr = np.abs(snr_signed)
+        err = np.minimum(np.sqrt(2.0) * cond1.psf_difference.sigma[0] / np.maximum(snr, 1.0), 1.5)
+        x = truth_x + rng.normal(0, 1, n_objects) * err
+        y = truth_y + rng.normal(0, 1, n_objects) * err
+        flux, flux_err = psf_photometry(obs.difference[0], obs.variance_difference[0], x, y,
+                                        cond1.psf_difference.take(np.zeros(n_objects, int)))
+        ra_s, dec_s = wcs.wcs_pix2world(x, y, 0)
+        from astropy.table import Table
+
+        table = Table()
+        table["id"] = source_ids(meta.visit, meta.detector, n_objects)
+        table["diaObjectId"] = object_ids
+        table["x"] = x
+        table["y"] = y
+        table["ra"] = np.asarray(ra_s, dtype=float)
+        table["dec"] = np.asarray(dec_s, dtype=float)
+        table["psfFlux"] = flux
+        table["psfFluxErr"] = flux_err
+        table["snr"] = snr
+        table["label"] = np.where(np.isin(classes, list(REAL_CLASSES)), REAL, BOGUS).astype(np.int8)
+        table["source_class"] = classes.astype(str)
+        table["kind"] = objs.kinds.astype(str)
+        table["truth_x"] = truth_x
+        table["truth_y"] = truth_y
+        table["truth_flux"] = truth_flux
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table["detected"] = np.abs(flux / flux_err) >= 5.0
+        table["present"] = parts["present"][frames]
+        for name in ("psfFlux", "psfFluxErr", "truth_flux"):
+            table[name].unit = "nJy"
+        for name in ("x", "y", "truth_x", "truth_y"):
+            table[name].unit = "pix"
+        table["ra"].unit = "deg"
+        table["dec"].unit = "deg"
+        table.meta.update({"visit": meta.visit, "detector": meta.detector, "band": band, "mjd": meta.mjd})
+        visits.append(_to_visit(obs, cond1, table, meta))
+    return visits
