@@ -45,36 +45,62 @@ def main():
     from lsst.meas.rbnet.sim import simulate_sequences, simulate_stamps, simulate_visit
 
     simulate_stamps(64, 31, seed=1)  # warm-up: imports and cached tables
-    results = {"machine": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
-               "load_average_start": os.getloadavg(), "cases": []}
+    results = {
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "load_average_start": os.getloadavg(),
+        "cases": [],
+    }
     for size in (int(s) for s in args.sizes.split(",")):
         out, wall, cpu = _timed(lambda: simulate_stamps(args.n, size, seed=0))
-        results["cases"].append({"case": f"simulate_stamps({args.n}, {size})", "wall_s": wall, "cpu_s": cpu,
-                                 "per_example_ms_cpu": 1e3 * cpu / args.n,
-                                 "bytes": int(out.stamps.nbytes + out.masks.nbytes)})
-        print(f"simulate_stamps({args.n}, {size}): wall {wall:.1f} s, cpu {cpu:.1f} s "
-              f"({1e3 * cpu / args.n:.2f} ms per example)", flush=True)
+        results["cases"].append(
+            {
+                "case": f"simulate_stamps({args.n}, {size})",
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "per_example_ms_cpu": 1e3 * cpu / args.n,
+                "bytes": int(out.stamps.nbytes + out.masks.nbytes),
+            }
+        )
+        print(
+            f"simulate_stamps({args.n}, {size}): wall {wall:.1f} s, cpu {cpu:.1f} s "
+            f"({1e3 * cpu / args.n:.2f} ms per example)",
+            flush=True,
+        )
         del out
     shape = (args.visit_shape, args.visit_shape)
     visit, wall, cpu = _timed(lambda: simulate_visit(0, shape))
-    results["cases"].append({"case": f"simulate_visit(0, {shape})", "wall_s": wall, "cpu_s": cpu,
-                             "n_sources": len(visit.sources)})
+    results["cases"].append(
+        {"case": f"simulate_visit(0, {shape})", "wall_s": wall, "cpu_s": cpu, "n_sources": len(visit.sources)}
+    )
     print(f"simulate_visit(0, {shape}): wall {wall:.1f} s, cpu {cpu:.1f} s", flush=True)
     del visit
     if not args.skip_sequences:
         seq, wall, cpu = _timed(lambda: simulate_sequences(1000, seed=0))
-        results["cases"].append({"case": "simulate_sequences(1000, n_visits=(1, 100))", "wall_s": wall,
-                                 "cpu_s": cpu, "frames": int(len(seq.times))})
-        print(f"simulate_sequences(1000): {len(seq.times)} frames, wall {wall:.1f} s, cpu {cpu:.1f} s", flush=True)
+        results["cases"].append(
+            {
+                "case": "simulate_sequences(1000, n_visits=(1, 100))",
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "frames": int(len(seq.times)),
+            }
+        )
+        print(
+            f"simulate_sequences(1000): {len(seq.times)} frames, wall {wall:.1f} s, cpu {cpu:.1f} s",
+            flush=True,
+        )
     results["load_average_end"] = os.getloadavg()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as stream:
         json.dump(results, stream, indent=1)
     with open(args.out + ".md", "w") as stream:
         stream.write("# Simulator benchmark\n\n")
-        stream.write(f"Machine: {results['machine']}, Python {results['python']}, numpy {results['numpy']}; "
-                     f"load average at start {results['load_average_start'][0]:.1f}, "
-                     f"at end {results['load_average_end'][0]:.1f} (2 cores shared).\n\n")
+        stream.write(
+            f"Machine: {results['machine']}, Python {results['python']}, numpy {results['numpy']}; "
+            f"load average at start {results['load_average_start'][0]:.1f}, "
+            f"at end {results['load_average_end'][0]:.1f} (2 cores shared).\n\n"
+        )
         stream.write("| case | wall (s) | CPU (s) |\n|---|---|---|\n")
         for case in results["cases"]:
             stream.write(f"| {case['case']} | {case['wall_s']:.1f} | {case['cpu_s']:.1f} |\n")

@@ -98,8 +98,15 @@ def make_visit(shape, n, seed=0, visit=1, detector=0):
             "label": (rng.uniform(size=n) > 0.5).astype(np.int16),
         }
     )
-    v.metadata = dict(visit=visit, detector=detector, mjd=60000.0 + visit, band="r", physical_filter="sim_r",
-                      wcs=_wcs(shape), fwhm=3.5)
+    v.metadata = dict(
+        visit=visit,
+        detector=detector,
+        mjd=60000.0 + visit,
+        band="r",
+        physical_filter="sim_r",
+        wcs=_wcs(shape),
+        fwhm=3.5,
+    )
     return v
 
 
@@ -157,8 +164,16 @@ def bench_run(args, results):
     torch.set_num_threads(args.threads)
     shape = (args.size, args.size)
     v = make_visit(shape, args.n)
-    common = dict(wcs=v.metadata["wcs"], instrument="RBSim", detector=0, visit=1, band="r",
-                  physical_filter="sim_r", mjd=60001.0, fwhm=3.5)
+    common = dict(
+        wcs=v.metadata["wcs"],
+        instrument="RBSim",
+        detector=0,
+        visit=1,
+        band="r",
+        physical_filter="sim_r",
+        mjd=60001.0,
+        fwhm=3.5,
+    )
     science = make_visit_image(v.science.image, v.science.variance, v.science.mask, **common)
     difference = make_difference_image(v.difference.image, v.difference.variance, v.difference.mask, **common)
     template = make_masked_image(v.template.image, v.template.variance, v.template.mask)
@@ -168,8 +183,9 @@ def bench_run(args, results):
     config.device = "cpu"
     config.numThreads = args.threads
     task = ReliabilityTask(config=config)
-    kwargs = dict(science=science, template=template, difference=difference, sources=sources,
-                  pretrainedModel=package)
+    kwargs = dict(
+        science=science, template=template, difference=difference, sources=sources, pretrainedModel=package
+    )
     clear_scorer_cache()
     t = time.perf_counter()
     task.run(**kwargs)
@@ -186,7 +202,9 @@ def bench_run(args, results):
         ref = baseline(data, science, template, difference, sources)
         base.append(time.perf_counter() - t)
     ok = np.isfinite(out.reliability["score"])
-    agree = float(np.corrcoef(np.asarray(out.reliability["score"])[ok], ref[ok])[0, 1]) if ok.sum() > 2 else None
+    agree = (
+        float(np.corrcoef(np.asarray(out.reliability["score"])[ok], ref[ok])[0, 1]) if ok.sum() > 2 else None
+    )
     results["task_run"] = {
         "image_size": args.size,
         "n_sources": args.n,
@@ -242,12 +260,26 @@ def bench_pipetask(args, results):
             common = ["-b", str(tmp / "repo"), "-i", "sim,pretrained_models", "-p", pipeline, "-d", where]
             qg, _ = _pipetask(["qgraph", *common, "-o", f"qg{n_quanta}"], env, log)
             wall, text = _pipetask(
-                ["run", *common, "-o", f"out{n_quanta}", "-j", "1", "--register-dataset-types",
-                 "-c", f"computeReliability:numThreads={args.threads}"],
+                [
+                    "run",
+                    *common,
+                    "-o",
+                    f"out{n_quanta}",
+                    "-j",
+                    "1",
+                    "--register-dataset-types",
+                    "-c",
+                    f"computeReliability:numThreads={args.threads}",
+                ],
                 env,
                 log,
             )
-            quanta = [float(s) for s in re.findall(r"Execution of task 'computeReliability' on quantum .* took ([0-9.]+) seconds", text)]
+            quanta = [
+                float(s)
+                for s in re.findall(
+                    r"Execution of task 'computeReliability' on quantum .* took ([0-9.]+) seconds", text
+                )
+            ]
             b = Butler.from_config(str(tmp / "repo"), collections=f"out{n_quanta}")
             run_s = []
             for ref in b.registry.queryDatasets("computeReliability_metadata", collections=f"out{n_quanta}"):
@@ -328,7 +360,9 @@ def write_markdown(results, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
@@ -337,8 +371,10 @@ def main():
     parser.add_argument("--skip-run", action="store_true")
     args = parser.parse_args()
     (HERE / "results").mkdir(exist_ok=True)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                          f"Python {platform.python_version()}"}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    }
     if not args.skip_run:
         bench_run(args, results)
     if not args.skip_pipetask:

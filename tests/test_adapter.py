@@ -57,7 +57,14 @@ def test_lsst_images_round_trip(kind):
 
     image, variance, mask = _planes()
     common = dict(
-        wcs=_wcs(), instrument="X", detector=2, visit=5, band="r", physical_filter="x_r", mjd=60000.0, fwhm=3.0
+        wcs=_wcs(),
+        instrument="X",
+        detector=2,
+        visit=5,
+        band="r",
+        physical_filter="x_r",
+        mjd=60000.0,
+        fwhm=3.0,
     )
     if kind == "visit":
         obj = make_visit_image(image, variance, mask, **common)
@@ -72,7 +79,9 @@ def test_lsst_images_round_trip(kind):
     assert arrays.mask.dtype == np.int32
     assert arrays.mask_planes["NO_DATA"] == MASK_PLANES["NO_DATA"]
     assert arrays.bbox == (0, 0, 40, 32)
-    assert arrays.bits(["NO_DATA", "CR", "NOT_A_PLANE"]) == (1 << MASK_PLANES["NO_DATA"]) | (1 << MASK_PLANES["CR"])
+    assert arrays.bits(["NO_DATA", "CR", "NOT_A_PLANE"]) == (1 << MASK_PLANES["NO_DATA"]) | (
+        1 << MASK_PLANES["CR"]
+    )
 
 
 def test_lsst_images_uint8_mask_with_unknown_plane_and_offset_origin():

@@ -130,14 +130,20 @@ def test_corrupt_model_dataset_names_the_dataset(repo, package):
     uri.write(bytes(data), overwrite=True)
     clear_read_cache()
     # daf_butler re-raises formatter errors as ValueError (ModelPackageError is one) with our message.
-    with pytest.raises(ValueError, match=r"pretrainedModelPackage@\{\} in run 'pretrained_models/tobreak'.*corrupt"):
+    with pytest.raises(
+        ValueError, match=r"pretrainedModelPackage@\{\} in run 'pretrained_models/tobreak'.*corrupt"
+    ):
         butler.get(ref)
 
 
 def test_ingest_labels_csv_and_parquet(repo, tmp_path):
     root, butler, _, visit = repo
     table = astropy.table.Table(
-        {"id": visit.sources["id"], "label": visit.sources["label"], "source_class": visit.sources["source_class"]}
+        {
+            "id": visit.sources["id"],
+            "label": visit.sources["label"],
+            "source_class": visit.sources["source_class"],
+        }
     )
     csv = tmp_path / "labels.csv"
     table.write(csv, format="ascii.csv")
@@ -197,8 +203,7 @@ def test_configure_existing_repo(tmp_path):
         configure_repo(str(tmp_path / "nowhere"))
 
 
-_SUBPROCESS = textwrap.dedent(
-    """
+_SUBPROCESS = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from lsst.daf.butler import Butler, DatasetType
@@ -213,8 +218,7 @@ _SUBPROCESS = textwrap.dedent(
     butler.registry.registerDatasetType(DatasetType("model", [], "RBNetModelPackage", universe=butler.dimensions))
     butler.put(tiny_package(version="env"), "model", {{}})
     print("VERSION:", Butler.from_config({root!r}).get("model", collections="m").version)
-    """
-)
+    """)
 
 
 def test_shared_repo_with_config_path_and_without(tmp_path):
@@ -248,7 +252,9 @@ def test_cli_commands(repo, package, tmp_path):
     result = runner.invoke(main, ["register-model", root, str(path), "--name", "cli"])
     assert result.exit_code != 0 and "already exists" in result.output
     csv = tmp_path / "l.csv"
-    astropy.table.Table({"id": visit.sources["id"], "label": visit.sources["label"]}).write(csv, format="ascii.csv")
+    astropy.table.Table({"id": visit.sources["id"], "label": visit.sources["label"]}).write(
+        csv, format="ascii.csv"
+    )
     result = runner.invoke(main, ["ingest-labels", root, str(csv), "--run", "labels/cli"])
     assert result.exit_code == 0, result.output
     bad = tmp_path / "bad.csv"

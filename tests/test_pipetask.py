@@ -55,8 +55,16 @@ def test_pipetask_run_ap_reliability(repo):
     root, repo_path = repo
     result = _pipetask(
         [
-            "run", "-b", repo_path, "-i", "sim,pretrained_models", "-o", "out",
-            "-p", str(pipeline_path("ApReliability.yaml")), "--register-dataset-types",
+            "run",
+            "-b",
+            repo_path,
+            "-i",
+            "sim,pretrained_models",
+            "-o",
+            "out",
+            "-p",
+            str(pipeline_path("ApReliability.yaml")),
+            "--register-dataset-types",
         ],
         root,
     )
@@ -87,9 +95,45 @@ def test_pipetask_without_model_says_what_to_do(repo):
 
     root, repo_path = repo
     result = _pipetask(
-        ["qgraph", "-b", repo_path, "-i", "sim", "-o", "nomodel", "-p", str(pipeline_path("ApReliability.yaml"))],
+        [
+            "qgraph",
+            "-b",
+            repo_path,
+            "-i",
+            "sim",
+            "-o",
+            "nomodel",
+            "-p",
+            str(pipeline_path("ApReliability.yaml")),
+        ],
         root,
     )
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert "pretrained_models" in text and "register-model" in text
+
+
+def test_demo_small(tmp_path, monkeypatch):
+    """`rbnet demo` end to end on one small detector, with a tiny model standing in for the default."""
+    import json
+
+    from rich.console import Console
+
+    import lsst.meas.rbnet.scoring as scoring
+    from lsst.meas.rbnet.cli.demo import run_demo
+
+    model = tmp_path / "tiny.safetensors"
+    tiny_package(version="demo1").save(model)
+    monkeypatch.setattr(scoring, "default_model_path", lambda: model)
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=120)
+    summary = run_demo(
+        tmp_path / "demo", detectors=1, visits=1, size=256, n_sources=40, seed=1, console=console
+    )
+    assert summary["sources"] == 40 and summary["quanta"] == 1
+    assert summary["versions"] == ["demo1"]
+    assert 0.0 <= summary["roc_auc"] <= 1.0
+    assert (tmp_path / "demo" / "roc.png").stat().st_size > 0
+    assert (tmp_path / "demo" / "score_histograms.png").stat().st_size > 0
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["sources"] == 40
+    # The console showed the real pipetask run.
+    assert "pipetask run -b" in (tmp_path / "console.txt").read_text()

@@ -51,7 +51,9 @@ def test_seed_config_sets_registry_and_names_a_driver():
     assert config["registry", "namespace"] == "repo_a"
     # The legacy scheme is accepted and a URL that already names a driver is kept as it is.
     assert postgres_seed_config("postgres://me@h/db")["registry", "db"].endswith("://me@h/db")
-    assert postgres_seed_config("postgresql+psycopg2://h/db")["registry", "db"] == "postgresql+psycopg2://h/db"
+    assert (
+        postgres_seed_config("postgresql+psycopg2://h/db")["registry", "db"] == "postgresql+psycopg2://h/db"
+    )
     # Without a namespace the connection's default schema is used.
     assert ("registry", "namespace") not in postgres_seed_config("postgresql://h/db")
 
@@ -70,7 +72,7 @@ def test_bad_url_is_refused_by_name(url):
         postgres_seed_config(url)
 
 
-@pytest.mark.parametrize("namespace", ["Repo", "1repo", "repo-a", "a;drop table x", "x" * 64])
+@pytest.mark.parametrize("namespace", ["Repo", "1repo", "_repo", "repo-a", "a;drop table x", "x" * 64])
 def test_bad_namespace_is_refused(namespace):
     with pytest.raises(ValueError, match="not a plain PostgreSQL schema name"):
         postgres_seed_config("postgresql://h/db", namespace)
@@ -143,12 +145,12 @@ def test_repo_roundtrip_in_its_own_namespace(pg_url, tmp_path):
 def test_missing_btree_gist_is_named_and_can_be_enabled(pg_url):
     import sqlalchemy
 
-    from lsst.meas.rbnet.butler.postgres import _driver_url, ensure_btree_gist
+    from lsst.meas.rbnet.butler.postgres import driver_url, ensure_btree_gist
 
     # A fresh database from template0 has no extensions at all.
     name = unique_namespace("test_db")
     admin = sqlalchemy.create_engine(
-        _driver_url(pg_url), poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT"
+        driver_url(pg_url), poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT"
     )
     try:
         with admin.connect() as conn:

@@ -113,9 +113,17 @@ def test_bps_parsl_local(tmp_path):
     # The shipped config as documented: pipeline from MEAS_RBNET_DIR, the rest on the command line.
     log = _run(
         [
-            "bps", "submit", str(BPS_CONFIG),
-            "-b", str(repo), "-i", INPUTS, "-o", output,
-            "-d", f"instrument = '{DEFAULT_INSTRUMENT}'",
+            "bps",
+            "submit",
+            str(BPS_CONFIG),
+            "-b",
+            str(repo),
+            "-i",
+            INPUTS,
+            "-o",
+            output,
+            "-d",
+            f"instrument = '{DEFAULT_INSTRUMENT}'",
         ],
         tmp_path,
     )
@@ -151,9 +159,21 @@ def test_postgres_multi_writer(tmp_path, pg_url):
         # Two worker processes, each with its own registry connection, writing at once.
         _run(
             [
-                "pipetask", "run", "-j", "2", "--register-dataset-types",
-                "-b", str(repo), "-i", INPUTS, "-o", output, "-p", str(PIPELINE),
-                "-d", f"instrument = '{DEFAULT_INSTRUMENT}'",
+                "pipetask",
+                "run",
+                "-j",
+                "2",
+                "--register-dataset-types",
+                "-b",
+                str(repo),
+                "-i",
+                INPUTS,
+                "-o",
+                output,
+                "-p",
+                str(PIPELINE),
+                "-d",
+                f"instrument = '{DEFAULT_INSTRUMENT}'",
             ],
             tmp_path,
         )
@@ -168,6 +188,35 @@ def test_postgres_multi_writer(tmp_path, pg_url):
         assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)), spans
     finally:
         drop_namespace(pg_url, namespace)
+
+
+def test_bps_site_configs():
+    import yaml
+
+    from lsst.ctrl.bps import BpsConfig
+    from lsst.pipe.base import Pipeline
+
+    labels = set(Pipeline.from_uri(str(PIPELINE)).to_graph().tasks.keys())
+    local = BpsConfig(str(BPS_CONFIG))
+    assert local["wmsServiceClass"] == "lsst.ctrl.bps.parsl.ParslService"
+    site = local[f".site.{local['computeSite']}"]
+    assert site["class"] == "lsst.ctrl.bps.parsl.sites.Local" and site["cores"] == 2
+    # Jobs get the package's storage classes (pipetask run-qbb needs them, see the YAML).
+    assert "DAF_BUTLER_CONFIG_PATH" in site["commandPrefix"]
+    assert local[".finalJob.requestCpus"] <= 2
+
+    htcondor = BpsConfig(str(ROOT / "bps" / "htcondor.yaml"))
+    assert htcondor["wmsServiceClass"] == "lsst.ctrl.bps.htcondor.HTCondorService"
+    assert "DAF_BUTLER_CONFIG_PATH" in htcondor[".environment"]
+    # The batch configs cluster the reliability label of the shipped pipeline, per visit.
+    # (panda.yaml includes ctrl_bps_panda's own files, so read it as plain YAML.)
+    panda = yaml.safe_load((ROOT / "bps" / "panda.yaml").read_text())
+    assert panda["wmsServiceClass"] == "lsst.ctrl.bps.panda.PanDAService"
+    assert "DAF_BUTLER_CONFIG_PATH" in panda["custom_lsst_setup"]
+    for cluster in (htcondor[".cluster"], panda["cluster"]):
+        for section in cluster.values():
+            assert set(section["pipetasks"].split(",")) <= labels
+            assert section["dimensions"] == "visit"
 
 
 def test_services_never_fail_without_a_server(tmp_path):

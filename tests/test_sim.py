@@ -13,8 +13,13 @@ from lsst.meas.rbnet.sim import (
     simulate_visit,
     simulate_visit_series,
 )
-from lsst.meas.rbnet.sim.imaging import Conditions, difference_sky_sigma, noiseless_difference, psf_photometry, \
-    render_models
+from lsst.meas.rbnet.sim.imaging import (
+    Conditions,
+    difference_sky_sigma,
+    noiseless_difference,
+    psf_photometry,
+    render_models,
+)
 from lsst.meas.rbnet.sim.psf import DoubleGaussianPsf
 from lsst.meas.rbnet.sim.scene import Scene
 
@@ -33,8 +38,18 @@ def test_stamps_shapes_and_columns(stamps):
     assert stamps.stamps.shape == (n, 3, 31, 31) and stamps.stamps.dtype == np.float32
     assert stamps.masks.shape == (n, 3, 31, 31) and stamps.masks.dtype == np.int32
     t = stamps.table
-    for name in ("id", "label", "source_class", "snr", "flux", "fwhm_science", "fwhm_template", "x_offset",
-                 "y_offset", "sky_noise"):
+    for name in (
+        "id",
+        "label",
+        "source_class",
+        "snr",
+        "flux",
+        "fwhm_science",
+        "fwhm_template",
+        "x_offset",
+        "y_offset",
+        "sky_noise",
+    ):
         assert name in t.colnames, name
     assert t["id"].dtype == np.int64 and len(np.unique(t["id"])) == n
     assert t["label"].dtype == np.int8
@@ -60,8 +75,14 @@ def test_stamps_reproducible():
 
 
 def test_stamp_snr_is_true_and_in_range():
-    s = simulate_stamps(24, 31, seed=5, class_fractions={"real_new": 1, "real_fainter": 1},
-                        snr_range=(20.0, 200.0), edge_fraction=0.0)
+    s = simulate_stamps(
+        24,
+        31,
+        seed=5,
+        class_fractions={"real_new": 1, "real_fainter": 1},
+        snr_range=(20.0, 200.0),
+        edge_fraction=0.0,
+    )
     t = s.table
     assert np.all((t["snr"] >= 20 - 1e-6) & (t["snr"] <= 200 + 1e-6))
     # Forced PSF photometry at the true position agrees with the true S/N within the noise.
@@ -70,8 +91,11 @@ def test_stamp_snr_is_true_and_in_range():
 
     measured = []
     for i in range(len(t)):
-        psf = Psf.from_fwhm([t["fwhm_science"][i]]) if t["fwhm_science"][i] >= t["fwhm_template"][i] \
+        psf = (
+            Psf.from_fwhm([t["fwhm_science"][i]])
+            if t["fwhm_science"][i] >= t["fwhm_template"][i]
             else Psf.from_fwhm([t["fwhm_template"][i]])
+        )
         var = np.full((31, 31), t["sky_noise_difference"][i] ** 2, np.float32)
         flux, err = psf_photometry(s.stamps[i, 0], var, [c + t["x_offset"][i]], [c + t["y_offset"][i]], psf)
         measured.append(flux[0] / err[0])
@@ -91,7 +115,9 @@ def test_snr_distribution_spans_threshold():
 
 
 def test_real_new_absent_from_template():
-    s = simulate_stamps(12, 31, seed=6, class_fractions={"real_new": 1}, snr_range=(60.0, 300.0), edge_fraction=0)
+    s = simulate_stamps(
+        12, 31, seed=6, class_fractions={"real_new": 1}, snr_range=(60.0, 300.0), edge_fraction=0
+    )
     t = s.table
     c = 15
     for i in range(len(t)):
@@ -122,8 +148,9 @@ def test_masks_where_expected(stamps):
     detected = (m[bright, 0, c, c] & (BIT["DETECTED"] | BIT["DETECTED_NEGATIVE"])) != 0
     assert detected.all()
     # Pipeline-like planes appear somewhere in a larger set.
-    more = simulate_stamps(60, 31, seed=12, class_fractions={"cosmic_ray": 1, "bad_column": 1,
-                                                             "satellite_trail": 1})
+    more = simulate_stamps(
+        60, 31, seed=12, class_fractions={"cosmic_ray": 1, "bad_column": 1, "satellite_trail": 1}
+    )
     planes = np.bitwise_or.reduce(more.masks.reshape(-1))
     for name in ("CR", "BAD", "STREAK", "DETECTED"):
         assert planes & BIT[name], name
@@ -139,9 +166,18 @@ def test_edge_examples_have_no_data():
 def test_matching_removes_static_stars():
     # A bright static star leaves less than a sigma in the noiseless difference with well-sampled PSFs.
     n = 4
-    cond = Conditions(DoubleGaussianPsf.from_fwhm(np.full(n, 4.0), wing_fraction=0.12),
-                      DoubleGaussianPsf.from_fwhm(np.full(n, 2.8), wing_fraction=0.08), 20.0, 5.0, 0.5, 0.05,
-                      1e12, 0.0, 0.0, 0.0)
+    cond = Conditions(
+        DoubleGaussianPsf.from_fwhm(np.full(n, 4.0), wing_fraction=0.12),
+        DoubleGaussianPsf.from_fwhm(np.full(n, 2.8), wing_fraction=0.08),
+        20.0,
+        5.0,
+        0.5,
+        0.05,
+        1e12,
+        0.0,
+        0.0,
+        0.0,
+    )
     scene = Scene()
     flux = 300 * 20.0 * np.sqrt(cond.psf_science.effective_area())
     scene.add("point", np.arange(n), x=32.3, y=31.8, flux_s=flux, flux_t=flux)
@@ -155,7 +191,9 @@ def test_visit_noise_matches_variance_and_difference():
     v = simulate_visit(21, (256, 256), n_sources=15, fwhm_science=3.5, fwhm_template=2.6)
     assert v.science.image.shape == (256, 256) and v.science.image.dtype == np.float32
     assert v.difference.mask.dtype == np.int32 and v.template.variance.dtype == np.float32
-    skip = mask_bits(["DETECTED", "DETECTED_NEGATIVE", "SAT", "SUSPECT", "BAD", "CR", "EDGE", "NO_DATA", "STREAK"])
+    skip = mask_bits(
+        ["DETECTED", "DETECTED_NEGATIVE", "SAT", "SUSPECT", "BAD", "CR", "EDGE", "NO_DATA", "STREAK"]
+    )
     for img in (v.science, v.template, v.difference):
         ok = (img.mask & skip) == 0
         chi2 = np.mean(img.image[ok] ** 2 / img.variance[ok])
@@ -163,8 +201,20 @@ def test_visit_noise_matches_variance_and_difference():
     # Difference: science minus a template convolved to the science PSF (template sharper here).
     assert abs(v.metadata.fwhm_difference - v.metadata.fwhm_science) < 1e-6
     t = v.sources
-    for name in ("id", "x", "y", "ra", "dec", "psfFlux", "psfFluxErr", "snr", "label", "source_class", "truth_x",
-                 "truth_y"):
+    for name in (
+        "id",
+        "x",
+        "y",
+        "ra",
+        "dec",
+        "psfFlux",
+        "psfFluxErr",
+        "snr",
+        "label",
+        "source_class",
+        "truth_x",
+        "truth_y",
+    ):
         assert name in t.colnames
     assert t["id"].dtype == np.int64 and len(np.unique(t["id"])) == len(t)
     ra, dec = v.metadata.wcs.wcs_pix2world(t["x"], t["y"], 0)
@@ -186,8 +236,13 @@ def test_visit_template_coverage_and_reproducible():
 
 
 def test_sequences_times_and_fixed_pixel_artifacts():
-    s = simulate_sequences(10, seed=2, frame_size=24, n_visits=(4, 9),
-                           class_fractions={"hot_pixel": 1, "real_new": 1, "cosmic_ray": 1})
+    s = simulate_sequences(
+        10,
+        seed=2,
+        frame_size=24,
+        n_visits=(4, 9),
+        class_fractions={"hot_pixel": 1, "real_new": 1, "cosmic_ray": 1},
+    )
     assert isinstance(s, SequenceSet)
     assert s.offsets[0] == 0 and s.offsets[-1] == len(s.times) == len(s.frames)
     assert s.frames.shape[1:] == (3, 24, 24) and s.frames.dtype == np.float32
@@ -225,11 +280,22 @@ def test_cli_stamps_npz_without_pickle(tmp_path):
     from lsst.meas.rbnet.cli import main
 
     out = tmp_path / "s.npz"
-    result = CliRunner().invoke(main, ["simulate", "stamps", str(out), "--n", "8", "--seed", "1", "--size", "21"])
+    result = CliRunner().invoke(
+        main, ["simulate", "stamps", str(out), "--n", "8", "--seed", "1", "--size", "21"]
+    )
     assert result.exit_code == 0, result.output
     with np.load(out, allow_pickle=False) as data:
-        for key in ("stamps", "masks", "id", "label", "source_class", "snr", "flux", "fwhm_science",
-                    "fwhm_template"):
+        for key in (
+            "stamps",
+            "masks",
+            "id",
+            "label",
+            "source_class",
+            "snr",
+            "flux",
+            "fwhm_science",
+            "fwhm_template",
+        ):
             assert key in data.files
         assert data["stamps"].shape == (8, 3, 21, 21)
         assert data["source_class"].dtype.kind == "U"
@@ -247,3 +313,22 @@ def test_visit_files_round_trip(tmp_path):
     images = pytest.importorskip("lsst.images")
     masked = images.MaskedImage.read_legacy(str(tmp_path / "v" / "difference.fits"))
     assert masked.image.array.shape == (96, 96)
+
+
+def test_difference_is_science_minus_matched_template():
+    from scipy.signal import fftconvolve
+
+    from lsst.meas.rbnet.sim.imaging import _kernel_real, observe
+    from lsst.meas.rbnet.sim.scene import add_field
+
+    rng = np.random.default_rng(0)
+    cond = Conditions(DoubleGaussianPsf.from_fwhm([3.6]), DoubleGaussianPsf.from_fwhm([2.7]), 20.0, 6.0, 0.5, 0.05,
+                      1e12, 0.0, 0.0, 0.0)
+    scene = Scene()
+    add_field(scene, rng, 1, 128, 128, density_factor=5.0)
+    obs = observe(scene, cond, (128, 128), rng)
+    kernel, _ = _kernel_real(cond, (128, 128))
+    matched = fftconvolve(obs.template[0].astype(np.float64), kernel[0].astype(np.float64), mode="same")
+    inner = (slice(24, -24), slice(24, -24))
+    resid = obs.difference[0][inner] - (obs.science[0] - matched)[inner]
+    assert np.abs(resid).max() < 1e-3 * np.sqrt(obs.variance_difference[0][inner]).min()

@@ -173,7 +173,9 @@ def test_difference_only_reads_only_the_difference(visit):
     assert "science" not in connections.inputs and "template" not in connections.inputs
     task = ReliabilityTask(config=config)
     result = task.run(
-        difference=visit.difference, sources=visit.sources, pretrainedModel=tiny_package(channels=["difference"])
+        difference=visit.difference,
+        sources=visit.sources,
+        pretrainedModel=tiny_package(channels=["difference"]),
     )
     assert len(result.reliability) == len(visit.sources)
 
@@ -291,8 +293,18 @@ def test_reliability_quantum(repo):
     config.doWriteCutouts = True
     task = ReliabilityTask(config=config)
     did = _data_id(1)
-    io = {name: did for name in ("science", "template", "difference", "sources", "reliability",
-                                 "sourcesWithReliability", "cutouts")}
+    io = {
+        name: did
+        for name in (
+            "science",
+            "template",
+            "difference",
+            "sources",
+            "reliability",
+            "sourcesWithReliability",
+            "cutouts",
+        )
+    }
     io["pretrainedModel"] = {}
     quantum = makeQuantum(task, repo, did, io)
     # The connections are wired as they should be (mocked run: what runQuantum passes it).
@@ -321,8 +333,10 @@ def test_model_package_name_must_match_the_run(repo):
     config.modelPackageName = "something_else"
     task = ReliabilityTask(config=config)
     did = _data_id(1)
-    io = {name: did for name in ("science", "template", "difference", "sources", "reliability",
-                                 "sourcesWithReliability")}
+    io = {
+        name: did
+        for name in ("science", "template", "difference", "sources", "reliability", "sourcesWithReliability")
+    }
     io["pretrainedModel"] = {}
     with pytest.raises(ValueError, match="pretrained_models/something_else"):
         runTestQuantum(task, repo, makeQuantum(task, repo, did, io), mockRun=False)
@@ -334,8 +348,10 @@ def test_failed_quantum_writes_nothing(repo):
 
     task = ReliabilityTask(config=ReliabilityConfig())
     did = _data_id(3)  # its source table has a duplicate id
-    io = {name: did for name in ("science", "template", "difference", "sources", "reliability",
-                                 "sourcesWithReliability")}
+    io = {
+        name: did
+        for name in ("science", "template", "difference", "sources", "reliability", "sourcesWithReliability")
+    }
     io["pretrainedModel"] = {}
     quantum = makeQuantum(task, repo, did, io)
     with pytest.raises(ValueError, match="duplicate ids"):
@@ -387,7 +403,11 @@ def test_labelled_cutouts_and_training_quanta(repo):
     # The trained package is directly usable by the reliability task.
     v = tiny_visit(visit=9)
     result = ReliabilityTask(config=ReliabilityConfig()).run(
-        science=v.science, template=v.template, difference=v.difference, sources=v.sources, pretrainedModel=model
+        science=v.science,
+        template=v.template,
+        difference=v.difference,
+        sources=v.sources,
+        pretrainedModel=model,
     )
     assert np.all(result.reliability["version"] == "t1")
     cut = repo.get("rbnet_labelled_cutouts", _data_id(1))
@@ -399,7 +419,12 @@ def test_labels_matched_by_position():
 
     sources = astropy.table.Table({"id": [1, 2, 3], "ra": [10.0, 10.001, 10.002], "dec": [0.0, 0.0, 0.0]})
     labels = astropy.table.Table(
-        {"ra": [10.0011, 10.0, 20.0], "dec": [0.0, 0.0, 0.0], "mjd": [60000.0, 60005.0, 60000.0], "label": [1, 0, 1]}
+        {
+            "ra": [10.0011, 10.0, 20.0],
+            "dec": [0.0, 0.0, 0.0],
+            "mjd": [60000.0, 60005.0, 60000.0],
+            "label": [1, 0, 1],
+        }
     )
     index = match_labels(sources, labels, mjd=60000.0, radius_arcsec=1.0)
     # Source 1 matches no label at this epoch (the label at its position is 5 days off).

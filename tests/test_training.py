@@ -287,6 +287,17 @@ def test_early_stopping_stops_and_restores_best_weights():
     assert result.history[1]["val_loss"] != pytest.approx(loss, rel=1e-4)
 
 
+def test_time_budget_ends_training():
+    stamps, labels, _, _ = easy_stamps(300, seed=17)
+    events = []
+    config = tiny_config(epochs=5, max_seconds=0.0, class_loss_weight=0.0)
+    result = train_triplet_model(stamps, labels, config=config, progress=events.append)
+    # The budget is spent after the first batch: one epoch of one step, then calibration and packaging.
+    assert len(result.history) == 1 and result.stopped_early
+    assert sum(e["event"] == "step" for e in events) == 1
+    assert result.package.temperature > 0
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="version"):
         tiny_config(version="too-long-version")

@@ -23,16 +23,29 @@ How it is fast (numpy only, no per-source Python loop)
 ------------------------------------------------------
 - Each image is seen through a zero-copy view whose elements are runs of S
   consecutive pixels, so one fancy index copies a whole stamp row; a stamp is
-  S indices, not S*S. Images are never copied or padded.
+  S indices, not S*S. Images are never copied or padded. Stamps crossing the
+  image edge use the same gather at rows clamped into the image; a row run
+  that starts left of column 0 (or ends right of the last column) reads the
+  neighbouring row's pixels, which are off-image pixels and are overwritten.
 - Sources are processed in raster order (neighbouring stamps share image rows
-  and cache lines) in chunks of about 2 MB per channel; each chunk is checked
-  (one row-sum pass proves a stamp finite; bad mask bits are found as a sparse
-  list of positions) and, in `prepare_cutouts` / `iter_cutout_batches`,
-  normalised while still in cache, then written to its rows of the output.
-- Sources whose stamp crosses the image edge take a separate path that
-  gathers at a clipped position and shifts into place; off-image pixels are NaN.
-- Medians use `numpy.partition` on NaN-free rows and a sort only on rows with
-  NaN, on the fixed pixel grid of `stats_pixel_grid`.
+  and cache lines) in chunks of about 2 MB per channel; each chunk is gathered,
+  marked, and in `prepare_cutouts` / `iter_cutout_batches` normalised while it
+  is still in cache, then written to its rows of the output.
+- Untrusted pixels are found without gathering masks for every stamp when the
+  stamps cover a good part of the image ("image scan", see `_scan_channel`):
+  one pass per image reduces blocks of 16 rows to one value per column (the sum
+  of the pixels, which is non-finite if any pixel is; the OR of the mask bits),
+  giving a map of "dirty" 16-pixel column segments. A summed-area table over
+  16x16 tiles of that map gives each stamp an upper bound on its dirty segments
+  in O(1): stamps with none need no per-pixel work at all; stamps with a few
+  get their untrusted pixels as a sparse list (stamp, pixel) from the few dirty
+  segments; stamps on densely bad areas (saturated stars, NO_DATA, bad-column
+  clusters) and all stamps when the scan does not pay are checked pixel by
+  pixel (a row-sum pass proves a stamp finite; mask rows are gathered).
+- Medians use one `numpy.partition` per row on the fixed pixel grid of
+  `stats_pixel_grid`; untrusted grid pixels are set to -inf / +inf in equal
+  numbers so that the middle of the partitioned row is the median of the
+  trusted pixels (no NaN-aware sort).
 """
 
 from __future__ import annotations
@@ -76,6 +89,21 @@ _CHUNK_BYTES: int = 1 << 21
 _MAX_COORD: float = float(1 << 40)
 
 _F32_MAX = float(np.finfo(np.float32).max)
+
+# Image scan (see `_scan_channel`): rows per block (a "segment" is one column of a
+# block) and side of the square tiles whose dirty-segment counts route the stamps.
+_SCAN_BLOCK: int = 16
+
+# A stamp whose tiles hold more dirty segments than this is checked pixel by pixel:
+# past this, listing its untrusted pixels one by one costs more than scanning it
+# (measured with benchmarks/bench_cutouts.py, 51x51 stamps).
+_SCAN_DENSE_SEGMENTS: int = 48
+
+# The image scan is used when the stamps' pixels (sum over overlapping stamps) are at
+# least this fraction of the area of their bounding box: a scanned image pixel costs
+# about a third of a checked stamp pixel (mask gather, tests, positions), so below
+# that the per-stamp checks are cheaper.
+_SCAN_MIN_COVERAGE: float = 0.5
 
 
 @dataclasses.dataclass
@@ -244,16 +272,55 @@ def _row_view(a: np.ndarray, size: int) -> tuple[np.ndarray, int] | None:
     return view, row
 
 
-def _gather(img, view, r0, c0, size) -> np.ndarray:
-    """Stamps entirely inside ``img`` at rows ``r0``, columns ``c0`` (k,) as a new (k, S*S) array."""
+def _gather_rows(img: np.ndarray, view, r0: np.ndarray, c0: np.ndarray, size: int, clamp: bool) -> np.ndarray:
+    """Stamps with top-left pixel (``r0``, ``c0``) (k,) as a new (k, S*S) array in ``img``'s dtype.
+
+    With ``clamp`` the stamps may reach past the image (but must overlap it):
+    rows are clamped into the image, and a row run starting left of column 0 or
+    ending right of the last column reads the neighbouring row's pixels (still
+    inside the image's memory). Those pixels are off the image and the caller
+    overwrites them. The few runs that would leave the image's memory (the first
+    row left of column 0, the last row past the last column) are read pixel by
+    pixel at clamped columns.
+    """
+    H, W = img.shape
     k = r0.shape[0]
-    if view is not None:
-        rows, row = view
-        starts = (r0 * row + c0)[:, None] + np.arange(size) * row
-        return rows[starts.reshape(-1)].view(img.dtype).reshape(k, size * size)
-    rr = r0[:, None] + np.arange(size)
-    cc = c0[:, None] + np.arange(size)
-    return img[rr[:, :, None], cc[:, None, :]].reshape(k, size * size)
+    offs = np.arange(size)
+    rows = r0[:, None] + offs
+    if clamp:
+        np.clip(rows, 0, H - 1, out=rows)
+    if view is None:
+        cols = c0[:, None] + offs
+        if clamp:
+            np.clip(cols, 0, W - 1, out=cols)
+        return img[rows[:, :, None], cols[:, None, :]].reshape(k, size * size)
+    rview, row = view
+    starts = rows * row
+    starts += c0[:, None]
+    outside = None
+    if clamp:
+        last = rview.shape[0] - 1
+        outside = (starts < 0) | (starts > last)
+        if outside.any():
+            np.clip(starts, 0, last, out=starts)
+        else:
+            outside = None
+    g = rview[starts.reshape(-1)].view(img.dtype).reshape(k, size * size)
+    if outside is not None:
+        i, j = np.nonzero(outside)
+        cols = np.clip(c0[i][:, None] + offs, 0, W - 1)
+        g.reshape(k, size, size)[i, j] = img[rows[i, j][:, None], cols]
+    return g
+
+
+def _off_image(r0: np.ndarray, c0: np.ndarray, size: int, H: int, W: int) -> np.ndarray:
+    """(k, S*S) bool map of the pixels of stamps at (``r0``, ``c0``) that lie off an (H, W) image."""
+    offs = np.arange(size)
+    rows = r0[:, None] + offs
+    cols = c0[:, None] + offs
+    vr = (rows >= 0) & (rows < H)
+    vc = (cols >= 0) & (cols < W)
+    return ~(vr[:, :, None] & vc[:, None, :]).reshape(r0.shape[0], size * size)
 
 
 def _rows_finite(a: np.ndarray) -> np.ndarray:
@@ -304,75 +371,33 @@ def _mark_bad(
     return np.bincount(pos // npix, minlength=k).astype(np.int32), nonfinite, masked, pos
 
 
-def _gather_edge(img, view, r0, c0, size):
-    """Stamps reaching past the image.
+@dataclasses.dataclass
+class _Sources:
+    """Where the stamps of N sources lie. Arrays are (N,) unless said otherwise."""
 
-    Returns the (k, P) stamps in the image's dtype, holding clipped duplicates
-    where they are off the image, the (k, P) bool map of those off-image pixels
-    and their number per stamp. With a row view, whole rows are gathered at a
-    column start clipped into the image and then shifted into place (in cache).
-    """
-    H, W = img.shape
-    k = r0.shape[0]
-    offs = np.arange(size)
-    rows = r0[:, None] + offs
-    cols = c0[:, None] + offs
-    vr = (rows >= 0) & (rows < H)
-    vc = (cols >= 0) & (cols < W)
-    off = ~(vr[:, :, None] & vc[:, None, :])
-    n_off = (size * size - np.count_nonzero(vr, axis=1) * np.count_nonzero(vc, axis=1)).astype(np.int32)
-    np.clip(rows, 0, H - 1, out=rows)
-    if view is not None:
-        rview, row = view
-        cs = np.clip(c0, 0, W - size)
-        # One extra row run before and after pads the flat buffer for the shift below.
-        starts = np.concatenate([[0], (rows * row + cs[:, None]).reshape(-1), [0]])
-        buf = rview[starts].view(img.dtype)
-        # Shift stamp i left by d_i = c0 - cs pixels as one flat run: the pixels that
-        # wrap across a row boundary are exactly the off-image ones, blanked later.
-        npix = size * size
-        runs = np.ndarray(
-            shape=(buf.shape[0] - npix + 1,),
-            dtype=np.dtype((np.void, npix * buf.itemsize)),
-            buffer=buf,
-            strides=(buf.itemsize,),
-        )
-        g = runs[np.arange(k) * npix + size + np.clip(c0 - cs, -size, size)].view(img.dtype)
-    else:
-        np.clip(cols, 0, W - 1, out=cols)
-        g = img[rows[:, :, None], cols[:, None, :]]
-    return g.reshape(k, -1), off.reshape(k, -1), n_off
+    size: int
+    shape: tuple[int, int]
+    #: Finite centroid.
+    good: np.ndarray
+    #: (N, 2) int64 ``(x, y)`` of the centre pixel; (0, 0) for a non-finite centroid.
+    centers: np.ndarray
+    #: (N, 2) float32 sub-pixel offsets of the centroid from the centre pixel.
+    offsets: np.ndarray
+    #: The centroid lies off the image.
+    off_image: np.ndarray
+    #: Top row and left column of the stamp (int64).
+    r0: np.ndarray
+    c0: np.ndarray
+    #: The stamp reaches past the image (finite centroids only).
+    edge: np.ndarray
+    #: The stamp shares at least one pixel with the image.
+    overlap: np.ndarray
 
 
-def _extract(imgs, msks, bits, x, y, size, max_bad_fraction, out=None, norm=None) -> CutoutBatch:
-    """Extraction on validated inputs; with ``norm = (name, softening, fill)`` the stamps are normalised.
-
-    Sources whose stamp lies inside the image are processed in cache-sized
-    chunks, in raster order of their position (neighbouring stamps share image
-    rows, so the image is read from memory about once); each chunk is gathered,
-    checked, optionally normalised while in cache, and written to its rows of
-    the output.
-    """
-    n = x.shape[0]
-    n_chan = len(imgs)
-    H, W = imgs[0].shape
+def _locate(x: np.ndarray, y: np.ndarray, size: int, shape: tuple[int, int]) -> _Sources:
+    """Centre pixels, offsets and stamp corners of sources at centroids ``x``, ``y`` (N,)."""
+    H, W = shape
     half = size // 2
-    npix = size * size
-    if out is None:
-        stamps = np.empty((n, n_chan, size, size), dtype=np.float32)
-    else:
-        if out.shape != (n, n_chan, size, size) or out.dtype != np.float32:
-            raise ValueError(
-                f"out must be float32 with shape {(n, n_chan, size, size)}, got {out.dtype} {out.shape}."
-            )
-        stamps = out
-    flags = np.zeros(n, dtype=np.int32)
-    n_bad = np.zeros((n, n_chan), dtype=np.int32)
-    if n == 0:
-        return CutoutBatch(
-            stamps, flags, n_bad, np.zeros((0, 2), dtype=np.int64), np.zeros((0, 2), dtype=np.float32)
-        )
-
     good = np.isfinite(x) & np.isfinite(y)
     xs = np.where(good, np.clip(x, -_MAX_COORD, _MAX_COORD), 0.0)
     ys = np.where(good, np.clip(y, -_MAX_COORD, _MAX_COORD), 0.0)
@@ -384,69 +409,334 @@ def _extract(imgs, msks, bits, x, y, size, max_bad_fraction, out=None, norm=None
     r0 = centers[:, 1] - half
     c0 = centers[:, 0] - half
     inside = good & (r0 >= 0) & (r0 <= H - size) & (c0 >= 0) & (c0 <= W - size)
-    edge = good & ~inside
+    overlap = good & (r0 > -size) & (r0 < H) & (c0 > -size) & (c0 < W)
+    return _Sources(size, (H, W), good, centers, offsets, off_image, r0, c0, good & ~inside, overlap)
 
+
+@dataclasses.dataclass
+class _ChannelPlan:
+    """How the untrusted pixels of one channel's stamps are found.
+
+    ``exact`` (N,) bool marks the stamps checked pixel by pixel when gathered
+    (None: no stamp). The untrusted pixels of the other stamps are listed as
+    pairs sorted by source then pixel: ``pair_stamp`` (source index),
+    ``pair_local`` (flat pixel index in the S x S stamp) and ``pair_tag``
+    (1: non-finite, 2: bad mask bit, 3: both). A stamp in neither is clean.
+    """
+
+    exact: np.ndarray | None
+    pair_stamp: np.ndarray
+    pair_local: np.ndarray
+    pair_tag: np.ndarray
+
+
+def _no_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8)
+
+
+def _plan_channels(imgs, msks, mbits, src: _Sources) -> list[_ChannelPlan]:
+    """Decide, per channel, how the untrusted pixels of each stamp are found.
+
+    The image scan (`_scan_channel`) costs a fixed pass over the stamps' bounding
+    box; it is used when the stamps cover at least ``_SCAN_MIN_COVERAGE`` of that
+    box (e.g. 10,000 51x51 stamps on a 4k x 4k image cover 1.55 of it; 200 cover
+    0.03). Otherwise, and for images whose values may not survive the conversion
+    to float32 (float64: a finite 1e39 becomes inf), every stamp is checked pixel
+    by pixel after it is gathered and converted, as before.
+    """
+    H, W = src.shape
+    S = src.size
+    ov = np.flatnonzero(src.overlap)
+    scan = False
+    box = (0, H, 0, W)
+    if ov.shape[0]:
+        r0, c0 = src.r0[ov], src.c0[ov]
+        box = (
+            max(0, int(r0.min())),
+            min(H, int(r0.max()) + S),
+            max(0, int(c0.min())),
+            min(W, int(c0.max()) + S),
+        )
+        area = (box[1] - box[0]) * (box[3] - box[2])
+        scan = ov.shape[0] * S * S >= _SCAN_MIN_COVERAGE * area
+    plans = []
+    for img, msk, mb in zip(imgs, msks, mbits):
+        check_nonfinite = img.dtype.kind == "f"
+        check_mask = msk is not None and mb != 0
+        if ov.shape[0] == 0 or not (check_nonfinite or check_mask):
+            plans.append(_ChannelPlan(None, *_no_pairs()))
+        elif scan and (not check_nonfinite or img.dtype.itemsize <= 4):
+            plans.append(
+                _scan_channel(img if check_nonfinite else None, msk if check_mask else None, mb, src, ov, box)
+            )
+        else:
+            plans.append(_ChannelPlan(src.overlap, *_no_pairs()))
+    return plans
+
+
+def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _ChannelPlan:
+    """Find the untrusted pixels of one channel for the stamps of sources ``ov`` in one pass over the image.
+
+    ``img`` is None when its pixels need no test (integer images), ``msk`` when
+    there is no mask to test. Steps, all vectorised:
+
+    1. Reduce blocks of ``B = _SCAN_BLOCK`` rows to one value per column: the
+       float32 sum (non-finite if any pixel is; an overflow only makes a false
+       alarm) and the OR of the mask; a (rows / B, W) map of dirty segments.
+    2. Count dirty segments per B x B tile and build a summed-area table of the
+       counts; each stamp's count over the tiles it touches is then 4 look-ups.
+       (A full-resolution table would be exact, but numpy's cumulative sum along
+       the rows of a 4k x 4k image alone takes longer than the whole scan.)
+    3. Stamps with count 0 are clean. Stamps with more than
+       ``_SCAN_DENSE_SEGMENTS`` are marked for the exact per-pixel check.
+    4. The dirty segments in tiles touched by the remaining stamps are expanded
+       to pixels and each untrusted pixel is paired with the stamps containing it
+       (`_pixels_in_stamps`).
+    """
+    H, W = src.shape
+    S = src.size
+    B = _SCAN_BLOCK
+    ra, rb, ca, cb = box
+    h, w = rb - ra, cb - ca
+    nbf = h // B
+    nb = -(-h // B)
+    seg = np.zeros((nb, w), dtype=bool)
+    sub = None if img is None else img[ra:rb, ca:cb]
+    msub = None if msk is None else msk[ra:rb, ca:cb]
+    with np.errstate(over="ignore", invalid="ignore"):
+        if sub is not None:
+            if nbf:
+                s = np.add.reduce(sub[: nbf * B].reshape(nbf, B, w), axis=1, dtype=np.float32)
+                np.logical_not(np.isfinite(s), out=seg[:nbf])
+            if nb > nbf:
+                seg[nbf] = ~np.isfinite(np.add.reduce(sub[nbf * B :], axis=0, dtype=np.float32))
+        if msub is not None:
+            if nbf:
+                o = np.bitwise_or.reduce(msub[: nbf * B].reshape(nbf, B, w), axis=1)
+                seg[:nbf] |= np.bitwise_and(o, mbits, out=o) != 0
+            if nb > nbf:
+                seg[nbf] |= (np.bitwise_or.reduce(msub[nbf * B :], axis=0) & mbits) != 0
+
+    nt = -(-w // B)
+    if nt * B != w:
+        padded = np.zeros((nb, nt * B), dtype=bool)
+        padded[:, :w] = seg
+    else:
+        padded = seg
+    tiles = padded.reshape(nb, nt, B).sum(axis=2, dtype=np.int64)
+    sat = np.zeros((nb + 1, nt + 1), dtype=np.int64)
+    sat[1:, 1:] = tiles.cumsum(axis=0).cumsum(axis=1)
+
+    r0, c0 = src.r0[ov], src.c0[ov]
+    t_r0 = (np.maximum(r0, ra) - ra) // B
+    t_r1 = (np.minimum(r0 + S, rb) - ra - 1) // B + 1
+    t_c0 = (np.maximum(c0, ca) - ca) // B
+    t_c1 = (np.minimum(c0 + S, cb) - ca - 1) // B + 1
+    load = sat[t_r1, t_c1] - sat[t_r0, t_c1] - sat[t_r1, t_c0] + sat[t_r0, t_c0]
+    dense = load > _SCAN_DENSE_SEGMENTS
+    exact = None
+    if dense.any():
+        exact = np.zeros(src.r0.shape[0], dtype=bool)
+        exact[ov[dense]] = True
+    sparse = (load > 0) & ~dense
+    if not sparse.any():
+        return _ChannelPlan(exact, *_no_pairs())
+
+    # Tiles touched by the sparse stamps: a 2-d difference array summed over both axes.
+    stride = nt + 1
+    sr0, sr1, sc0, sc1 = t_r0[sparse], t_r1[sparse], t_c0[sparse], t_c1[sparse]
+    corners = np.concatenate([sr0 * stride + sc0, sr0 * stride + sc1, sr1 * stride + sc0, sr1 * stride + sc1])
+    signs = np.repeat(np.array([1.0, -1.0, -1.0, 1.0]), sr0.shape[0])
+    diff = np.bincount(corners, weights=signs, minlength=(nb + 1) * stride).reshape(nb + 1, stride)
+    touched = diff.cumsum(axis=0).cumsum(axis=1)[:nb, :nt] > 0.5
+    seg &= np.repeat(touched, B, axis=1)[:, :w]
+    sk, scol = np.nonzero(seg)
+
+    # Expand the dirty segments to their B pixels and test each.
+    rows = sk[:, None] * B + np.arange(B)
+    valid = rows < h
+    np.minimum(rows, h - 1, out=rows)
+    cols = scol[:, None]
+    tag = np.zeros(rows.shape, dtype=np.uint8)
+    if sub is not None:
+        tag |= (~np.isfinite(sub[rows, cols])).view(np.uint8)
+    if msub is not None:
+        tag |= ((msub[rows, cols] & mbits) != 0).view(np.uint8) << 1
+    tag[~valid] = 0
+    i, j = np.nonzero(tag)
+    stamp, local, ptag = _pixels_in_stamps(rows[i, j] + ra, scol[i] + ca, tag[i, j], ov[sparse], src)
+    return _ChannelPlan(exact, stamp, local, ptag)
+
+
+def _pixels_in_stamps(pr, pc, ptag, stamps: np.ndarray, src: _Sources):
+    """Pair untrusted image pixels (``pr``, ``pc``) with the stamps of sources ``stamps`` containing them.
+
+    Stamps are bucketed by their top-left corner in cells of S x S pixels; the
+    stamps containing pixel (r, c) have their corner in [r - S + 1, r] x
+    [c - S + 1, c], i.e. in 2 x 2 cells, so each pixel is compared with a few
+    candidates only. Returns source index, flat pixel index in the stamp and tag,
+    sorted by source then pixel.
+    """
+    S = src.size
+    H, W = src.shape
+    r0, c0 = src.r0[stamps], src.c0[stamps]
+    ncr = (H + S) // S + 2
+    ncc = (W + S) // S + 2
+    cell = ((r0 + S) // S) * ncc + (c0 + S) // S
+    by_cell = stamps[np.argsort(cell, kind="stable")]
+    count = np.bincount(cell, minlength=ncr * ncc)
+    first = np.cumsum(count) - count
+    # Lowest candidate cell of each pixel, then its 2 x 2 block of cells.
+    base = ((pr + 1) // S) * ncc + (pc + 1) // S
+    cand = (base[:, None] + np.array([0, 1, ncc, ncc + 1])).reshape(-1)
+    n_cand = count[cand]
+    total = int(n_cand.sum())
+    rep = np.repeat(np.arange(cand.shape[0]), n_cand)
+    # Position in by_cell of each candidate: start of its cell plus its rank in the cell.
+    at = np.arange(total) + np.repeat(first[cand] - (np.cumsum(n_cand) - n_cand), n_cand)
+    s = by_cell[at]
+    p = rep // 4
+    dr = pr[p] - src.r0[s]
+    dc = pc[p] - src.c0[s]
+    keep = (dr >= 0) & (dr < S) & (dc >= 0) & (dc < S)
+    s, p = s[keep], p[keep]
+    local = dr[keep] * S + dc[keep]
+    order = np.argsort(s * (S * S) + local, kind="stable")
+    return s[order], local[order], ptag[p[order]]
+
+
+def _batch_pairs(plan: _ChannelPlan, s0: int, s1: int, rank: np.ndarray, npix: int):
+    """Untrusted pixels of sources [s0, s1) as sorted flat positions in the raster-ordered batch, and tags."""
+    lo, hi = np.searchsorted(plan.pair_stamp, [s0, s1])
+    if hi <= lo:
+        return None
+    key = rank[plan.pair_stamp[lo:hi] - s0] * npix + plan.pair_local[lo:hi]
+    order = np.argsort(key, kind="stable")
+    return key[order], plan.pair_tag[lo:hi][order]
+
+
+def _process(
+    imgs, msks, mbits, src: _Sources, plans, s0: int, s1: int, out, norm, max_bad_fraction
+) -> CutoutBatch:
+    """Extract (and with ``norm = (name, softening, fill)`` normalise) the stamps of sources [s0, s1).
+
+    Sources overlapping the image are processed in cache-sized chunks in raster
+    order of their position (neighbouring stamps share image rows, so the image
+    is read from memory about once); each chunk is gathered, marked, optionally
+    normalised while in cache, and written to its rows of the output.
+    """
+    n = s1 - s0
+    n_chan = len(imgs)
+    H, W = src.shape
+    size = src.size
+    npix = size * size
+    centre = (size // 2) * size + size // 2
+    if out is None:
+        stamps = np.empty((n, n_chan, size, size), dtype=np.float32)
+    else:
+        if out.shape != (n, n_chan, size, size) or out.dtype != np.float32:
+            raise ValueError(
+                f"out must be float32 with shape {(n, n_chan, size, size)}, got {out.dtype} {out.shape}."
+            )
+        stamps = out
+    sl = slice(s0, s1)
+    good, edge, overlap = src.good[sl], src.edge[sl], src.overlap[sl]
+    r0, c0 = src.r0[sl], src.c0[sl]
+    flags = np.zeros(n, dtype=np.int32)
+    n_bad = np.zeros((n, n_chan), dtype=np.int32)
     nonfinite = np.zeros(n, dtype=bool)
     masked = np.zeros(n, dtype=bool)
-    bad_center = ~good
-    views = [_row_view(img, size) for img in imgs]
-    mviews = [None if m is None else _row_view(m, size) for m in msks]
-    mbits = [None if m is None else _mask_bits_for(m.dtype, bits) for m in msks]
-    use_mask = [m is not None and mb != 0 for m, mb in zip(msks, mbits)]
+    bad_center = ~overlap
 
-    def finish_channel(dest, c, g, nb, nf, mk, pos):
-        n_bad[dest, c] = nb
-        nonfinite[dest] |= nf
-        masked[dest] |= mk
-        bad_center[dest] |= np.isnan(g[:, half * size + half])
-        if norm is not None:
-            _normalize_rows(g, size, size, *norm, nan_rows=nb > 0, bad_pos=pos)
-        stamps[dest, c] = g.reshape(-1, size, size)
-
-    idx_in = np.flatnonzero(inside)
-    if idx_in.shape[0]:
-        key = r0[idx_in] * W + c0[idx_in]
-        if idx_in.shape[0] > 1 and not np.all(key[1:] >= key[:-1]):
-            idx_in = idx_in[np.argsort(key, kind="stable")]
-        # All sources inside and already in raster order: write plain slices.
-        in_order = idx_in.shape[0] == n and bool(np.all(idx_in == np.arange(n)))
+    idx_ov = np.flatnonzero(overlap)
+    if idx_ov.shape[0]:
+        views = [_row_view(img, size) for img in imgs]
+        mviews = [None if m is None else _row_view(m, size) for m in msks]
+        use_mask = [m is not None and mb != 0 for m, mb in zip(msks, mbits)]
+        key = r0[idx_ov] * W + c0[idx_ov]
+        in_order = idx_ov.shape[0] == n
+        if idx_ov.shape[0] > 1 and not np.all(key[1:] >= key[:-1]):
+            idx_ov = idx_ov[np.argsort(key, kind="stable")]
+            in_order = False
+        rank = np.empty(n, dtype=np.int64)
+        rank[idx_ov] = np.arange(idx_ov.shape[0])
+        pairs = [_batch_pairs(p, s0, s1, rank, npix) for p in plans]
         step = max(1, _CHUNK_BYTES // (npix * 4))
-        for a in range(0, idx_in.shape[0], step):
-            idx = idx_in[a : a + step]
-            dest = slice(a, a + idx.shape[0]) if in_order else idx
+        for a in range(0, idx_ov.shape[0], step):
+            idx = idx_ov[a : a + step]
+            k = idx.shape[0]
+            dest = slice(a, a + k) if in_order else idx
             rr, cc = r0[idx], c0[idx]
+            ed = np.flatnonzero(edge[idx])
+            clamp = ed.shape[0] > 0
+            off_pos = None
+            if clamp:
+                q = np.flatnonzero(_off_image(rr[ed], cc[ed], size, H, W))
+                off_pos = ed[q // npix] * npix + q % npix
             for c in range(n_chan):
-                g = _gather(imgs[c], views[c], rr, cc, size)
+                g = _gather_rows(imgs[c], views[c], rr, cc, size, clamp)
                 if g.dtype != np.float32:
                     g = g.astype(np.float32)
-                gm = _gather(msks[c], mviews[c], rr, cc, size) if use_mask[c] else None
-                nb, nf, mk, pos = _mark_bad(g, gm, mbits[c])
-                finish_channel(dest, c, g, nb, nf, mk, pos)
-    idx_edge = np.flatnonzero(edge)
-    if idx_edge.shape[0]:
-        step = max(1, _CHUNK_BYTES // (npix * 4))
-        for a in range(0, idx_edge.shape[0], step):
-            idx = idx_edge[a : a + step]
-            for c in range(n_chan):
-                g, off, n_off = _gather_edge(imgs[c], views[c], r0[idx], c0[idx], size)
-                g = g.astype(np.float32)
-                gm = _gather_edge(msks[c], mviews[c], r0[idx], c0[idx], size)[0] if use_mask[c] else None
-                np.copyto(g, np.float32(0.0), where=off)
-                if gm is not None:
-                    np.copyto(gm, 0, where=off)
-                nb, nf, mk, _ = _mark_bad(g, gm, mbits[c])
-                np.copyto(g, np.float32(np.nan), where=off)
-                nb += n_off
-                finish_channel(idx, c, g, nb, nf, mk, None)
-    if not good.all():
-        ib = np.flatnonzero(~good)
-        if norm is None:
-            stamps[ib] = np.nan
-        else:
-            stamps[ib] = np.float32(norm[2])
-        n_bad[ib] = npix
-        centers[ib] = 0
-        offsets[ib] = 0.0
+                flat = g.reshape(-1)
+                plan = plans[c]
+                nf = np.zeros(k, dtype=bool)
+                mk = np.zeros(k, dtype=bool)
+                parts = []
+                exi = None if plan.exact is None else np.flatnonzero(plan.exact[idx + s0])
+                if exi is not None and exi.shape[0]:
+                    if clamp:
+                        flat[off_pos] = 0.0  # off-image pixels must not count as bad
+                    every = exi.shape[0] == k
+                    ge = g if every else g[exi]
+                    gm = None
+                    if use_mask[c]:
+                        gm = _gather_rows(msks[c], mviews[c], rr[exi], cc[exi], size, clamp)
+                        we = np.flatnonzero(edge[idx[exi]]) if clamp else ()
+                        if len(we):
+                            gw = gm[we]
+                            gw[_off_image(rr[exi[we]], cc[exi[we]], size, H, W)] = 0
+                            gm[we] = gw
+                    _, nfe, mke, pos = _mark_bad(ge, gm, mbits[c])
+                    if not every:
+                        g[exi] = ge
+                        pos = exi[pos // npix] * npix + pos % npix
+                    nf[exi] = nfe
+                    mk[exi] = mke
+                    parts.append(pos)
+                if pairs[c] is not None:
+                    pkey, ptag = pairs[c]
+                    i0, i1 = np.searchsorted(pkey, [a * npix, (a + k) * npix])
+                    if i1 > i0:
+                        pos = pkey[i0:i1] - a * npix
+                        tag = ptag[i0:i1]
+                        flat[pos] = np.nan
+                        rows = pos // npix
+                        nf[rows[(tag & 1) != 0]] = True
+                        mk[rows[(tag & 2) != 0]] = True
+                        parts.append(pos)
+                if clamp:
+                    flat[off_pos] = np.nan
+                    parts.append(off_pos)
+                if len(parts) > 1:
+                    pos = np.sort(np.concatenate(parts))
+                elif parts:
+                    pos = parts[0]
+                else:
+                    pos = np.zeros(0, dtype=np.int64)
+                if pos.shape[0]:
+                    n_bad[dest, c] = np.bincount(pos // npix, minlength=k)
+                nonfinite[dest] |= nf
+                masked[dest] |= mk
+                bad_center[dest] |= np.isnan(g[:, centre])
+                if norm is not None:
+                    _normalize_rows(g, size, size, *norm, bad_pos=pos)
+                stamps[dest, c] = g.reshape(k, size, size)
+
+    idx_off = np.flatnonzero(~overlap)
+    if idx_off.shape[0]:
+        # Non-finite centroids and stamps wholly off the image: nothing to gather.
+        stamps[idx_off] = np.nan if norm is None else np.float32(norm[2])
+        n_bad[idx_off] = npix
 
     flags |= np.where(edge, np.int32(SourceFlag.EDGE), np.int32(0))
     flags |= np.where(nonfinite, np.int32(SourceFlag.NONFINITE), np.int32(0))
@@ -457,9 +747,27 @@ def _extract(imgs, msks, bits, x, y, size, max_bad_fraction, out=None, norm=None
     )
     flags |= np.where((n_bad >= npix).any(axis=1), np.int32(SourceFlag.NO_VALID_PIXELS), np.int32(0))
     flags |= np.where(~good, np.int32(SourceFlag.BAD_CENTROID), np.int32(0))
-    flags |= np.where(off_image, np.int32(SourceFlag.OFF_IMAGE), np.int32(0))
+    flags |= np.where(src.off_image[sl], np.int32(SourceFlag.OFF_IMAGE), np.int32(0))
     flags |= np.where(flags & np.int32(UNSCORABLE), np.int32(SourceFlag.NOT_SCORED), np.int32(0))
-    return CutoutBatch(stamps=stamps, flags=flags, n_bad=n_bad, centers=centers, offsets=offsets)
+    return CutoutBatch(
+        stamps=stamps,
+        flags=flags,
+        n_bad=n_bad,
+        centers=src.centers[sl].copy(),
+        offsets=src.offsets[sl].copy(),
+    )
+
+
+def _channel_mask_bits(msks, bits) -> list:
+    return [None if m is None else _mask_bits_for(m.dtype, bits) for m in msks]
+
+
+def _extract(imgs, msks, bits, x, y, size, max_bad_fraction, out=None, norm=None) -> CutoutBatch:
+    """Extraction on validated inputs; with ``norm = (name, softening, fill)`` the stamps are normalised."""
+    src = _locate(x, y, size, imgs[0].shape)
+    mbits = _channel_mask_bits(msks, bits)
+    plans = _plan_channels(imgs, msks, mbits, src)
+    return _process(imgs, msks, mbits, src, plans, 0, x.shape[0], out, norm, max_bad_fraction)
 
 
 def extract_cutouts(
@@ -652,30 +960,84 @@ def _row_median(a: np.ndarray, nan_rows: np.ndarray | None = None) -> tuple[np.n
     return med, nvalid
 
 
+def _median_of_filled(a: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
+    """Median of the valid entries of each row of ``a`` (R, M) float32; ``a`` is reordered.
+
+    Each row must hold its ``b = M - n_valid`` invalid entries as ``b // 2``
+    times -inf and ``b - b // 2`` times +inf (valid entries are finite). Then
+    the valid middle sits at fixed ranks for every row: rank ``M // 2`` (and
+    ``M // 2 - 1``) of the whole row, so one `numpy.partition` at a single rank
+    serves rows with and without invalid entries (numpy's partition has a fast
+    path for a single rank only; the rank below is the maximum of the lower
+    part). For an even count the median is the mean of the two middle values,
+    computed in float32 as ``0.5 * (lower + upper)``. NaN for a row with no
+    valid entry.
+    """
+    R, M = a.shape
+    h = M // 2
+    a.partition(h, axis=1)
+    upper = a[:, h]
+    odd = (n_valid % 2) == 1
+    if M % 2 == 1 and odd.all():
+        med = upper.copy()
+    else:
+        lower = a[:, :h].max(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            med = np.where(odd, upper if M % 2 == 1 else lower, 0.5 * (lower + upper)).astype(np.float32)
+    med[n_valid == 0] = np.nan
+    return med
+
+
 def _robust_center_scale(
-    flat: np.ndarray, H: int, W: int, nan_rows: np.ndarray
+    flat: np.ndarray, H: int, W: int, bad_pos: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Median and sigma (1.4826 MAD, with floors) of each row of ``flat`` (R, H*W) float32.
 
-    ``flat`` holds NaN for untrusted pixels; ``nan_rows`` (R,) marks rows that may hold any.
+    ``flat`` holds NaN exactly at the sorted flat positions ``bad_pos``.
     """
     R = flat.shape[0]
-    if H == W and stats_pixel_grid(H)[0].step > 1:
+    M = H * W
+    start, step = 0, 1
+    if H == W:
+        gr, _ = stats_pixel_grid(H)
+        start, step = gr.start, gr.step
+    if step > 1:
         gr, gc = stats_pixel_grid(H)
         sub = np.ascontiguousarray(flat.reshape(R, H, W)[:, gr, gc]).reshape(R, -1)
+        gw = len(range(W)[gc])
     else:
         sub = flat.copy()
-    if nan_rows.any():
-        # Only rows with a NaN on the grid need the slower NaN-aware path.
-        nan_rows = nan_rows.copy()
-        nan_rows[nan_rows] = ~_rows_finite(sub[nan_rows])
-    # _row_median reorders rows in place; the MAD below does not depend on the order.
-    med, nv = _row_median(sub, nan_rows)
-    np.subtract(sub, med[:, None], out=sub)
-    np.abs(sub, out=sub)
-    mad, _ = _row_median(sub, nan_rows)
+    Mg = sub.shape[1]
+    n_bad = np.zeros(R, dtype=np.int64)
+    low = gpos = None
+    if bad_pos.shape[0]:
+        prow = bad_pos // M
+        pix = bad_pos - prow * M
+        if step > 1:
+            i = pix // W - start
+            j = pix % W - start
+            on = (i >= 0) & (j >= 0) & (i % step == 0) & (j % step == 0)
+            prow = prow[on]
+            pix = (i[on] // step) * gw + j[on] // step
+        gpos = prow * Mg + pix
+        n_bad = np.bincount(prow, minlength=R)
+        # Rank of each bad pixel within its row; the first half of each row's become -inf.
+        first = np.cumsum(n_bad) - n_bad
+        low = (np.arange(gpos.shape[0]) - first[prow]) < (n_bad // 2)[prow]
+        sub_flat = sub.reshape(-1)
+        sub_flat[gpos] = np.inf
+        sub_flat[gpos[low]] = -np.inf
+    n_valid = Mg - n_bad
+    with np.errstate(over="ignore", invalid="ignore"):
+        med = _median_of_filled(sub.copy(), n_valid)
+        # |x - med| keeps the bad entries at +inf; half of them go back to -inf.
+        np.subtract(sub, med[:, None], out=sub)
+        np.abs(sub, out=sub)
+        if gpos is not None:
+            sub.reshape(-1)[gpos[low]] = -np.inf
+        mad = _median_of_filled(sub, n_valid)
     # Rows whose grid has no valid pixel but whose stamp has some use every valid pixel.
-    fallback = nv == 0
+    fallback = n_valid == 0
     if fallback.any():
         full = flat[fallback]
         m2, _ = _row_median(full.copy(), None)
@@ -698,6 +1060,21 @@ def _robust_center_scale(
     return med, sigma
 
 
+def _nonfinite_positions(flat: np.ndarray) -> np.ndarray:
+    """Sorted flat positions of the non-finite values of ``flat`` (R, M) float32; infinities become NaN."""
+    R, M = flat.shape
+    rows = np.flatnonzero(~_rows_finite(flat))
+    if rows.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    sub = flat[rows]
+    bad = ~np.isfinite(sub)
+    if np.isinf(sub).any():
+        np.copyto(sub, np.float32(np.nan), where=bad)
+        flat[rows] = sub
+    p = np.flatnonzero(bad)
+    return rows[p // M] * M + p % M
+
+
 def _normalize_rows(
     flat: np.ndarray,
     H: int,
@@ -705,58 +1082,58 @@ def _normalize_rows(
     norm: str,
     soft: float,
     fill: float,
-    nan_rows: np.ndarray | None = None,
     bad_pos: np.ndarray | None = None,
 ) -> None:
     """Normalise rows (one stamp channel each) of ``flat`` (R, H*W) float32 in place and fill.
 
-    ``nan_rows`` marks the rows that may hold non-finite pixels, all of them NaN;
-    when None it is computed here and infinities are turned into NaN first.
-    ``bad_pos``, if given, lists the flat positions of all NaN pixels (then the
-    fill is a sparse write instead of a scan).
+    ``bad_pos`` lists the sorted flat positions of all untrusted pixels, which
+    must be NaN and the only non-finite values; when None they are found here
+    (and infinities turned into NaN).
     """
     R = flat.shape[0]
     if R == 0:
         return
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if nan_rows is None:
-            nan_rows = ~_rows_finite(flat)
-            if nan_rows.any():
-                rows = flat[nan_rows]
-                np.copyto(rows, np.float32(np.nan), where=np.isinf(rows))
-                flat[nan_rows] = rows
+    if bad_pos is None:
+        bad_pos = _nonfinite_positions(flat)
+    with np.errstate(all="ignore"):
         if norm in ("robust_asinh", "robust"):
-            med, sigma = _robust_center_scale(flat, H, W, nan_rows)
-            scale = 1.0 / (sigma * np.float32(soft if norm == "robust_asinh" else 1.0))
-            flat -= med[:, None]
-            flat *= scale.astype(np.float32)[:, None]
-            if norm == "robust_asinh":
-                np.arcsinh(flat, out=flat)
+            med, sigma = _robust_center_scale(flat, H, W, bad_pos)
+            soft32 = np.float32(soft if norm == "robust_asinh" else 1.0)
         elif norm == "unit":
             # float64 accumulation: no overflow of the sum of squares.
             norm2 = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
-            if nan_rows.any():
+            nan_rows = np.unique(bad_pos // (H * W))
+            if nan_rows.shape[0]:
                 rows = flat[nan_rows].astype(np.float64)
                 norm2[nan_rows] = np.sqrt(np.nansum(rows * rows, axis=1))
             norm2 = np.where(np.isfinite(norm2) & (norm2 > 0), norm2, 1.0)
+    # Finite inputs can only give a non-finite output through an overflow (or 0 * inf
+    # from a degenerate scale); the FPU flags those, and only then is the output scanned.
+    alarms: list = []
+    with (
+        np.errstate(all="ignore"),
+        np.errstate(over="call", invalid="call", call=lambda *a: alarms.append(1)),
+    ):
+        if norm in ("robust_asinh", "robust"):
+            scale = 1.0 / (sigma * soft32)
+            flat -= med[:, None]
+            flat *= scale.astype(np.float32)[:, None]
+        elif norm == "unit":
             flat *= (1.0 / norm2).astype(np.float32)[:, None]
-        if bad_pos is not None and bad_pos.shape[0]:
-            flat.reshape(-1)[bad_pos] = np.float32(fill)
-        # Fill untrusted pixels; the same check catches any overflow of extreme values.
-        bad_rows = ~_rows_finite(flat)
-    bi = np.flatnonzero(bad_rows)
-    if bi.shape[0] * 4 > R:
-        # Many rows to fill: one pass over the chunk beats copying rows out and back.
-        np.copyto(flat, np.float32(fill), where=np.isnan(flat))
-        # What is still non-finite is an overflow to +-inf.
-        bi = bi[~_rows_finite(flat[bi])]
-        if bi.shape[0]:
-            flat[bi] = np.clip(flat[bi], -_F32_MAX, _F32_MAX)
-    elif bi.shape[0]:
-        rows = flat[bi]
-        np.copyto(rows, np.float32(fill), where=np.isnan(rows))
-        np.clip(rows, -_F32_MAX, _F32_MAX, out=rows)
-        flat[bi] = rows
+    if norm == "robust_asinh":
+        # arcsinh of a finite float32 is finite; its own flags are not alarms.
+        with np.errstate(all="ignore"):
+            np.arcsinh(flat, out=flat)
+    if bad_pos.shape[0]:
+        flat.reshape(-1)[bad_pos] = np.float32(fill)
+    if alarms:
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad_rows = np.flatnonzero(~_rows_finite(flat))
+        if bad_rows.shape[0]:
+            rows = flat[bad_rows]
+            np.copyto(rows, np.float32(fill), where=np.isnan(rows))
+            np.clip(rows, -_F32_MAX, _F32_MAX, out=rows)
+            flat[bad_rows] = rows
 
 
 def _norm_params(contract) -> tuple[str, float, float]:
@@ -1017,11 +1394,25 @@ def iter_cutout_batches(
     bad_mask_bits: int = mask_bits(DEFAULT_BAD_MASK_PLANES),
     max_bad_fraction: float = 0.5,
     channel_axis_order: Sequence[str] = CHANNEL_ORDER,
+    reuse_buffer: bool = False,
 ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
     """Stream prepared stamps in batches so the full (N, C, S, S) array never exists.
 
-    Parameters are those of `prepare_cutouts`, plus ``batch_size`` (sources per
-    batch, >= 1). Inputs are validated before the first batch is yielded.
+    Parameters are those of `prepare_cutouts`, plus:
+
+    batch_size : `int`
+        Sources per batch, >= 1.
+    reuse_buffer : `bool`, optional
+        If True, every batch's stamps are written into one buffer allocated for
+        the first batch, and each yielded ``stamps`` array is a view of it that
+        the NEXT batch overwrites: use it only when each batch is consumed (e.g.
+        scored) before the next is requested, and copy what must be kept. It
+        saves allocating and page-faulting a fresh array per batch. Default
+        False: every batch is a new array.
+
+    Inputs are validated before the first batch is yielded. Where each stamp's
+    untrusted pixels are found (`_plan_channels`) is decided once for all N
+    sources, so batching does not repeat the image scan.
 
     Yields
     ------
@@ -1038,13 +1429,25 @@ def iter_cutout_batches(
     imgs, msks, names = _validate_images(imgs, msks, names)
     x, y = _validate_xy(x, y)
     max_bad_fraction = _validate_fraction(max_bad_fraction)
-    return _iter_batches(imgs, msks, x, y, contract, int(batch_size), bad_mask_bits, max_bad_fraction)
+    return _iter_batches(
+        imgs, msks, x, y, contract, int(batch_size), bad_mask_bits, max_bad_fraction, bool(reuse_buffer)
+    )
 
 
-def _iter_batches(imgs, msks, x, y, contract, batch_size, bits, max_bad_fraction):
+def _iter_batches(imgs, msks, x, y, contract, batch_size, bits, max_bad_fraction, reuse_buffer):
     n = x.shape[0]
+    if n == 0:
+        return
     norm = _norm_params(contract)
+    size = contract.stamp_size
+    src = _locate(x, y, size, imgs[0].shape)
+    mbits = _channel_mask_bits(msks, bits)
+    plans = _plan_channels(imgs, msks, mbits, src)
+    buffer = None
+    if reuse_buffer:
+        buffer = np.empty((min(batch_size, n), len(imgs), size, size), dtype=np.float32)
     for a in range(0, n, batch_size):
-        sl = slice(a, min(n, a + batch_size))
-        batch = _extract(imgs, msks, bits, x[sl], y[sl], contract.stamp_size, max_bad_fraction, norm=norm)
-        yield sl, batch.stamps, batch.flags
+        b = min(n, a + batch_size)
+        out = None if buffer is None else buffer[: b - a]
+        batch = _process(imgs, msks, mbits, src, plans, a, b, out, norm, max_bad_fraction)
+        yield slice(a, b), batch.stamps, batch.flags

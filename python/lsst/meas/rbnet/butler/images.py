@@ -88,7 +88,9 @@ def make_detector(
     # AST frame attributes in AST's own syntax work with both AST bindings
     # (astshim inside the Rubin stack, starlink-pyast outside it).
     pixels = _ast.Frame(
-        2, f"Ident=DETECTOR_{detector}, Domain=PIXELS, Bottom(1)=0, Top(1)={width}, Bottom(2)=0, Top(2)={height}"
+        2,
+        f"Ident=DETECTOR_{detector}, Domain=PIXELS, "
+        f"Bottom(1)=0, Top(1)={width}, Bottom(2)=0, Top(2)={height}",
     )
     frames = _ast.FrameSet(pixels)
     per_row = 16
@@ -97,7 +99,9 @@ def make_detector(
     to_focal_plane = _ast.CmpMap(_ast.ZoomMap(2, _PIXEL_SIZE_MM), _ast.ShiftMap(origin_mm), True)
     frames.addFrame(1, to_focal_plane, _ast.Frame(2, "Ident=FOCAL_PLANE, Unit(1)=mm, Unit(2)=mm"))
     rad_per_mm = (pixel_scale_arcsec / _PIXEL_SIZE_MM * u.arcsec).to_value(u.rad)
-    frames.addFrame(2, _ast.ZoomMap(2, rad_per_mm), _ast.Frame(2, "Ident=FIELD_ANGLE, Unit(1)=rad, Unit(2)=rad"))
+    frames.addFrame(
+        2, _ast.ZoomMap(2, rad_per_mm), _ast.Frame(2, "Ident=FIELD_ANGLE, Unit(1)=rad, Unit(2)=rad")
+    )
     description = {
         "attributes": {
             "name": name or f"S{detector:02d}",
@@ -181,7 +185,19 @@ def _obs_info(instrument, detector, visit, physical_filter, mjd, exposure_time):
 
 
 def _visit_kwargs(
-    image, variance, mask, *, wcs, instrument, detector, visit, band, physical_filter, mjd, fwhm, exposure_time=30.0
+    image,
+    variance,
+    mask,
+    *,
+    wcs,
+    instrument,
+    detector,
+    visit,
+    band,
+    physical_filter,
+    mjd,
+    fwhm,
+    exposure_time=30.0,
 ):
     from lsst.images.psfs import GaussianPointSpreadFunction
 

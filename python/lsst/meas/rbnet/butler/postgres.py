@@ -21,6 +21,7 @@ __all__ = [
     "POSTGRES_URL_ENV",
     "check_postgres",
     "create_postgres_repo",
+    "driver_url",
     "drop_namespace",
     "ensure_btree_gist",
     "postgres_seed_config",
@@ -42,8 +43,8 @@ POSTGRES_URL_ENV = "RBNET_TEST_POSTGRES_URL"
 
 # PostgreSQL identifiers are at most 63 bytes; lower case letters, digits and underscores need
 # no quoting and survive every client unchanged.
-_NAMESPACE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_URL_SCHEMES = ("postgresql://", "postgresql+psycopg2://", "postgres://")
+_NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_URL_SCHEMES = ("postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://", "postgres://")
 
 
 def _check_url(url: str) -> str:
@@ -57,11 +58,29 @@ def _check_url(url: str) -> str:
     return url
 
 
-def _driver_url(url: str) -> str:
-    """Name the installed driver in a URL that names none.
+def driver_url(url: str) -> str:
+    """Return a PostgreSQL URL that names an installed driver.
 
     SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, while the project's
     ``postgres`` extra installs psycopg2; naming the driver makes the URL work with either.
+
+    Parameters
+    ----------
+    url : `str`
+        ``postgresql://...`` (or ``postgres://...``, or one that already names a driver).
+
+    Returns
+    -------
+    url : `str`
+        ``postgresql+psycopg2://...`` (or ``+psycopg`` when only psycopg 3 is installed);
+        a URL that names a driver is returned unchanged.
+
+    Raises
+    ------
+    ValueError
+        Raised if ``url`` is not a PostgreSQL URL.
+    RuntimeError
+        Raised if neither driver is installed.
     """
     url = _check_url(url)
     if not url.startswith("postgresql://"):
@@ -89,7 +108,7 @@ def _check_namespace(namespace: str) -> str:
 def _engine(url: str):
     import sqlalchemy
 
-    return sqlalchemy.create_engine(_driver_url(url), poolclass=sqlalchemy.pool.NullPool)
+    return sqlalchemy.create_engine(driver_url(url), poolclass=sqlalchemy.pool.NullPool)
 
 
 def unique_namespace(prefix: str = "rbnet") -> str:
@@ -211,7 +230,7 @@ def postgres_seed_config(
     config = Config()
     if extra is not None:
         config.update(Config(extra) if not isinstance(extra, Config) else extra)
-    config["registry", "db"] = _driver_url(url)
+    config["registry", "db"] = driver_url(url)
     if namespace is not None:
         config["registry", "namespace"] = _check_namespace(namespace)
     return config

@@ -135,7 +135,9 @@ def create_repo(
     return Butler.from_config(root, writeable=True)
 
 
-def open_repo(repo: ResourcePathExpression | Butler, *, writeable: bool = True, run: str | None = None) -> Butler:
+def open_repo(
+    repo: ResourcePathExpression | Butler, *, writeable: bool = True, run: str | None = None
+) -> Butler:
     """Open a repository (or return the Butler given), checking our storage classes are known."""
     butler = repo if isinstance(repo, Butler) else Butler.from_config(repo, writeable=writeable, run=run)
     check_storage_classes(butler)
@@ -213,7 +215,9 @@ def register_instrument(
         )
 
 
-def register_dataset_types(butler: Butler, extra: Mapping[str, tuple[Iterable[str], str]] | None = None) -> None:
+def register_dataset_types(
+    butler: Butler, extra: Mapping[str, tuple[Iterable[str], str]] | None = None
+) -> None:
     """Register the AP input, model and labels dataset types (and ``extra`` ones).
 
     Parameters
@@ -347,7 +351,9 @@ class VisitWriter:
             self.butler, self.instrument, detectors=[detector], physical_filters={physical_filter: band}
         )
         # day_obs as Rubin defines it: the local date at Cerro Pachon (UTC-12 h rollover).
-        local = astropy.time.Time(mjd, format="mjd", scale="tai") - astropy.time.TimeDelta(12 * 3600, format="sec")
+        local = astropy.time.Time(mjd, format="mjd", scale="tai") - astropy.time.TimeDelta(
+            12 * 3600, format="sec"
+        )
         day_obs = int(local.strftime("%Y%m%d"))
         registry.syncDimensionData("day_obs", {"instrument": self.instrument, "id": day_obs})
         # The simulator's mjd is the middle of the exposure.
@@ -394,7 +400,9 @@ class VisitWriter:
             exposure_time=exposure_time,
         )
         data_id = {"instrument": self.instrument, "visit": visit, "detector": detector}
-        science = make_visit_image(sim.science.image, sim.science.variance, sim.science.mask, fwhm=fwhm, **common)
+        science = make_visit_image(
+            sim.science.image, sim.science.variance, sim.science.mask, fwhm=fwhm, **common
+        )
         difference = make_difference_image(
             sim.difference.image, sim.difference.variance, sim.difference.mask, fwhm=fwhm, **common
         )
@@ -457,7 +465,9 @@ def _validate_labels(table: astropy.table.Table, source: str) -> astropy.table.T
         ids = ids.astype(np.int64)
         unique, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
-            raise ValueError(f"Labels {source}: duplicate source ids, e.g. {unique[counts > 1][:5].tolist()}.")
+            raise ValueError(
+                f"Labels {source}: duplicate source ids, e.g. {unique[counts > 1][:5].tolist()}."
+            )
         out["id"] = ids
     labels = np.asarray(table["label"])
     if labels.dtype.kind in "US":
@@ -465,12 +475,16 @@ def _validate_labels(table: astropy.table.Table, source: str) -> astropy.table.T
         mapping = {"real": REAL, "bogus": BOGUS, "1": REAL, "0": BOGUS}
         bad = sorted(set(lowered.tolist()) - set(mapping))
         if bad:
-            raise ValueError(f"Labels {source}: column 'label' has values {bad[:5]}; expected 0/1 or bogus/real.")
+            raise ValueError(
+                f"Labels {source}: column 'label' has values {bad[:5]}; expected 0/1 or bogus/real."
+            )
         labels = np.array([mapping[v] for v in lowered], dtype=np.int16)
     else:
         bad = sorted(set(np.unique(labels).tolist()) - {REAL, BOGUS})
         if bad:
-            raise ValueError(f"Labels {source}: column 'label' has values {bad[:5]}; expected 0 (bogus) or 1 (real).")
+            raise ValueError(
+                f"Labels {source}: column 'label' has values {bad[:5]}; expected 0 (bogus) or 1 (real)."
+            )
         labels = labels.astype(np.int16)
     out["label"] = labels
     if "source_class" in cols:
@@ -604,7 +618,9 @@ def register_model(
         raise RuntimeError(
             f"Collection {run!r} already exists; choose another --name (models are never overwritten)."
         )
-    butler.registry.registerDatasetType(DatasetType(dataset_type, [], MODEL_STORAGE_CLASS, universe=butler.dimensions))
+    butler.registry.registerDatasetType(
+        DatasetType(dataset_type, [], MODEL_STORAGE_CLASS, universe=butler.dimensions)
+    )
     butler.registry.registerCollection(run, CollectionType.RUN)
     ref = butler.put(package, dataset_type, {}, run=run)
     butler.registry.registerCollection(chain, CollectionType.CHAINED)

@@ -9,7 +9,9 @@ import click
 @click.command("register-model")
 @click.argument("repo")
 @click.argument("package", required=False)
-@click.option("--name", default="default", show_default=True, help="Model name: the run is pretrained_models/NAME.")
+@click.option(
+    "--name", default="default", show_default=True, help="Model name: the run is pretrained_models/NAME."
+)
 @click.option(
     "--dataset-type",
     default="pretrainedModelPackage",

@@ -111,8 +111,12 @@ def _write_visits(writer, visits, detectors, *, size, n_sources, seed, console, 
     total = 0
     jobs = [(v, d) for v in visits for d in detectors]
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         task = progress.add_task(f"Simulating {what}", total=len(jobs))
         for v, d in jobs:
@@ -138,7 +142,8 @@ def _pipetask(args: list[str], log_path: Path, console) -> float:
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
-            _echo(console, "  " + line.rstrip(), style="dim")
+            # Unwrapped, as pipetask prints it.
+            console.out("  " + line.rstrip(), style="dim", highlight=False)
         rc = proc.wait()
     seconds = time.perf_counter() - start
     if rc != 0:
@@ -217,10 +222,15 @@ def _summarise(table, threshold: float, outdir: Path, console) -> dict[str, Any]
         bright = np.isfinite(snr) & (snr >= 6)
         if bright.any() and len(np.unique(y[bright])) == 2:
             summary["roc_auc_snr6"] = M.roc_auc(s[bright], y[bright])
-        summary["classes"] = M.class_fractions(s, y, np.asarray(table["source_class"]).astype(str)[scored], threshold)
+        summary["classes"] = M.class_fractions(
+            s, y, np.asarray(table["source_class"]).astype(str)[scored], threshold
+        )
         plot_roc({summary["versions"][0] if summary["versions"] else "model": (s, y)}, outdir / "roc.png")
     plot_score_histograms(
-        s, np.asarray(table["source_class"]).astype(str)[scored], outdir / "score_histograms.png", threshold=threshold
+        s,
+        np.asarray(table["source_class"]).astype(str)[scored],
+        outdir / "score_histograms.png",
+        threshold=threshold,
     )
     summary["flags"] = {
         f.name: int(np.count_nonzero(flags & int(f))) for f in SourceFlag if np.count_nonzero(flags & int(f))
@@ -235,7 +245,9 @@ def _print_summary(summary: dict[str, Any], console, outdir: Path, timings: dict
     t.add_column("quantity")
     t.add_column("value", justify="right")
     t.add_row("model version", ", ".join(summary["versions"]))
-    t.add_row("sources scored", f"{summary['scored']} of {summary['sources']} ({summary['unscorable']} unscorable)")
+    t.add_row(
+        "sources scored", f"{summary['scored']} of {summary['sources']} ({summary['unscorable']} unscorable)"
+    )
     t.add_row("truth", f"{summary['labelled_real']} real, {summary['labelled_bogus']} bogus")
     if "roc_auc" in summary:
         t.add_row("ROC-AUC", f"{summary['roc_auc']:.4f}")
@@ -304,11 +316,20 @@ def run_demo(
     visit_ids = list(range(1, visits + 1))
     detector_ids = list(range(detectors))
     n = _write_visits(
-        writer, visit_ids, detector_ids, size=size, n_sources=n_sources, seed=seed, console=console, what="visits"
+        writer,
+        visit_ids,
+        detector_ids,
+        size=size,
+        n_sources=n_sources,
+        seed=seed,
+        console=console,
+        what="visits",
     )
     labels = writer.labels()
     timings["simulate and write"] = time.perf_counter() - t0
-    _echo(console, f"Wrote {len(visit_ids)} visits x {len(detector_ids)} detectors ({n} sources) to {SIM_RUN}.")
+    _echo(
+        console, f"Wrote {len(visit_ids)} visits x {len(detector_ids)} detectors ({n} sources) to {SIM_RUN}."
+    )
 
     train_inputs = None
     if train:
@@ -316,7 +337,13 @@ def run_demo(
         twriter = VisitWriter(butler, run=TRAIN_SIM_RUN)
         train_ids = list(range(101, 101 + train_visits))
         nt = _write_visits(
-            twriter, train_ids, detector_ids, size=size, n_sources=n_sources, seed=seed + 7, console=console,
+            twriter,
+            train_ids,
+            detector_ids,
+            size=size,
+            n_sources=n_sources,
+            seed=seed + 7,
+            console=console,
             what="training visits",
         )
         labels = astropy.table.vstack([labels, twriter.labels()], join_type="outer")
@@ -332,10 +359,22 @@ def run_demo(
         where = f"instrument='{DEFAULT_INSTRUMENT}' AND visit >= {min(train_inputs)}"
         timings["pipetask (train)"] = _pipetask(
             [
-                "run", "-b", str(repo), "-i", f"{TRAIN_SIM_RUN},{LABELS_RUN}", "--output-run", TRAIN_RUN,
-                "-p", str(pipeline_path("Train.yaml")), "-d", where,
-                "-C", f"trainTriplet:{package_root() / 'config' / 'trainQuick.py'}",
-                "-j", str(max(1, jobs)), "--register-dataset-types",
+                "run",
+                "-b",
+                str(repo),
+                "-i",
+                f"{TRAIN_SIM_RUN},{LABELS_RUN}",
+                "--output-run",
+                TRAIN_RUN,
+                "-p",
+                str(pipeline_path("Train.yaml")),
+                "-d",
+                where,
+                "-C",
+                f"trainTriplet:{package_root() / 'config' / 'trainQuick.py'}",
+                "-j",
+                str(max(1, jobs)),
+                "--register-dataset-types",
             ],
             log_path,
             console,
@@ -360,8 +399,19 @@ def run_demo(
     where = f"instrument='{DEFAULT_INSTRUMENT}' AND visit <= {max(visit_ids)}"
     timings["pipetask (score)"] = _pipetask(
         [
-            "run", "-b", str(repo), "-i", f"{SIM_RUN},pretrained_models", "-o", SCORES_COLLECTION,
-            "-p", str(pipeline_path("Demo.yaml")), "-d", where, "-j", str(max(1, jobs)),
+            "run",
+            "-b",
+            str(repo),
+            "-i",
+            f"{SIM_RUN},pretrained_models",
+            "-o",
+            SCORES_COLLECTION,
+            "-p",
+            str(pipeline_path("Demo.yaml")),
+            "-d",
+            where,
+            "-j",
+            str(max(1, jobs)),
             "--register-dataset-types",
         ],
         log_path,
@@ -391,15 +441,25 @@ def run_demo(
 
 @click.command("demo")
 @click.argument("directory", default="demo", required=False)
-@click.option("--detectors", default=4, show_default=True, type=click.IntRange(1, 100), help="Detectors per visit.")
+@click.option(
+    "--detectors", default=4, show_default=True, type=click.IntRange(1, 100), help="Detectors per visit."
+)
 @click.option("--visits", default=2, show_default=True, type=click.IntRange(1, 100), help="Visits to score.")
 @click.option("--train", is_flag=True, help="Train a model with the Train pipeline first and score with it.")
 @click.option(
-    "--train-visits", default=4, show_default=True, type=click.IntRange(1, 100), help="Training visits (--train)."
+    "--train-visits",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Training visits (--train).",
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed of the simulation.")
-@click.option("--size", default=1024, show_default=True, type=click.IntRange(128, 4096), help="Detector side (pixels).")
-@click.option("--sources", "n_sources", default=None, type=int, help="Sources per detector (simulator's default).")
+@click.option(
+    "--size", default=1024, show_default=True, type=click.IntRange(128, 4096), help="Detector side (pixels)."
+)
+@click.option(
+    "--sources", "n_sources", default=None, type=int, help="Sources per detector (simulator's default)."
+)
 @click.option("-j", "--jobs", default=1, show_default=True, help="Processes for pipetask run -j.")
 @click.option("--overwrite", is_flag=True, help="Replace DIRECTORY/repo if it exists.")
 def demo(directory, detectors, visits, train, train_visits, seed, size, n_sources, jobs, overwrite):

@@ -25,22 +25,54 @@ def simulate():
 
 @simulate.command("stamps")
 @click.argument("out", type=click.Path(dir_okay=False, writable=True))
-@click.option("--n", "n", type=click.IntRange(min=1), default=10000, show_default=True, help="Number of stamps.")
+@click.option(
+    "--n", "n", type=click.IntRange(min=1), default=10000, show_default=True, help="Number of stamps."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--size", type=click.IntRange(min=3), default=51, show_default=True,
-              help="Stamp side in pixels (odd).")
-@click.option("--real-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Fraction of real examples.")
-@click.option("--fwhm-range", default="1.5,6.0", show_default=True, callback=_parse_range,
-              help="Seeing FWHM range in pixels, LO,HI.")
-@click.option("--snr-range", default="3,1000", show_default=True, callback=_parse_range,
-              help="S/N range of the labelled objects, LO,HI.")
-@click.option("--edge-fraction", type=click.FloatRange(0, 1), default=0.03, show_default=True,
-              help="Fraction of examples near a chip edge.")
-@click.option("--no-template-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Fraction of examples whose template lacks data over part of the stamp.")
-@click.option("--variance/--no-variance", default=False, show_default=True, help="Also write variance planes.")
-def stamps(out, n, seed, size, real_fraction, fwhm_range, snr_range, edge_fraction, no_template_fraction, variance):
+@click.option(
+    "--size", type=click.IntRange(min=3), default=51, show_default=True, help="Stamp side in pixels (odd)."
+)
+@click.option(
+    "--real-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Fraction of real examples.",
+)
+@click.option(
+    "--fwhm-range",
+    default="1.5,6.0",
+    show_default=True,
+    callback=_parse_range,
+    help="Seeing FWHM range in pixels, LO,HI.",
+)
+@click.option(
+    "--snr-range",
+    default="3,1000",
+    show_default=True,
+    callback=_parse_range,
+    help="S/N range of the labelled objects, LO,HI.",
+)
+@click.option(
+    "--edge-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.03,
+    show_default=True,
+    help="Fraction of examples near a chip edge.",
+)
+@click.option(
+    "--no-template-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of examples whose template lacks data over part of the stamp.",
+)
+@click.option(
+    "--variance/--no-variance", default=False, show_default=True, help="Also write variance planes."
+)
+def stamps(
+    out, n, seed, size, real_fraction, fwhm_range, snr_range, edge_fraction, no_template_fraction, variance
+):
     """Write N labelled triplet stamps to OUT (.npz, readable with np.load(allow_pickle=False)).
 
     Keys: stamps (N, 3, S, S) float32 nJy in channel order difference, science,
@@ -58,34 +90,74 @@ def stamps(out, n, seed, size, real_fraction, fwhm_range, snr_range, edge_fracti
         if done == total or done % (20 * 256) < 256:
             click.echo(f"  {done}/{total} stamps ({time.perf_counter() - start:.1f} s)", err=True)
 
-    result = simulate_stamps(n, size, seed, real_fraction=real_fraction, fwhm_range=fwhm_range, snr_range=snr_range,
-                             edge_fraction=edge_fraction, no_template_fraction=no_template_fraction,
-                             with_variance=variance, progress=progress)
+    result = simulate_stamps(
+        n,
+        size,
+        seed,
+        real_fraction=real_fraction,
+        fwhm_range=fwhm_range,
+        snr_range=snr_range,
+        edge_fraction=edge_fraction,
+        no_template_fraction=no_template_fraction,
+        with_variance=variance,
+        progress=progress,
+    )
     write_stamps(result, out)
     n_real = int((result.table["label"] == 1).sum())
-    click.echo(f"Wrote {n} stamps ({n_real} real, {n - n_real} bogus) of {size}x{size} px to {out} "
-               f"in {time.perf_counter() - start:.1f} s.")
+    click.echo(
+        f"Wrote {n} stamps ({n_real} real, {n - n_real} bogus) of {size}x{size} px to {out} "
+        f"in {time.perf_counter() - start:.1f} s."
+    )
 
 
 @simulate.command("visit")
 @click.argument("out_dir", type=click.Path(file_okay=False, writable=True))
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--shape", default="1024,1024", show_default=True, help="Detector HEIGHT,WIDTH in pixels.")
-@click.option("--n-sources", type=click.IntRange(min=0), default=300, show_default=True,
-              help="Number of labelled objects.")
+@click.option(
+    "--n-sources",
+    type=click.IntRange(min=0),
+    default=300,
+    show_default=True,
+    help="Number of labelled objects.",
+)
 @click.option("--real-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True)
-@click.option("--fwhm-science", type=float, default=None, help="Science seeing FWHM (pixels); drawn by default.")
+@click.option(
+    "--fwhm-science", type=float, default=None, help="Science seeing FWHM (pixels); drawn by default."
+)
 @click.option("--fwhm-template", type=float, default=None, help="Template FWHM (pixels); drawn by default.")
 @click.option("--visit", type=int, default=None, help="Visit id (default 2026010100000 + seed).")
 @click.option("--detector", type=int, default=0, show_default=True, help="Detector id.")
 @click.option("--band", type=click.Choice(["u", "g", "r", "i", "z", "y"]), default="r", show_default=True)
-@click.option("--template-coverage", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Fraction of the detector without template data.")
+@click.option(
+    "--template-coverage",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of the detector without template data.",
+)
 @click.option("--sources-format", type=click.Choice(["ecsv", "parquet"]), default="ecsv", show_default=True)
-@click.option("--preview", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Also write a PNG preview of the three images with the sources marked.")
-def visit(out_dir, seed, shape, n_sources, real_fraction, fwhm_science, fwhm_template, visit, detector, band,
-          template_coverage, sources_format, preview):
+@click.option(
+    "--preview",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write a PNG preview of the three images with the sources marked.",
+)
+def visit(
+    out_dir,
+    seed,
+    shape,
+    n_sources,
+    real_fraction,
+    fwhm_science,
+    fwhm_template,
+    visit,
+    detector,
+    band,
+    template_coverage,
+    sources_format,
+    preview,
+):
     """Simulate one detector-sized visit and write it to OUT_DIR.
 
     Files: science.fits, template.fits, difference.fits (afw MaskedImage layout:
@@ -98,14 +170,25 @@ def visit(out_dir, seed, shape, n_sources, real_fraction, fwhm_science, fwhm_tem
     except ValueError:
         raise click.BadParameter(f"--shape expects HEIGHT,WIDTH, got {shape!r}") from None
     start = time.perf_counter()
-    result = simulate_visit(seed, (height, width), n_sources=n_sources, real_fraction=real_fraction,
-                            fwhm_science=fwhm_science, fwhm_template=fwhm_template, visit=visit, detector=detector,
-                            band=band, template_coverage=template_coverage)
+    result = simulate_visit(
+        seed,
+        (height, width),
+        n_sources=n_sources,
+        real_fraction=real_fraction,
+        fwhm_science=fwhm_science,
+        fwhm_template=fwhm_template,
+        visit=visit,
+        detector=detector,
+        band=band,
+        template_coverage=template_coverage,
+    )
     elapsed = time.perf_counter() - start
     paths = result.write(out_dir, sources_format=sources_format)
-    click.echo(f"Simulated visit {result.metadata.visit} detector {result.metadata.detector} "
-               f"({height}x{width} px, {len(result.sources)} sources) in {elapsed:.1f} s; wrote {out_dir}: "
-               + ", ".join(sorted(p.rsplit("/", 1)[-1] for p in paths.values())))
+    click.echo(
+        f"Simulated visit {result.metadata.visit} detector {result.metadata.detector} "
+        f"({height}x{width} px, {len(result.sources)} sources) in {elapsed:.1f} s; wrote {out_dir}: "
+        + ", ".join(sorted(p.rsplit("/", 1)[-1] for p in paths.values()))
+    )
     if preview:
         from ..sim.gallery import make_visit_preview
 
@@ -118,8 +201,13 @@ def visit(out_dir, seed, shape, n_sources, real_fraction, fwhm_science, fwhm_tem
 @click.option("--n-objects", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--frame-size", type=click.IntRange(min=3), default=28, show_default=True)
-@click.option("--n-visits", default="1,100", show_default=True, callback=_parse_range,
-              help="Range of the number of visits per object, LO,HI.")
+@click.option(
+    "--n-visits",
+    default="1,100",
+    show_default=True,
+    callback=_parse_range,
+    help="Range of the number of visits per object, LO,HI.",
+)
 @click.option("--real-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
     """Write multi-visit cutout sequences of N objects to OUT (.npz, no pickle).
@@ -130,19 +218,33 @@ def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
     from ..sim.sequences import simulate_sequences
 
     start = time.perf_counter()
-    result = simulate_sequences(n_objects, seed, frame_size=frame_size,
-                                n_visits=(int(n_visits[0]), int(n_visits[1])), real_fraction=real_fraction)
+    result = simulate_sequences(
+        n_objects,
+        seed,
+        frame_size=frame_size,
+        n_visits=(int(n_visits[0]), int(n_visits[1])),
+        real_fraction=real_fraction,
+    )
     result.save(out)
-    click.echo(f"Wrote {n_objects} sequences ({len(result.times)} frames) to {out} "
-               f"in {time.perf_counter() - start:.1f} s.")
+    click.echo(
+        f"Wrote {n_objects} sequences ({len(result.times)} frames) to {out} "
+        f"in {time.perf_counter() - start:.1f} s."
+    )
 
 
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False, writable=True))
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--n-per-class", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Examples shown per class.")
-@click.option("--size", type=click.IntRange(min=3), default=51, show_default=True, help="Stamp side (pixels).")
+@click.option(
+    "--n-per-class",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Examples shown per class.",
+)
+@click.option(
+    "--size", type=click.IntRange(min=3), default=51, show_default=True, help="Stamp side (pixels)."
+)
 def gallery(out, seed, n_per_class, size):
     """Plot simulated examples of every class (one row per class) to OUT (PNG)."""
     from ..sim.gallery import make_gallery

@@ -155,6 +155,12 @@ class _ProgressPrinter:
                 f"{prefix}epoch {event['epoch']}{mark} loss {event['train_loss']:.4f} val {event['val_loss']:.4f} "
                 f"AUC {event['val_auc']:.5f} lr {event['lr']:.1e} {event['samples_per_second']:.0f}/s"
             )
+        elif kind == "budget":
+            self.epochs = event["epochs"]
+            self.console.print(
+                f"{prefix}time budget: {event['epochs']} epochs of {event['seconds_per_epoch']:.0f} s fit; "
+                "the learning-rate schedule is shortened to match"
+            )
         elif kind == "calibrate":
             if self.task is not None:
                 self.progress.remove_task(self.task)

@@ -455,8 +455,7 @@ def read_latent_dir(
         if use_times:
             t = time_map.get(oid)
             if t is None:
-                if oid not in report.times_bad:
-                    report.times_missing.append(oid)
+                pass
             elif t.ndim != 1 or len(t) != len(a):
                 report.times_bad[oid] = f"{np.shape(t)} times for {len(a)} frames"
                 t = None
@@ -476,6 +475,8 @@ def read_latent_dir(
             a, t = a[order], t[order]
             report.times_reordered.append(oid)
         if use_times and t is None:
+            if oid not in report.times_bad:
+                report.times_missing.append(oid)
             # dt = 0 for an object without usable times: constant times do exactly that.
             t = np.zeros(len(a))
         ids.append(oid)

@@ -130,8 +130,8 @@ def make_synthetic_latents(
         # diffraction spike, a bad column nearby); real objects are sometimes on a host galaxy.
         # Both classes share most of these distributions, so the mean frame alone is a weak clue.
         if not is_real[i] and rng.random() < 0.55:
-            w = rng.normal(0, 1, 4)
-            static += 0.45 * difficulty**-1 * art @ (w / np.linalg.norm(w))
+            w = np.abs(rng.normal(0, 1, 4))
+            static += rng.uniform(0.4, 1.2) / difficulty * art @ (w / np.linalg.norm(w))
         if rng.random() < (0.3 if is_real[i] else 0.15):
             static += rng.uniform(0.3, 1.0) * basis[:, 8]
         x = static + c @ cond.T + e

@@ -445,7 +445,7 @@ def train_vae(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums += np.array([float(loss), float(rec), float(kl)]) * len(xb)
+            sums += np.array([float(loss.detach()), float(rec.detach()), float(kl.detach())]) * len(xb)
             n += len(xb)
         sums /= max(n, 1)
         history.append({"epoch": epoch, "loss": sums[0], "reconstruction": sums[1], "kl": sums[2],

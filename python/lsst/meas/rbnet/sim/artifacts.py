@@ -125,8 +125,17 @@ def add_cosmic_ray(scene: Scene, rng: np.random.Generator, canvas, x, y, *, obj=
         scene.add("cr", cols.pop("canvas"), **cols)
 
 
-def add_hot_pixel(scene: Scene, rng: np.random.Generator, canvas, x, y, *, obj=-1, template_probability=0.1,
-                  bad_probability=0.15):
+def add_hot_pixel(
+    scene: Scene,
+    rng: np.random.Generator,
+    canvas,
+    x,
+    y,
+    *,
+    obj=-1,
+    template_probability=0.1,
+    bad_probability=0.15,
+):
     """Add a hot pixel (sometimes a pair) at the pixel containing each ``(x, y)``; unit amplitude."""
     canvas = np.atleast_1d(np.asarray(canvas))
     m = len(canvas)
@@ -139,13 +148,21 @@ def add_hot_pixel(scene: Scene, rng: np.random.Generator, canvas, x, y, *, obj=-
     if pair.any():
         # A neighbouring pixel with a fraction of the excess (charge shared across a pixel boundary).
         d = rng.integers(0, 2, m)
-        scene.add("hot", canvas[pair], obj=np.broadcast_to(np.asarray(obj), (m,))[pair],
-                  x=(ix + d)[pair], y=(iy + 1 - d)[pair], amp=rng.uniform(0.1, 0.7, m)[pair],
-                  template=template[pair], bad=bad[pair])
+        scene.add(
+            "hot",
+            canvas[pair],
+            obj=np.broadcast_to(np.asarray(obj), (m,))[pair],
+            x=(ix + d)[pair],
+            y=(iy + 1 - d)[pair],
+            amp=rng.uniform(0.1, 0.7, m)[pair],
+            template=template[pair],
+            bad=bad[pair],
+        )
 
 
-def add_bad_column(scene: Scene, rng: np.random.Generator, canvas, x, y, height, *, obj=-1,
-                   bad_probability=0.5):
+def add_bad_column(
+    scene: Scene, rng: np.random.Generator, canvas, x, y, height, *, obj=-1, bad_probability=0.5
+):
     """Add a bad column segment through the pixel containing each ``(x, y)``.
 
     A quarter are cold (a deficit, negative in the difference); a third decay
@@ -163,34 +180,69 @@ def add_bad_column(scene: Scene, rng: np.random.Generator, canvas, x, y, height,
     # A decaying column starts at its trap and runs upwards through the point.
     y0 = np.where(decay > 0, iy - np.round(rng.uniform(0, 1, m) * decay), y0)
     width = np.where(rng.random(m) < 0.8, 1.0, 2.0)
-    scene.add("column", canvas, obj=obj, x=ix, y0=y0, y1=y1, amp=sign, width=width, decay=decay,
-              bad=rng.random(m) < bad_probability)
+    scene.add(
+        "column",
+        canvas,
+        obj=obj,
+        x=ix,
+        y0=y0,
+        y1=y1,
+        amp=sign,
+        width=width,
+        decay=decay,
+        bad=rng.random(m) < bad_probability,
+    )
 
 
-def add_satellite_trail(scene: Scene, rng: np.random.Generator, canvas, x, y, *, obj=-1, masked_probability=0.5):
+def add_satellite_trail(
+    scene: Scene, rng: np.random.Generator, canvas, x, y, *, obj=-1, masked_probability=0.5
+):
     """Add a satellite trail through each ``(x, y)``; unit flux per pixel of length."""
     canvas = np.atleast_1d(np.asarray(canvas))
     m = len(canvas)
     glint = rng.random(m) < 0.3
-    scene.add("streak", canvas, obj=obj, x=x, y=y, theta=rng.uniform(0, np.pi, m), flux=1.0,
-              defocus=np.where(rng.random(m) < 0.7, rng.uniform(3.0, 9.0, m), rng.uniform(0.0, 1.5, m)),
-              glint_amp=np.where(glint, rng.uniform(0.2, 0.8, m), 0.0),
-              glint_period=rng.uniform(15.0, 120.0, m), glint_phase=_uniform_angle(rng, m),
-              masked=rng.random(m) < masked_probability)
+    scene.add(
+        "streak",
+        canvas,
+        obj=obj,
+        x=x,
+        y=y,
+        theta=rng.uniform(0, np.pi, m),
+        flux=1.0,
+        defocus=np.where(rng.random(m) < 0.7, rng.uniform(3.0, 9.0, m), rng.uniform(0.0, 1.5, m)),
+        glint_amp=np.where(glint, rng.uniform(0.2, 0.8, m), 0.0),
+        glint_period=rng.uniform(15.0, 120.0, m),
+        glint_phase=_uniform_angle(rng, m),
+        masked=rng.random(m) < masked_probability,
+    )
 
 
 def add_ghost(scene: Scene, rng: np.random.Generator, canvas, x, y, *, obj=-1, radius=None):
-    """Add an out-of-focus pupil ghost whose bright annulus passes through each ``(x, y)``; unit surface brightness."""
+    """Add an out-of-focus pupil ghost whose annulus passes through each ``(x, y)``; unit surface brightness."""
     canvas = np.atleast_1d(np.asarray(canvas))
     m = len(canvas)
-    r_out = np.exp(rng.uniform(np.log(12.0), np.log(150.0), m)) if radius is None else np.broadcast_to(radius, (m,))
+    r_out = (
+        np.exp(rng.uniform(np.log(12.0), np.log(150.0), m))
+        if radius is None
+        else np.broadcast_to(radius, (m,))
+    )
     r_in = r_out * rng.uniform(0.45, 0.7, m)
     # The point lies inside the annulus.
     r = rng.uniform(r_in + 0.15 * (r_out - r_in), r_out - 0.15 * (r_out - r_in))
     phi = _uniform_angle(rng, m)
-    scene.add("ghost", canvas, obj=obj, x=np.asarray(x) - r * np.cos(phi), y=np.asarray(y) - r * np.sin(phi),
-              r_out=r_out, r_in=r_in, blur=rng.uniform(0.8, 4.0, m), amp=1.0,
-              gradient=rng.uniform(0.0, 0.6, m), grad_angle=_uniform_angle(rng, m))
+    scene.add(
+        "ghost",
+        canvas,
+        obj=obj,
+        x=np.asarray(x) - r * np.cos(phi),
+        y=np.asarray(y) - r * np.sin(phi),
+        r_out=r_out,
+        r_in=r_in,
+        blur=rng.uniform(0.8, 4.0, m),
+        amp=1.0,
+        gradient=rng.uniform(0.0, 0.6, m),
+        grad_angle=_uniform_angle(rng, m),
+    )
 
 
 def add_edge_glow(scene: Scene, rng: np.random.Generator, canvas, side, boundary, center, *, obj=-1):
@@ -203,10 +255,20 @@ def add_edge_glow(scene: Scene, rng: np.random.Generator, canvas, side, boundary
     """
     canvas = np.atleast_1d(np.asarray(canvas))
     m = len(canvas)
-    scene.add("edge", canvas, obj=obj, side=side, boundary=boundary, center=center,
-              length=np.exp(rng.uniform(np.log(15.0), np.log(300.0), m)), amp=1.0, decay=rng.uniform(0.8, 4.0, m),
-              mod_amp=rng.uniform(0.0, 0.6, m), mod_period=rng.uniform(15.0, 150.0, m),
-              mod_phase=_uniform_angle(rng, m))
+    scene.add(
+        "edge",
+        canvas,
+        obj=obj,
+        side=side,
+        boundary=boundary,
+        center=center,
+        length=np.exp(rng.uniform(np.log(15.0), np.log(300.0), m)),
+        amp=1.0,
+        decay=rng.uniform(0.8, 4.0, m),
+        mod_amp=rng.uniform(0.0, 0.6, m),
+        mod_period=rng.uniform(15.0, 150.0, m),
+        mod_phase=_uniform_angle(rng, m),
+    )
 
 
 def add_background_artifacts(
@@ -248,24 +310,32 @@ def add_background_artifacts(
     start = len(scene.tables()["hot"]["canvas"])
     add_hot_pixel(scene, rng, canvas, x, y, bad_probability=0.6)
     table = scene.tables()["hot"]
-    table["amp"][start:] *= np.exp(rng.uniform(np.log(5), np.log(500), len(table["amp"]) - start)) * sky_sigma[
-        table["canvas"][start:]]
+    table["amp"][start:] *= (
+        np.exp(rng.uniform(np.log(5), np.log(500), len(table["amp"]) - start))
+        * sky_sigma[table["canvas"][start:]]
+    )
     canvas, x, y = draw(bad_columns_per_mpix)
     start = len(scene.tables()["column"]["canvas"])
     add_bad_column(scene, rng, canvas, x, y, height, bad_probability=0.8)
     table = scene.tables()["column"]
-    table["amp"][start:] *= rng.uniform(0.5, 5.0, len(table["amp"]) - start) * sky_sigma[table["canvas"][start:]]
+    table["amp"][start:] *= (
+        rng.uniform(0.5, 5.0, len(table["amp"]) - start) * sky_sigma[table["canvas"][start:]]
+    )
     canvas, x, y = draw(satellite_probability_per_mpix)
     start = len(scene.tables()["streak"]["canvas"])
     add_satellite_trail(scene, rng, canvas, x, y, masked_probability=0.7)
     table = scene.tables()["streak"]
-    table["flux"][start:] *= np.exp(rng.uniform(np.log(3), np.log(300), len(table["flux"]) - start)) * sky_sigma[
-        table["canvas"][start:]]
+    table["flux"][start:] *= (
+        np.exp(rng.uniform(np.log(3), np.log(300), len(table["flux"]) - start))
+        * sky_sigma[table["canvas"][start:]]
+    )
     canvas, x, y = draw(ghost_probability_per_mpix)
     start = len(scene.tables()["ghost"]["canvas"])
     add_ghost(scene, rng, canvas, x, y)
     table = scene.tables()["ghost"]
-    table["amp"][start:] *= rng.uniform(0.2, 1.5, len(table["amp"]) - start) * sky_sigma[table["canvas"][start:]]
+    table["amp"][start:] *= (
+        rng.uniform(0.2, 1.5, len(table["amp"]) - start) * sky_sigma[table["canvas"][start:]]
+    )
 
 
 def _clip_box(y0, y1, x0, x1, height, width):
@@ -301,8 +371,10 @@ def render_artifacts(
     if len(t["canvas"]):
         ix, iy = t["x"].astype(int), t["y"].astype(int)
         ok = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
-        for target, mask, sel in ((science, mask_science, ok & ~t["template"]),
-                                  (template, mask_template, ok & t["template"])):
+        for target, mask, sel in (
+            (science, mask_science, ok & ~t["template"]),
+            (template, mask_template, ok & t["template"]),
+        ):
             np.add.at(target, (t["canvas"][sel], iy[sel], ix[sel]), t["amp"][sel])
             bad = sel & t["bad"]
             mask[t["canvas"][bad], iy[bad], ix[bad]] |= _BIT["BAD"]
@@ -348,7 +420,9 @@ def _render_cosmic_rays(t, science, mask_science):
         if t["masked"][rows[0]]:
             # The finder flags the sharp core but misses the faint wings of the track.
             peak = np.abs(patch).max()
-            mask_science[b, ya:yb, xa:xb] |= np.where(np.abs(patch) > 0.08 * peak, _BIT["CR"], 0).astype(np.int32)
+            mask_science[b, ya:yb, xa:xb] |= np.where(np.abs(patch) > 0.08 * peak, _BIT["CR"], 0).astype(
+                np.int32
+            )
 
 
 def _streak_profile(defocus, sigma_n, wing_fraction, wing_ratio):
@@ -359,12 +433,14 @@ def _streak_profile(defocus, sigma_n, wing_fraction, wing_ratio):
     u = np.arange(-half, half + h / 2, h)
     if defocus > 0.3:
         chord = 2 * np.sqrt(np.clip(defocus**2 - u**2, 0, None)) - 2 * np.sqrt(
-            np.clip((PUPIL_OBSCURATION * defocus) ** 2 - u**2, 0, None))
+            np.clip((PUPIL_OBSCURATION * defocus) ** 2 - u**2, 0, None)
+        )
     else:
         chord = np.zeros_like(u)
         chord[len(u) // 2] = 1.0
     kernel = (1 - wing_fraction) * np.exp(-0.5 * (u / sigma_n) ** 2) / sigma_n + wing_fraction * np.exp(
-        -0.5 * (u / (wing_ratio * sigma_n)) ** 2) / (wing_ratio * sigma_n)
+        -0.5 * (u / (wing_ratio * sigma_n)) ** 2
+    ) / (wing_ratio * sigma_n)
     profile = np.convolve(chord, kernel, mode="same")
     profile /= profile.sum() * h
     return u, profile
@@ -399,7 +475,8 @@ def _render_streaks(t, science, mask_difference, psf, tile: int = 128):
                     along = (xx - t["x"][i]) * c + (yy - t["y"][i]) * s
                     values *= 1 + t["glint_amp"][i] * np.sin(
                         2 * np.pi * np.broadcast_to(along, d.shape)[near] / t["glint_period"][i]
-                        + t["glint_phase"][i])
+                        + t["glint_phase"][i]
+                    )
                 block = science[b, ty : ty + h, tx : tx + w]
                 block[near] += values.astype(science.dtype)
                 if t["masked"][i]:
@@ -411,8 +488,14 @@ def _render_ghosts(t, science):
     for i in range(len(t["canvas"])):
         b = t["canvas"][i]
         reach = t["r_out"][i] + 4 * t["blur"][i]
-        ya, yb, xa, xb = _clip_box(int(t["y"][i] - reach), int(t["y"][i] + reach) + 2,
-                                   int(t["x"][i] - reach), int(t["x"][i] + reach) + 2, height, width)
+        ya, yb, xa, xb = _clip_box(
+            int(t["y"][i] - reach),
+            int(t["y"][i] + reach) + 2,
+            int(t["x"][i] - reach),
+            int(t["x"][i] + reach) + 2,
+            height,
+            width,
+        )
         if ya >= yb or xa >= xb:
             continue
         dy = np.arange(ya, yb)[:, None] - t["y"][i]
@@ -420,8 +503,12 @@ def _render_ghosts(t, science):
         r = np.hypot(dx, dy)
         z = np.sqrt(2.0) * t["blur"][i]
         ring = 0.5 * (erf((t["r_out"][i] - r) / z) - erf((t["r_in"][i] - r) / z))
-        tilt = 1 + t["gradient"][i] * (dx * np.cos(t["grad_angle"][i]) + dy * np.sin(t["grad_angle"][i])) / t[
-            "r_out"][i]
+        tilt = (
+            1
+            + t["gradient"][i]
+            * (dx * np.cos(t["grad_angle"][i]) + dy * np.sin(t["grad_angle"][i]))
+            / t["r_out"][i]
+        )
         science[b, ya:yb, xa:xb] += (t["amp"][i] * ring * tilt).astype(science.dtype)
 
 
@@ -446,8 +533,9 @@ def _render_edges(t, science):
         along = np.arange(c0, c1, dtype=float)
         dist = coord - edge if side in (0, 2) else edge - coord
         fall = np.where(dist >= 0, np.exp(-np.clip(dist, 0, None) / t["decay"][i]), 0.0)
-        mod = (1 + t["mod_amp"][i] * np.sin(2 * np.pi * along / t["mod_period"][i] + t["mod_phase"][i])) * np.exp(
-            -0.5 * ((along - t["center"][i]) / t["length"][i]) ** 2)
+        mod = (
+            1 + t["mod_amp"][i] * np.sin(2 * np.pi * along / t["mod_period"][i] + t["mod_phase"][i])
+        ) * np.exp(-0.5 * ((along - t["center"][i]) / t["length"][i]) ** 2)
         values = (t["amp"][i] * mod[:, None] * fall[None, :]).astype(science.dtype)
         if side < 2:
             science[b, c0:c1, a0:a1] += values

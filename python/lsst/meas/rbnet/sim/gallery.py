@@ -67,8 +67,14 @@ def plot_triplets(axes_rows, stamps, titles=None, channel_names=CHANNEL_ORDER):
         for c, ax in enumerate(axes):
             img = stamps[i, c]
             sym = channel_names[c] == "difference"
-            ax.imshow(asinh_stretch(img, symmetric=sym), cmap=cmap, vmin=0, vmax=1, origin="lower",
-                      interpolation="nearest")
+            ax.imshow(
+                asinh_stretch(img, symmetric=sym),
+                cmap=cmap,
+                vmin=0,
+                vmax=1,
+                origin="lower",
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         if titles is not None:
@@ -101,16 +107,25 @@ def make_gallery(path, seed: int = 0, n_per_class: int = 4, *, stamp_size: int =
 
     classes = list(REAL_CLASSES) + list(ARTIFACT_CLASSES)
     pool = 4 * n_per_class
-    result = simulate_stamps(pool * len(classes), stamp_size, seed,
-                             class_fractions={c: 1.0 for c in classes}, edge_fraction=0.0)
+    result = simulate_stamps(
+        pool * len(classes), stamp_size, seed, class_fractions={c: 1.0 for c in classes}, edge_fraction=0.0
+    )
     table = result.table
     rows = len(classes)
     cols = n_per_class * 3
     width_in = cols * 0.95 + 1.4
     height_in = rows * 1.05 + 0.9
     fig = plt.figure(figsize=(width_in, height_in))
-    grid = fig.add_gridspec(rows, n_per_class, left=1.3 / width_in, right=0.995, top=1 - 0.75 / height_in,
-                            bottom=0.01, wspace=0.08, hspace=0.3)
+    grid = fig.add_gridspec(
+        rows,
+        n_per_class,
+        left=1.3 / width_in,
+        right=0.995,
+        top=1 - 0.75 / height_in,
+        bottom=0.01,
+        wspace=0.08,
+        hspace=0.3,
+    )
     for r, name in enumerate(classes):
         idx = np.flatnonzero(table["source_class"] == name)
         # Span the S/N range: quantiles of the class' S/N, preferring detectable ones.
@@ -127,11 +142,22 @@ def make_gallery(path, seed: int = 0, n_per_class: int = 4, *, stamp_size: int =
                     ax.text(0.5, 1.35, ch, transform=ax.transAxes, ha="center", va="bottom", fontsize=7)
             if k == 0:
                 label = "real" if name in REAL_CLASSES else "bogus"
-                axes[0].text(-0.12, 0.5, f"{name}\n({label})", transform=axes[0].transAxes, ha="right",
-                             va="center", fontsize=8)
-    fig.suptitle(f"lsst.meas.rbnet simulated triplets: difference (negative dark), science, template; "
-                 f"seed {seed}, {stamp_size}x{stamp_size} px, noise-scaled asinh stretch, NaN dark red",
-                 fontsize=9, y=1 - 0.12 / height_in, va="top")
+                axes[0].text(
+                    -0.12,
+                    0.5,
+                    f"{name}\n({label})",
+                    transform=axes[0].transAxes,
+                    ha="right",
+                    va="center",
+                    fontsize=8,
+                )
+    fig.suptitle(
+        f"lsst.meas.rbnet simulated triplets: difference (negative dark), science, template; "
+        f"seed {seed}, {stamp_size}x{stamp_size} px, noise-scaled asinh stretch, NaN dark red",
+        fontsize=9,
+        y=1 - 0.12 / height_in,
+        va="top",
+    )
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
@@ -163,19 +189,34 @@ def make_visit_preview(visit, path, *, dpi: int = 100, max_pixels: int = 1024):
     inside = (src["x"] < cw) & (src["y"] < ch)
     for ax, img, name in zip(axes, images, names):
         crop = img[:ch, :cw]
-        ax.imshow(asinh_stretch(crop, symmetric=name == "difference"), cmap=cmap, vmin=0, vmax=1, origin="lower",
-                  interpolation="nearest")
+        ax.imshow(
+            asinh_stretch(crop, symmetric=name == "difference"),
+            cmap=cmap,
+            vmin=0,
+            vmax=1,
+            origin="lower",
+            interpolation="nearest",
+        )
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     real = inside & (src["label"] == 1)
     ax = axes[2]
     ax.scatter(src["x"][real], src["y"][real], s=80, facecolors="none", edgecolors="#3ad13a", linewidths=0.8)
-    ax.scatter(src["x"][inside & ~real], src["y"][inside & ~real], s=80, facecolors="none", edgecolors="#ff6a3d",
-               linewidths=0.8)
-    fig.suptitle(f"visit {visit.metadata.visit} detector {visit.metadata.detector} "
-                 f"(FWHM sci {visit.metadata.fwhm_science:.2f}, tmpl {visit.metadata.fwhm_template:.2f} px); "
-                 "green: real, orange: bogus", fontsize=10)
+    ax.scatter(
+        src["x"][inside & ~real],
+        src["y"][inside & ~real],
+        s=80,
+        facecolors="none",
+        edgecolors="#ff6a3d",
+        linewidths=0.8,
+    )
+    fig.suptitle(
+        f"visit {visit.metadata.visit} detector {visit.metadata.detector} "
+        f"(FWHM sci {visit.metadata.fwhm_science:.2f}, tmpl {visit.metadata.fwhm_template:.2f} px); "
+        "green: real, orange: bogus",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

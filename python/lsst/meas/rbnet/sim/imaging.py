@@ -39,7 +39,6 @@ import dataclasses
 
 import numpy as np
 import scipy.fft
-from scipy import ndimage
 
 from ..constants import MASK_PLANES
 from .artifacts import render_artifacts, saturate
@@ -101,10 +100,16 @@ class Conditions:
 
     def take(self, index) -> "Conditions":
         """Conditions of the canvases ``index``."""
-        return Conditions(**{
-            f.name: (getattr(self, f.name).take(index) if f.name.startswith("psf") else getattr(self, f.name)[index])
-            for f in dataclasses.fields(self)
-        })
+        return Conditions(
+            **{
+                f.name: (
+                    getattr(self, f.name).take(index)
+                    if f.name.startswith("psf")
+                    else getattr(self, f.name)[index]
+                )
+                for f in dataclasses.fields(self)
+            }
+        )
 
     @property
     def convolve_science(self) -> np.ndarray:
@@ -118,9 +123,15 @@ class Conditions:
         """PSF of the difference image: that of the convolved (broader) image."""
         mode = self.convolve_science
         s, t = self.psf_science, self.psf_template
-        return DoubleGaussianPsf(*(np.where(mode, a, b) for a, b in zip(
-            (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
-            (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio))))
+        return DoubleGaussianPsf(
+            *(
+                np.where(mode, a, b)
+                for a, b in zip(
+                    (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
+                    (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
+                )
+            )
+        )
 
 
 def sample_conditions(
@@ -166,11 +177,17 @@ def sample_conditions(
     else:
         fwhm_t = np.broadcast_to(np.asarray(fwhm_template, dtype=float), (n,)).copy()
     psf_s = DoubleGaussianPsf.from_fwhm(
-        fwhm_s, wing_fraction=rng.uniform(0.05, 0.2, n), wing_ratio=rng.uniform(1.8, 2.6, n),
-        ellipticity=np.clip(rng.normal(0, 0.03, n), -0.08, 0.08))
+        fwhm_s,
+        wing_fraction=rng.uniform(0.05, 0.2, n),
+        wing_ratio=rng.uniform(1.8, 2.6, n),
+        ellipticity=np.clip(rng.normal(0, 0.03, n), -0.08, 0.08),
+    )
     psf_t = DoubleGaussianPsf.from_fwhm(
-        fwhm_t, wing_fraction=rng.uniform(0.05, 0.2, n), wing_ratio=rng.uniform(1.8, 2.6, n),
-        ellipticity=np.clip(rng.normal(0, 0.015, n), -0.05, 0.05))
+        fwhm_t,
+        wing_fraction=rng.uniform(0.05, 0.2, n),
+        wing_ratio=rng.uniform(1.8, 2.6, n),
+        ellipticity=np.clip(rng.normal(0, 0.015, n), -0.05, 0.05),
+    )
     sky = np.exp(rng.uniform(np.log(sky_sigma_range[0]), np.log(sky_sigma_range[1]), n))
     gain = rng.uniform(0.35, 0.7, n)
     depth = rng.uniform(*template_depth_range, n)
@@ -192,8 +209,14 @@ def sample_conditions(
     )
 
 
-def render_models(scene: Scene, cond: Conditions, shape: tuple[int, int], *, with_artifacts: bool = True,
-                  with_template: bool = True):
+def render_models(
+    scene: Scene,
+    cond: Conditions,
+    shape: tuple[int, int],
+    *,
+    with_artifacts: bool = True,
+    with_template: bool = True,
+):
     """Noiseless science and template canvases of a scene.
 
     ``with_template=False`` leaves the template canvases empty (when a
@@ -223,18 +246,39 @@ def render_models(scene: Scene, cond: Conditions, shape: tuple[int, int], *, wit
         peak = t["flux_s"] / (2 * np.pi * psf_s.sigma_x * psf_s.sigma_y)
         bright = np.flatnonzero(peak > 0.3 * cond.saturation[b])
         if len(bright):
-            render_spikes(science, b[bright], t["x"][bright], t["y"][bright], t["flux_s"][bright],
-                          psf_s.take(bright), cond.spike_angle[b[bright]])
-        render_points(template, b, t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b],
-                      t["flux_t"] if with_template else np.zeros(len(b)), psf_t)
+            render_spikes(
+                science,
+                b[bright],
+                t["x"][bright],
+                t["y"][bright],
+                t["flux_s"][bright],
+                psf_s.take(bright),
+                cond.spike_angle[b[bright]],
+            )
+        render_points(
+            template,
+            b,
+            t["x"] + t["dx_t"] + cond.template_dx[b],
+            t["y"] + t["dy_t"] + cond.template_dy[b],
+            t["flux_t"] if with_template else np.zeros(len(b)),
+            psf_t,
+        )
     t = tables["extended"]
     if len(t["canvas"]):
         b = t["canvas"]
         shape_cols = dict(shape=t["shape"], r_e=t["r_e"], q=t["q"], theta=t["theta"], length=t["length"])
-        positions = [(t["x"], t["y"]), (t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b])]
-        render_fourier([science, template], b, positions,
-                       [t["flux_s"], t["flux_t"] if with_template else np.zeros(len(b))],
-                       [cond.psf_science.take(b), cond.psf_template.take(b)], **shape_cols)
+        positions = [
+            (t["x"], t["y"]),
+            (t["x"] + t["dx_t"] + cond.template_dx[b], t["y"] + t["dy_t"] + cond.template_dy[b]),
+        ]
+        render_fourier(
+            [science, template],
+            b,
+            positions,
+            [t["flux_s"], t["flux_t"] if with_template else np.zeros(len(b))],
+            [cond.psf_science.take(b), cond.psf_template.take(b)],
+            **shape_cols,
+        )
     if with_artifacts:
         render_artifacts(tables, science, template, *masks, cond.psf_science)
     return (science, template, *masks)
@@ -265,10 +309,24 @@ def _compute_kernel_fourier(cond: Conditions, shape) -> np.ndarray:
     ky, kx = _frequencies(shape)
     mode = cond.convolve_science
     s, t = cond.psf_science, cond.psf_template
-    target = DoubleGaussianPsf(*(np.where(mode, a, b) for a, b in zip(
-        (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio), (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio))))
-    source = DoubleGaussianPsf(*(np.where(mode, b, a) for a, b in zip(
-        (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio), (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio))))
+    target = DoubleGaussianPsf(
+        *(
+            np.where(mode, a, b)
+            for a, b in zip(
+                (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
+                (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
+            )
+        )
+    )
+    source = DoubleGaussianPsf(
+        *(
+            np.where(mode, b, a)
+            for a, b in zip(
+                (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
+                (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
+            )
+        )
+    )
     target = target.scaled(1 + cond.kernel_error, 1 + cond.kernel_error)
     return matching_kernel_fourier(target, source, ky, kx)
 
@@ -286,8 +344,13 @@ def noiseless_difference(science: np.ndarray, template: np.ndarray, cond: Condit
 
 def _difference_sky_sigma(cond: Conditions, sum_k2: np.ndarray) -> np.ndarray:
     mode = cond.convolve_science
-    return np.sqrt(np.where(mode, cond.sky_sigma_science**2 * sum_k2 + cond.sky_sigma_template**2,
-                            cond.sky_sigma_science**2 + cond.sky_sigma_template**2 * sum_k2))
+    return np.sqrt(
+        np.where(
+            mode,
+            cond.sky_sigma_science**2 * sum_k2 + cond.sky_sigma_template**2,
+            cond.sky_sigma_science**2 + cond.sky_sigma_template**2 * sum_k2,
+        )
+    )
 
 
 def kernel_sum_squares(cond: Conditions, shape=(64, 64)) -> np.ndarray:
@@ -334,7 +397,12 @@ def psf_matched_filter(images, canvas, x, y, psf: DoubleGaussianPsf, sigma, *, s
     y = np.asarray(y, dtype=float)
     half = int(np.ceil(min(np.max(psf.extent) * 0.7, 40))) if k else 0
     r = int(np.floor(search_radius))
-    lags = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx <= search_radius**2 + 1e-9]
+    lags = [
+        (dy, dx)
+        for dy in range(-r, r + 1)
+        for dx in range(-r, r + 1)
+        if dy * dy + dx * dx <= search_radius**2 + 1e-9
+    ]
     size = 2 * half + 1
     ix = np.floor(x + 0.5).astype(int)
     iy = np.floor(y + 0.5).astype(int)
@@ -349,7 +417,11 @@ def psf_matched_filter(images, canvas, x, y, psf: DoubleGaussianPsf, sigma, *, s
     rows = iy[:, None] + oy[None, :]
     cols = ix[:, None] + oy[None, :]
     valid = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    patch = images[canvas[:, None, None], np.clip(rows, 0, height - 1)[:, :, None], np.clip(cols, 0, width - 1)[:, None, :]]
+    patch = images[
+        canvas[:, None, None],
+        np.clip(rows, 0, height - 1)[:, :, None],
+        np.clip(cols, 0, width - 1)[:, None, :],
+    ]
     patch = np.where(valid & np.isfinite(patch), patch, 0.0).astype(np.float64)
     best = np.zeros(k)
     best_lag = np.zeros((k, 2), int)
@@ -439,8 +511,9 @@ def measure_objects(keys: Scene, cond: Conditions, shape, canvas, x, y, *, searc
     science, template, *_ = render_models(keys, cond, shape)
     diff = noiseless_difference(science, template, cond)
     sigma = difference_sky_sigma(cond)
-    snr, flux, _, _ = psf_matched_filter(diff, canvas, x, y, cond.psf_difference.take(canvas), sigma[canvas],
-                                         search_radius=search_radius)
+    snr, flux, _, _ = psf_matched_filter(
+        diff, canvas, x, y, cond.psf_difference.take(canvas), sigma[canvas], search_radius=search_radius
+    )
     peak = science.reshape(len(cond), -1).max(axis=1)[canvas]
     return snr, flux, peak
 
@@ -526,8 +599,12 @@ def _edge_band(on_chip: np.ndarray, width: np.ndarray) -> np.ndarray:
 def add_template_noise(template_model: np.ndarray, cond: Conditions, rng: np.random.Generator):
     """Noisy template canvases and their variance from noiseless ones (nJy, nJy^2), (n, H, W) float32."""
     var_t = np.clip(template_model, 0, None) * cond.gain_template[:, None, None].astype(np.float32) + (
-        cond.sky_sigma_template**2)[:, None, None].astype(np.float32)
-    return template_model + np.sqrt(var_t) * rng.standard_normal(template_model.shape, dtype=np.float32), var_t
+        cond.sky_sigma_template**2
+    )[:, None, None].astype(np.float32)
+    return (
+        template_model + np.sqrt(var_t) * rng.standard_normal(template_model.shape, dtype=np.float32),
+        var_t,
+    )
 
 
 def observe(
@@ -575,11 +652,13 @@ def observe(
         S/N of the DETECTED planes.
     """
     n = len(cond)
-    science_model, template_model, mask_s, mask_t, mask_d = render_models(scene, cond, shape,
-                                                                          with_template=template is None)
+    science_model, template_model, mask_s, mask_t, mask_d = render_models(
+        scene, cond, shape, with_template=template is None
+    )
     # Noise: sky + read noise and the sources' Poisson noise (Gaussian at these counts).
     var_s = np.clip(science_model, 0, None) * cond.gain_science[:, None, None].astype(np.float32) + (
-        cond.sky_sigma_science**2)[:, None, None].astype(np.float32)
+        cond.sky_sigma_science**2
+    )[:, None, None].astype(np.float32)
     science = science_model + np.sqrt(var_s) * rng.standard_normal(science_model.shape, dtype=np.float32)
     del science_model
     if template is None:
@@ -610,7 +689,9 @@ def observe(
     # Pixels whose matched template used missing template data are not valid.
     diff_invalid = None
     if template_covered is not None:
-        reach = _irfft(_rfft((~template_covered).astype(np.float32)) * _rfft(_embed(np.abs(kernel), shape)), shape)
+        reach = _irfft(
+            _rfft((~template_covered).astype(np.float32)) * _rfft(_embed(np.abs(kernel), shape)), shape
+        )
         diff_invalid = ~template_covered | (np.where(mode[:, None, None], 0.0, reach) > 1e-3)
 
     if noise_objects is not None and len(noise_objects["canvas"]):
@@ -624,8 +705,12 @@ def observe(
     grow_t = np.ceil(2.4 * cond.psf_template.sigma).astype(int)
     _set(mask_t, _grow(det > detection_threshold, grow_t), "DETECTED")
     psf_d = cond.psf_difference
-    det = _detect(difference if diff_invalid is None else np.where(diff_invalid, 0, difference), psf_d, sigma_d,
-                  detection_threshold)
+    det = _detect(
+        difference if diff_invalid is None else np.where(diff_invalid, 0, difference),
+        psf_d,
+        sigma_d,
+        detection_threshold,
+    )
     grow_d = np.ceil(2.4 * psf_d.sigma).astype(int)
     _set(mask_d, _grow(det > detection_threshold, grow_d), "DETECTED")
     _set(mask_d, _grow(det < -detection_threshold, grow_d), "DETECTED_NEGATIVE")
@@ -700,7 +785,8 @@ def _kernel_real(cond: Conditions, shape):
 def local_canvas_size(cond: Conditions, minimum: int = 64) -> int:
     """Side of a canvas large enough to measure or render one object alone under ``cond`` (pixels)."""
     reach = 0.7 * float(np.max(cond.psf_difference.extent)) + 2.5 * float(
-        np.max(np.concatenate([cond.psf_science.fwhm, cond.psf_template.fwhm])))
+        np.max(np.concatenate([cond.psf_science.fwhm, cond.psf_template.fwhm]))
+    )
     return scipy.fft.next_fast_len(max(minimum, int(2 * reach) + 8), real=True)
 
 

@@ -81,7 +81,9 @@ def read_stamps(path):
     for name, value in arrays.items():
         if name not in skip and value.ndim == 1:
             table[name] = value
-    return StampSet(stamps=arrays["stamps"], masks=arrays["masks"], table=table, variances=arrays.get("variances"))
+    return StampSet(
+        stamps=arrays["stamps"], masks=arrays["masks"], table=table, variances=arrays.get("variances")
+    )
 
 
 #: Planes (never set here) that real afw images of each kind declare after ours; readers such
@@ -101,8 +103,9 @@ def _plane_cards(header: fits.Header, kind: str) -> None:
         header[f"HIERARCH MP_{name}"] = bit
 
 
-def write_masked_image(path, image, mask, variance, *, kind: str = "science", wcs=None,
-                       metadata: dict | None = None) -> str:
+def write_masked_image(
+    path, image, mask, variance, *, kind: str = "science", wcs=None, metadata: dict | None = None
+) -> str:
     """Write image, mask and variance planes in the afw ``MaskedImage`` FITS layout.
 
     Parameters
@@ -151,7 +154,9 @@ def read_masked_image(path):
             remapped = np.zeros_like(mask)
             for name, bit in planes.items():
                 if name in MASK_PLANES:
-                    remapped |= np.where(mask & (1 << bit), np.int32(1 << MASK_PLANES[name]), 0).astype(np.int32)
+                    remapped |= np.where(mask & (1 << bit), np.int32(1 << MASK_PLANES[name]), 0).astype(
+                        np.int32
+                    )
             mask = remapped
         header = hdus[0].header.copy()
     return image, mask, variance, header
@@ -169,18 +174,37 @@ def write_visit(visit, directory, *, sources_format: str = "ecsv") -> dict[str, 
         raise ValueError(f"sources_format must be 'ecsv' or 'parquet', got {sources_format!r}.")
     os.makedirs(directory, exist_ok=True)
     meta = visit.metadata
-    card_meta = {"VISIT": meta.visit, "DETECTOR": meta.detector, "MJD": meta.mjd, "BAND": meta.band,
-                 "FILTER": meta.physical_filter, "EXPTIME": meta.exposure_time, "ZEROPT": meta.zero_point,
-                 "PIXSCALE": meta.pixel_scale, "SEED": meta.seed}
+    card_meta = {
+        "VISIT": meta.visit,
+        "DETECTOR": meta.detector,
+        "MJD": meta.mjd,
+        "BAND": meta.band,
+        "FILTER": meta.physical_filter,
+        "EXPTIME": meta.exposure_time,
+        "ZEROPT": meta.zero_point,
+        "PIXSCALE": meta.pixel_scale,
+        "SEED": meta.seed,
+    }
     paths = {}
     for name in ("science", "template", "difference"):
         img = getattr(visit, name)
         path = os.path.join(directory, f"{name}.fits")
-        write_masked_image(path, img.image, img.mask, img.variance, kind=name, wcs=meta.wcs,
-                           metadata={**card_meta, "PSF_FWHM": img.fwhm, "PSF_SIGX": float(img.psf.sigma_x[0]),
-                                     "PSF_SIGY": float(img.psf.sigma_y[0]),
-                                     "PSF_WFRC": float(img.psf.wing_fraction[0]),
-                                     "PSF_WRAT": float(img.psf.wing_ratio[0])})
+        write_masked_image(
+            path,
+            img.image,
+            img.mask,
+            img.variance,
+            kind=name,
+            wcs=meta.wcs,
+            metadata={
+                **card_meta,
+                "PSF_FWHM": img.fwhm,
+                "PSF_SIGX": float(img.psf.sigma_x[0]),
+                "PSF_SIGY": float(img.psf.sigma_y[0]),
+                "PSF_WFRC": float(img.psf.wing_fraction[0]),
+                "PSF_WRAT": float(img.psf.wing_ratio[0]),
+            },
+        )
         paths[name] = path
     path = os.path.join(directory, f"sources.{sources_format}")
     visit.sources.write(path, overwrite=True, format="ascii.ecsv" if sources_format == "ecsv" else "parquet")
@@ -202,7 +226,9 @@ def read_visit(directory):
     images = {}
     for name in ("science", "template", "difference"):
         image, mask, variance, header = read_masked_image(os.path.join(directory, f"{name}.fits"))
-        psf = DoubleGaussianPsf(header["PSF_SIGX"], header["PSF_SIGY"], header["PSF_WFRC"], header["PSF_WRAT"])
+        psf = DoubleGaussianPsf(
+            header["PSF_SIGX"], header["PSF_SIGY"], header["PSF_WFRC"], header["PSF_WRAT"]
+        )
         images[name] = SimImage(image, variance, mask, psf)
     for ext in ("ecsv", "parquet"):
         path = os.path.join(directory, f"sources.{ext}")

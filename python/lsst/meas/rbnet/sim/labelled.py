@@ -60,8 +60,17 @@ SNAP_Y = frozenset({"hot_pixel"})
 
 
 #: Classes whose key component is a star-like source that must stay below the full well.
-_STARLIKE = frozenset({"real_new", "real_brighter", "real_fainter", "real_on_galaxy", "real_moving", "dipole",
-                       "bright_star_residual"})
+_STARLIKE = frozenset(
+    {
+        "real_new",
+        "real_brighter",
+        "real_fainter",
+        "real_on_galaxy",
+        "real_moving",
+        "dipole",
+        "bright_star_residual",
+    }
+)
 
 
 def sample_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.ndarray:
@@ -125,7 +134,7 @@ def _saturation_excess(rng: np.random.Generator, n: int) -> np.ndarray:
     # saturated (dN/dF ~ F^-1.6 above the saturation flux), a few by a factor of hundreds.
     u = rng.random(n)
     lo, hi, a = 1.3, 500.0, 0.6
-    return (lo ** -a - u * (lo ** -a - hi ** -a)) ** (-1 / a)
+    return (lo**-a - u * (lo**-a - hi**-a)) ** (-1 / a)
 
 
 def _psf_peak_fraction(cond: Conditions, canvas, x, y) -> np.ndarray:
@@ -193,8 +202,10 @@ def add_labelled(
     y = np.array(y, dtype=float)
     unknown = set(classes) - set(REAL_CLASSES) - set(ARTIFACT_CLASSES)
     if unknown:
-        raise ValueError(f"Unknown source classes {sorted(unknown)}; expected names from "
-                         f"{REAL_CLASSES + ARTIFACT_CLASSES}.")
+        raise ValueError(
+            f"Unknown source classes {sorted(unknown)}; expected names from "
+            f"{REAL_CLASSES + ARTIFACT_CLASSES}."
+        )
     snap_x = np.isin(classes, list(SNAP_X))
     snap_y = np.isin(classes, list(SNAP_Y))
     x[snap_x] = np.floor(x[snap_x] + 0.5)
@@ -212,7 +223,9 @@ def add_labelled(
         return np.flatnonzero(classes == name)
 
     def point(sel, flux_s, flux_t, **extra):
-        scene.add("point", canvas[sel], obj=obj[sel], x=x[sel], y=y[sel], flux_s=flux_s, flux_t=flux_t, **extra)
+        scene.add(
+            "point", canvas[sel], obj=obj[sel], x=x[sel], y=y[sel], flux_s=flux_s, flux_t=flux_t, **extra
+        )
 
     sel = rows("real_new")
     point(sel, 1.0, 0.0)
@@ -222,7 +235,9 @@ def add_labelled(
     point(sel, base + 1.0, base)
 
     sel = rows("real_fainter")
-    base = np.where(rng.random(len(sel)) < 0.25, 0.0, np.exp(rng.uniform(np.log(0.2), np.log(10.0), len(sel))))
+    base = np.where(
+        rng.random(len(sel)) < 0.25, 0.0, np.exp(rng.uniform(np.log(0.2), np.log(10.0), len(sel)))
+    )
     point(sel, base, base + 1.0)
     info["snr_sign"][sel] = -1.0
 
@@ -232,19 +247,39 @@ def add_labelled(
         r_e = np.exp(rng.uniform(np.log(1.5), np.log(12.0), k))
         psf_sigma = cond.psf_science.sigma[canvas[sel]]
         host_snr = np.exp(rng.uniform(np.log(20.0), np.log(2000.0), k))
-        host_flux = host_snr * cond.sky_sigma_science[canvas[sel]] * np.sqrt(4 * np.pi * (r_e**2 + psf_sigma**2))
+        host_flux = (
+            host_snr * cond.sky_sigma_science[canvas[sel]] * np.sqrt(4 * np.pi * (r_e**2 + psf_sigma**2))
+        )
         nuclear = rng.random(k) < 0.15
         r_off = np.where(nuclear, rng.uniform(0, 0.3, k), r_e * np.abs(rng.normal(0, 0.8, k)))
         phi = rng.uniform(0, 2 * np.pi, k)
-        add_galaxy(scene, rng, canvas[sel], x[sel] - r_off * np.cos(phi), y[sel] - r_off * np.sin(phi),
-                   host_flux, r_e)
+        add_galaxy(
+            scene,
+            rng,
+            canvas[sel],
+            x[sel] - r_off * np.cos(phi),
+            y[sel] - r_off * np.sin(phi),
+            host_flux,
+            r_e,
+        )
         info["host_flux"][sel] = host_flux
         point(sel, 1.0, 0.0)
 
     sel = rows("real_moving")
-    scene.add("extended", canvas[sel], obj=obj[sel], x=x[sel], y=y[sel], flux_s=1.0, flux_t=0.0,
-              shape=SHAPE_TRAIL, r_e=0.0, q=1.0, theta=rng.uniform(0, np.pi, len(sel)),
-              length=rng.uniform(1.5, 10.0, len(sel)))
+    scene.add(
+        "extended",
+        canvas[sel],
+        obj=obj[sel],
+        x=x[sel],
+        y=y[sel],
+        flux_s=1.0,
+        flux_t=0.0,
+        shape=SHAPE_TRAIL,
+        r_e=0.0,
+        q=1.0,
+        theta=rng.uniform(0, np.pi, len(sel)),
+        length=rng.uniform(1.5, 10.0, len(sel)),
+    )
 
     sel = rows("cosmic_ray")
     artifacts.add_cosmic_ray(scene, rng, canvas[sel], x[sel], y[sel], obj=obj[sel])
@@ -273,8 +308,18 @@ def add_labelled(
         s = sel[~galaxy]
         point(s, 1.0, 1.0, dx_t=dx[~galaxy], dy_t=dy[~galaxy])
         s = sel[galaxy]
-        add_galaxy(scene, rng, canvas[s], x[s], y[s], 1.0, rng.uniform(0.5, 2.5, len(s)), obj=obj[s],
-                   dx_t=dx[galaxy], dy_t=dy[galaxy])
+        add_galaxy(
+            scene,
+            rng,
+            canvas[s],
+            x[s],
+            y[s],
+            1.0,
+            rng.uniform(0.5, 2.5, len(s)),
+            obj=obj[s],
+            dx_t=dx[galaxy],
+            dy_t=dy[galaxy],
+        )
 
     sel = rows("bright_star_residual")
     if len(sel):
@@ -302,8 +347,14 @@ def add_labelled(
         star = rng.random(len(sel)) < 0.4
         s = sel[star]
         flux = cond.sky_sigma_science[canvas[s]] * np.exp(rng.uniform(np.log(30), np.log(3000), len(s)))
-        scene.add("point", canvas[s], x=x[s] + rng.normal(0, 2.0, len(s)), y=y[s] + rng.normal(0, 2.0, len(s)),
-                  flux_s=flux, flux_t=flux)
+        scene.add(
+            "point",
+            canvas[s],
+            x=x[s] + rng.normal(0, 2.0, len(s)),
+            y=y[s] + rng.normal(0, 2.0, len(s)),
+            flux_s=flux,
+            flux_t=flux,
+        )
 
     sel = rows("noise")
     if len(sel):
@@ -311,8 +362,15 @@ def add_labelled(
         u = rng.random(k)
         in_template = u < 0.2
         negative = in_template | (u > 0.8)
-        noise_scene.add("point", canvas[sel], obj=obj[sel], x=x[sel], y=y[sel],
-                        flux_s=np.where(in_template, 0.0, 1.0), flux_t=np.where(in_template, 1.0, 0.0))
+        noise_scene.add(
+            "point",
+            canvas[sel],
+            obj=obj[sel],
+            x=x[sel],
+            y=y[sel],
+            flux_s=np.where(in_template, 0.0, 1.0),
+            flux_t=np.where(in_template, 1.0, 0.0),
+        )
         info["mode"][sel] = CONDITIONED
         info["snr_sign"][sel] = np.where(negative, -1.0, 1.0)
     return info

@@ -145,15 +145,17 @@ class DoubleGaussianPsf:
         sx = np.sqrt(self.sigma_x**2 + np.asarray(size_x) ** 2)
         sy = np.sqrt(self.sigma_y**2 + np.asarray(size_y) ** 2)
         b2 = self.wing_ratio**2
-        ratio = np.sqrt(np.sqrt((b2 * self.sigma_x**2 + np.asarray(size_x) ** 2) / sx**2)
-                        * np.sqrt((b2 * self.sigma_y**2 + np.asarray(size_y) ** 2) / sy**2))
+        ratio = np.sqrt(
+            np.sqrt((b2 * self.sigma_x**2 + np.asarray(size_x) ** 2) / sx**2)
+            * np.sqrt((b2 * self.sigma_y**2 + np.asarray(size_y) ** 2) / sy**2)
+        )
         return DoubleGaussianPsf(sx, sy, self.wing_fraction, ratio)
 
     @property
     def fwhm(self) -> np.ndarray:
         """Circularised FWHM (pixels), shape (n,)."""
-        return 2.0 * np.sqrt(self.sigma_x * self.sigma_y) * _half_max_radius(
-            self.wing_fraction, self.wing_ratio
+        return (
+            2.0 * np.sqrt(self.sigma_x * self.sigma_y) * _half_max_radius(self.wing_fraction, self.wing_ratio)
         )
 
     @property

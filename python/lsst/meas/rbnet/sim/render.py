@@ -250,8 +250,12 @@ def render_fourier(
     psfs = [p.take(keep) for p in psfs]
     shape = np.asarray(shape)[keep]
     r_e, q, theta, length = (_take(a, keep, len(keep)) for a in (r_e, q, theta, length))
-    widest = DoubleGaussianPsf(*(np.max([getattr(p, f) for p in psfs], axis=0)
-                                 for f in ("sigma_x", "sigma_y", "wing_fraction", "wing_ratio")))
+    widest = DoubleGaussianPsf(
+        *(
+            np.max([getattr(p, f) for p in psfs], axis=0)
+            for f in ("sigma_x", "sigma_y", "wing_fraction", "wing_ratio")
+        )
+    )
     size = fourier_grid_size(shape, r_e, q, length, widest)
     # A grid larger than the canvases buys nothing: the outer light it would hold falls
     # off the canvas anyway (on small canvases it wraps around, faint and spread thin).
@@ -285,12 +289,16 @@ def render_fourier(
                     for j, (psf, flux, (_, _, u, v)) in enumerate(zip(psfs, fluxes, anchors)):
                         if not np.any(flux[sel]):
                             continue
-                        fts[j] = fts[j] + common * _psf_phase_fourier(psf.take(sel), u, v, flux[sel], kys, kxs)
+                        fts[j] = fts[j] + common * _psf_phase_fourier(
+                            psf.take(sel), u, v, flux[sel], kys, kxs
+                        )
                 for canvas, ft, (ix, iy, _, _) in zip(canvases, fts, anchors):
                     if np.isscalar(ft):
                         continue
                     patches = scipy.fft.irfft2(ft, s=(g, g), axes=(-2, -1), workers=1)
-                    add_patches(canvas, index[sel], iy - half, ix - half, patches.astype(canvas.dtype, copy=False))
+                    add_patches(
+                        canvas, index[sel], iy - half, ix - half, patches.astype(canvas.dtype, copy=False)
+                    )
 
 
 def _psf_phase_fourier(psf: DoubleGaussianPsf, u, v, flux, ky, kx) -> np.ndarray:
@@ -334,7 +342,9 @@ def _shape_fourier(shape, r_e, q, theta, length, ky, kx) -> np.ndarray:
     for n_index in np.unique(shape[~trail]):
         sel = shape == n_index
         qq = q[sel][:, None, None].astype(np.float32)
-        kappa2 = (r_e[sel][:, None, None] ** 2).astype(np.float32) * (k_along[sel] ** 2 / qq + qq * k_across[sel] ** 2)
+        kappa2 = (r_e[sel][:, None, None] ** 2).astype(np.float32) * (
+            k_along[sel] ** 2 / qq + qq * k_across[sel] ** 2
+        )
         if n_index == 1:
             # Exponential disc: analytic, (1 + (2 pi k h)^2)^(-3/2) with scale length h = r_e / 1.678.
             base = np.float32(1.0) + np.float32((2 * np.pi / _EXP_RE_PER_H) ** 2) * kappa2

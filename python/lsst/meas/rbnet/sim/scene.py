@@ -62,8 +62,16 @@ AMPLITUDE_COLUMNS: dict[str, tuple[str, ...]] = {
     "edge": ("amp",),
 }
 
-_DEFAULTS = {"dx_t": 0.0, "dy_t": 0.0, "psf_fx": 1.0, "psf_fy": 1.0, "size_x": 0.0, "size_y": 0.0, "length": 0.0,
-             "obj": -1}
+_DEFAULTS = {
+    "dx_t": 0.0,
+    "dy_t": 0.0,
+    "psf_fx": 1.0,
+    "psf_fy": 1.0,
+    "size_x": 0.0,
+    "size_y": 0.0,
+    "length": 0.0,
+    "obj": -1,
+}
 
 #: AB zero point of fluxes in nJy: ``m = 31.4 - 2.5 log10(F / nJy)``.
 _AB_NJY = 31.4
@@ -161,7 +169,9 @@ class Scene:
         for kind, table in self.tables().items():
             keep = np.asarray(predicate(table), dtype=bool)
             if keep.any():
-                new.add(kind, table["canvas"][keep], **{k: v[keep] for k, v in table.items() if k != "canvas"})
+                new.add(
+                    kind, table["canvas"][keep], **{k: v[keep] for k, v in table.items() if k != "canvas"}
+                )
         return new
 
     def scale_objects(self, factor: np.ndarray) -> None:
@@ -285,7 +295,7 @@ def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slop
 
 
 def sample_galaxy_radius(rng: np.random.Generator, mag: np.ndarray, pixel_scale: float) -> np.ndarray:
-    """Half-light radius (pixels) of galaxies of AB magnitude ``mag``: fainter is smaller, log-normal scatter."""
+    """Half-light radius (pixels) of galaxies of AB magnitude ``mag``: fainter is smaller, log-normal."""
     median_arcsec = 0.9 * 10 ** (-0.13 * (np.asarray(mag) - 21.0))
     return median_arcsec / pixel_scale * np.exp(0.45 * rng.standard_normal(np.shape(mag)))
 
@@ -337,12 +347,28 @@ def add_galaxy(
     r_e = np.broadcast_to(np.asarray(r_e, dtype=float), (m,))
     common = dict(x=x, y=y, obj=obj, theta=theta, dx_t=dx_t, dy_t=dy_t)
     disc = bt < 1
-    scene.add("extended", canvas[disc], **_sub(common, disc, m), flux_s=(flux * (1 - bt))[disc],
-              flux_t=(flux * (1 - bt))[disc], shape=1, r_e=r_e[disc], q=q_disc[disc])
+    scene.add(
+        "extended",
+        canvas[disc],
+        **_sub(common, disc, m),
+        flux_s=(flux * (1 - bt))[disc],
+        flux_t=(flux * (1 - bt))[disc],
+        shape=1,
+        r_e=r_e[disc],
+        q=q_disc[disc],
+    )
     bulge = bt > 0
     r_b = np.where(bt < 1, 0.6 * r_e, r_e)
-    scene.add("extended", canvas[bulge], **_sub(common, bulge, m), flux_s=(flux * bt)[bulge],
-              flux_t=(flux * bt)[bulge], shape=4, r_e=np.maximum(r_b, 0.3)[bulge], q=q_bulge[bulge])
+    scene.add(
+        "extended",
+        canvas[bulge],
+        **_sub(common, bulge, m),
+        flux_s=(flux * bt)[bulge],
+        flux_t=(flux * bt)[bulge],
+        shape=4,
+        r_e=np.maximum(r_b, 0.3)[bulge],
+        q=q_bulge[bulge],
+    )
 
 
 def _sub(columns: dict, sel: np.ndarray, m: int) -> dict:
@@ -383,8 +409,14 @@ def add_field(
     m = len(canvas)
     mags = _power_law_mags(rng, m, *density.star_mag_range, density.star_slope)
     flux = mag_to_nJy(mags)
-    scene.add("point", canvas, x=rng.uniform(-0.5, width - 0.5, m), y=rng.uniform(-0.5, height - 0.5, m),
-              flux_s=flux, flux_t=flux)
+    scene.add(
+        "point",
+        canvas,
+        x=rng.uniform(-0.5, width - 0.5, m),
+        y=rng.uniform(-0.5, height - 0.5, m),
+        flux_s=flux,
+        flux_t=flux,
+    )
     canvas = np.repeat(np.arange(n_canvas), n_gal)
     m = len(canvas)
     mags = _power_law_mags(rng, m, *density.galaxy_mag_range, density.galaxy_slope)
@@ -397,8 +429,15 @@ def add_field(
     q = np.sqrt(rng.uniform(0.1, 1.0, faint.sum()))
     along_x = rng.random(faint.sum()) < 0.5
     flux = mag_to_nJy(mags[faint])
-    scene.add("point", canvas[faint], x=x[faint], y=y[faint], flux_s=flux, flux_t=flux,
-              size_x=np.where(along_x, sigma / np.sqrt(q), sigma * np.sqrt(q)),
-              size_y=np.where(along_x, sigma * np.sqrt(q), sigma / np.sqrt(q)))
+    scene.add(
+        "point",
+        canvas[faint],
+        x=x[faint],
+        y=y[faint],
+        flux_s=flux,
+        flux_t=flux,
+        size_x=np.where(along_x, sigma / np.sqrt(q), sigma * np.sqrt(q)),
+        size_y=np.where(along_x, sigma * np.sqrt(q), sigma / np.sqrt(q)),
+    )
     bright = ~faint
     add_galaxy(scene, rng, canvas[bright], x[bright], y[bright], mag_to_nJy(mags[bright]), r_e[bright])

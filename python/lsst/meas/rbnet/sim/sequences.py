@@ -44,7 +44,6 @@ import dataclasses
 
 import numpy as np
 import scipy.fft
-from astropy.table import Table
 
 from ..constants import ARTIFACT_CLASSES, BOGUS, CHANNEL_ORDER, REAL, REAL_CLASSES
 from . import artifacts
@@ -191,7 +190,8 @@ def _light_curve(kind, p, i, t):
     if kind in ("transient", "transient_on_galaxy"):
         dt = t - p["t0"][i]
         shape = np.exp(-np.clip(dt, -50 * p["rise"][i], None) / p["decline"][i]) / (
-            1 + np.exp(-np.clip(dt / p["rise"][i], -50, 50)))
+            1 + np.exp(-np.clip(dt / p["rise"][i], -50, 50))
+        )
         grid = np.linspace(-5 * p["rise"][i], 5 * p["decline"][i], 2001)
         peak = np.max(np.exp(-grid / p["decline"][i]) / (1 + np.exp(-grid / p["rise"][i])))
         return shape / peak
@@ -228,8 +228,11 @@ def _draw_objects(rng, classes, size, centre, times_by_object, snr_range):
         "t0": rng.uniform(first - 20.0, np.maximum(last, first + 1.0)),
         "rise": np.exp(rng.uniform(np.log(2.0), np.log(20.0), n)),
         "decline": np.exp(rng.uniform(np.log(15.0), np.log(100.0), n)),
-        "period": np.where(kinds == "eclipsing_binary", np.exp(rng.uniform(np.log(0.5), np.log(10.0), n)),
-                           np.exp(rng.uniform(np.log(0.2), np.log(50.0), n))),
+        "period": np.where(
+            kinds == "eclipsing_binary",
+            np.exp(rng.uniform(np.log(0.5), np.log(10.0), n)),
+            np.exp(rng.uniform(np.log(0.2), np.log(50.0), n)),
+        ),
         "sawtooth": rng.random(n) < 0.5,
         "width": rng.uniform(0.04, 0.12, n),
         "secondary": rng.uniform(0.0, 0.6, n),
@@ -325,8 +328,11 @@ def _object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_ra
                 static.add("point", i, x=xi, y=yi, flux_s=base, flux_t=base)
             if kind in ("transient_on_galaxy", "agn"):
                 r_e = np.exp(rng.uniform(np.log(1.5), np.log(10.0)))
-                host = np.exp(rng.uniform(np.log(20.0), np.log(2000.0))) * ref_cond.sky_sigma_science[i] * np.sqrt(
-                    4 * np.pi * r_e**2)
+                host = (
+                    np.exp(rng.uniform(np.log(20.0), np.log(2000.0)))
+                    * ref_cond.sky_sigma_science[i]
+                    * np.sqrt(4 * np.pi * r_e**2)
+                )
                 off = 0.0 if kind == "agn" else r_e * abs(rng.normal(0, 0.8))
                 phi = rng.uniform(0, 2 * np.pi)
                 add_galaxy(static, rng, [i], xi - off * np.cos(phi), yi - off * np.sin(phi), host, r_e)
@@ -336,8 +342,15 @@ def _object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_ra
             measure_scale[i] = True
             dt = t - p["t_ref"][i]
             ux, uy = np.cos(p["mu_angle"][i]), np.sin(p["mu_angle"][i])
-            per_frame.add("point", f, obj=f, x=xi + p["mu"][i] * dt * ux, y=yi + p["mu"][i] * dt * uy,
-                          flux_s=1.0, flux_t=0.0)
+            per_frame.add(
+                "point",
+                f,
+                obj=f,
+                x=xi + p["mu"][i] * dt * ux,
+                y=yi + p["mu"][i] * dt * uy,
+                flux_s=1.0,
+                flux_t=0.0,
+            )
             static.add("point", i, obj=i, x=xi, y=yi, flux_s=0.0, flux_t=1.0)
             template_keys.add("point", f, obj=f, x=xi, y=yi, flux_s=0.0, flux_t=1.0)
         elif cls in ("dipole", "bright_star_residual", "saturated_star"):
@@ -356,11 +369,22 @@ def _object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_ra
                 eps_x, eps_y = eps + aniso, eps - aniso
             star = 1.0
             if cls == "saturated_star":
-                star = p["over"][i] * ref_cond.saturation[i] / _psf_peak_fraction(ref_cond, [i], [xi], [yi])[0]
+                star = (
+                    p["over"][i] * ref_cond.saturation[i] / _psf_peak_fraction(ref_cond, [i], [xi], [yi])[0]
+                )
             else:
                 measure_scale[i] = True
-            per_frame.add("point", f, obj=f, x=xi + shift * np.cos(angle), y=yi + shift * np.sin(angle),
-                          flux_s=star, flux_t=0.0, psf_fx=1 + eps_x, psf_fy=1 + eps_y)
+            per_frame.add(
+                "point",
+                f,
+                obj=f,
+                x=xi + shift * np.cos(angle),
+                y=yi + shift * np.sin(angle),
+                flux_s=star,
+                flux_t=0.0,
+                psf_fx=1 + eps_x,
+                psf_fy=1 + eps_y,
+            )
             static.add("point", i, obj=i, x=xi, y=yi, flux_s=0.0, flux_t=star)
             template_keys.add("point", f, obj=f, x=xi, y=yi, flux_s=0.0, flux_t=star)
         elif cls in ("hot_pixel", "bad_column", "ghost", "edge"):
@@ -377,8 +401,14 @@ def _object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_ra
                 r = g["r_out"][0] + rng.uniform(5.0, 40.0)
                 phi = rng.uniform(0, 2 * np.pi)
                 bright = 300 * ref_cond.sky_sigma_science[i] * np.exp(rng.uniform(0, np.log(30)))
-                static.add("point", i, x=g["x"][0] + r * np.cos(phi), y=g["y"][0] + r * np.sin(phi),
-                           flux_s=bright, flux_t=bright)
+                static.add(
+                    "point",
+                    i,
+                    x=g["x"][0] + r * np.cos(phi),
+                    y=g["y"][0] + r * np.sin(phi),
+                    flux_s=bright,
+                    flux_t=bright,
+                )
             else:
                 side, depth = p["side"][i], p["depth"][i]
                 coord = xi if side < 2 else yi
@@ -404,16 +434,20 @@ def _object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_ra
     first_present = np.array([f[present[f]][0] if present[f].any() else f[0] for f in frames_of])
     need = np.flatnonzero(measure_scale | scale_by_frame)
     if len(need):
-        frames_needed = np.concatenate([frames_of[i][present[frames_of[i]]] if scale_by_frame[i]
-                                        else [first_present[i]] for i in need]).astype(int)
+        frames_needed = np.concatenate(
+            [frames_of[i][present[frames_of[i]]] if scale_by_frame[i] else [first_present[i]] for i in need]
+        ).astype(int)
         keys = Scene()
         keys.extend(per_frame.select(lambda tb: np.isin(tb["obj"], frames_needed)))
         keys.extend(template_keys.select(lambda tb: np.isin(tb["obj"], frames_needed)))
         fo = frame_obj[frames_needed]
         unit, _, _ = measure_objects(keys, cond, shape, frames_needed, objs.x[fo], objs.y[fo])
         frame_factor = np.ones(n_frames)
-        target = np.where(np.isin(objs.classes[fo], ["ghost"]), np.minimum(sample_snr(rng, len(fo), snr_range), 60.0),
-                          sample_snr(rng, len(fo), snr_range))
+        target = np.where(
+            np.isin(objs.classes[fo], ["ghost"]),
+            np.minimum(sample_snr(rng, len(fo), snr_range), 60.0),
+            sample_snr(rng, len(fo), snr_range),
+        )
         target = np.where(scale_by_frame[fo], target, objs.target[fo])
         factor = target / np.maximum(np.abs(unit), 1e-12)
         frame_factor[frames_needed] = factor
@@ -440,8 +474,14 @@ def _object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_ra
         fo = frame_obj[nf]
         bumps.add("point", nf, obj=np.arange(len(nf)), x=objs.x[fo], y=objs.y[fo], flux_s=1.0, flux_t=0.0)
         unit, _, _ = measure_objects(bumps, cond, shape, nf, objs.x[fo], objs.y[fo], search_radius=0.0)
-        noise = {"keys": bumps, "canvas": nf, "x": objs.x[fo], "y": objs.y[fo],
-                 "snr": sample_noise_snr(rng, len(nf), snr_range) * np.array(noise_sign), "unit": unit}
+        noise = {
+            "keys": bumps,
+            "canvas": nf,
+            "x": objs.x[fo],
+            "y": objs.y[fo],
+            "snr": sample_noise_snr(rng, len(nf), snr_range) * np.array(noise_sign),
+            "unit": unit,
+        }
     # True S/N of each object in each frame.
     frame_snr = np.zeros(n_frames)
     keys = Scene()
@@ -454,12 +494,20 @@ def _object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_ra
         frame_snr[measured] = snr
     if noise is not None:
         frame_snr[noise["canvas"]] = noise["snr"]
-    return {"per_frame": per_frame, "present": present, "frame_snr": frame_snr, "noise": noise, "edges": edges,
-            "first_frame": first_frame, "frame_obj": frame_obj}
+    return {
+        "per_frame": per_frame,
+        "present": present,
+        "frame_snr": frame_snr,
+        "noise": noise,
+        "edges": edges,
+        "first_frame": first_frame,
+        "frame_obj": frame_obj,
+    }
 
 
-def _simulate_batch(rng, classes, n_visits, frame_size, fwhm_range, snr_range, with_masks, pixel_scale,
-                    start_mjd):
+def _simulate_batch(
+    rng, classes, n_visits, frame_size, fwhm_range, snr_range, with_masks, pixel_scale, start_mjd
+):
     n_obj = len(classes)
     margin = int(np.ceil(2.0 * fwhm_range[1])) + 3
     size = scipy.fft.next_fast_len(frame_size + 2 * margin, real=True)
@@ -476,15 +524,29 @@ def _simulate_batch(rng, classes, n_visits, frame_size, fwhm_range, snr_range, w
     cond_v = sample_conditions(rng, n_frames, fwhm_range=fwhm_range)
     cond_o = sample_conditions(rng, n_obj, fwhm_range=fwhm_range)
     cond = Conditions(
-        psf_science=cond_v.psf_science, psf_template=cond_o.psf_template.take(frame_obj),
-        sky_sigma_science=cond_v.sky_sigma_science, sky_sigma_template=cond_o.sky_sigma_template[frame_obj],
-        gain_science=cond_v.gain_science, gain_template=cond_o.gain_template[frame_obj],
-        saturation=cond_v.saturation, kernel_error=cond_v.kernel_error,
-        template_dx=cond_o.template_dx[frame_obj], template_dy=cond_o.template_dy[frame_obj])
+        psf_science=cond_v.psf_science,
+        psf_template=cond_o.psf_template.take(frame_obj),
+        sky_sigma_science=cond_v.sky_sigma_science,
+        sky_sigma_template=cond_o.sky_sigma_template[frame_obj],
+        gain_science=cond_v.gain_science,
+        gain_template=cond_o.gain_template[frame_obj],
+        saturation=cond_v.saturation,
+        kernel_error=cond_v.kernel_error,
+        template_dx=cond_o.template_dx[frame_obj],
+        template_dy=cond_o.template_dy[frame_obj],
+        spike_angle=cond_v.spike_angle,
+    )
 
     static = Scene()  # on object canvases: both sides; the template side makes the template
-    add_field(static, rng, n_obj, size, size, pixel_scale=pixel_scale,
-              density_factor=np.exp(rng.uniform(np.log(0.3), np.log(3.0), n_obj)))
+    add_field(
+        static,
+        rng,
+        n_obj,
+        size,
+        size,
+        pixel_scale=pixel_scale,
+        density_factor=np.exp(rng.uniform(np.log(0.3), np.log(3.0), n_obj)),
+    )
     parts = _object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_range, static)
     present = parts["present"]
     per_frame = parts["per_frame"]
@@ -509,14 +571,25 @@ def _simulate_batch(rng, classes, n_visits, frame_size, fwhm_range, snr_range, w
             else:
                 on_chip[fp] &= ~off[None, :, None]
     noise_objects = parts["noise"]
-    obs = observe(scene, cond, shape, rng, crop=(y0, y0, frame_size, frame_size), on_chip=on_chip,
-                  template=(tmpl_img[frame_obj], tmpl_var[frame_obj]), noise_objects=noise_objects)
+    obs = observe(
+        scene,
+        cond,
+        shape,
+        rng,
+        crop=(y0, y0, frame_size, frame_size),
+        on_chip=on_chip,
+        template=(tmpl_img[frame_obj], tmpl_var[frame_obj]),
+        noise_objects=noise_objects,
+    )
 
     frame_snr = parts["frame_snr"]
     out = {
         "frames": np.stack([obs.difference, obs.science, obs.template], axis=1),
-        "masks": np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1) if with_masks
-        else None,
+        "masks": (
+            np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1)
+            if with_masks
+            else None
+        ),
         "times": times,
         "kind": objs.kinds,
         "frame_snr": frame_snr,
@@ -590,8 +663,17 @@ def simulate_sequences(
         while stop < n_objects and visits[start : stop + 1].sum() <= _FRAMES_PER_BATCH:
             stop += 1
         rng = np.random.default_rng([seed, batch])
-        out = _simulate_batch(rng, classes[start:stop], visits[start:stop], frame_size, fwhm_range, snr_range,
-                              with_masks, pixel_scale, start_mjd)
+        out = _simulate_batch(
+            rng,
+            classes[start:stop],
+            visits[start:stop],
+            frame_size,
+            fwhm_range,
+            snr_range,
+            with_masks,
+            pixel_scale,
+            start_mjd,
+        )
         out["frames"] = out["frames"][:, pick]
         if out["masks"] is not None:
             out["masks"] = out["masks"][:, pick]
@@ -601,8 +683,10 @@ def simulate_sequences(
         if progress is not None:
             progress(start, n_objects)
     offsets = np.concatenate([[0], np.cumsum(visits)]).astype(np.int64)
-    cat = {k: (np.concatenate([p[k] for p in parts]) if parts and parts[0][k] is not None else None)
-           for k in ("frames", "masks", "times", "kind", "frame_snr", "frame_fwhm", "frame_present")}
+    cat = {
+        k: (np.concatenate([p[k] for p in parts]) if parts and parts[0][k] is not None else None)
+        for k in ("frames", "masks", "times", "kind", "frame_snr", "frame_fwhm", "frame_present")
+    }
     if not parts:
         cat["frames"] = np.zeros((0, len(channels), frame_size, frame_size), np.float32)
         for k in ("times", "frame_snr", "frame_fwhm"):

@@ -12,6 +12,7 @@ lists every object (forced measurements), with its stable ``diaObjectId``.
 __all__ = ["simulate_visit_series"]
 
 import numpy as np
+from astropy.table import Table
 
 from ..constants import BOGUS, REAL, REAL_CLASSES
 from .artifacts import add_background_artifacts
@@ -103,10 +104,18 @@ def simulate_visit_series(
     tmpl = sample_conditions(rng, 1, fwhm_range=fwhm_range)
     idx = np.zeros(n_visits, int)
     cond_v = Conditions(
-        psf_science=cond_v.psf_science, psf_template=tmpl.psf_template.take(idx),
-        sky_sigma_science=cond_v.sky_sigma_science, sky_sigma_template=tmpl.sky_sigma_template[idx],
-        gain_science=cond_v.gain_science, gain_template=tmpl.gain_template[idx], saturation=cond_v.saturation,
-        kernel_error=cond_v.kernel_error, template_dx=tmpl.template_dx[idx], template_dy=tmpl.template_dy[idx])
+        psf_science=cond_v.psf_science,
+        psf_template=tmpl.psf_template.take(idx),
+        sky_sigma_science=cond_v.sky_sigma_science,
+        sky_sigma_template=tmpl.sky_sigma_template[idx],
+        gain_science=cond_v.gain_science,
+        gain_template=tmpl.gain_template[idx],
+        saturation=cond_v.saturation,
+        kernel_error=cond_v.kernel_error,
+        template_dx=tmpl.template_dx[idx],
+        template_dy=tmpl.template_dy[idx],
+        spike_angle=cond_v.spike_angle,
+    )
     times = rubin_cadence(rng, n_visits, start_mjd + rng.uniform(0, 365))
 
     counts = class_counts(n_objects, class_fractions, real_fraction)
@@ -116,8 +125,16 @@ def simulate_visit_series(
     frame_visit = np.tile(np.arange(n_visits), n_objects)
     cond_f = cond_v.take(frame_visit)
     static_local = Scene()
-    parts = _object_components(rng, objs, [times] * n_objects, np.full(n_objects, n_visits), cond_f,
-                               (size, size), snr_range, static_local)
+    parts = _object_components(
+        rng,
+        objs,
+        [times] * n_objects,
+        np.full(n_objects, n_visits),
+        cond_f,
+        (size, size),
+        snr_range,
+        static_local,
+    )
 
     fwhm_max = float(np.max(np.concatenate([cond_v.psf_science.fwhm, cond_v.psf_template.fwhm])))
     sky = _SkyModel.build(rng, tmpl, (height, width), pixel_scale, density_factor, False, fwhm_max=fwhm_max)
@@ -138,7 +155,9 @@ def simulate_visit_series(
     gy = objs.y + dy
     static = Scene()
     static.extend(sky.scene)
-    static.extend(static_local.replicate(np.arange(n_objects), dx=dx, dy=dy, new_canvas=np.zeros(n_objects, int)))
+    static.extend(
+        static_local.replicate(np.arange(n_objects), dx=dx, dy=dy, new_canvas=np.zeros(n_objects, int))
+    )
     _, tmpl_model, *_ = render_models(static, tmpl, sky.canvas_shape, with_artifacts=False)
     template = add_template_noise(tmpl_model, tmpl, rng)
     del tmpl_model
@@ -166,24 +185,52 @@ def simulate_visit_series(
             keys = noise["keys"].select(lambda t: np.isin(t["obj"], rows))
             for table in keys.tables().values():
                 table["obj"] = renumber[table["obj"]]
-            keys = keys.replicate(noise["canvas"][rows], dx=dx[obj_of_row], dy=dy[obj_of_row],
-                                  new_canvas=np.zeros(len(rows), int))
-            noise_objects = {"keys": keys, "canvas": np.zeros(len(rows), int), "x": gx[obj_of_row],
-                             "y": gy[obj_of_row], "snr": noise["snr"][rows], "unit": noise["unit"][rows]}
+            keys = keys.replicate(
+                noise["canvas"][rows],
+                dx=dx[obj_of_row],
+                dy=dy[obj_of_row],
+                new_canvas=np.zeros(len(rows), int),
+            )
+            noise_objects = {
+                "keys": keys,
+                "canvas": np.zeros(len(rows), int),
+                "x": gx[obj_of_row],
+                "y": gy[obj_of_row],
+                "snr": noise["snr"][rows],
+                "unit": noise["unit"][rows],
+            }
         cond1 = cond_v.take([v])
-        obs = observe(scene, cond1, sky.canvas_shape, rng, crop=(margin, margin, height, width),
-                      on_chip=sky.on_chip, template_covered=covered, template=template,
-                      noise_objects=noise_objects)
+        obs = observe(
+            scene,
+            cond1,
+            sky.canvas_shape,
+            rng,
+            crop=(margin, margin, height, width),
+            on_chip=sky.on_chip,
+            template_covered=covered,
+            template=template,
+            noise_objects=noise_objects,
+        )
         meta = VisitMetadata(
-            visit=first_visit + v, detector=int(detector), mjd=float(times[v]), band=band,
-            physical_filter=BAND_FILTERS[band], pixel_scale=float(pixel_scale), wcs=wcs,
-            fwhm_science=float(cond1.psf_science.fwhm[0]), fwhm_template=float(cond1.psf_template.fwhm[0]),
-            fwhm_difference=float(cond1.psf_difference.fwhm[0]), zero_point=NJY_ZERO_POINT, exposure_time=30.0,
+            visit=first_visit + v,
+            detector=int(detector),
+            mjd=float(times[v]),
+            band=band,
+            physical_filter=BAND_FILTERS[band],
+            pixel_scale=float(pixel_scale),
+            wcs=wcs,
+            fwhm_science=float(cond1.psf_science.fwhm[0]),
+            fwhm_template=float(cond1.psf_template.fwhm[0]),
+            fwhm_difference=float(cond1.psf_difference.fwhm[0]),
+            zero_point=NJY_ZERO_POINT,
+            exposure_time=30.0,
             sky_noise_science=float(cond1.sky_sigma_science[0]),
             sky_noise_template=float(cond1.sky_sigma_template[0]),
             sky_noise_difference=float(obs.sky_sigma_difference[0]),
             instrumental_zero_point=float(NJY_ZERO_POINT + 2.5 * np.log10(cond1.gain_science[0])),
-            saturation=float(cond1.saturation[0]), seed=int(seed))
+            saturation=float(cond1.saturation[0]),
+            seed=int(seed),
+        )
         snr_signed = parts["frame_snr"][frames]
         area = cond1.psf_difference.effective_area()[0]
         truth_flux = snr_signed * obs.sky_sigma_difference[0] * np.sqrt(area)
@@ -193,11 +240,14 @@ def simulate_visit_series(
         err = np.minimum(np.sqrt(2.0) * cond1.psf_difference.sigma[0] / np.maximum(snr, 1.0), 1.5)
         x = truth_x + rng.normal(0, 1, n_objects) * err
         y = truth_y + rng.normal(0, 1, n_objects) * err
-        flux, flux_err = psf_photometry(obs.difference[0], obs.variance_difference[0], x, y,
-                                        cond1.psf_difference.take(np.zeros(n_objects, int)))
+        flux, flux_err = psf_photometry(
+            obs.difference[0],
+            obs.variance_difference[0],
+            x,
+            y,
+            cond1.psf_difference.take(np.zeros(n_objects, int)),
+        )
         ra_s, dec_s = wcs.wcs_pix2world(x, y, 0)
-        from astropy.table import Table
-
         table = Table()
         table["id"] = source_ids(meta.visit, meta.detector, n_objects)
         table["diaObjectId"] = object_ids

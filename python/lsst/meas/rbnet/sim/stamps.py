@@ -82,8 +82,10 @@ def class_counts(n: int, class_fractions: dict | None = None, real_fraction: flo
     else:
         unknown = set(class_fractions) - set(REAL_CLASSES) - set(ARTIFACT_CLASSES)
         if unknown:
-            raise ValueError(f"class_fractions has unknown classes {sorted(unknown)}; expected names from "
-                             f"{REAL_CLASSES + ARTIFACT_CLASSES}.")
+            raise ValueError(
+                f"class_fractions has unknown classes {sorted(unknown)}; expected names from "
+                f"{REAL_CLASSES + ARTIFACT_CLASSES}."
+            )
         if any(v < 0 for v in class_fractions.values()) or sum(class_fractions.values()) <= 0:
             raise ValueError("class_fractions must be non-negative with a positive sum.")
         weights = {c: float(class_fractions.get(c, 0.0)) for c in REAL_CLASSES + ARTIFACT_CLASSES}
@@ -225,14 +227,41 @@ def simulate_stamps(
     stamps = np.empty((n, 3, stamp_size, stamp_size), np.float32)
     masks = np.empty((n, 3, stamp_size, stamp_size), np.int32) if with_masks else None
     variances = np.empty((n, 3, stamp_size, stamp_size), np.float32) if with_variance else None
-    columns = {name: [] for name in ("snr", "flux", "fwhm_science", "fwhm_template", "x_offset", "y_offset",
-                                     "sky_noise", "sky_noise_template", "sky_noise_difference", "off_chip_fraction",
-                                     "template_missing_fraction", "near_edge", "convolved_science", "host_flux")}
+    columns = {
+        name: []
+        for name in (
+            "snr",
+            "flux",
+            "fwhm_science",
+            "fwhm_template",
+            "x_offset",
+            "y_offset",
+            "sky_noise",
+            "sky_noise_template",
+            "sky_noise_difference",
+            "off_chip_fraction",
+            "template_missing_fraction",
+            "near_edge",
+            "convolved_science",
+            "host_flux",
+        )
+    }
     for chunk_index, start in enumerate(range(0, n, _CHUNK)):
         classes = classes_all[start : start + _CHUNK]
         rng = np.random.default_rng([seed, chunk_index])
-        result = _simulate_chunk(rng, classes, stamp_size, size, y0, centre, fwhm_range, snr_range, edge_fraction,
-                                 no_template_fraction, pixel_scale)
+        result = _simulate_chunk(
+            rng,
+            classes,
+            stamp_size,
+            size,
+            y0,
+            centre,
+            fwhm_range,
+            snr_range,
+            edge_fraction,
+            no_template_fraction,
+            pixel_scale,
+        )
         obs, truth = result
         stop = start + len(classes)
         stamps[start:stop] = np.stack([obs.difference, obs.science, obs.template], axis=1)
@@ -240,7 +269,8 @@ def simulate_stamps(
             masks[start:stop] = np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1)
         if variances is not None:
             variances[start:stop] = np.stack(
-                [obs.variance_difference, obs.variance_science, obs.variance_template], axis=1)
+                [obs.variance_difference, obs.variance_science, obs.variance_template], axis=1
+            )
         for name in columns:
             columns[name].append(truth[name])
         if progress is not None:
@@ -260,13 +290,30 @@ def simulate_stamps(
     for name in ("fwhm_science", "fwhm_template", "x_offset", "y_offset"):
         table[name].unit = "pix"
     table.meta.update(
-        {"channels": list(CHANNEL_ORDER), "stamp_size": stamp_size, "seed": seed, "pixel_scale": pixel_scale,
-         "units": "nJy"})
+        {
+            "channels": list(CHANNEL_ORDER),
+            "stamp_size": stamp_size,
+            "seed": seed,
+            "pixel_scale": pixel_scale,
+            "units": "nJy",
+        }
+    )
     return StampSet(stamps=stamps, masks=masks, table=table, variances=variances)
 
 
-def _simulate_chunk(rng, classes, stamp_size, size, y0, centre, fwhm_range, snr_range, edge_fraction,
-                    no_template_fraction, pixel_scale):
+def _simulate_chunk(
+    rng,
+    classes,
+    stamp_size,
+    size,
+    y0,
+    centre,
+    fwhm_range,
+    snr_range,
+    edge_fraction,
+    no_template_fraction,
+    pixel_scale,
+):
     m = len(classes)
     shape = (size, size)
     cond = sample_conditions(rng, m, fwhm_range=fwhm_range)
@@ -277,21 +324,40 @@ def _simulate_chunk(rng, classes, stamp_size, size, y0, centre, fwhm_range, snr_
     covered, lacking = _template_coverage(rng, m, size, centre, stamp_size, no_template_fraction)
 
     scene = Scene()
-    add_field(scene, rng, m, size, size, pixel_scale=pixel_scale,
-              density_factor=np.exp(rng.uniform(np.log(0.3), np.log(3.0), m)))
+    add_field(
+        scene,
+        rng,
+        m,
+        size,
+        size,
+        pixel_scale=pixel_scale,
+        density_factor=np.exp(rng.uniform(np.log(0.3), np.log(3.0), m)),
+    )
     add_background_artifacts(scene, rng, m, size, size, cond.sky_sigma_science)
     keys_and_companions = Scene()
     noise_keys = Scene()
     canvas = np.arange(m)
-    info = add_labelled(keys_and_companions, noise_keys, rng, classes, canvas, tx, ty, cond,
-                        canvas_height=size, edge_geometry=edge_geometry)
+    info = add_labelled(
+        keys_and_companions,
+        noise_keys,
+        rng,
+        classes,
+        canvas,
+        tx,
+        ty,
+        cond,
+        canvas_height=size,
+        edge_geometry=edge_geometry,
+    )
     tx, ty = info["x"], info["y"]
 
     # Scale each labelled object to its target S/N.
     keys = keys_and_companions.select(lambda t: t["obj"] >= 0)
     unit_snr, unit_flux, unit_peak = measure_objects(keys, cond, shape, canvas, tx, ty)
     mode = info["mode"]
-    factor = amplitude_factors(classes, mode, unit_snr, unit_peak, cond.saturation, sample_snr(rng, m, snr_range))
+    factor = amplitude_factors(
+        classes, mode, unit_snr, unit_peak, cond.saturation, sample_snr(rng, m, snr_range)
+    )
     keys_and_companions.scale_objects(factor)
     scene.extend(keys_and_companions)
     snr = np.abs(unit_snr) * factor
@@ -307,14 +373,29 @@ def _simulate_chunk(rng, classes, stamp_size, size, y0, centre, fwhm_range, snr_
         bumps = noise_keys.select(lambda t: t["obj"] >= 0)
         for table in bumps.tables().values():
             table["obj"] = renumber[table["obj"]]
-        unit, _, _ = measure_objects(bumps, cond, shape, noise_rows, tx[noise_rows], ty[noise_rows],
-                                     search_radius=0.0)
-        noise_objects = {"keys": bumps, "canvas": noise_rows, "x": tx[noise_rows], "y": ty[noise_rows],
-                         "snr": noise_snr, "unit": unit}
+        unit, _, _ = measure_objects(
+            bumps, cond, shape, noise_rows, tx[noise_rows], ty[noise_rows], search_radius=0.0
+        )
+        noise_objects = {
+            "keys": bumps,
+            "canvas": noise_rows,
+            "x": tx[noise_rows],
+            "y": ty[noise_rows],
+            "snr": noise_snr,
+            "unit": unit,
+        }
         snr[noise_rows] = np.abs(noise_snr)
 
-    obs = observe(scene, cond, shape, rng, crop=(y0, y0, stamp_size, stamp_size), on_chip=on_chip,
-                  template_covered=covered, noise_objects=noise_objects)
+    obs = observe(
+        scene,
+        cond,
+        shape,
+        rng,
+        crop=(y0, y0, stamp_size, stamp_size),
+        on_chip=on_chip,
+        template_covered=covered,
+        noise_objects=noise_objects,
+    )
     if len(noise_rows):
         # PSF flux of a fluctuation of |S/N| = snr: snr * sigma / sqrt(sum P^2).
         area = cond.psf_difference.take(noise_rows).effective_area()

@@ -182,7 +182,7 @@ class SimulatedVisit:
     metadata: VisitMetadata
 
     def write(self, directory, *, sources_format: str = "ecsv"):
-        """Write FITS images and the source table to ``directory``; see `lsst.meas.rbnet.sim.io.write_visit`."""
+        """Write FITS images and the source table to ``directory`` (see `lsst.meas.rbnet.sim.io.write_visit`)."""
         from .io import write_visit
 
         return write_visit(self, directory, sources_format=sources_format)
@@ -219,9 +219,14 @@ def make_wcs(shape, pixel_scale: float, ra: float, dec: float, rotation_deg: flo
 def source_ids(visit: int, detector: int, n: int) -> np.ndarray:
     """Unique source ids for a (visit, detector): ``(visit % 1e9) * 1e9 + detector * 1e5 + 1..n`` (int64)."""
     if n >= 100_000 or not 0 <= detector < 10_000:
-        raise ValueError(f"source_ids: need n < 100000 and 0 <= detector < 10000, got n={n}, detector={detector}.")
-    return (np.int64(visit % 1_000_000_000) * 1_000_000_000 + np.int64(detector) * 100_000
-            + np.arange(1, n + 1, dtype=np.int64))
+        raise ValueError(
+            f"source_ids: need n < 100000 and 0 <= detector < 10000, got n={n}, detector={detector}."
+        )
+    return (
+        np.int64(visit % 1_000_000_000) * 1_000_000_000
+        + np.int64(detector) * 100_000
+        + np.arange(1, n + 1, dtype=np.int64)
+    )
 
 
 def _place(rng, n, height, width, min_separation, border=0.0):
@@ -267,8 +272,17 @@ def _local_size(cond: Conditions) -> int:
     return local_canvas_size(cond, _LOCAL_MIN)
 
 
-def scale_labelled(rng, labelled: Scene, noise_scene: Scene, classes, info, cond1: Conditions, snr_range,
-                   target_snr=None, leader=None):
+def scale_labelled(
+    rng,
+    labelled: Scene,
+    noise_scene: Scene,
+    classes,
+    info,
+    cond1: Conditions,
+    snr_range,
+    target_snr=None,
+    leader=None,
+):
     """Scale the labelled objects of one canvas to their target S/N.
 
     Each object is measured alone on a small canvas of its own with the
@@ -301,8 +315,9 @@ def scale_labelled(rng, labelled: Scene, noise_scene: Scene, classes, info, cond
             table["obj"][:] = j
         measured.extend(copy)
     local = measured.relocate(np.arange(k), shift_x, shift_y)
-    unit_snr, unit_flux, unit_peak = measure_objects(local, cond_k, (size, size), np.arange(k), tx + shift_x,
-                                                     ty + shift_y)
+    unit_snr, unit_flux, unit_peak = measure_objects(
+        local, cond_k, (size, size), np.arange(k), tx + shift_x, ty + shift_y
+    )
     mode = info["mode"]
     target = sample_snr(rng, k, snr_range) if target_snr is None else np.asarray(target_snr, dtype=float)
     factor = amplitude_factors(classes, mode, unit_snr, unit_peak, np.full(k, cond1.saturation[0]), target)
@@ -320,16 +335,28 @@ def scale_labelled(rng, labelled: Scene, noise_scene: Scene, classes, info, cond
             table["obj"] = renumber[table["obj"]]
         kn = len(noise_rows)
         local = bumps.relocate(np.arange(kn), shift_x[noise_rows], shift_y[noise_rows])
-        unit, _, _ = measure_objects(local, cond1.take(np.zeros(kn, int)), (size, size), np.arange(kn),
-                                     tx[noise_rows] + shift_x[noise_rows], ty[noise_rows] + shift_y[noise_rows],
-                                     search_radius=0.0)
+        unit, _, _ = measure_objects(
+            local,
+            cond1.take(np.zeros(kn, int)),
+            (size, size),
+            np.arange(kn),
+            tx[noise_rows] + shift_x[noise_rows],
+            ty[noise_rows] + shift_y[noise_rows],
+            search_radius=0.0,
+        )
         if target_snr is None:
             noise_snr = sample_noise_snr(rng, kn, snr_range)
         else:
             noise_snr = np.abs(np.asarray(target_snr, dtype=float)[noise_rows])
         noise_snr = noise_snr * info["snr_sign"][noise_rows]
-        noise_objects = {"keys": bumps, "canvas": np.zeros(kn, int), "x": tx[noise_rows], "y": ty[noise_rows],
-                         "snr": noise_snr, "unit": unit}
+        noise_objects = {
+            "keys": bumps,
+            "canvas": np.zeros(kn, int),
+            "x": tx[noise_rows],
+            "y": ty[noise_rows],
+            "snr": noise_snr,
+            "unit": unit,
+        }
         snr[noise_rows] = np.abs(noise_snr)
         area = cond1.psf_difference.effective_area()[0]
         flux[noise_rows] = noise_snr * difference_sky_sigma(cond1)[0] * np.sqrt(area)
@@ -341,8 +368,18 @@ def scale_labelled(rng, labelled: Scene, noise_scene: Scene, classes, info, cond
 _SHARED = {"satellite_trail": 10, "ghost": 5, "bad_column": 5}
 
 
-def add_visit_objects(rng, labelled: Scene, noise_scene: Scene, classes, x, y, cond1: Conditions, canvas_shape,
-                      edge_geometry, chip_box):
+def add_visit_objects(
+    rng,
+    labelled: Scene,
+    noise_scene: Scene,
+    classes,
+    x,
+    y,
+    cond1: Conditions,
+    canvas_shape,
+    edge_geometry,
+    chip_box,
+):
     """Add labelled objects to a detector canvas; detections of a class in `_SHARED` share artifacts.
 
     Parameters
@@ -371,8 +408,19 @@ def add_visit_objects(rng, labelled: Scene, noise_scene: Scene, classes, x, y, c
             leader[g] = g[0]
     leads = np.flatnonzero(leader == np.arange(k))
     sub_geometry = {key: np.asarray(v)[leads] for key, v in edge_geometry.items()}
-    info_lead = add_labelled(labelled, noise_scene, rng, classes[leads], np.zeros(len(leads), int), x[leads],
-                             y[leads], cond1, obj=leads, canvas_height=canvas_shape[0], edge_geometry=sub_geometry)
+    info_lead = add_labelled(
+        labelled,
+        noise_scene,
+        rng,
+        classes[leads],
+        np.zeros(len(leads), int),
+        x[leads],
+        y[leads],
+        cond1,
+        obj=leads,
+        canvas_height=canvas_shape[0],
+        edge_geometry=sub_geometry,
+    )
     info = {key: np.zeros(k, dtype=np.asarray(v).dtype) for key, v in info_lead.items()}
     for key, v in info_lead.items():
         info[key][leads] = v
@@ -511,7 +559,9 @@ def simulate_visit(
     ra = float(rng.uniform(0, 360)) if ra is None else float(ra)
     dec = float(np.rad2deg(np.arcsin(rng.uniform(-0.94, 0.17)))) if dec is None else float(dec)
     rotation = float(rng.uniform(0, 360)) if rotation is None else float(rotation)
-    cond = sample_conditions(rng, 1, fwhm_range=fwhm_range, fwhm_science=fwhm_science, fwhm_template=fwhm_template)
+    cond = sample_conditions(
+        rng, 1, fwhm_range=fwhm_range, fwhm_science=fwhm_science, fwhm_template=fwhm_template
+    )
 
     counts = class_counts(n_sources, class_fractions, real_fraction)
     classes = rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
@@ -522,27 +572,57 @@ def simulate_visit(
     labelled = Scene()
     noise_scene = Scene()
     chip_box = (margin + 2.0, margin + 2.0, margin + width - 3.0, margin + height - 3.0)
-    info, leader = add_visit_objects(rng, labelled, noise_scene, classes, x + margin, y + margin, cond,
-                                     sky.canvas_shape, edge_geometry, chip_box)
-    snr, flux, noise_objects = scale_labelled(rng, labelled, noise_scene, classes, info, cond, snr_range,
-                                              leader=leader)
+    info, leader = add_visit_objects(
+        rng,
+        labelled,
+        noise_scene,
+        classes,
+        x + margin,
+        y + margin,
+        cond,
+        sky.canvas_shape,
+        edge_geometry,
+        chip_box,
+    )
+    snr, flux, noise_objects = scale_labelled(
+        rng, labelled, noise_scene, classes, info, cond, snr_range, leader=leader
+    )
     covered = _template_coverage(rng, template_coverage, sky.canvas_shape, margin, (height, width))
     scene = Scene()
     scene.extend(sky.scene)
     scene.extend(labelled)
-    obs = observe(scene, cond, sky.canvas_shape, rng, crop=(margin, margin, height, width), on_chip=sky.on_chip,
-                  template_covered=covered, noise_objects=noise_objects)
+    obs = observe(
+        scene,
+        cond,
+        sky.canvas_shape,
+        rng,
+        crop=(margin, margin, height, width),
+        on_chip=sky.on_chip,
+        template_covered=covered,
+        noise_objects=noise_objects,
+    )
     truth_x = info["x"] - margin
     truth_y = info["y"] - margin
     metadata = VisitMetadata(
-        visit=visit, detector=int(detector), mjd=mjd, band=band, physical_filter=BAND_FILTERS[band],
-        pixel_scale=float(pixel_scale), wcs=make_wcs((height, width), pixel_scale, ra, dec, rotation),
-        fwhm_science=float(cond.psf_science.fwhm[0]), fwhm_template=float(cond.psf_template.fwhm[0]),
-        fwhm_difference=float(cond.psf_difference.fwhm[0]), zero_point=NJY_ZERO_POINT, exposure_time=30.0,
-        sky_noise_science=float(cond.sky_sigma_science[0]), sky_noise_template=float(cond.sky_sigma_template[0]),
+        visit=visit,
+        detector=int(detector),
+        mjd=mjd,
+        band=band,
+        physical_filter=BAND_FILTERS[band],
+        pixel_scale=float(pixel_scale),
+        wcs=make_wcs((height, width), pixel_scale, ra, dec, rotation),
+        fwhm_science=float(cond.psf_science.fwhm[0]),
+        fwhm_template=float(cond.psf_template.fwhm[0]),
+        fwhm_difference=float(cond.psf_difference.fwhm[0]),
+        zero_point=NJY_ZERO_POINT,
+        exposure_time=30.0,
+        sky_noise_science=float(cond.sky_sigma_science[0]),
+        sky_noise_template=float(cond.sky_sigma_template[0]),
         sky_noise_difference=float(obs.sky_sigma_difference[0]),
         instrumental_zero_point=float(NJY_ZERO_POINT + 2.5 * np.log10(cond.gain_science[0])),
-        saturation=float(cond.saturation[0]), seed=int(seed))
+        saturation=float(cond.saturation[0]),
+        seed=int(seed),
+    )
     sources = _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata)
     return _to_visit(obs, cond, sources, metadata)
 
@@ -551,8 +631,9 @@ def _to_visit(obs, cond: Conditions, sources: Table, metadata: VisitMetadata) ->
     return SimulatedVisit(
         science=SimImage(obs.science[0], obs.variance_science[0], obs.mask_science[0], cond.psf_science),
         template=SimImage(obs.template[0], obs.variance_template[0], obs.mask_template[0], cond.psf_template),
-        difference=SimImage(obs.difference[0], obs.variance_difference[0], obs.mask_difference[0],
-                            cond.psf_difference),
+        difference=SimImage(
+            obs.difference[0], obs.variance_difference[0], obs.mask_difference[0], cond.psf_difference
+        ),
         sources=sources,
         metadata=metadata,
     )
@@ -590,8 +671,9 @@ def _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, me
         table[name].unit = "pix"
     table["ra"].unit = "deg"
     table["dec"].unit = "deg"
-    table.meta.update({"visit": metadata.visit, "detector": metadata.detector, "band": metadata.band,
-                       "mjd": metadata.mjd})
+    table.meta.update(
+        {"visit": metadata.visit, "detector": metadata.detector, "band": metadata.band, "mjd": metadata.mjd}
+    )
     return table
 
 
@@ -604,17 +686,39 @@ class _SkyModel:
     on_chip: np.ndarray
 
     @classmethod
-    def build(cls, rng, cond, shape, pixel_scale, density_factor, background_artifacts, *, density=None,
-              fwhm_max=None):
+    def build(
+        cls,
+        rng,
+        cond,
+        shape,
+        pixel_scale,
+        density_factor,
+        background_artifacts,
+        *,
+        density=None,
+        fwhm_max=None,
+    ):
         height, width = shape
-        fwhm = float(np.max(np.concatenate([cond.psf_science.fwhm, cond.psf_template.fwhm]))) if fwhm_max is None \
+        fwhm = (
+            float(np.max(np.concatenate([cond.psf_science.fwhm, cond.psf_template.fwhm])))
+            if fwhm_max is None
             else fwhm_max
+        )
         margin = int(np.ceil(2.5 * fwhm)) + 8
-        canvas_shape = (scipy.fft.next_fast_len(height + 2 * margin, real=True),
-                        scipy.fft.next_fast_len(width + 2 * margin, real=True))
+        canvas_shape = (
+            scipy.fft.next_fast_len(height + 2 * margin, real=True),
+            scipy.fft.next_fast_len(width + 2 * margin, real=True),
+        )
         scene = Scene()
-        add_field(scene, rng, 1, *canvas_shape, pixel_scale=pixel_scale, density=density or FieldDensity(),
-                  density_factor=density_factor)
+        add_field(
+            scene,
+            rng,
+            1,
+            *canvas_shape,
+            pixel_scale=pixel_scale,
+            density=density or FieldDensity(),
+            density_factor=density_factor,
+        )
         if background_artifacts:
             add_background_artifacts(scene, rng, 1, *canvas_shape, cond.sky_sigma_science[:1])
         on_chip = np.zeros((1, *canvas_shape), bool)

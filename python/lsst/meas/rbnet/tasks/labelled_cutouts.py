@@ -186,8 +186,10 @@ def match_labels(
             f"{missing} column(s)."
         )
     if mjd is None or not math.isfinite(mjd):
-        raise ValueError("The labels have no 'id' column, so they are matched by position and time, but the "
-                         "visit's time is unknown.")
+        raise ValueError(
+            "The labels have no 'id' column, so they are matched by position and time, but the "
+            "visit's time is unknown."
+        )
     sel = np.flatnonzero(np.abs(np.asarray(labels["mjd"], dtype=float) - mjd) <= time_tolerance)
     out = np.full(n, -1, np.int64)
     if n == 0 or len(sel) == 0:

@@ -253,9 +253,15 @@ class ReliabilityConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Reliabi
     def validate(self):
         super().validate()
         channels = tuple(self.channels)
-        if not channels or any(c not in CHANNEL_ORDER for c in channels) or len(set(channels)) != len(channels):
+        if (
+            not channels
+            or any(c not in CHANNEL_ORDER for c in channels)
+            or len(set(channels)) != len(channels)
+        ):
             raise pexConfig.FieldValidationError(
-                ReliabilityConfig.channels, self, f"must be distinct names from {CHANNEL_ORDER}, got {channels}"
+                ReliabilityConfig.channels,
+                self,
+                f"must be distinct names from {CHANNEL_ORDER}, got {channels}",
             )
         if "difference" not in channels:
             raise pexConfig.FieldValidationError(
@@ -359,7 +365,9 @@ class ReliabilityTask(pipeBase.PipelineTask):
                 f"is {self.config.expectedModelVersion!r}; check the input collections."
             )
         if len(package.version) > VERSION_MAX_LENGTH:
-            raise ValueError(f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters.")
+            raise ValueError(
+                f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters."
+            )
         return load_scorer(
             package,
             device=self.config.device,
@@ -378,7 +386,8 @@ class ReliabilityTask(pipeBase.PipelineTask):
             wanted = f"pretrained_models/{self.config.modelPackageName}"
             if run != wanted and not run.startswith(wanted + "/"):
                 raise ValueError(
-                    f"config.modelPackageName is {self.config.modelPackageName!r}, but the model found in the "
+                    f"config.modelPackageName is {self.config.modelPackageName!r}, but the model found in "
+                    "the "
                     f"input collections is in run {run!r}; put {wanted!r} first in the inputs."
                 )
         inputs = butlerQC.get(inputRefs)

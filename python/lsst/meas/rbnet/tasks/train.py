@@ -79,7 +79,9 @@ class TrainTripletConfig(pipeBase.PipelineTaskConfig, pipelineConnections=TrainT
     widths = pexConfig.ListField[int](
         doc="Convolution widths per block (triplet_cnn); empty uses the architecture's default.", default=[]
     )
-    hidden = pexConfig.Field[int](doc="Hidden units of the head (triplet_cnn); 0 uses the default.", default=0)
+    hidden = pexConfig.Field[int](
+        doc="Hidden units of the head (triplet_cnn); 0 uses the default.", default=0
+    )
     stampSize = pexConfig.Field[int](
         doc="Stamp side the model takes (pixels, odd, <= the cutouts' size; larger cutouts are cropped).",
         default=DEFAULT_STAMP_SIZE,
@@ -117,7 +119,9 @@ class TrainTripletConfig(pipeBase.PipelineTaskConfig, pipelineConnections=TrainT
     def validate(self):
         super().validate()
         if not 1 <= len(self.version) <= 7:
-            raise pexConfig.FieldValidationError(TrainTripletConfig.version, self, "must have 1 to 7 characters")
+            raise pexConfig.FieldValidationError(
+                TrainTripletConfig.version, self, "must have 1 to 7 characters"
+            )
         if any(c not in CHANNEL_ORDER for c in self.channels):
             raise pexConfig.FieldValidationError(
                 TrainTripletConfig.channels, self, f"must be names from {CHANNEL_ORDER}"
@@ -210,14 +214,19 @@ class TrainTripletTask(pipeBase.PipelineTask):
         config = self.config
         tables = [t for t in cutouts if len(t)]
         if not tables:
-            raise ValueError("No labelled cutouts to train on (every rbnet_labelled_cutouts dataset is empty).")
+            raise ValueError(
+                "No labelled cutouts to train on (every rbnet_labelled_cutouts dataset is empty)."
+            )
         sizes = {t["stamp"].shape[1:] for t in tables}
         if len(sizes) != 1:
-            raise ValueError(f"The labelled cutouts have different stamp shapes {sorted(sizes)}; remake them.")
+            raise ValueError(
+                f"The labelled cutouts have different stamp shapes {sorted(sizes)}; remake them."
+            )
         shape = sizes.pop()
         if shape[0] != len(CHANNEL_ORDER) or shape[1] < config.stampSize:
             raise ValueError(
-                f"The labelled cutouts have stamps of shape {shape}; need {len(CHANNEL_ORDER)} channels of at "
+                f"The labelled cutouts have stamps of shape {shape}; need {len(CHANNEL_ORDER)} channels "
+                f"of at "
                 f"least {config.stampSize} pixels (config.stampSize)."
             )
         n_total = sum(len(t) for t in tables)
@@ -238,9 +247,13 @@ class TrainTripletTask(pipeBase.PipelineTask):
         if shape[1] != config.stampSize:
             # Crop the centre: the cutouts' centre pixel is at index S // 2 for any odd S.
             off = (shape[1] - config.stampSize) // 2
-            stamps = np.ascontiguousarray(stamps[:, :, off : off + config.stampSize, off : off + config.stampSize])
+            stamps = np.ascontiguousarray(
+                stamps[:, :, off : off + config.stampSize, off : off + config.stampSize]
+            )
         n_real = int(np.count_nonzero(labels == REAL))
-        self.log.info("Training on %d labelled stamps (%d real, %d bogus).", len(labels), n_real, len(labels) - n_real)
+        self.log.info(
+            "Training on %d labelled stamps (%d real, %d bogus).", len(labels), n_real, len(labels) - n_real
+        )
         hyper = {}
         if config.widths:
             hyper["widths"] = list(config.widths)
@@ -249,7 +262,9 @@ class TrainTripletTask(pipeBase.PipelineTask):
         use_classes = config.classLossWeight > 0 and bool(np.all(classes != ""))
         train_config = TrainConfig(
             contract=InputContract(
-                stamp_size=config.stampSize, channels=tuple(config.channels), normalization=config.normalization
+                stamp_size=config.stampSize,
+                channels=tuple(config.channels),
+                normalization=config.normalization,
             ),
             architecture=config.architecture,
             hyperparameters=hyper,

@@ -114,8 +114,11 @@ class TrainConfig:
         ``"float32"`` or ``"float16"``: how the prepared training stamps are kept in memory.
     eval_batch_size : `int`
     max_seconds : `float` or `None`
-        Wall-time budget of the training epochs; the epoch in progress ends early
-        when it is spent (then validation, calibration and packaging still run).
+        Wall-time budget of the training epochs. After the first epoch the number
+        of epochs is reduced to what fits in the budget and the cosine schedule is
+        shortened to match, so the learning rate still anneals; the epoch in
+        progress ends early if the budget is spent anyway (validation,
+        calibration and packaging still run).
     version : `str`
         APDB ``reliabilityVersion`` of the package (<= 7 characters).
     purity_targets : `tuple` [`float`, ...]
@@ -387,10 +390,12 @@ def _as_prepared(data, labels, classes, snr, contract: InputContract, dtype, wha
     return prepare_dataset(data, labels, contract, classes=classes, snr=snr, dtype=dtype)
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int, floor: float = 0.02) -> Callable[[int], float]:
+def _lr_lambda(plan: dict[str, int], warmup_steps: int, floor: float = 0.02) -> Callable[[int], float]:
+    # ``plan["total"]`` is read at every step so that the schedule can be shortened mid-run.
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        total_steps = plan["total"]
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -446,7 +451,9 @@ def train_triplet_model(
     progress : callable, optional
         Called with event dicts: ``{"event": "start", ...}``, ``{"event": "step",
         "epoch", "step", "steps", "loss"}`` after every batch, ``{"event": "epoch",
-        ...}`` (a history entry), ``{"event": "calibrate"}`` and ``{"event": "done"}``.
+        ...}`` (a history entry), ``{"event": "budget", "epochs", "seconds_per_epoch"}``
+        (when ``max_seconds`` cuts the number of epochs), ``{"event": "calibrate"}``
+        and ``{"event": "done"}``.
     provenance : `dict`, optional
         Recorded in the package (e.g. the command line and the data seeds); the
         config, seed, data sizes, git commit and versions are added.
@@ -513,10 +520,10 @@ def train_triplet_model(
                 model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
             )
             steps_per_epoch = math.ceil(len(data) / config.batch_size)
-            total_steps = steps_per_epoch * config.epochs
+            plan = {"total": steps_per_epoch * config.epochs, "epochs": config.epochs}
             if config.schedule == "cosine":
-                warmup = max(1, min(500, int(config.warmup_fraction * total_steps)))
-                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+                warmup = max(1, min(500, int(config.warmup_fraction * plan["total"])))
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(plan, warmup))
             elif config.schedule == "plateau":
                 scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=1)
             else:
@@ -541,6 +548,9 @@ def train_triplet_model(
             stopped_early = False
             out_of_time = False
             for epoch in range(1, config.epochs + 1):
+                if epoch > plan["epochs"]:
+                    stopped_early = True
+                    break
                 model.train()
                 t_epoch = time.monotonic()
                 sum_loss, n_seen = 0.0, 0
@@ -612,6 +622,13 @@ def train_triplet_model(
                 if out_of_time:
                     stopped_early = epoch < config.epochs
                     break
+                if epoch == 1 and config.max_seconds is not None:
+                    per_epoch = time.monotonic() - t_start
+                    fit = max(1, int(config.max_seconds // max(per_epoch, 1e-9)))
+                    if fit < plan["epochs"]:
+                        plan["epochs"] = fit
+                        plan["total"] = steps_per_epoch * fit
+                        notify({"event": "budget", "epochs": fit, "seconds_per_epoch": per_epoch})
                 if bad_epochs >= config.patience:
                     stopped_early = epoch < config.epochs
                     break

@@ -1,0 +1,351 @@
+# This file is part of meas_rbnet.
+"""Tests of lsst.meas.rbnet.sequence: latents I/O, batching, k-fold CV, CLI, scoring and packages."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lsst.meas.rbnet.constants import BOGUS, REAL
+from lsst.meas.rbnet.sequence.aggregate import aggregate_scores
+from lsst.meas.rbnet.sequence.cv import cross_validate, plot_roc, stratified_kfold
+from lsst.meas.rbnet.sequence.data import collate, length_batches
+from lsst.meas.rbnet.sequence.latents import LatentSet, parse_columns, read_latent_dir
+from lsst.meas.rbnet.sequence.synthetic import make_synthetic_frames, make_synthetic_latents
+
+torch.set_num_threads(1)
+
+#: A small, fast classifier and training schedule for the tests.
+FAST = {"hyperparameters": {"channels": 16, "num_layers": 2, "head_hidden": 8}, "max_epochs": 12, "patience": 4,
+        "min_epochs": 3, "batch_frames": 4096}
+
+
+def _toy_latents(n=120, d=6, seed=0, separable=True):
+    """Objects whose class shows in a shift of feature 0 (strong) when ``separable``."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype(np.int8)
+    rng.shuffle(labels)
+    seqs, times = [], []
+    for i in range(n):
+        t = int(rng.integers(3, 40))
+        x = rng.normal(size=(t, d)).astype(np.float32)
+        if separable:
+            x[:, 0] += 2.0 if labels[i] == REAL else -2.0
+        seqs.append(x)
+        times.append(np.sort(rng.uniform(0, 50, t)))
+    return LatentSet.from_sequences([f"o{i}" for i in range(n)], seqs, labels, times)
+
+
+# ---------------------------------------------------------------- latents and batching
+
+
+def test_latent_set_basics():
+    ls = _toy_latents(10)
+    assert ls.n_objects == 10 and ls.width == 6 and ls.has_times
+    dt = ls.dt()
+    assert np.all(dt[ls.offsets[:-1]] == 0) and np.all(dt >= 0)
+    i = 3
+    np.testing.assert_allclose(dt[ls.offsets[i] + 1 : ls.offsets[i + 1]], np.diff(ls.times[ls.offsets[i] : ls.offsets[i + 1]]),
+                               rtol=1e-6)
+    sub = ls.subset([4, 1])
+    np.testing.assert_array_equal(sub.sequence(0), ls.sequence(4))
+    np.testing.assert_array_equal(sub.object_ids, ls.object_ids[[4, 1]])
+    assert ls.select_columns(slice(0, 2)).width == 2
+    with pytest.raises(ValueError, match="at least one frame"):
+        LatentSet(np.array(["a", "b"]), np.zeros((1, 2)), np.array([0, 1, 1]))
+
+
+def test_parse_columns():
+    assert parse_columns("0:36") == slice(0, 36)
+    assert parse_columns(":36") == slice(0, 36)
+    assert parse_columns("36:", 72) == slice(36, None)
+    assert parse_columns(None) is None
+    with pytest.raises(ValueError, match="reaches past"):
+        parse_columns("0:80", 72)
+    with pytest.raises(ValueError, match="expected 'A:B'"):
+        parse_columns("a:b")
+
+
+def test_length_batches_cover_and_respect_budget():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 1200, 500)
+    for shuffle in (False, True):
+        batches = length_batches(lengths, max_frames=4000, max_batch=32, shuffle=shuffle, rng=rng)
+        seen = np.sort(np.concatenate(batches))
+        np.testing.assert_array_equal(seen, np.arange(500))
+        for b in batches:
+            assert len(b) <= 32
+            assert len(b) == 1 or lengths[b].max() * len(b) <= 4000
+    # Bucketing keeps the padding small compared to padding everything to the longest.
+    batches = length_batches(lengths, max_frames=8000, max_batch=64)
+    padded = sum(lengths[b].max() * len(b) for b in batches)
+    assert padded < 1.2 * lengths.sum() < 0.7 * lengths.max() * len(lengths)
+
+
+def test_collate_and_crops():
+    ls = _toy_latents(8)
+    idx = np.array([2, 5, 7])
+    b = collate(ls.values, ls.offsets, idx, ls.times)
+    assert b.x.shape == (3, ls.lengths[idx].max(), 6)
+    for row, i in enumerate(idx):
+        n = ls.lengths[i]
+        np.testing.assert_array_equal(b.x[row, :n].numpy(), ls.sequence(i))
+        assert torch.all(b.x[row, n:] == 0) and torch.all(b.dt[row, n:] == 0)
+        np.testing.assert_allclose(b.dt[row, 1:n].numpy(), np.diff(ls.times[ls.offsets[i] : ls.offsets[i + 1]]),
+                                   rtol=1e-5)
+    rng = np.random.default_rng(1)
+    for crop in ("subsample", "window"):
+        c = collate(ls.values, ls.offsets, idx, ls.times, max_len=4, crop=crop, rng=rng)
+        assert c.lengths.max() <= 4
+        for row, i in enumerate(idx):
+            n = int(c.lengths[row])
+            rows = [np.flatnonzero((ls.sequence(i) == v).all(1))[0] for v in c.x[row, :n].numpy()]
+            assert rows == sorted(rows)  # visits stay in time order
+            assert np.all(c.dt[row, :n].numpy() >= 0)
+    nt = collate(ls.values, ls.offsets, idx, None)
+    assert torch.all(nt.dt == 0)
+
+
+# ---------------------------------------------------------------- reading a latent directory
+
+
+def _write_dir(tmp_path, n=30, d=5, seed=0):
+    """A latent dir + RB_ZTF-style CSV (1 = artifact) with one problem of each kind."""
+    rng = np.random.default_rng(seed)
+    lat = tmp_path / "lat"
+    lat.mkdir()
+    rows = ["object_id,label"]
+    for i in range(n):
+        artifact = i % 2
+        t = int(rng.integers(4, 15))
+        x = rng.normal(size=(t, d)).astype(np.float32)
+        x[:, 0] += 2.0 if artifact else -2.0
+        oid = f"{1000 + i}"
+        if i == 3:
+            x[1] = np.nan  # one NaN row: dropped with a warning
+        if i == 5:
+            x = np.full((2, d), np.nan, np.float32)  # left empty: excluded
+        if i == 7:
+            x = rng.normal(size=(t, d + 2)).astype(np.float32)  # wrong width
+        if i == 9:
+            x = np.zeros((0, d), np.float32)  # empty array
+        if i != 11:  # 1011 is labelled but has no file
+            np.save(lat / f"{oid}.npy", x)
+        rows.append(f"{oid},{artifact}")
+    np.save(lat / "999999.npy", rng.normal(size=(5, d)).astype(np.float32))  # a file with no label
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return lat, tmp_path / "labels.csv"
+
+
+def test_read_latent_dir_reports_problems(tmp_path):
+    lat, csv = _write_dir(tmp_path)
+    ls, rep = read_latent_dir(str(lat), str(csv))
+    assert rep.missing_files == ["1011"]
+    assert rep.unlabelled_files == ["999999"]
+    assert rep.nan_rows == {"1003": 1, "1005": 2}
+    assert rep.emptied_by_nan == ["1005"]
+    assert rep.width_mismatch == {"1007": 7}
+    assert rep.empty == ["1009"]
+    assert rep.n_used == 30 - 4 == ls.n_objects  # no file, all-NaN, wrong width, empty
+    assert rep.n_excluded == 4
+    assert rep.times_source == "none" and not ls.has_times
+    text = "\n".join(rep.lines())
+    for needle in ("1011", "999999", "1007 (width 7)", "1009", "dropped 3 frames", "the dt feature is 0",
+                   "0 = real, 1 = artifact"):
+        assert needle in text
+    # RB_ZTF convention: label 1 = artifact -> BOGUS; odd ids were written as artifacts.
+    k = list(ls.object_ids).index("1001")
+    assert ls.labels[k] == BOGUS and ls.labels[list(ls.object_ids).index("1000")] == REAL
+    ls2, rep2 = read_latent_dir(str(lat), str(csv), label_real_is=1, columns="0:3")
+    assert ls2.labels[list(ls2.object_ids).index("1001")] == REAL and ls2.width == 3
+    assert rep2.columns == "0:3"
+
+
+def test_read_latent_dir_times_and_bad_labels(tmp_path):
+    lat, csv = _write_dir(tmp_path)
+    t = np.arange(len(np.load(lat / "1000.npy")), dtype=float)[::-1] * 2.0  # reversed: must be sorted
+    np.save(lat / "1000.times.npy", t)
+    np.save(lat / "1002.times.npy", np.arange(3.0))  # wrong length
+    with open(csv, "a") as f:
+        f.write("1004,maybe\n")
+    ls, rep = read_latent_dir(str(lat), str(csv))
+    assert ls.has_times and "per-object" in rep.times_source
+    assert rep.times_reordered == ["1000"] and "1002" in rep.times_bad
+    assert "1004" in rep.bad_labels and "1004" not in ls.object_ids
+    assert len(rep.times_missing) == ls.n_objects - 2
+    i = list(ls.object_ids).index("1000")
+    assert np.all(np.diff(ls.times[ls.offsets[i] : ls.offsets[i + 1]]) >= 0)
+
+
+def test_read_latent_dir_errors(tmp_path):
+    lat, csv = _write_dir(tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,class\n1000,1\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_latent_dir(str(lat), str(bad))
+    with pytest.raises(FileNotFoundError):
+        read_latent_dir(str(tmp_path / "nope"), str(csv))
+
+
+# ---------------------------------------------------------------- k-fold CV
+
+
+def test_stratified_kfold():
+    y = np.array([0] * 23 + [1] * 17)
+    folds = stratified_kfold(y, 5, seed=3)
+    tests = np.concatenate([te for _, te in folds])
+    np.testing.assert_array_equal(np.sort(tests), np.arange(40))
+    for tr, te in folds:
+        assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == 40
+        assert abs(y[te].sum() - 17 / 5) <= 1
+    with pytest.raises(ValueError, match="at least 5"):
+        stratified_kfold(np.array([0] * 10 + [1] * 3), 5)
+
+
+def test_cv_separable_and_shuffled(tmp_path):
+    ls = _toy_latents(120)
+    res = cross_validate(ls, ["conv1d"], k=5, seed=0, config_overrides={"conv1d": FAST})
+    s = res.models["conv1d"].summary()
+    assert s["roc_auc_mean"] > 0.95 and s["accuracy_mean"] > 0.85
+    assert np.all(np.isfinite(res.models["conv1d"].probabilities))
+    rng = np.random.default_rng(5)
+    shuffled = LatentSet(ls.object_ids, ls.values, ls.offsets, rng.permutation(ls.labels), ls.times)
+    res2 = cross_validate(shuffled, ["conv1d"], k=5, seed=0, config_overrides={"conv1d": FAST})
+    assert 0.3 < res2.models["conv1d"].summary()["roc_auc_mean"] < 0.7
+    out = tmp_path / "roc.png"
+    plot_roc(res, str(out))
+    assert out.stat().st_size > 1000
+    d = res.to_dict()
+    assert d["k"] == 5 and len(d["models"]["conv1d"]["folds"]) == 5
+    json.dumps(d)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_sequence_cv(tmp_path):
+    from lsst.meas.rbnet.cli import main
+
+    lat, csv = _write_dir(tmp_path, n=40)
+    out, plot = tmp_path / "cv.json", tmp_path / "roc.png"
+    result = CliRunner().invoke(main, [
+        "sequence-cv", "--latents", str(lat), "--labels", str(csv), "--models", "conv1d,gru", "--folds", "3",
+        "--max-epochs", "3", "--out", str(out), "--plot", str(plot), "--threads", "1", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    for needle in ("1011", "999999", "1007 (width 7)", "dropped 3 frames", "no visit times", "ROC-AUC",
+                   "ensemble", "conv1d", "gru"):
+        assert needle in text, needle
+    data = json.loads(out.read_text())
+    assert data["load_report"]["missing_files"] == ["1011"]
+    assert set(data["models"]) == {"conv1d", "gru", "ensemble"}
+    assert plot.stat().st_size > 1000
+    bad = CliRunner().invoke(main, ["sequence-cv", "--latents", str(lat), "--labels", str(csv), "--models", "rnn"])
+    assert bad.exit_code != 0 and "Unknown sequence model" in bad.output
+
+
+# ---------------------------------------------------------------- aggregation, synthetic data
+
+
+def test_aggregate_scores():
+    s = np.array([0.1, 0.9, 0.5, np.nan, 0.2, np.nan])
+    off = np.array([0, 3, 3, 5, 6])
+    a = aggregate_scores(s, off, ("max", "mean", "median", "min"))
+    np.testing.assert_allclose(a["max"], [0.9, np.nan, 0.2, np.nan])
+    np.testing.assert_allclose(a["mean"], [0.5, np.nan, 0.2, np.nan])
+    np.testing.assert_allclose(a["median"], [0.5, np.nan, 0.2, np.nan])
+    np.testing.assert_allclose(a["min"], [0.1, np.nan, 0.2, np.nan])
+    with pytest.raises(ValueError, match="Unknown aggregation"):
+        aggregate_scores(s, off, "mode")
+
+
+def test_synthetic_latents_shape():
+    ls = make_synthetic_latents(n_objects=60, seed=1)
+    assert ls.n_objects == 60 and ls.width == 36 and ls.has_times
+    assert ls.lengths.min() >= 5 and ls.lengths.max() <= 1100
+    assert 0 < ls.labels.sum() < 60
+    assert make_synthetic_latents(n_objects=5, seed=1, with_logvar=True).width == 72
+    np.testing.assert_array_equal(make_synthetic_latents(n_objects=5, seed=2).values,
+                                  make_synthetic_latents(n_objects=5, seed=2).values)
+
+
+# ---------------------------------------------------------------- encoding, packages, scoring
+
+
+def test_fused_encoder_matches_vae():
+    from lsst.meas.rbnet.nn import registry
+    from lsst.meas.rbnet.sequence.encode import encode_frames
+
+    torch.manual_seed(0)
+    vae = registry.build("vae", hidden_channels=[4, 8, 8, 8, 8], latent_dim=6)
+    # Give the batch norms non-trivial running statistics.
+    vae.train()
+    with torch.no_grad():
+        for _ in range(3):
+            vae(torch.randn(16, 1, 28, 28) * 2 + 1)
+    vae.eval()
+    x = np.random.default_rng(0).normal(size=(37, 1, 28, 28)).astype(np.float32)
+    x[0, 0, 3, 3] = np.nan
+    mu, lv = encode_frames(vae, x, batch_size=10, return_logvar=True)
+    with torch.no_grad():
+        ref_mu, ref_lv = vae.encode(torch.from_numpy(np.nan_to_num(x)))
+    np.testing.assert_allclose(mu, ref_mu.numpy(), atol=1e-4)
+    np.testing.assert_allclose(lv, ref_lv.numpy(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_package():
+    from lsst.meas.rbnet.sequence.train import (
+        SequencePackageConfig,
+        SequenceTrainConfig,
+        VAETrainConfig,
+        train_sequence_package,
+    )
+
+    fr = make_synthetic_frames(n_objects=24, n_visits=(3, 8), channels=3, seed=0)
+    config = SequencePackageConfig(
+        vae=VAETrainConfig(hyperparameters={"latent_dim": 8, "hidden_channels": [4, 8, 8, 8, 8]}, epochs=1),
+        classifier=SequenceTrainConfig(architecture="seq_bigru", hyperparameters={"hidden_size": 8},
+                                       max_epochs=2, min_epochs=1, val_fraction=0.25),
+        channels=("science",),
+        test_fraction=0.25,
+        version="seqT1",
+    )
+    package, metrics = train_sequence_package(fr.frames, fr.offsets, fr.labels, fr.times, config)
+    return package, metrics, fr
+
+
+def test_sequence_package_round_trip(tiny_package, tmp_path):
+    from lsst.meas.rbnet.package import ModelPackage
+    from lsst.meas.rbnet.sequence.scoring import SequenceScorer, score_sequences
+
+    package, metrics, fr = tiny_package
+    assert package.kind == "sequence" and package.version == "seqT1"
+    assert set(package.components) == {"encoder", "classifier"}
+    assert package.components["encoder"].architecture == "vae"
+    assert package.contract.stamp_size == 29 and package.contract.channels == ("science",)
+    assert package.extra["frame_size"] == 28 and package.temperature > 0
+    assert "roc_auc" in metrics or metrics["n_eval"] > 0
+    path = tmp_path / "seq.safetensors"
+    package.save(path)
+    loaded = ModelPackage.load(path)
+    assert loaded.digest == package.digest and loaded.extra == package.extra
+
+    # Score with an empty object appended: every object gets an output, NaN for no frames.
+    offsets = np.concatenate([fr.offsets, [fr.offsets[-1]]])
+    p1 = score_sequences(package, fr.frames, offsets, fr.times)
+    p2 = score_sequences(str(path), fr.frames, offsets, fr.times)
+    assert p1.shape == (25,) and p1.dtype == np.float32
+    assert np.isnan(p1[-1]) and np.all((p1[:-1] >= 0) & (p1[:-1] <= 1))
+    np.testing.assert_allclose(p1, p2, atol=1e-6)
+    # Chunked streaming gives the same scores; 29-pixel stamps are cut to the 28-pixel frames.
+    small = SequenceScorer(loaded, chunk_frames=7, encode_batch=5)
+    np.testing.assert_allclose(small.score(fr.frames, offsets, fr.times), p1, atol=1e-5)
+    stamps = np.pad(fr.frames, ((0, 0), (0, 0), (0, 1), (0, 1)))
+    np.testing.assert_allclose(small.score(stamps, offsets, fr.times), p1, atol=1e-5)
+    with pytest.raises(ValueError, match="offsets"):
+        small.score(fr.frames, offsets[:-2], fr.times)
