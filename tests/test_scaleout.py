@@ -6,8 +6,9 @@
   registry at once) on a repository whose registry is in the PostgreSQL server that
   .ci/services.sh starts; skipped, with the reason, when there is none.
 
-Both run the commands as a user would, in subprocesses, and check the outputs through a
-fresh Butler.
+Both run the commands as a user would, in subprocesses, on small simulated visits and a tiny
+untrained model (tests/rbnet_task_helpers.py), and check the outputs through a fresh Butler.
+Two quick tests check the BPS site configurations and that .ci/services.sh never fails a run.
 """
 
 import datetime

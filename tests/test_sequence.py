@@ -19,7 +19,7 @@ from lsst.meas.rbnet.sequence.synthetic import make_synthetic_frames, make_synth
 torch.set_num_threads(1)
 
 #: A small, fast classifier and training schedule for the tests.
-FAST = {"hyperparameters": {"channels": 16, "num_layers": 2, "head_hidden": 8}, "max_epochs": 12, "patience": 4,
+FAST = {"hyperparameters": {"channels": 16, "num_layers": 2, "head_hidden": 8}, "max_epochs": 6, "patience": 2,
         "min_epochs": 3, "batch_frames": 4096}
 
 

@@ -669,67 +669,43 @@ def _process(
             rr, cc = r0[idx], c0[idx]
             ed = np.flatnonzero(edge[idx])
             clamp = ed.shape[0] > 0
-            off_pos = None
             if clamp:
-                q = np.flatnonzero(_off_image(rr[ed], cc[ed], size, H, W))
-                off_pos = ed[q // npix] * npix + q % npix
+                off = _off_image(rr[ed], cc[ed], size, H, W)
+                n_off = np.count_nonzero(off, axis=1).astype(np.int32)
             for c in range(n_chan):
                 g = _gather_rows(imgs[c], views[c], rr, cc, size, clamp)
                 if g.dtype != np.float32:
                     g = g.astype(np.float32)
-                flat = g.reshape(-1)
                 plan = plans[c]
+                nb = np.zeros(k, dtype=np.int32)
                 nf = np.zeros(k, dtype=bool)
                 mk = np.zeros(k, dtype=bool)
-                parts = []
                 exi = None if plan.exact is None else np.flatnonzero(plan.exact[idx + s0])
                 if exi is not None and exi.shape[0]:
-                    if clamp:
-                        flat[off_pos] = 0.0  # off-image pixels must not count as bad
-                    every = exi.shape[0] == k
-                    ge = g if every else g[exi]
-                    gm = None
-                    if use_mask[c]:
-                        gm = _gather_rows(msks[c], mviews[c], rr[exi], cc[exi], size, clamp)
-                        we = np.flatnonzero(edge[idx[exi]]) if clamp else ()
-                        if len(we):
-                            gw = gm[we]
-                            gw[_off_image(rr[exi[we]], cc[exi[we]], size, H, W)] = 0
-                            gm[we] = gw
-                    _, nfe, mke, pos = _mark_bad(ge, gm, mbits[c])
-                    if not every:
-                        g[exi] = ge
-                        pos = exi[pos // npix] * npix + pos % npix
-                    nf[exi] = nfe
-                    mk[exi] = mke
-                    parts.append(pos)
+                    _mark_exact(g, exi, imgs[c], msks[c] if use_mask[c] else None, mviews[c], mbits[c],
+                                rr, cc, size, ed, off if clamp else None, nb, nf, mk)
                 if pairs[c] is not None:
                     pkey, ptag = pairs[c]
                     i0, i1 = np.searchsorted(pkey, [a * npix, (a + k) * npix])
                     if i1 > i0:
                         pos = pkey[i0:i1] - a * npix
                         tag = ptag[i0:i1]
-                        flat[pos] = np.nan
+                        g.reshape(-1)[pos] = np.nan
                         rows = pos // npix
+                        nb += np.bincount(rows, minlength=k).astype(np.int32)
                         nf[rows[(tag & 1) != 0]] = True
                         mk[rows[(tag & 2) != 0]] = True
-                        parts.append(pos)
                 if clamp:
-                    flat[off_pos] = np.nan
-                    parts.append(off_pos)
-                if len(parts) > 1:
-                    pos = np.sort(np.concatenate(parts))
-                elif parts:
-                    pos = parts[0]
-                else:
-                    pos = np.zeros(0, dtype=np.int64)
-                if pos.shape[0]:
-                    n_bad[dest, c] = np.bincount(pos // npix, minlength=k)
+                    ge = g[ed]
+                    ge[off] = np.nan
+                    g[ed] = ge
+                    nb[ed] += n_off
+                n_bad[dest, c] = nb
                 nonfinite[dest] |= nf
                 masked[dest] |= mk
                 bad_center[dest] |= np.isnan(g[:, centre])
                 if norm is not None:
-                    _normalize_rows(g, size, size, *norm, bad_pos=pos)
+                    _normalize_rows(g, size, size, *norm, nan_rows=nb > 0)
                 stamps[dest, c] = g.reshape(k, size, size)
 
     idx_off = np.flatnonzero(~overlap)
@@ -756,6 +732,43 @@ def _process(
         centers=src.centers[sl].copy(),
         offsets=src.offsets[sl].copy(),
     )
+
+
+def _mark_exact(g, exi, img, msk, mview, mbits, rr, cc, size, ed, off, nb, nf, mk) -> None:
+    """Check stamps ``exi`` of a chunk pixel by pixel: set their untrusted pixels of ``g`` to NaN.
+
+    ``g`` (k, S*S) float32 holds the chunk's gathered stamps at corners ``rr``,
+    ``cc`` (k,); ``ed`` lists its stamps reaching past the image and ``off``
+    (len(ed), S*S) their off-image pixels (None if there are none), which are
+    left to the caller. Counts and flags of the stamps go to ``nb``, ``nf``
+    (non-finite) and ``mk`` (masked), all (k,).
+    """
+    k = g.shape[0]
+    every = exi.shape[0] == k
+    ge = g if every else g[exi]
+    gm = None
+    if msk is not None:
+        gm = _gather_rows(msk, mview, rr[exi], cc[exi], size, off is not None)
+    if off is not None:
+        # Off-image pixels hold other rows' values (or clamped copies): not this stamp's.
+        where = np.full(k, -1)
+        where[ed] = np.arange(ed.shape[0])
+        we = np.flatnonzero(where[exi] >= 0)
+        if we.shape[0]:
+            o = off[where[exi[we]]]
+            sub = ge[we]
+            sub[o] = 0.0
+            ge[we] = sub
+            if gm is not None:
+                subm = gm[we]
+                subm[o] = 0
+                gm[we] = subm
+    nbe, nfe, mke, _ = _mark_bad(ge, gm, mbits)
+    if not every:
+        g[exi] = ge
+    nb[exi] += nbe
+    nf[exi] = nfe
+    mk[exi] = mke
 
 
 def _channel_mask_bits(msks, bits) -> list:
