@@ -202,22 +202,34 @@ def test_bps_site_configs():
     assert local["wmsServiceClass"] == "lsst.ctrl.bps.parsl.ParslService"
     site = local[f".site.{local['computeSite']}"]
     assert site["class"] == "lsst.ctrl.bps.parsl.sites.Local" and site["cores"] == 2
-    # Jobs get the package's storage classes (pipetask run-qbb needs them, see the YAML).
-    assert "DAF_BUTLER_CONFIG_PATH" in site["commandPrefix"]
     assert local[".finalJob.requestCpus"] <= 2
 
     htcondor = BpsConfig(str(ROOT / "bps" / "htcondor.yaml"))
     assert htcondor["wmsServiceClass"] == "lsst.ctrl.bps.htcondor.HTCondorService"
-    assert "DAF_BUTLER_CONFIG_PATH" in htcondor[".environment"]
     # The batch configs cluster the reliability label of the shipped pipeline, per visit.
     # (panda.yaml includes ctrl_bps_panda's own files, so read it as plain YAML.)
     panda = yaml.safe_load((ROOT / "bps" / "panda.yaml").read_text())
     assert panda["wmsServiceClass"] == "lsst.ctrl.bps.panda.PanDAService"
-    assert "DAF_BUTLER_CONFIG_PATH" in panda["custom_lsst_setup"]
     for cluster in (htcondor[".cluster"], panda["cluster"]):
         for section in cluster.values():
             assert set(section["pipetasks"].split(",")) <= labels
             assert section["dimensions"] == "visit"
+
+
+def test_task_import_registers_storage_classes():
+    # BPS jobs run "pipetask run-qbb", which resolves the graph's storage classes before it
+    # reads any repository config: importing the tasks must be enough (no
+    # DAF_BUTLER_CONFIG_PATH in any site config). Run in a fresh interpreter so that no
+    # other test has registered them first.
+    code = (
+        "from lsst.daf.butler import StorageClassFactory as F\n"
+        "assert 'RBNetMaskedImage' not in F()\n"
+        "import lsst.meas.rbnet.tasks.reliability\n"
+        "assert F().getStorageClass('RBNetMaskedImage').pytype.__name__ == 'MaskedImage'\n"
+        "assert F().getStorageClass('RBNetModelPackage').pytype.__name__ == 'ModelPackage'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DAF_BUTLER_CONFIG_PATH"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_services_never_fail_without_a_server(tmp_path):

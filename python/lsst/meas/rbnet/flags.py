@@ -1,12 +1,13 @@
 # This file is part of meas_rbnet.
-"""Per-source flag bits, documented in one place.
+"""Per-source and per-object flag bits, documented in one place.
 
 Every source gets an output row; these bits say what happened to it. A source
 with any bit of `UNSCORABLE` set gets ``reliability = NaN`` by default (the
 reliability task can be configured to give such sources a fixed score instead).
+`ObjectFlag` holds the bits of the per-object rows of the sequence model.
 """
 
-__all__ = ["SourceFlag", "UNSCORABLE", "describe_flags"]
+__all__ = ["SourceFlag", "UNSCORABLE", "describe_flags", "ObjectFlag", "describe_object_flags"]
 
 import enum
 
@@ -45,3 +46,31 @@ UNSCORABLE = SourceFlag.NO_VALID_PIXELS | SourceFlag.OFF_IMAGE | SourceFlag.BAD_
 def describe_flags(value: int) -> list[str]:
     """Names of the bits set in ``value``, e.g. ``["EDGE", "MASKED"]``."""
     return [flag.name for flag in SourceFlag if value & flag]
+
+
+class ObjectFlag(enum.IntFlag):
+    """Bits of the ``flags`` column (int32) of the per-object sequence reliability table.
+
+    Set by `lsst.meas.rbnet.tasks.sequence.SequenceReliabilityTask`, one row per object.
+    """
+
+    #: The scored sequence has a single frame (one visit).
+    SINGLE_VISIT = 1 << 0
+    #: Some of the object's frames were left out: NaN/masked pixels over more than the allowed
+    #: fraction, an unscorable source (SourceFlag UNSCORABLE bits) or an unknown time.
+    FRAMES_DROPPED = 1 << 1
+    #: No usable frame was left (the object is not scored).
+    NO_VALID_FRAMES = 1 << 2
+    #: Fewer usable frames than the task's ``minVisits`` (the object is not scored).
+    TOO_FEW_VISITS = 1 << 3
+    #: The object was made by positional association (its sources had no ``diaObjectId``).
+    POSITIONAL = 1 << 4
+    #: More than one source of the object in one visit (all are kept, in id order).
+    REPEATED_VISIT = 1 << 5
+    #: The object was not scored (``reliability`` NaN); set with the reason bits above.
+    NOT_SCORED = 1 << 6
+
+
+def describe_object_flags(value: int) -> list[str]:
+    """Names of the `ObjectFlag` bits set in ``value``."""
+    return [flag.name for flag in ObjectFlag if value & flag]

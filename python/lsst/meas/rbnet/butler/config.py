@@ -24,6 +24,7 @@ __all__ = [
     "butler_seed_config",
     "configure_repo",
     "repo_is_configured",
+    "register_storage_classes",
 ]
 
 import os
@@ -131,3 +132,19 @@ def configure_repo(repo: ResourcePathExpression, *, backup: bool = True) -> bool
     config.update(butler_seed_config())
     config.dumpToUri(uri, overwrite=True)
     return True
+
+
+def register_storage_classes() -> None:
+    """Make this process's storage class factory know the package's storage classes.
+
+    A process that reads a quantum graph before any repository config (``pipetask
+    run-qbb``, which every BPS job runs) looks the graph's storage classes up in the
+    process-wide factory; the task modules call this on import so that such a process
+    needs no ``DAF_BUTLER_CONFIG_PATH``. Safe to call more than once.
+    """
+    from lsst.daf.butler import StorageClassConfig, StorageClassFactory
+
+    factory = StorageClassFactory()
+    if all(name in factory for name in (MODEL_STORAGE_CLASS, MASKED_IMAGE_STORAGE_CLASS)):
+        return
+    factory.addFromConfig(StorageClassConfig(os.path.join(_CONFIG_DIR, "storageClasses.yaml")))

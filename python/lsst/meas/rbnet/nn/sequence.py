@@ -46,6 +46,7 @@ __all__ = [
     "RecurrentClassifier",
     "ConvClassifier",
     "POOLINGS",
+    "FEATURES",
     "masked_pool",
     "length_mask",
 ]
@@ -59,7 +60,12 @@ from .registry import register
 #: Pooling modes over time. ``"last"`` uses the final recurrent states (recurrent
 #: models only; the paper's choice); ``"mean"``, ``"max"`` and ``"attention"`` pool the
 #: per-step outputs over valid steps; modes combine with ``+`` (e.g. ``"mean+max+last"``).
-POOLINGS: tuple[str, ...] = ("last", "mean", "max", "attention")
+POOLINGS: tuple[str, ...] = ("last", "mean", "max", "std", "attention")
+
+#: Per-step input features (``+``-joined): ``"x"`` the standardised latents,
+#: ``"centered"`` the latents minus the object's mean latent (its variability),
+#: ``"diff"`` the change since the previous visit (0 at the first).
+FEATURES: tuple[str, ...] = ("x", "centered", "diff")
 
 
 def length_mask(lengths: torch.Tensor, t_max: int) -> torch.Tensor:
@@ -68,20 +74,25 @@ def length_mask(lengths: torch.Tensor, t_max: int) -> torch.Tensor:
 
 
 def masked_pool(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool ``(B, T, H)`` over valid steps: ``"mean"`` or ``"max"`` -> ``(B, H)``."""
+    """Pool ``(B, T, H)`` over valid steps: ``"mean"``, ``"max"`` or ``"std"`` -> ``(B, H)``."""
     m = mask.unsqueeze(-1)
     if mode == "mean":
         return (h * m).sum(1) / m.sum(1).clamp_min(1)
+    if mode == "std":
+        n = m.sum(1).clamp_min(1)
+        mean = (h * m).sum(1) / n
+        var = (((h - mean.unsqueeze(1)) * m) ** 2).sum(1) / n
+        return torch.sqrt(var + 1e-6)
     if mode == "max":
         return h.masked_fill(~m, float("-inf")).amax(1)
     raise ValueError(f"Unknown pooling {mode!r}.")
 
 
-def _parse_pooling(pooling: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+def _parse_pooling(pooling: str, allowed: tuple[str, ...], what: str = "pooling") -> tuple[str, ...]:
     modes = tuple(p.strip() for p in str(pooling).split("+") if p.strip())
     bad = [p for p in modes if p not in allowed]
     if not modes or bad or len(set(modes)) != len(modes):
-        raise ValueError(f"Hyperparameter pooling {pooling!r} must be '+'-joined distinct modes from {allowed}.")
+        raise ValueError(f"Hyperparameter {what} {pooling!r} must be '+'-joined distinct modes from {allowed}.")
     return modes
 
 
@@ -122,12 +133,15 @@ class SequenceClassifier(nn.Module):
         Append ``log(1 + dt)`` (days) as a feature.
     input_dropout : `float`
         Dropout on the standardised input features during training.
+    features : `str`
+        ``+``-joined per-step features from `FEATURES`.
     """
 
-    def __init__(self, input_dim: int, use_time: bool = True, input_dropout: float = 0.0):
+    def __init__(self, input_dim: int, use_time: bool = True, input_dropout: float = 0.0, features: str = "x"):
         super().__init__()
         self.input_dim = _check_int("input_dim", input_dim)
         self.use_time = bool(use_time)
+        self.features = _parse_pooling(features, FEATURES, "features")
         self.register_buffer("feature_mean", torch.zeros(self.input_dim))
         self.register_buffer("feature_scale", torch.ones(self.input_dim))
         self.input_dropout = nn.Dropout(_check_dropout("input_dropout", input_dropout))
@@ -135,7 +149,7 @@ class SequenceClassifier(nn.Module):
     @property
     def feature_dim(self) -> int:
         """Width of the per-step features after the time feature is appended."""
-        return self.input_dim + (1 if self.use_time else 0)
+        return self.input_dim * len(self.features) + (1 if self.use_time else 0)
 
     @torch.no_grad()
     def set_standardization(self, mean, scale) -> None:
@@ -161,7 +175,17 @@ class SequenceClassifier(nn.Module):
         if torch.any(lengths < 1) or torch.any(lengths > t):
             raise ValueError(f"Sequence lengths must be in [1, {t}], got min {int(lengths.min())} max {int(lengths.max())}.")
         mask = length_mask(lengths, t)
-        f = (x - self.feature_mean) / self.feature_scale
+        m = mask.unsqueeze(-1)
+        z = (x - self.feature_mean) / self.feature_scale * m
+        parts = []
+        for name in self.features:
+            if name == "x":
+                parts.append(z)
+            elif name == "centered":
+                parts.append((z - (z.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1))) * m)
+            else:
+                parts.append(torch.cat([torch.zeros_like(z[:, :1]), z[:, 1:] - z[:, :-1]], dim=1) * m)
+        f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         if self.use_time:
             if dt is None:
                 tf = torch.zeros(b, t, 1, dtype=f.dtype, device=f.device)
@@ -224,6 +248,8 @@ class RecurrentClassifier(SequenceClassifier):
         Width of the hidden layer of the head (0: a single linear layer).
     use_time : `bool`
         Use ``log(1 + dt)`` as a feature.
+    features : `str`
+        ``+``-joined per-step features from `FEATURES`.
     """
 
     def __init__(
@@ -239,8 +265,9 @@ class RecurrentClassifier(SequenceClassifier):
         downsample: int = 1,
         head_hidden: int = 64,
         use_time: bool = True,
+        features: str = "x",
     ):
-        super().__init__(input_dim, use_time, input_dropout)
+        super().__init__(input_dim, use_time, input_dropout, features)
         if cell not in ("gru", "lstm"):
             raise ValueError(f"Hyperparameter cell must be 'gru' or 'lstm', got {cell!r}.")
         self.cell = cell
@@ -336,6 +363,8 @@ class ConvClassifier(SequenceClassifier):
         Width of the hidden layer of the head (0: a single linear layer).
     use_time : `bool`
         Use ``log(1 + dt)`` as a feature.
+    features : `str`
+        ``+``-joined per-step features from `FEATURES`.
     """
 
     def __init__(
@@ -350,15 +379,16 @@ class ConvClassifier(SequenceClassifier):
         pooling: str = "mean+max",
         head_hidden: int = 64,
         use_time: bool = True,
+        features: str = "x",
     ):
-        super().__init__(input_dim, use_time, input_dropout)
+        super().__init__(input_dim, use_time, input_dropout, features)
         self.channels = _check_int("channels", channels)
         k = _check_int("kernel_size", kernel_size)
         if k % 2 != 1:
             raise ValueError(f"Hyperparameter kernel_size must be odd, got {k}.")
         self.num_layers = _check_int("num_layers", num_layers, 0)
         base = _check_int("dilation_base", dilation_base)
-        self.pooling = _parse_pooling(pooling, ("mean", "max", "attention"))
+        self.pooling = _parse_pooling(pooling, ("mean", "max", "std", "attention"))
         dropout = _check_dropout("dropout", dropout)
         self.embed = nn.Linear(self.feature_dim, self.channels)
         self.blocks = nn.ModuleList(
@@ -399,10 +429,11 @@ def build_seq_bigru(
     downsample: int = 1,
     head_hidden: int = 64,
     use_time: bool = True,
+    features: str = "x",
 ) -> RecurrentClassifier:
     """Bidirectional GRU (registry name ``"seq_bigru"``; the default sequence model)."""
     return RecurrentClassifier(input_dim, "gru", hidden_size, num_layers, True, dropout, input_dropout,
-                               pooling, downsample, head_hidden, use_time)
+                               pooling, downsample, head_hidden, use_time, features)
 
 
 @register("seq_gru")
@@ -416,10 +447,11 @@ def build_seq_gru(
     downsample: int = 1,
     head_hidden: int = 64,
     use_time: bool = True,
+    features: str = "x",
 ) -> RecurrentClassifier:
     """Unidirectional GRU (registry name ``"seq_gru"``; the paper's baseline)."""
     return RecurrentClassifier(input_dim, "gru", hidden_size, num_layers, False, dropout, input_dropout,
-                               pooling, downsample, head_hidden, use_time)
+                               pooling, downsample, head_hidden, use_time, features)
 
 
 @register("seq_lstm")
@@ -434,10 +466,11 @@ def build_seq_lstm(
     downsample: int = 1,
     head_hidden: int = 64,
     use_time: bool = True,
+    features: str = "x",
 ) -> RecurrentClassifier:
     """LSTM (registry name ``"seq_lstm"``)."""
     return RecurrentClassifier(input_dim, "lstm", hidden_size, num_layers, bidirectional, dropout,
-                               input_dropout, pooling, downsample, head_hidden, use_time)
+                               input_dropout, pooling, downsample, head_hidden, use_time, features)
 
 
 @register("seq_conv1d")
@@ -452,8 +485,8 @@ def build_seq_conv1d(
     pooling: str = "mean+max",
     head_hidden: int = 64,
     use_time: bool = True,
+    features: str = "x",
 ) -> ConvClassifier:
     """Dilated residual Conv1D (registry name ``"seq_conv1d"``)."""
     return ConvClassifier(input_dim, channels, kernel_size, num_layers, dilation_base, dropout, input_dropout,
-                          pooling, head_hidden, use_time)
-
+                          pooling, head_hidden, use_time, features)

@@ -78,7 +78,13 @@ class SequenceTrainConfig:
     max_epochs : `int`
         Upper bound on epochs.
     patience : `int`
-        Stop after this many epochs without a better validation loss.
+        Stop after this many epochs without a better validation score.
+    monitor : `str`
+        Validation score that picks the kept epoch and drives early stopping:
+        ``"auc"`` (ROC-AUC, ties broken by the loss) or ``"loss"`` (BCE). The loss
+        rises as soon as the model grows over-confident while the ranking still
+        improves, so ``"auc"`` is the default; calibration is restored afterwards
+        by temperature scaling.
     min_epochs : `int`
         Never stop before this many epochs.
     val_fraction : `float`
@@ -109,6 +115,7 @@ class SequenceTrainConfig:
     weight_decay: float | None = None
     max_epochs: int = 40
     patience: int = 8
+    monitor: str = "auc"
     min_epochs: int = 5
     val_fraction: float = 0.15
     train_max_len: int = 192
@@ -127,6 +134,8 @@ class SequenceTrainConfig:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}.")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}.")
+        if self.monitor not in ("auc", "loss"):
+            raise ValueError(f"monitor must be 'auc' or 'loss', got {self.monitor!r}.")
         if self.max_epochs < 1 or self.patience < 1:
             raise ValueError("max_epochs and patience must be >= 1.")
 
@@ -293,7 +302,7 @@ def fit_sequence_classifier(
         return config.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     y_val = latents.labels[val_index].astype(np.float64)
-    best = (math.inf, None, 0, None)  # val loss, state, epoch, val logits
+    best = ((-math.inf, -math.inf), None, 0, None)  # score (higher is better), state, epoch, val logits
     history: list[dict[str, float]] = []
     step = 0
     since_best = 0
@@ -331,8 +340,10 @@ def fit_sequence_classifier(
         if log is not None:
             log(f"epoch {epoch:3d}  train {total / max(count, 1):.4f}  val loss {val_loss:.4f}  "
                 f"val AUC {val_auc:.4f}  {elapsed:.1f}s")
-        if val_loss < best[0]:
-            best = (val_loss, copy.deepcopy(model.state_dict()), epoch, val_logits)
+        auc_key = val_auc if np.isfinite(val_auc) else -math.inf
+        score = (auc_key, -val_loss) if config.monitor == "auc" else (-val_loss, auc_key)
+        if score > best[0]:
+            best = (score, copy.deepcopy(model.state_dict()), epoch, val_logits)
             since_best = 0
         else:
             since_best += 1

@@ -39,6 +39,7 @@ import dataclasses
 
 import numpy as np
 import scipy.fft
+from scipy import ndimage
 
 from ..constants import MASK_PLANES
 from .artifacts import render_artifacts, saturate
@@ -337,8 +338,12 @@ def noiseless_difference(science: np.ndarray, template: np.ndarray, cond: Condit
     kernel = _kernel_fourier(cond, shape)
     mode = cond.convolve_science[:, None, None]
     s_hat = _rfft(science)
-    t_hat = _rfft(template)
-    d_hat = np.where(mode, kernel * s_hat - t_hat, s_hat - kernel * t_hat)
+    # Most labelled objects have nothing in the template: skip those transforms.
+    has_t = np.flatnonzero(np.any(template != 0, axis=(1, 2)))
+    d_hat = np.where(mode, kernel * s_hat, s_hat)
+    if len(has_t):
+        t_hat = _rfft(template[has_t])
+        d_hat[has_t] -= np.where(mode[has_t], t_hat, kernel[has_t] * t_hat)
     return _irfft(d_hat, shape).astype(np.float32)
 
 
@@ -353,9 +358,9 @@ def _difference_sky_sigma(cond: Conditions, sum_k2: np.ndarray) -> np.ndarray:
     )
 
 
-def kernel_sum_squares(cond: Conditions, shape=(64, 64)) -> np.ndarray:
+def kernel_sum_squares(cond: Conditions) -> np.ndarray:
     """Sum of the squared PSF-matching kernel of each canvas, (n,)."""
-    kernel = _irfft(_kernel_fourier(cond, shape), shape)
+    kernel = _kernel_small(cond)
     return (kernel.astype(np.float64) ** 2).sum(axis=(1, 2))
 
 
@@ -576,14 +581,25 @@ def _grow(mask: np.ndarray, radius: np.ndarray) -> np.ndarray:
     return out
 
 
-def _detect(image: np.ndarray, psf: DoubleGaussianPsf, sigma: np.ndarray, threshold: float):
-    # PSF-smoothed S/N map of each canvas, as the detection step computes it.
-    shape = image.shape[1:]
-    ky, kx = _frequencies(shape)
-    p_hat = psf.fourier(ky, kx) * (np.sinc(ky)[:, None] * np.sinc(kx)[None, :]).astype(np.float32)[None]
-    smoothed = _irfft(_rfft(image) * p_hat, shape)
-    norm = sigma / np.sqrt(psf.effective_area())
-    return smoothed / norm[:, None, None].astype(np.float32)
+def _detect(image: np.ndarray, psf: DoubleGaussianPsf, sigma: np.ndarray, bin_width: float = 0.1) -> np.ndarray:
+    # S/N map of each canvas smoothed with a Gaussian of the PSF's width, as the
+    # pipeline's detection step does: separable, periodic (the canvases are), with
+    # canvases of similar PSF width (within ``bin_width`` pixels) filtered together.
+    width = np.sqrt(psf.sigma**2 * (1 + 3 * psf.wing_fraction))
+    key = np.round(width / bin_width).astype(int)
+    out = np.empty(image.shape, np.float32)
+    for k in np.unique(key):
+        sel = np.flatnonzero(key == k)
+        w = max(k * bin_width, 0.3)
+        radius = int(np.ceil(3.5 * w))
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / w) ** 2)
+        taps /= taps.sum()
+        smoothed = ndimage.correlate1d(image[sel], taps.astype(np.float32), axis=1, mode="wrap")
+        smoothed = ndimage.correlate1d(smoothed, taps.astype(np.float32), axis=2, mode="wrap")
+        # Noise of the smoothed image: sigma * sqrt(sum of squared 2-D weights).
+        norm = sigma[sel] * float((taps**2).sum())
+        out[sel] = smoothed / norm[:, None, None].astype(np.float32)
+    return out
 
 
 def _edge_band(on_chip: np.ndarray, width: np.ndarray) -> np.ndarray:
@@ -698,19 +714,14 @@ def observe(
         _condition_noise(noise_objects, cond, shape, science, template, difference, sigma_d)
 
     # Detection planes (positive on every image, negative on the difference).
-    det = _detect(science, cond.psf_science, cond.sky_sigma_science, detection_threshold)
+    det = _detect(science, cond.psf_science, cond.sky_sigma_science)
     grow_s = np.ceil(2.4 * cond.psf_science.sigma).astype(int)
     _set(mask_s, _grow(det > detection_threshold, grow_s), "DETECTED")
-    det = _detect(template_in, cond.psf_template, cond.sky_sigma_template, detection_threshold)
+    det = _detect(template_in, cond.psf_template, cond.sky_sigma_template)
     grow_t = np.ceil(2.4 * cond.psf_template.sigma).astype(int)
     _set(mask_t, _grow(det > detection_threshold, grow_t), "DETECTED")
     psf_d = cond.psf_difference
-    det = _detect(
-        difference if diff_invalid is None else np.where(diff_invalid, 0, difference),
-        psf_d,
-        sigma_d,
-        detection_threshold,
-    )
+    det = _detect(difference if diff_invalid is None else np.where(diff_invalid, 0, difference), psf_d, sigma_d)
     grow_d = np.ceil(2.4 * psf_d.sigma).astype(int)
     _set(mask_d, _grow(det > detection_threshold, grow_d), "DETECTED")
     _set(mask_d, _grow(det < -detection_threshold, grow_d), "DETECTED_NEGATIVE")
@@ -770,15 +781,30 @@ def _embed(small: np.ndarray, shape) -> np.ndarray:
     return np.roll(out, (-(ky // 2), -(kx // 2)), axis=(1, 2))
 
 
+def _kernel_small(cond: Conditions) -> np.ndarray:
+    # Real-space PSF-matching kernels on a small grid (n, k, k), centred (k odd), cached.
+    cache = cond.__dict__.setdefault("_kernel_cache", {})
+    if "small" not in cache:
+        size = scipy.fft.next_fast_len(int(2 * np.ceil(np.max(cond.psf_difference.extent))) + 1)
+        small = _irfft(_kernel_fourier(cond, (size, size)), (size, size))
+        small = np.fft.fftshift(small, axes=(1, 2)).astype(np.float32)
+        if size % 2 == 0:
+            # Keep an odd, centred support.
+            small = small[:, 1:, 1:]
+        cache["small"] = small
+    return cache["small"]
+
+
 def _kernel_real(cond: Conditions, shape):
-    # Real-space PSF-matching kernels on a small grid (n, k, k), centred, and the Fourier
-    # transform of their squares on the canvas grid (for the variance).
-    size = min(scipy.fft.next_fast_len(int(2 * np.ceil(np.max(cond.psf_difference.extent))) + 1), min(shape))
-    small = _irfft(_kernel_fourier(cond, (size, size)), (size, size))
-    small = np.fft.fftshift(small, axes=(1, 2)).astype(np.float32)
-    if size % 2 == 0:
-        # Keep an odd, centred support.
-        small = small[:, 1:, 1:]
+    # Real-space PSF-matching kernels (n, k, k) and the Fourier transform of their squares on
+    # the canvas grid (for the variance).
+    small = _kernel_small(cond)
+    if small.shape[1] > min(shape):
+        # Kernels wider than the canvas (tiny canvases): fold them onto it.
+        small = _irfft(_kernel_fourier(cond, shape), shape)
+        small = np.fft.fftshift(small, axes=(1, 2)).astype(np.float32)
+        if shape[0] % 2 == 0 or shape[1] % 2 == 0:
+            small = small[:, 1 - shape[0] % 2 :, 1 - shape[1] % 2 :]
     return small, _rfft(_embed(small * small, shape))
 
 

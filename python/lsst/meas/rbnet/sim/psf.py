@@ -128,7 +128,13 @@ class DoubleGaussianPsf:
 
     def take(self, index) -> "DoubleGaussianPsf":
         """The PSFs at ``index`` (an index array or slice)."""
-        return DoubleGaussianPsf(*(np.asarray(a)[index] for a in dataclasses.astuple(self)))
+        # Arrays are already validated: skip __post_init__ (this is called very often).
+        new = object.__new__(DoubleGaussianPsf)
+        new.sigma_x = self.sigma_x[index]
+        new.sigma_y = self.sigma_y[index]
+        new.wing_fraction = self.wing_fraction[index]
+        new.wing_ratio = self.wing_ratio[index]
+        return new
 
     def scaled(self, factor_x=1.0, factor_y=1.0) -> "DoubleGaussianPsf":
         """The same PSFs with widths multiplied by ``factor_x`` and ``factor_y``."""

@@ -180,16 +180,31 @@ def sersic_fourier(n_index: float, kappa: np.ndarray) -> np.ndarray:
     return np.interp(kappa, table_k, table_ft, right=0.0)
 
 
-def fourier_grid_size(shape, r_e, q, length, psf: DoubleGaussianPsf) -> np.ndarray:
+def fourier_grid_size(shape, r_e, q, length, psf: DoubleGaussianPsf, flux=None, floor: float = 0.5) -> np.ndarray:
     """Side of the local FFT grid that holds an object without visible wrap-around (pixels).
 
-    The grid holds the profile out to 6 half-light radii along the major
-    axis, or the trail, plus the PSF out to where it carries about 1e-4 of the
-    light; what falls outside (at most a few per cent of a de Vaucouleurs
-    profile) wraps around, spread thinly over the far side of the grid.
+    The grid holds the profile along the major axis out to where its surface
+    brightness falls below ``floor`` (canvas units per pixel; 0.5 nJy is a
+    twentieth of the faintest sky noise simulated), at most 6 (Sersic 1) or 8
+    (Sersic 4) half-light radii, or the trail, plus the PSF out to where it
+    carries about 1e-4 of the light. Light beyond wraps around, spread thinly
+    over the far side of the grid, below ``floor``.
     """
     shape = np.asarray(shape)
-    sersic = 6.0 * np.asarray(r_e) / np.sqrt(np.asarray(q))
+    r_e = np.maximum(np.asarray(r_e, dtype=float), 1e-3)
+    q = np.asarray(q, dtype=float)
+    if flux is None:
+        radius = np.where(shape == 1, 6.0, 8.0)
+    else:
+        flux = np.abs(np.asarray(flux, dtype=float))
+        with np.errstate(divide="ignore"):
+            # Exponential: I(r) = F / (2 pi h^2) exp(-r / h), h = r_e / 1.678.
+            h = r_e / _EXP_RE_PER_H
+            exp_r = np.log(np.maximum(flux / (2 * np.pi * h**2 * floor), 1.0)) / _EXP_RE_PER_H
+            # de Vaucouleurs: I(r) = I_e exp(-7.67 ((r / r_e)^(1/4) - 1)), I_e = F / (22.7 r_e^2).
+            dev_r = (1 + np.log(np.maximum(flux / (22.7 * r_e**2 * floor), 1.0)) / 7.67) ** 4
+        radius = np.clip(np.where(shape == 1, exp_r, dev_r), 1.5, np.where(shape == 1, 6.0, 8.0))
+    sersic = radius * r_e / np.sqrt(q)
     major = np.where(shape == SHAPE_TRAIL, 0.5 * np.asarray(length), sersic)
     need = 2 * (major + 3.0 * psf.wing_ratio * np.maximum(psf.sigma_x, psf.sigma_y)) + 2
     return _group_sizes(np.ceil(need).astype(int), _GRID_SIZES)
@@ -256,7 +271,7 @@ def render_fourier(
             for f in ("sigma_x", "sigma_y", "wing_fraction", "wing_ratio")
         )
     )
-    size = fourier_grid_size(shape, r_e, q, length, widest)
+    size = fourier_grid_size(shape, r_e, q, length, widest, flux=np.max(np.abs(fluxes), axis=0))
     # A grid larger than the canvases buys nothing: the outer light it would hold falls
     # off the canvas anyway (on small canvases it wraps around, faint and spread thin).
     height, width = canvases[0].shape[1:]

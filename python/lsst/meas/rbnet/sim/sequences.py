@@ -509,7 +509,7 @@ def _simulate_batch(
     rng, classes, n_visits, frame_size, fwhm_range, snr_range, with_masks, pixel_scale, start_mjd
 ):
     n_obj = len(classes)
-    margin = int(np.ceil(2.0 * fwhm_range[1])) + 3
+    margin = int(np.ceil(1.5 * fwhm_range[1])) + 2
     size = scipy.fft.next_fast_len(frame_size + 2 * margin, real=True)
     y0 = (size - frame_size) // 2
     centre = y0 + frame_size // 2

@@ -219,7 +219,7 @@ def simulate_stamps(
     counts = class_counts(n, class_fractions, real_fraction)
     order_rng = np.random.default_rng([seed, 0x5EED])
     classes_all = order_rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
-    margin = int(np.ceil(2.0 * fwhm_range[1])) + 3
+    margin = int(np.ceil(1.5 * fwhm_range[1])) + 2
     size = scipy.fft.next_fast_len(stamp_size + 2 * margin, real=True)
     y0 = (size - stamp_size) // 2
     centre = y0 + stamp_size // 2

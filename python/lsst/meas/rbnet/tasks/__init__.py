@@ -20,6 +20,13 @@ __all__ = [
     "TrainTripletConfig",
 ]
 
+# The tasks declare connections with this package's storage classes; a process that
+# reads a quantum graph (pipetask run-qbb in BPS jobs) needs them before it reads any
+# repository config, and importing the tasks is what such a process does first.
+from ..butler.config import register_storage_classes as _register_storage_classes  # noqa: E402
+
+_register_storage_classes()
+
 _WHERE = {
     "ReliabilityTask": "reliability",
     "ReliabilityConfig": "reliability",

@@ -1,0 +1,1474 @@
+# This file is part of meas_rbnet.
+"""The multi-visit sequence model in the Butler: training it and scoring objects with it.
+
+The reliability task (``computeReliability`` with ``doWriteCutouts``) writes, per
+(visit, detector), the raw stamps of every source (``dia_source_cutouts``) and the source
+catalogue with the single-visit reliability added (``dia_source_unstandardized_reliability``).
+Those two datasets are the frames of the sequence model:
+
+- `TrainSequenceTask` (one quantum over everything the data query selects) groups the
+  sources into objects, labels the objects, trains the frame VAE and the sequence
+  classifier (`lsst.meas.rbnet.sequence.train.train_sequence_package`) and writes one model
+  package (``pretrainedSequenceModelPackage``, storage class ``RBNetModelPackage``, kind
+  ``"sequence"``) plus its metrics.
+- `SequenceReliabilityTask` (one quantum per sky partition, ``instrument`` + ``htm7`` by
+  default) groups the sources it sees into objects, keeps the objects the partition owns,
+  encodes their frames and writes one row per object (``dia_object_sequence_reliability``).
+
+Decisions
+---------
+Objects
+    Sources with a non-zero ``diaObjectId`` (``objectIdColumn``) are grouped by it. The
+    others are grouped by position: friends-of-friends within ``associationRadius`` arcsec
+    (a KD-tree on unit vectors, chord distance), and such an object's id is the smallest
+    source id among its sources, so every quantum that sees the same sources makes the same
+    object with the same id whatever order the inputs come in. The two kinds are never
+    merged; positional objects carry `~lsst.meas.rbnet.flags.ObjectFlag.POSITIONAL`.
+Scored once
+    A quantum scores only the objects whose mean position (mean of the sources' unit
+    vectors) lies in its own sky pixel (``htm7`` index by default; any skypix dimension
+    works, e.g. ``healpix8``); sky pixels do not overlap, so an object seen by two quanta
+    near a boundary is scored by exactly one. With ``partitionDimensions = ["instrument"]``
+    one quantum scores everything. An object without a finite position is scored only by a
+    partition without a sky pixel (it cannot be placed). A source lying just outside every
+    detector that the owning pixel's quantum reads (an object straddling a detector edge at
+    a pixel boundary) is missing from that object's sequence: the data query joins
+    detectors to sky pixels by region, without a margin.
+Frames
+    A frame is the centre ``frame_size`` pixels of a stamp in the model's channels (as
+    `lsst.meas.rbnet.sequence.scoring.frames_from_stamps` cuts them). A frame is left out
+    of its object's sequence when its source has an unscorable flag
+    (`lsst.meas.rbnet.flags.UNSCORABLE`), more than ``maxBadFrameFraction`` of its pixels are
+    NaN, or its time is unknown (`~lsst.meas.rbnet.flags.ObjectFlag.FRAMES_DROPPED`). Frames
+    are in time order (then source id). An object with fewer than ``minVisits`` usable
+    frames gets ``reliability`` NaN with ``NOT_SCORED`` and the reason.
+Times
+    The ``timeColumn`` of the sources (``midpointMjdTai`` as in the APDB) if the table has
+    it, else the middle of the visit's timespan from the visit dimension record.
+Labels (training)
+    The labels dataset is ``rbnet_labels`` (``rbnet ingest-labels``), per source: by source
+    ``id``, or by ``ra``/``dec``/``mjd`` when it has no ids. An object's label is the
+    majority of its labelled sources' labels; objects without a label or with a tie are
+    left out of training (counted in the metrics). A table with ``diaObjectId`` and
+    ``label`` and no ``id`` column is read as per-object labels instead (point
+    ``connections.labels`` at such a dataset).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SEQUENCE_MODEL_DATASET_TYPE",
+    "SEQUENCE_RELIABILITY_DATASET_TYPE",
+    "NoSequenceModelError",
+    "SourceFrames",
+    "ObjectGroups",
+    "SkyPartition",
+    "gather_frames",
+    "group_sources",
+    "object_positions",
+    "object_labels",
+    "empty_object_table",
+    "TrainSequenceConnections",
+    "TrainSequenceConfig",
+    "TrainSequenceTask",
+    "SequenceReliabilityConnections",
+    "SequenceReliabilityConfig",
+    "SequenceReliabilityTask",
+]
+
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import astropy.table
+import numpy as np
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.utils.timer import timeMethod
+
+from ..constants import CHANNEL_ORDER, VERSION_MAX_LENGTH
+from ..contract import NORMALIZATIONS
+from ..flags import UNSCORABLE, ObjectFlag, SourceFlag
+from .reliability import source_table_from_any
+
+#: Dataset type of the sequence model package (dimensionless, found by collection).
+SEQUENCE_MODEL_DATASET_TYPE = "pretrainedSequenceModelPackage"
+
+#: Dataset type of the per-object sequence reliability table.
+SEQUENCE_RELIABILITY_DATASET_TYPE = "dia_object_sequence_reliability"
+
+_VISIT_DIMS = ("instrument", "visit", "detector")
+
+#: Recurrent architectures take ``hidden_size``; the Conv1D one takes ``channels``.
+_WIDTH_ARGUMENT = {"seq_bigru": "hidden_size", "seq_gru": "hidden_size", "seq_lstm": "hidden_size",
+                   "seq_conv1d": "channels"}
+
+
+class NoSequenceModelError(FileNotFoundError):
+    """No sequence model package was found for the sequence reliability task."""
+
+
+def _no_model_message(dataset_type: str) -> str:
+    return (
+        f"No sequence model package ('{dataset_type}' dataset) was found. Train one with "
+        "pipelines/TrainSequence.yaml and add its output collection to the inputs, or register one with "
+        f"'rbnet register-model REPO PACKAGE --name NAME --dataset-type {dataset_type}' and add "
+        "'pretrained_models' to the inputs."
+    )
+
+
+# ----------------------------------------------------------------------
+# Plain functions on tables and arrays (no Butler)
+# ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SourceFrames:
+    """The sources of many (visit, detector) datasets, one row each, with their frames.
+
+    Attributes
+    ----------
+    source_id : `numpy.ndarray`
+        ``(N,)`` int64 source ids.
+    object_id : `numpy.ndarray`
+        ``(N,)`` int64 ``diaObjectId``, 0 where there is none.
+    ra, dec : `numpy.ndarray`
+        ``(N,)`` float64 positions (degrees).
+    mjd : `numpy.ndarray`
+        ``(N,)`` float64 times (MJD, TAI); NaN where unknown.
+    visit : `numpy.ndarray`
+        ``(N,)`` int64 visit ids (-1 where unknown).
+    source_flags : `numpy.ndarray`
+        ``(N,)`` int32 `~lsst.meas.rbnet.flags.SourceFlag` bits of the cutouts.
+    triplet_score : `numpy.ndarray`
+        ``(N,)`` float32 single-visit reliability (NaN where not scored or absent).
+    frames : `numpy.ndarray`
+        ``(N, C, F, F)`` float32 raw frames (pixel values; NaN where untrusted).
+    channels : `tuple` [`str`, ...]
+        Channel names of ``frames``.
+    dataset : `numpy.ndarray`
+        ``(N,)`` int32 index of the input dataset each row came from.
+    """
+
+    source_id: np.ndarray
+    object_id: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    mjd: np.ndarray
+    visit: np.ndarray
+    source_flags: np.ndarray
+    triplet_score: np.ndarray
+    frames: np.ndarray
+    channels: tuple[str, ...]
+    dataset: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.source_id)
+
+    def bad_frames(self, max_bad_fraction: float) -> np.ndarray:
+        """``(N,)`` bool: frames to leave out (unscorable source, too many NaN pixels, no time)."""
+        n = len(self)
+        if n == 0:
+            return np.zeros(0, bool)
+        nonfinite = ~np.isfinite(self.frames.reshape(n, -1))
+        fraction = nonfinite.mean(axis=1)
+        unscorable = (self.source_flags & np.int32(UNSCORABLE | SourceFlag.NOT_SCORED)) != 0
+        return unscorable | (fraction > max_bad_fraction) | ~np.isfinite(self.mjd)
+
+
+def _get(obj: Any) -> Any:
+    """A dataset in memory: ``obj`` itself, or what a deferred handle reads."""
+    if hasattr(obj, "get") and not isinstance(obj, (astropy.table.Table, dict)) and hasattr(obj, "ref"):
+        return obj.get()
+    return obj
+
+
+def _column(table: astropy.table.Table, name: str, dtype, fill) -> np.ndarray:
+    col = table[name]
+    if hasattr(col, "mask"):
+        return np.ma.filled(np.ma.asarray(col).astype(dtype), fill)
+    return np.asarray(col, dtype=dtype)
+
+
+def gather_frames(
+    cutouts: Sequence[Any],
+    sources: Sequence[Any],
+    *,
+    channels: Sequence[str],
+    frame_size: int,
+    times: Sequence[float | None] | None = None,
+    visits: Sequence[int | None] | None = None,
+    names: Sequence[str] | None = None,
+    id_column: str = "id",
+    ra_column: str = "ra",
+    dec_column: str = "dec",
+    object_id_column: str = "diaObjectId",
+    time_column: str = "midpointMjdTai",
+    score_column: str = "reliability",
+    cutouts_name: str = "dia_source_cutouts",
+    sources_name: str = "sources",
+) -> SourceFrames:
+    """Join per-(visit, detector) cutouts with their sources and cut the frames.
+
+    Parameters
+    ----------
+    cutouts : sequence of `astropy.table.Table` (or deferred dataset handles)
+        Cutout tables of the reliability task: ``id``, ``stamp`` ``(n, C, S, S)`` raw
+        pixels, ``reliabilityFlags``; ``meta["channels"]`` names the stamp channels
+        (`CHANNEL_ORDER` is assumed for 3 channels without it).
+    sources : sequence of tables (or deferred dataset handles)
+        The matching source tables, same order: ``id_column``, ``ra_column``,
+        ``dec_column`` (degrees); optionally ``object_id_column``, ``time_column`` (MJD)
+        and ``score_column`` (single-visit reliability).
+    channels : sequence of `str`
+        Channels to keep, in this order.
+    frame_size : `int`
+        Side of the frames (pixels, <= the stamps' side).
+    times : sequence of `float` or `None`, optional
+        Time (MJD) of each dataset's visit, used when its table has no ``time_column``.
+    visits : sequence of `int` or `None`, optional
+        Visit id of each dataset.
+    names : sequence of `str`, optional
+        How to name each dataset in errors (e.g. its data ID).
+
+    Returns
+    -------
+    frames : `SourceFrames`
+
+    Raises
+    ------
+    ValueError
+        A table without a required column (named, with the dataset), cutouts without a
+        source row, stamps without a wanted channel or smaller than ``frame_size``,
+        duplicate source ids, or a dataset without any time.
+    """
+    from ..sequence.scoring import frames_from_stamps
+
+    if len(cutouts) != len(sources):
+        raise ValueError(f"Got {len(cutouts)} {cutouts_name} datasets but {len(sources)} {sources_name}.")
+    n_sets = len(cutouts)
+    names = list(names) if names is not None else [f"#{i}" for i in range(n_sets)]
+    times = list(times) if times is not None else [None] * n_sets
+    visits = list(visits) if visits is not None else [None] * n_sets
+    channels = tuple(channels)
+    parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    for i in range(n_sets):
+        where = names[i]
+        cut = source_table_from_any(_get(cutouts[i]), name=f"{cutouts_name} ({where})")
+        src = source_table_from_any(_get(sources[i]), name=f"{sources_name} ({where})")
+        missing = [c for c in ("id", "stamp") if c not in cut.colnames]
+        if missing:
+            raise ValueError(
+                f"The cutouts ({cutouts_name}, {where}) have no column(s) {missing}; they have {cut.colnames}."
+            )
+        missing = [c for c in (id_column, ra_column, dec_column) if c not in src.colnames]
+        if missing:
+            raise ValueError(
+                f"The source table ({sources_name}, {where}) has no column(s) {missing} (configured by "
+                f"idColumn/raColumn/decColumn); it has {src.colnames}."
+            )
+        cut_ids = np.asarray(cut["id"], dtype=np.int64)
+        src_ids = np.asarray(src[id_column], dtype=np.int64)
+        if len(cut_ids) == len(src_ids) and np.array_equal(cut_ids, src_ids):
+            rows = np.arange(len(src_ids))
+        else:
+            order = np.argsort(src_ids, kind="stable")
+            pos = np.clip(np.searchsorted(src_ids[order], cut_ids), 0, max(len(src_ids) - 1, 0))
+            found = (src_ids[order][pos] == cut_ids) if len(src_ids) else np.zeros(len(cut_ids), bool)
+            if not np.all(found):
+                raise ValueError(
+                    f"The cutouts ({cutouts_name}, {where}) have source ids missing from the source table "
+                    f"({sources_name}), e.g. {cut_ids[~found][:5].tolist()}."
+                )
+            rows = order[pos]
+        n = len(cut_ids)
+        stamps = np.asarray(cut["stamp"])
+        if stamps.ndim != 4 or stamps.shape[-1] != stamps.shape[-2] or len(stamps) != n:
+            raise ValueError(
+                f"The cutouts ({cutouts_name}, {where}) column 'stamp' must be (N, C, S, S), got {stamps.shape}."
+            )
+        stamp_channels = tuple(cut.meta.get("channels", ())) or (
+            CHANNEL_ORDER if stamps.shape[1] == len(CHANNEL_ORDER) else ()
+        )
+        if len(stamp_channels) != stamps.shape[1]:
+            raise ValueError(
+                f"The cutouts ({cutouts_name}, {where}) have {stamps.shape[1]} channels but name "
+                f"{stamp_channels}; expected meta['channels'] to name them."
+            )
+        lacking = [c for c in channels if c not in stamp_channels]
+        if lacking:
+            raise ValueError(
+                f"The sequence model reads channels {channels} but the cutouts ({cutouts_name}, {where}) have "
+                f"only {stamp_channels} (lacking {lacking})."
+            )
+        if stamps.shape[-1] < frame_size:
+            raise ValueError(
+                f"The cutouts ({cutouts_name}, {where}) have {stamps.shape[-1]}-pixel stamps, smaller than the "
+                f"sequence model's {frame_size}-pixel frames; write larger cutouts (cutoutSize)."
+            )
+        select = [stamp_channels.index(c) for c in channels]
+        # Select and crop per dataset, so only the frames (not the full stamps) are held in memory.
+        parts["frames"].append(
+            np.ascontiguousarray(frames_from_stamps(stamps[:, select], frame_size), dtype=np.float32)
+        )
+        parts["source_id"].append(cut_ids)
+        parts["ra"].append(_column(src, ra_column, np.float64, np.nan)[rows])
+        parts["dec"].append(_column(src, dec_column, np.float64, np.nan)[rows])
+        if object_id_column and object_id_column in src.colnames:
+            parts["object_id"].append(_column(src, object_id_column, np.int64, 0)[rows])
+        else:
+            parts["object_id"].append(np.zeros(n, np.int64))
+        if time_column and time_column in src.colnames:
+            parts["mjd"].append(_column(src, time_column, np.float64, np.nan)[rows])
+        elif times[i] is not None and math.isfinite(float(times[i])):
+            parts["mjd"].append(np.full(n, float(times[i])))
+        elif n:
+            raise ValueError(
+                f"The time of the sources ({sources_name}, {where}) is unknown: the table has no "
+                f"{time_column!r} column (timeColumn) and the visit's time was not given."
+            )
+        else:
+            parts["mjd"].append(np.zeros(0))
+        if score_column and score_column in src.colnames:
+            parts["triplet_score"].append(_column(src, score_column, np.float32, np.nan)[rows])
+        else:
+            parts["triplet_score"].append(np.full(n, np.nan, np.float32))
+        if "reliabilityFlags" in cut.colnames:
+            parts["source_flags"].append(np.asarray(cut["reliabilityFlags"], dtype=np.int32))
+        elif "flags" in cut.colnames:
+            parts["source_flags"].append(np.asarray(cut["flags"], dtype=np.int32))
+        else:
+            parts["source_flags"].append(np.zeros(n, np.int32))
+        parts["visit"].append(np.full(n, -1 if visits[i] is None else int(visits[i]), np.int64))
+        parts["dataset"].append(np.full(n, i, np.int32))
+
+    def cat(key, dtype, shape=()):
+        if not parts[key]:
+            return np.zeros((0, *shape), dtype)
+        return np.concatenate(parts[key]).astype(dtype, copy=False)
+
+    result = SourceFrames(
+        source_id=cat("source_id", np.int64),
+        object_id=cat("object_id", np.int64),
+        ra=cat("ra", np.float64),
+        dec=cat("dec", np.float64),
+        mjd=cat("mjd", np.float64),
+        visit=cat("visit", np.int64),
+        source_flags=cat("source_flags", np.int32),
+        triplet_score=cat("triplet_score", np.float32),
+        frames=cat("frames", np.float32, (len(channels), frame_size, frame_size)),
+        channels=channels,
+        dataset=cat("dataset", np.int32),
+    )
+    if len(result) > 1:
+        ids = np.sort(result.source_id)
+        dup = ids[1:][ids[1:] == ids[:-1]]
+        if len(dup):
+            raise ValueError(
+                f"Source ids repeat across the {cutouts_name} datasets, e.g. {np.unique(dup)[:5].tolist()}; "
+                "each source must appear in one (visit, detector) only."
+            )
+    return result
+
+
+def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+@dataclasses.dataclass
+class ObjectGroups:
+    """Sources grouped into objects.
+
+    Attributes
+    ----------
+    object_id : `numpy.ndarray`
+        ``(M,)`` int64 object ids: the ``diaObjectId``, or for positional objects the
+        smallest source id of the object.
+    positional : `numpy.ndarray`
+        ``(M,)`` bool, the object was made by positional association.
+    index : `numpy.ndarray`
+        ``(N,)`` int64 object (row of ``object_id``) of each source.
+    """
+
+    object_id: np.ndarray
+    positional: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.object_id)
+
+
+def group_sources(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    object_id: np.ndarray,
+    source_id: np.ndarray,
+    radius_arcsec: float,
+) -> ObjectGroups:
+    """Group sources into objects: by ``object_id`` where non-zero, else by position.
+
+    Parameters
+    ----------
+    ra, dec : `numpy.ndarray`
+        ``(N,)`` positions (degrees).
+    object_id : `numpy.ndarray`
+        ``(N,)`` ``diaObjectId`` (0 where unknown).
+    source_id : `numpy.ndarray`
+        ``(N,)`` unique source ids.
+    radius_arcsec : `float`
+        Friends-of-friends linking length (arcsec) of the positional association.
+
+    Returns
+    -------
+    groups : `ObjectGroups`
+        Objects in a deterministic order (associated objects by id, then positional ones
+        by id), independent of the order of the sources.
+    """
+    object_id = np.asarray(object_id, dtype=np.int64)
+    source_id = np.asarray(source_id, dtype=np.int64)
+    n = len(source_id)
+    key = object_id.copy()
+    positional = object_id == 0
+    rest = np.flatnonzero(positional)
+    if len(rest):
+        key[rest] = source_id[rest]
+        finite = np.isfinite(ra[rest]) & np.isfinite(dec[rest])
+        pts = rest[finite]
+        if len(pts) > 1:
+            from scipy.sparse import coo_matrix
+            from scipy.sparse.csgraph import connected_components
+            from scipy.spatial import cKDTree
+
+            chord = 2.0 * math.sin(math.radians(radius_arcsec / 3600.0) / 2.0)
+            tree = cKDTree(_unit_vectors(ra[pts], dec[pts]))
+            pairs = tree.query_pairs(chord, output_type="ndarray")
+            m = len(pts)
+            graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
+            n_comp, comp = connected_components(graph, directed=False)
+            smallest = np.full(n_comp, np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(smallest, comp, source_id[pts])
+            key[pts] = smallest[comp]
+    # Unique (positional, key) pairs: a positional id may equal some diaObjectId, they stay apart.
+    pairs = np.stack([positional.astype(np.int64), key], axis=1) if n else np.zeros((0, 2), np.int64)
+    uniq, index = np.unique(pairs, axis=0, return_inverse=True)
+    return ObjectGroups(
+        object_id=uniq[:, 1].astype(np.int64),
+        positional=uniq[:, 0].astype(bool),
+        index=np.asarray(index, dtype=np.int64).reshape(-1),
+    )
+
+
+def object_positions(
+    ra: np.ndarray, dec: np.ndarray, index: np.ndarray, n_objects: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean position (degrees) of each object's sources, the mean of their unit vectors.
+
+    Sources without a finite position are ignored; an object without any gets NaN.
+    """
+    finite = np.isfinite(ra) & np.isfinite(dec)
+    vec = np.zeros((n_objects, 3))
+    for k in range(3):
+        v = _unit_vectors(ra[finite], dec[finite])[:, k] if finite.any() else np.zeros(0)
+        vec[:, k] = np.bincount(index[finite], weights=v, minlength=n_objects)
+    norm = np.linalg.norm(vec, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vec = vec / norm[:, None]
+    ra_m = np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 360.0
+    dec_m = np.degrees(np.arcsin(np.clip(vec[:, 2], -1.0, 1.0)))
+    none = norm == 0
+    ra_m[none] = np.nan
+    dec_m[none] = np.nan
+    return ra_m, dec_m
+
+
+class SkyPartition:
+    """The part of the sky a quantum owns: one sky pixel, or a region.
+
+    Parameters
+    ----------
+    pixelization : `lsst.sphgeom.Pixelization`, optional
+        E.g. ``HtmPixelization(7)``; with ``index``.
+    index : `int`, optional
+        The pixel.
+    region : `lsst.sphgeom.Region`, optional
+        Instead of a pixel (regions that overlap, e.g. patches, may own one object twice).
+    """
+
+    def __init__(self, pixelization=None, index: int | None = None, region=None):
+        if (pixelization is None) == (region is None):
+            raise ValueError("SkyPartition needs either a pixelization and an index, or a region.")
+        if pixelization is not None and index is None:
+            raise ValueError("SkyPartition needs the pixel index with the pixelization.")
+        self.pixelization = pixelization
+        self.index = None if index is None else int(index)
+        self.region = region
+
+    @classmethod
+    def from_data_id(cls, data_id) -> SkyPartition | None:
+        """The partition of a quantum's data ID: its skypix dimension, else its region, else `None`."""
+        from lsst.daf.butler import SkyPixDimension
+
+        universe = data_id.universe
+        for name in data_id.dimensions.names:
+            element = universe[name]
+            if isinstance(element, SkyPixDimension):
+                return cls(element.pixelization, int(data_id[name]))
+        if data_id.dimensions.spatial:
+            region = data_id.region if data_id.hasRecords() else None
+            if region is None:
+                raise ValueError(
+                    f"The quantum's data ID {data_id} is spatial but carries no region; use a skypix "
+                    "dimension (e.g. htm7) as the partition."
+                )
+            return cls(region=region)
+        return None
+
+    def contains(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """``(M,)`` bool: positions (degrees) inside the partition (never for NaN positions)."""
+        from lsst.sphgeom import LonLat, UnitVector3d
+
+        ra = np.asarray(ra, float)
+        dec = np.asarray(dec, float)
+        out = np.zeros(len(ra), bool)
+        for k in np.flatnonzero(np.isfinite(ra) & np.isfinite(dec)):
+            v = UnitVector3d(LonLat.fromDegrees(float(ra[k]), float(dec[k])))
+            if self.pixelization is not None:
+                out[k] = self.pixelization.index(v) == self.index
+            else:
+                out[k] = self.region.contains(v)
+        return out
+
+    def __repr__(self) -> str:
+        if self.pixelization is not None:
+            return f"SkyPartition({self.pixelization!r}, {self.index})"
+        return f"SkyPartition(region={self.region!r})"
+
+
+def object_labels(
+    frames: SourceFrames,
+    groups: ObjectGroups,
+    labels: astropy.table.Table,
+    *,
+    match_radius: float = 1.0,
+    time_tolerance: float = 0.02,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Label of each object (1 real, 0 bogus, -1 none) from a labels table.
+
+    Parameters
+    ----------
+    frames : `SourceFrames`
+        The sources.
+    groups : `ObjectGroups`
+        Their objects.
+    labels : `astropy.table.Table`
+        Per-source labels (``id``, or ``ra``/``dec``/``mjd``; and ``label``) or per-object
+        labels (``diaObjectId`` and ``label``, no ``id``).
+    match_radius, time_tolerance : `float`
+        Position (arcsec) and time (days) tolerances when labels have no ids.
+
+    Returns
+    -------
+    labels : `numpy.ndarray`
+        ``(M,)`` int16.
+    counts : `dict` [`str`, `int`]
+        ``labelled_sources``, ``conflicting_objects`` (a tie, left unlabelled).
+
+    Raises
+    ------
+    ValueError
+        If the table has no ``label`` column or no way to match it.
+    """
+    from .labelled_cutouts import match_labels
+
+    if "label" not in labels.colnames:
+        raise ValueError(f"The labels have no 'label' column (columns: {labels.colnames}).")
+    n_obj = len(groups)
+    out = np.full(n_obj, -1, np.int16)
+    values = np.asarray(labels["label"], dtype=np.int16)
+    if "id" not in labels.colnames and "diaObjectId" in labels.colnames:
+        lab_ids = np.asarray(labels["diaObjectId"], dtype=np.int64)
+        lookup = dict(zip(lab_ids.tolist(), values.tolist()))
+        for k in np.flatnonzero(~groups.positional):
+            out[k] = lookup.get(int(groups.object_id[k]), -1)
+        return out, {"labelled_sources": 0, "conflicting_objects": 0}
+    source_label = np.full(len(frames), -1, np.int16)
+    table = astropy.table.Table({"id": frames.source_id, "ra": frames.ra, "dec": frames.dec})
+    if "id" in labels.colnames:
+        idx = match_labels(table, labels)
+        source_label[idx >= 0] = values[idx[idx >= 0]]
+    else:
+        # Matched by position and time, one visit (time) at a time.
+        for t in np.unique(frames.mjd[np.isfinite(frames.mjd)]):
+            rows = np.flatnonzero(frames.mjd == t)
+            idx = match_labels(
+                table[rows], labels, mjd=float(t), radius_arcsec=match_radius, time_tolerance=time_tolerance
+            )
+            ok = idx >= 0
+            source_label[rows[ok]] = values[idx[ok]]
+    has = source_label >= 0
+    n_real = np.bincount(groups.index[has], weights=(source_label[has] == 1), minlength=n_obj)
+    n_bogus = np.bincount(groups.index[has], weights=(source_label[has] == 0), minlength=n_obj)
+    out[n_real > n_bogus] = 1
+    out[n_bogus > n_real] = 0
+    conflicts = int(np.count_nonzero((n_real == n_bogus) & (n_real > 0)))
+    return out, {"labelled_sources": int(np.count_nonzero(has)), "conflicting_objects": conflicts}
+
+
+def _sequence_order(index: np.ndarray, mjd: np.ndarray, source_id: np.ndarray, n_objects: int):
+    """Rows sorted by (object, time, source id) and the ``(n_objects + 1,)`` offsets."""
+    order = np.lexsort((source_id, mjd, index))
+    counts = np.bincount(index, minlength=n_objects)
+    offsets = np.zeros(n_objects + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return order, offsets
+
+
+def empty_object_table() -> astropy.table.Table:
+    """A per-object sequence reliability table with no rows and every column."""
+    return _object_table(
+        object_id=np.zeros(0, np.int64),
+        n_visits=np.zeros(0, np.int32),
+        n_sources=np.zeros(0, np.int32),
+        first=np.zeros(0),
+        last=np.zeros(0),
+        ra=np.zeros(0),
+        dec=np.zeros(0),
+        reliability=np.zeros(0, np.float32),
+        version="",
+        flags=np.zeros(0, np.int32),
+        triplet_max=np.zeros(0, np.float32),
+        triplet_mean=np.zeros(0, np.float32),
+    )
+
+
+def _object_table(
+    *, object_id, n_visits, n_sources, first, last, ra, dec, reliability, version, flags, triplet_max,
+    triplet_mean,
+) -> astropy.table.Table:
+    n = len(object_id)
+    table = astropy.table.Table()
+    table["objectId"] = np.asarray(object_id, np.int64)
+    table["nVisits"] = np.asarray(n_visits, np.int32)
+    table["nSources"] = np.asarray(n_sources, np.int32)
+    table["firstMjd"] = np.asarray(first, np.float64)
+    table["lastMjd"] = np.asarray(last, np.float64)
+    table["ra"] = np.asarray(ra, np.float64)
+    table["dec"] = np.asarray(dec, np.float64)
+    table["reliability"] = np.asarray(reliability, np.float32)
+    table["reliabilityVersion"] = np.array([version] * n, dtype=f"<U{VERSION_MAX_LENGTH}")
+    table["flags"] = np.asarray(flags, np.int32)
+    table["tripletReliabilityMax"] = np.asarray(triplet_max, np.float32)
+    table["tripletReliabilityMean"] = np.asarray(triplet_mean, np.float32)
+    table["ra"].unit = "deg"
+    table["dec"].unit = "deg"
+    table["firstMjd"].unit = "d"
+    table["lastMjd"].unit = "d"
+    return table
+
+
+# ----------------------------------------------------------------------
+# Configuration shared by both tasks
+# ----------------------------------------------------------------------
+
+
+class _SequenceInputsConfig(pexConfig.Config):
+    """Fields of both sequence tasks: how to read the sources and build the objects."""
+
+    idColumn = pexConfig.Field[str](doc="Source id column of the source table.", default="id")
+    raColumn = pexConfig.Field[str](doc="Right ascension column of the sources (degrees).", default="ra")
+    decColumn = pexConfig.Field[str](doc="Declination column of the sources (degrees).", default="dec")
+    objectIdColumn = pexConfig.Field[str](
+        doc="Object id column of the sources (e.g. diaObjectId); sources with 0 there, or tables without "
+        "it, are associated by position. Empty: always by position.",
+        default="diaObjectId",
+    )
+    timeColumn = pexConfig.Field[str](
+        doc="Time column of the sources (MJD, TAI); if a table lacks it, the middle of the visit's timespan "
+        "(visit dimension record) is used.",
+        default="midpointMjdTai",
+    )
+    associationRadius = pexConfig.Field[float](
+        doc="Friends-of-friends linking length (arcsec) of the positional association of sources without "
+        "an object id.",
+        default=1.0,
+    )
+    maxBadFrameFraction = pexConfig.Field[float](
+        doc="A frame with more than this fraction of NaN (untrusted) pixels is left out of its object's "
+        "sequence (flag FRAMES_DROPPED).",
+        default=0.5,
+    )
+    minVisits = pexConfig.Field[int](
+        doc="Objects with fewer usable frames are not scored (reliability NaN, TOO_FEW_VISITS) or, when "
+        "training, not trained on.",
+        default=1,
+    )
+    device = pexConfig.Field[str](doc="Torch device: auto, cpu, cuda or cuda:N.", default="auto")
+    numThreads = pexConfig.Field[int](
+        doc="CPU threads torch may use in this process (0 leaves torch's default).", default=0
+    )
+
+    def validate(self):
+        super().validate()
+        if not self.associationRadius > 0:
+            raise pexConfig.FieldValidationError(
+                _SequenceInputsConfig.associationRadius, self, "must be > 0 arcsec"
+            )
+        if not 0.0 <= self.maxBadFrameFraction <= 1.0:
+            raise pexConfig.FieldValidationError(
+                _SequenceInputsConfig.maxBadFrameFraction, self, "must be in [0, 1]"
+            )
+        if self.minVisits < 1:
+            raise pexConfig.FieldValidationError(_SequenceInputsConfig.minVisits, self, "must be >= 1")
+        if self.numThreads < 0:
+            raise pexConfig.FieldValidationError(_SequenceInputsConfig.numThreads, self, "must be >= 0")
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _set_threads(n: int) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def _visit_times(refs) -> tuple[list[float | None], list[int | None], list[str]]:
+    """Mid-time (MJD TAI), visit id and a name of each input ref, from its data ID."""
+    times: list[float | None] = []
+    visits: list[int | None] = []
+    names: list[str] = []
+    for ref in refs:
+        data_id = ref.dataId
+        mjd = None
+        if data_id.hasRecords() and "visit" in data_id.dimensions.names:
+            record = data_id.records["visit"]
+            if record is not None and record.timespan is not None:
+                begin, end = record.timespan.begin, record.timespan.end
+                if begin is not None and end is not None:
+                    mjd = float((begin.tai.mjd + end.tai.mjd) / 2)
+        times.append(mjd)
+        visits.append(int(data_id["visit"]) if "visit" in data_id.dimensions.names else None)
+        names.append(str(data_id.required))
+    return times, visits, names
+
+
+def _sorted_refs(connection_refs):
+    """Refs ordered by data ID, so that paired connections line up and results are reproducible."""
+    return sorted(connection_refs, key=lambda r: tuple(sorted((k, v) for k, v in r.dataId.required.items())))
+
+
+# ----------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------
+
+
+class TrainSequenceConnections(pipeBase.PipelineTaskConnections, dimensions=()):
+    """Connections of `TrainSequenceTask`: one quantum over all selected visits."""
+
+    cutouts = cT.Input(
+        doc="Raw per-source stamps of every selected (visit, detector), written by the reliability task "
+        "with doWriteCutouts.",
+        name="dia_source_cutouts",
+        storageClass="ArrowAstropy",
+        dimensions=_VISIT_DIMS,
+        multiple=True,
+        deferLoad=True,
+    )
+    sources = cT.Input(
+        doc="The source catalogues matching the cutouts (id, ra, dec, optionally diaObjectId and a time).",
+        name="dia_source_unstandardized_reliability",
+        storageClass="ArrowAstropy",
+        dimensions=_VISIT_DIMS,
+        multiple=True,
+        deferLoad=True,
+    )
+    labels = cT.Input(
+        doc="Real/bogus labels: per source (rbnet_labels from rbnet ingest-labels: id or ra/dec/mjd, label) "
+        "or per object (diaObjectId, label).",
+        name="rbnet_labels",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument",),
+        multiple=True,
+    )
+    model = cT.Output(
+        doc="The trained sequence model package (kind 'sequence': VAE encoder + sequence classifier).",
+        name=SEQUENCE_MODEL_DATASET_TYPE,
+        storageClass="RBNetModelPackage",
+        dimensions=(),
+    )
+    metrics = cT.Output(
+        doc="Held-out metrics, data summary and training settings of the sequence model.",
+        name="rbnet_sequence_training_metrics",
+        storageClass="StructuredDataDict",
+        dimensions=(),
+    )
+
+    def adjustQuantum(self, inputs, outputs, label, data_id):
+        _keep_pairs(inputs, label, data_id)
+        return super().adjustQuantum(inputs, outputs, label, data_id)
+
+
+def _keep_pairs(inputs, label, data_id) -> None:
+    """Keep only the (visit, detector)s that have both their cutouts and their sources."""
+    cut_conn, cut_refs = inputs["cutouts"]
+    src_conn, src_refs = inputs["sources"]
+    both = {r.dataId.required_values for r in cut_refs} & {r.dataId.required_values for r in src_refs}
+    if not both:
+        raise pipeBase.NoWorkFound(
+            f"{label} ({data_id}): no (visit, detector) has both {cut_conn.name} and {src_conn.name}."
+        )
+    inputs["cutouts"] = (cut_conn, [r for r in cut_refs if r.dataId.required_values in both])
+    inputs["sources"] = (src_conn, [r for r in src_refs if r.dataId.required_values in both])
+
+
+class TrainSequenceConfig(
+    pipeBase.PipelineTaskConfig, _SequenceInputsConfig, pipelineConnections=TrainSequenceConnections
+):
+    """Configuration of `TrainSequenceTask` (see `lsst.meas.rbnet.sequence.train`)."""
+
+    channels = pexConfig.ListField[str](
+        doc="Frame channels the model reads, from (difference, science, template); the RB_ZTF paper uses "
+        "the science frame.",
+        default=["science"],
+    )
+    frameSize = pexConfig.Field[int](
+        doc="Side of the frames (pixels; <= the cutouts' side; the centre of each stamp).", default=28
+    )
+    normalization = pexConfig.ChoiceField[str](
+        doc="Per-frame normalisation of the input contract.",
+        allowed={n: n for n in NORMALIZATIONS},
+        default="robust_asinh",
+    )
+    latentDim = pexConfig.Field[int](doc="Size of the VAE latent vector.", default=36)
+    vaeHiddenChannels = pexConfig.ListField[int](
+        doc="Channels of the VAE's strided convolutions; empty uses the architecture's (32..512).", default=[]
+    )
+    vaeEpochs = pexConfig.Field[int](doc="VAE training epochs.", default=8)
+    vaeBatchSize = pexConfig.Field[int](doc="VAE frames per step.", default=256)
+    vaeMaxFrames = pexConfig.Field[int](
+        doc="Train the VAE on at most this many frames (0: all).", default=60000
+    )
+    vaeLearningRate = pexConfig.Field[float](doc="VAE Adam learning rate.", default=1e-3)
+    architecture = pexConfig.ChoiceField[str](
+        doc="Sequence classifier architecture.",
+        allowed={
+            "seq_bigru": "bidirectional GRU (default)",
+            "seq_gru": "GRU",
+            "seq_lstm": "LSTM",
+            "seq_conv1d": "dilated Conv1D",
+        },
+        default="seq_bigru",
+    )
+    classifierWidth = pexConfig.Field[int](
+        doc="Hidden units of the recurrent cell (channels of the Conv1D); 0 uses the architecture's.", default=0
+    )
+    headHidden = pexConfig.Field[int](doc="Hidden units of the classifier head; 0 uses the default.", default=0)
+    loss = pexConfig.ChoiceField[str](
+        doc="Classifier loss.", allowed={"bce": "binary cross-entropy", "bce+tversky": "BCE + Tversky"},
+        default="bce",
+    )
+    learningRate = pexConfig.Field[float](doc="Classifier peak learning rate.", default=1e-3)
+    maxEpochs = pexConfig.Field[int](doc="Classifier epochs at most.", default=40)
+    minEpochs = pexConfig.Field[int](doc="Classifier epochs at least (before early stopping).", default=5)
+    patience = pexConfig.Field[int](doc="Early-stopping patience (epochs).", default=8)
+    maxSeconds = pexConfig.Field[float](
+        doc="Wall-time budget of the classifier's training (seconds; 0 = none).", default=0.0
+    )
+    testFraction = pexConfig.Field[float](
+        doc="Share of the objects held out to measure the package's metrics (0: none).", default=0.2
+    )
+    version = pexConfig.Field[str](
+        doc="reliabilityVersion of the trained package (1 to 7 characters).", default="seq1"
+    )
+    seed = pexConfig.Field[int](doc="Random seed (splits, initialisation, batches).", default=0)
+    labelMatchRadius = pexConfig.Field[float](
+        doc="Largest separation (arcsec) for matching labels without ids to sources by position.", default=1.0
+    )
+    labelTimeTolerance = pexConfig.Field[float](
+        doc="Largest |label mjd - source time| (days) for matching labels without ids.", default=0.02
+    )
+
+    def validate(self):
+        super().validate()
+        if not 1 <= len(self.version) <= VERSION_MAX_LENGTH:
+            raise pexConfig.FieldValidationError(
+                TrainSequenceConfig.version, self, f"must have 1 to {VERSION_MAX_LENGTH} characters"
+            )
+        channels = tuple(self.channels)
+        if not channels or any(c not in CHANNEL_ORDER for c in channels) or len(set(channels)) != len(channels):
+            raise pexConfig.FieldValidationError(
+                TrainSequenceConfig.channels, self, f"must be distinct names from {CHANNEL_ORDER}"
+            )
+        if self.frameSize < 4:
+            raise pexConfig.FieldValidationError(TrainSequenceConfig.frameSize, self, "must be >= 4")
+        if not 0.0 <= self.testFraction < 0.5:
+            raise pexConfig.FieldValidationError(TrainSequenceConfig.testFraction, self, "must be in [0, 0.5)")
+        for name in ("vaeEpochs", "maxEpochs", "patience", "latentDim", "vaeBatchSize"):
+            if getattr(self, name) < 1:
+                raise pexConfig.FieldValidationError(getattr(TrainSequenceConfig, name), self, "must be >= 1")
+
+
+class TrainSequenceTask(pipeBase.PipelineTask):
+    """Train the multi-visit sequence model (VAE + sequence classifier) from per-visit cutouts."""
+
+    ConfigClass = TrainSequenceConfig
+    _DefaultName = "trainSequence"
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        cut_refs = _sorted_refs(inputRefs.cutouts)
+        src_refs = _sorted_refs(inputRefs.sources)
+        times, visits, names = _visit_times(cut_refs)
+        labels = [butlerQC.get(ref) for ref in inputRefs.labels]
+        provenance = {
+            "inputs": len(cut_refs),
+            "visits": sorted({v for v in visits if v is not None}),
+            "collections": sorted({ref.run for ref in cut_refs}),
+            "labels": sorted({ref.run for ref in inputRefs.labels}),
+        }
+        outputs = self.run(
+            cutouts=[butlerQC.get(ref) for ref in cut_refs],
+            sources=[butlerQC.get(ref) for ref in src_refs],
+            labels=labels,
+            times=times,
+            visits=visits,
+            names=names,
+            provenance=provenance,
+        )
+        butlerQC.put(outputs, outputRefs)
+
+    @timeMethod
+    def run(self, cutouts, sources, labels, times=None, visits=None, names=None, provenance=None):
+        """Group the sources into labelled objects and train the sequence model on them.
+
+        Parameters
+        ----------
+        cutouts : `list` [`astropy.table.Table`]
+            ``dia_source_cutouts`` tables (or deferred handles), one per (visit, detector).
+        sources : `list` [`astropy.table.Table`]
+            The matching source tables, same order.
+        labels : `astropy.table.Table` or `list` [`astropy.table.Table`]
+            Labels (see `object_labels`); a list is stacked.
+        times, visits, names : `list`, optional
+            Visit time (MJD), visit id and a name per dataset (see `gather_frames`).
+        provenance : `dict`, optional
+            Recorded in the package.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``model`` (`~lsst.meas.rbnet.package.ModelPackage`, kind ``"sequence"``) and
+            ``metrics`` (`dict`).
+
+        Raises
+        ------
+        ValueError
+            Bad inputs (see `gather_frames`), or too few labelled objects of either class.
+        """
+        from ..sequence.train import (
+            SequencePackageConfig,
+            SequenceTrainConfig,
+            VAETrainConfig,
+            train_sequence_package,
+        )
+
+        config = self.config
+        _set_threads(config.numThreads)
+        device = _resolve_device(config.device)
+        frames = gather_frames(
+            cutouts,
+            sources,
+            channels=config.channels,
+            frame_size=config.frameSize,
+            times=times,
+            visits=visits,
+            names=names,
+            id_column=config.idColumn,
+            ra_column=config.raColumn,
+            dec_column=config.decColumn,
+            object_id_column=config.objectIdColumn,
+            time_column=config.timeColumn,
+            score_column="",
+            cutouts_name=config.connections.cutouts,
+            sources_name=config.connections.sources,
+        )
+        if isinstance(labels, (list, tuple)):
+            tables = [source_table_from_any(t, name=f"labels ({config.connections.labels})") for t in labels]
+            tables = [t for t in tables if len(t)]
+            labels = astropy.table.vstack(tables, join_type="outer") if tables else None
+        if labels is None or len(labels) == 0:
+            raise ValueError(f"The labels ({config.connections.labels}) are empty.")
+        groups = group_sources(
+            frames.ra, frames.dec, frames.object_id, frames.source_id, config.associationRadius
+        )
+        obj_label, counts = object_labels(
+            frames,
+            groups,
+            labels,
+            match_radius=config.labelMatchRadius,
+            time_tolerance=config.labelTimeTolerance,
+        )
+        bad = frames.bad_frames(config.maxBadFrameFraction)
+        n_good = np.bincount(groups.index[~bad], minlength=len(groups))
+        use_obj = (obj_label >= 0) & (n_good >= config.minVisits)
+        n_real = int(np.count_nonzero(obj_label[use_obj] == 1))
+        n_bogus = int(np.count_nonzero(obj_label[use_obj] == 0))
+        self.log.info(
+            "%d sources in %d objects (%d positional); %d labelled objects with >= %d usable frames "
+            "(%d real, %d bogus); %d frames left out.",
+            len(frames),
+            len(groups),
+            int(np.count_nonzero(groups.positional)),
+            int(np.count_nonzero(use_obj)),
+            config.minVisits,
+            n_real,
+            n_bogus,
+            int(np.count_nonzero(bad)),
+        )
+        need = 4
+        if n_real < need or n_bogus < need:
+            raise ValueError(
+                f"Too few labelled objects to train the sequence model: {n_real} real and {n_bogus} bogus "
+                f"(need at least {need} of each) from {len(groups)} objects in {len(cutouts)} datasets; "
+                f"{counts['labelled_sources']} of {len(frames)} sources matched a label."
+            )
+        # Objects renumbered 0..K-1 over the ones used; frames in (object, time, id) order.
+        new_index = np.full(len(groups), -1, np.int64)
+        new_index[use_obj] = np.arange(int(np.count_nonzero(use_obj)))
+        rows = np.flatnonzero(~bad & use_obj[groups.index])
+        order, offsets = _sequence_order(
+            new_index[groups.index[rows]], frames.mjd[rows], frames.source_id[rows], int(use_obj.sum())
+        )
+        rows = rows[order]
+        hp_vae: dict[str, Any] = {"latent_dim": int(config.latentDim)}
+        if config.vaeHiddenChannels:
+            hp_vae["hidden_channels"] = [int(c) for c in config.vaeHiddenChannels]
+        hp_cls: dict[str, Any] = {}
+        if config.classifierWidth:
+            hp_cls[_WIDTH_ARGUMENT[config.architecture]] = int(config.classifierWidth)
+        if config.headHidden:
+            hp_cls["head_hidden"] = int(config.headHidden)
+        package_config = SequencePackageConfig(
+            vae=VAETrainConfig(
+                hyperparameters=hp_vae,
+                lr=config.vaeLearningRate,
+                epochs=config.vaeEpochs,
+                batch_size=config.vaeBatchSize,
+                max_frames=config.vaeMaxFrames,
+                seed=config.seed,
+                device=device,
+            ),
+            classifier=SequenceTrainConfig(
+                architecture=config.architecture,
+                hyperparameters=hp_cls,
+                loss=config.loss,
+                lr=config.learningRate,
+                max_epochs=config.maxEpochs,
+                min_epochs=min(config.minEpochs, config.maxEpochs),
+                patience=config.patience,
+                max_seconds=config.maxSeconds or None,
+                seed=config.seed,
+                device=device,
+            ),
+            normalization=config.normalization,
+            channels=tuple(config.channels),
+            test_fraction=config.testFraction,
+            version=config.version,
+            seed=config.seed,
+        )
+        kept_ids = groups.object_id[use_obj]
+        package, metrics = train_sequence_package(
+            frames.frames[rows],
+            offsets,
+            obj_label[use_obj].astype(np.int8),
+            frames.mjd[rows],
+            package_config,
+            frame_channels=frames.channels,
+            object_ids=kept_ids,
+            provenance=dict(provenance or {}, task=self._DefaultName),
+            log=lambda line: self.log.info("%s", line),
+        )
+        summary = {
+            "metrics": metrics,
+            "version": package.version,
+            "n_sources": int(len(frames)),
+            "n_objects": int(len(groups)),
+            "n_positional_objects": int(np.count_nonzero(groups.positional)),
+            "n_train_objects": int(np.count_nonzero(use_obj)),
+            "n_real": n_real,
+            "n_bogus": n_bogus,
+            "n_frames": int(len(rows)),
+            "n_frames_left_out": int(np.count_nonzero(bad)),
+            "n_unlabelled_objects": int(np.count_nonzero(obj_label < 0)),
+            "n_labelled_sources": counts["labelled_sources"],
+            "n_conflicting_objects": counts["conflicting_objects"],
+            "frame_size": int(config.frameSize),
+            "channels": list(config.channels),
+            "architecture": config.architecture,
+        }
+        self.metadata["numTrainObjects"] = int(np.count_nonzero(use_obj))
+        self.metadata["modelVersion"] = package.version
+        return pipeBase.Struct(model=package, metrics=_plain(summary))
+
+
+def _plain(value):
+    """JSON/YAML-safe copy (numpy scalars and arrays to Python types, NaN kept as float)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ----------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------
+
+
+_scorers: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_scorers_lock = threading.Lock()
+
+
+def _load_sequence_scorer(package, device: str, chunk_frames: int):
+    """A `SequenceScorer` per (package weights + metadata, device, chunk), kept for the process."""
+    from ..sequence.scoring import SequenceScorer
+
+    meta = json.dumps(package.metadata(), sort_keys=True, default=str)
+    key = (package.digest, hashlib.sha256(meta.encode()).hexdigest(), device, int(chunk_frames))
+    with _scorers_lock:
+        scorer = _scorers.get(key)
+        if scorer is None:
+            scorer = SequenceScorer(package, device=device, chunk_frames=chunk_frames)
+            _scorers[key] = scorer
+            while len(_scorers) > 2:
+                _scorers.popitem(last=False)
+        else:
+            _scorers.move_to_end(key)
+    return scorer
+
+
+class SequenceReliabilityConnections(
+    pipeBase.PipelineTaskConnections,
+    dimensions=("instrument", "htm7"),
+):
+    """Connections of `SequenceReliabilityTask`; the quantum dimensions are ``config.partitionDimensions``."""
+
+    cutouts = cT.Input(
+        doc="Raw per-source stamps of every (visit, detector) overlapping the partition (reliability task "
+        "with doWriteCutouts).",
+        name="dia_source_cutouts",
+        storageClass="ArrowAstropy",
+        dimensions=_VISIT_DIMS,
+        multiple=True,
+        deferLoad=True,
+    )
+    sources = cT.Input(
+        doc="The source catalogues matching the cutouts (id, ra, dec, optionally diaObjectId, a time and "
+        "the single-visit reliability).",
+        name="dia_source_unstandardized_reliability",
+        storageClass="ArrowAstropy",
+        dimensions=_VISIT_DIMS,
+        multiple=True,
+        deferLoad=True,
+    )
+    sequenceModel = cT.PrerequisiteInput(
+        doc="Sequence model package (kind 'sequence'), found by collection, e.g. pretrained_models/<name>.",
+        name=SEQUENCE_MODEL_DATASET_TYPE,
+        storageClass="RBNetModelPackage",
+        dimensions=(),
+    )
+    objectReliability = cT.Output(
+        doc="One row per object owned by the partition: objectId, nVisits, nSources, firstMjd, lastMjd, ra, "
+        "dec, reliability (float32), reliabilityVersion, flags (ObjectFlag), tripletReliabilityMax/Mean.",
+        name=SEQUENCE_RELIABILITY_DATASET_TYPE,
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "htm7"),
+    )
+
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if config is None:
+            return
+        dims = list(config.partitionDimensions)
+        self.dimensions.clear()
+        self.dimensions.update(dims)
+        self.objectReliability = dataclasses.replace(self.objectReliability, dimensions=frozenset(dims))
+
+    def adjustQuantum(self, inputs, outputs, label, data_id):
+        if "sequenceModel" in inputs:
+            connection, refs = inputs["sequenceModel"]
+            if len(refs) == 0:
+                raise NoSequenceModelError(f"{label} ({data_id}): " + _no_model_message(connection.name))
+        _keep_pairs(inputs, label, data_id)
+        return super().adjustQuantum(inputs, outputs, label, data_id)
+
+
+class SequenceReliabilityConfig(
+    pipeBase.PipelineTaskConfig, _SequenceInputsConfig, pipelineConnections=SequenceReliabilityConnections
+):
+    """Configuration of `SequenceReliabilityTask`."""
+
+    partitionDimensions = pexConfig.ListField[str](
+        doc="Dimensions of a quantum: a sky partition (instrument + a skypix dimension such as htm7 or "
+        "healpix8) or ['instrument'] for one quantum over everything. Objects are scored by the partition "
+        "holding their mean position.",
+        default=["instrument", "htm7"],
+    )
+    scoreColumn = pexConfig.Field[str](
+        doc="Single-visit reliability column of the sources, aggregated per object into "
+        "tripletReliabilityMax/Mean (NaN if the column is absent).",
+        default="reliability",
+    )
+    chunkFrames = pexConfig.Field[int](
+        doc="Frames encoded per chunk of objects (bounds memory).", default=65536
+    )
+    expectedModelVersion = pexConfig.Field[str](
+        doc="If set, the sequence model package's version must equal this.", default=""
+    )
+
+    def validate(self):
+        super().validate()
+        if not self.partitionDimensions:
+            raise pexConfig.FieldValidationError(
+                SequenceReliabilityConfig.partitionDimensions, self, "must not be empty (e.g. ['instrument'])"
+            )
+        if self.chunkFrames < 1:
+            raise pexConfig.FieldValidationError(SequenceReliabilityConfig.chunkFrames, self, "must be >= 1")
+
+
+class SequenceReliabilityTask(pipeBase.PipelineTask):
+    """Score objects (multi-visit sequences of cutouts) with a sequence model package.
+
+    Notes
+    -----
+    Output (see `run`): one row per object owned by the quantum's partition, sorted by
+    ``objectId`` (associated objects first, then positional ones). Flags are
+    `lsst.meas.rbnet.flags.ObjectFlag` bits.
+    """
+
+    ConfigClass = SequenceReliabilityConfig
+    _DefaultName = "sequenceReliability"
+
+    def load_scorer(self, package):
+        """The process-wide `~lsst.meas.rbnet.sequence.scoring.SequenceScorer` of a package.
+
+        Raises
+        ------
+        NoSequenceModelError
+            If ``package`` is `None`.
+        ValueError
+            If the package is not a sequence package, or its version is not the expected one.
+        """
+        if package is None:
+            raise NoSequenceModelError(_no_model_message(self.config.connections.sequenceModel))
+        if package.kind != "sequence":
+            raise ValueError(
+                f"The model found as {self.config.connections.sequenceModel!r} (version {package.version!r}) "
+                f"is a {package.kind!r} package, not a 'sequence' one."
+            )
+        if self.config.expectedModelVersion and package.version != self.config.expectedModelVersion:
+            raise ValueError(
+                f"The sequence model found has version {package.version!r}, but config.expectedModelVersion "
+                f"is {self.config.expectedModelVersion!r}; check the input collections."
+            )
+        if len(package.version) > VERSION_MAX_LENGTH:
+            raise ValueError(f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters.")
+        _set_threads(self.config.numThreads)
+        return _load_sequence_scorer(package, _resolve_device(self.config.device), self.config.chunkFrames)
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        cut_refs = _sorted_refs(inputRefs.cutouts)
+        src_refs = _sorted_refs(inputRefs.sources)
+        times, visits, names = _visit_times(cut_refs)
+        partition = SkyPartition.from_data_id(butlerQC.quantum.dataId)
+        model = butlerQC.get(inputRefs.sequenceModel)
+        outputs = self.run(
+            cutouts=[butlerQC.get(ref) for ref in cut_refs],
+            sources=[butlerQC.get(ref) for ref in src_refs],
+            sequenceModel=model,
+            times=times,
+            visits=visits,
+            names=names,
+            partition=partition,
+        )
+        butlerQC.put(outputs, outputRefs)
+
+    @timeMethod
+    def run(
+        self,
+        cutouts,
+        sources,
+        sequenceModel=None,
+        times=None,
+        visits=None,
+        names=None,
+        partition: SkyPartition | Callable | None = None,
+    ):
+        """Score every object the partition owns.
+
+        Parameters
+        ----------
+        cutouts : `list` [`astropy.table.Table`]
+            ``dia_source_cutouts`` tables (or deferred handles), one per (visit, detector).
+        sources : `list` [`astropy.table.Table`]
+            The matching source tables, same order (see `gather_frames`).
+        sequenceModel : `lsst.meas.rbnet.package.ModelPackage`
+            A package of kind ``"sequence"``.
+        times, visits, names : `list`, optional
+            Visit time (MJD), visit id and a name per dataset (see `gather_frames`).
+        partition : `SkyPartition` or callable, optional
+            Which objects to score: those whose mean position ``partition.contains(ra, dec)``
+            (or ``partition(ra, dec)``); `None` scores every object.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``objectReliability``: `astropy.table.Table` with ``objectId`` int64, ``nVisits``
+            int32 (frames in the scored sequence), ``nSources`` int32 (all the object's
+            sources seen), ``firstMjd``/``lastMjd`` float64 (of the scored frames, else of all
+            its sources), ``ra``/``dec`` float64 (mean position, deg), ``reliability``
+            float32 (NaN when not scored), ``reliabilityVersion`` (<= 7 characters),
+            ``flags`` int32 (`~lsst.meas.rbnet.flags.ObjectFlag`), ``tripletReliabilityMax``
+            and ``tripletReliabilityMean`` float32 (single-visit scores of its sources).
+
+        Raises
+        ------
+        NoSequenceModelError
+            If there is no model.
+        ValueError
+            Bad inputs (see `gather_frames`) or a model that is not a sequence model.
+        """
+        from ..sequence.aggregate import aggregate_scores
+
+        config = self.config
+        scorer = self.load_scorer(sequenceModel)
+        version = scorer.version
+        frames = gather_frames(
+            cutouts,
+            sources,
+            channels=scorer.frame_channels,
+            frame_size=scorer.frame_size,
+            times=times,
+            visits=visits,
+            names=names,
+            id_column=config.idColumn,
+            ra_column=config.raColumn,
+            dec_column=config.decColumn,
+            object_id_column=config.objectIdColumn,
+            time_column=config.timeColumn,
+            score_column=config.scoreColumn,
+            cutouts_name=config.connections.cutouts,
+            sources_name=config.connections.sources,
+        )
+        groups = group_sources(
+            frames.ra, frames.dec, frames.object_id, frames.source_id, config.associationRadius
+        )
+        n_all = len(groups)
+        ra_m, dec_m = object_positions(frames.ra, frames.dec, groups.index, n_all)
+        if partition is None:
+            owned = np.ones(n_all, bool)
+        else:
+            test = partition.contains if hasattr(partition, "contains") else partition
+            owned = np.asarray(test(ra_m, dec_m), dtype=bool)
+        n_owned = int(np.count_nonzero(owned))
+        # Objects renumbered 0..K-1 over the owned ones.
+        new_index = np.full(n_all, -1, np.int64)
+        new_index[owned] = np.arange(n_owned)
+        src_rows = np.flatnonzero(owned[groups.index])
+        obj_of_src = new_index[groups.index[src_rows]]
+        bad = frames.bad_frames(config.maxBadFrameFraction)[src_rows]
+
+        flags = np.zeros(n_owned, np.int32)
+        flags[groups.positional[owned]] |= np.int32(ObjectFlag.POSITIONAL)
+        n_sources = np.bincount(obj_of_src, minlength=n_owned)
+        n_good = np.bincount(obj_of_src[~bad], minlength=n_owned)
+        flags[(n_good < n_sources)] |= np.int32(ObjectFlag.FRAMES_DROPPED)
+        flags[n_good == 0] |= np.int32(ObjectFlag.NO_VALID_FRAMES)
+        flags[n_good == 1] |= np.int32(ObjectFlag.SINGLE_VISIT)
+        too_few = n_good < config.minVisits
+        flags[too_few & (n_good > 0)] |= np.int32(ObjectFlag.TOO_FEW_VISITS)
+        scored = ~too_few
+
+        # Frames of the scored objects, in (object, time, source id) order.
+        good = src_rows[~bad & scored[obj_of_src]]
+        good_obj = new_index[groups.index[good]]
+        order, offsets = _sequence_order(good_obj, frames.mjd[good], frames.source_id[good], n_owned)
+        good, good_obj = good[order], good_obj[order]
+        visit_key = np.where(frames.visit[good] >= 0, frames.visit[good].astype(np.float64), frames.mjd[good])
+        if len(good) > 1:
+            same = (good_obj[1:] == good_obj[:-1]) & (visit_key[1:] == visit_key[:-1])
+            flags[np.unique(good_obj[1:][same])] |= np.int32(ObjectFlag.REPEATED_VISIT)
+
+        reliability = np.full(n_owned, np.nan, np.float32)
+        if len(good):
+            reliability = scorer.score(frames.frames[good], offsets, frames.mjd[good], channels=frames.channels)
+            reliability = np.asarray(reliability, dtype=np.float32)
+        reliability[~scored] = np.nan
+        not_scored = ~np.isfinite(reliability)
+        flags[not_scored] |= np.int32(ObjectFlag.NOT_SCORED)
+
+        # Time span: of the scored frames, else of all the object's sources.
+        first = np.full(n_owned, np.inf)
+        last = np.full(n_owned, -np.inf)
+        span_rows = np.where(n_good[obj_of_src] > 0, ~bad, True)
+        t = frames.mjd[src_rows]
+        use = span_rows & np.isfinite(t)
+        np.minimum.at(first, obj_of_src[use], t[use])
+        np.maximum.at(last, obj_of_src[use], t[use])
+        first[~np.isfinite(first)] = np.nan
+        last[~np.isfinite(last)] = np.nan
+
+        # The single-visit baseline: max and mean of the triplet scores of each object's sources.
+        order_all, offsets_all = _sequence_order(obj_of_src, frames.mjd[src_rows], frames.source_id[src_rows],
+                                                 n_owned)
+        agg = aggregate_scores(frames.triplet_score[src_rows][order_all], offsets_all, ("max", "mean"))
+
+        table = _object_table(
+            object_id=groups.object_id[owned],
+            n_visits=np.diff(offsets),
+            n_sources=n_sources,
+            first=first,
+            last=last,
+            ra=ra_m[owned],
+            dec=dec_m[owned],
+            reliability=reliability,
+            version=version,
+            flags=flags,
+            triplet_max=agg["max"],
+            triplet_mean=agg["mean"],
+        )
+        self.log.info(
+            "Scored %d of %d objects owned by %s (%d sources in %d datasets; %d objects seen in all, %d "
+            "positional) with sequence model %s; %d with reliability >= 0.5.",
+            int(np.count_nonzero(~not_scored)),
+            n_owned,
+            partition if partition is not None else "the whole input",
+            len(frames),
+            len(cutouts),
+            n_all,
+            int(np.count_nonzero(groups.positional[owned])),
+            version,
+            int(np.count_nonzero(reliability >= 0.5)),
+        )
+        self.metadata["numObjects"] = n_owned
+        self.metadata["numObjectsSeen"] = n_all
+        self.metadata["numNotScored"] = int(np.count_nonzero(not_scored))
+        self.metadata["modelVersion"] = version
+        return pipeBase.Struct(objectReliability=table)
