@@ -91,8 +91,10 @@ def bench_speed(n_objects: int, n_visits: int, threads: int) -> dict:
     t = time.perf_counter()
     normed = normalize_stamps(np.ascontiguousarray(frames), contract)
     out["normalize_seconds"] = time.perf_counter() - t
-    for name, arch in (("conv1d", "seq_conv1d"), ("bigru", "seq_bigru")):
-        scorer = SequenceScorer(_package(arch))
+    for name, arch, precision in (("conv1d", "seq_conv1d", "float32"), ("bigru", "seq_bigru", "float32"),
+                                  ("conv1d, bf16 encoder", "seq_conv1d", "bfloat16"),
+                                  ("bigru, bf16 encoder", "seq_bigru", "bfloat16")):
+        scorer = SequenceScorer(_package(arch), precision=precision)
         scorer.score(frames[: 50 * n_visits], offsets[:51], times[: 50 * n_visits])  # warm up
         t = time.perf_counter()
         p = scorer.score(frames, offsets, times)
@@ -108,7 +110,7 @@ def bench_speed(n_objects: int, n_visits: int, threads: int) -> dict:
                                "objects_per_second": n_objects / total,
                                "classifier_parameters": scorer.package.n_parameters("classifier"),
                                "encoder_parameters": scorer.package.n_parameters("encoder")}
-        print(f"  {name:<7} total {total:6.1f}s  (normalise ~{out['normalize_seconds']:.1f}s, encode {encode:.1f}s, "
+        print(f"  {name:<21} total {total:6.1f}s  (normalise ~{out['normalize_seconds']:.1f}s, encode {encode:.1f}s, "
               f"classify {classify:.2f}s)  {n_objects / total:,.0f} objects/s", flush=True)
     return out
 

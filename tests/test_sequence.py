@@ -349,3 +349,6 @@ def test_sequence_package_round_trip(tiny_package, tmp_path):
     np.testing.assert_allclose(small.score(stamps, offsets, fr.times), p1, atol=1e-5)
     with pytest.raises(ValueError, match="offsets"):
         small.score(fr.frames, offsets[:-2], fr.times)
+    # bfloat16 encoding changes the scores only slightly.
+    fast = SequenceScorer(loaded, precision="bfloat16").score(fr.frames, offsets, fr.times)
+    np.testing.assert_allclose(fast[:-1], p1[:-1], atol=0.05)

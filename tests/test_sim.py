@@ -333,3 +333,16 @@ def test_difference_is_science_minus_matched_template():
     inner = (slice(24, -24), slice(24, -24))
     resid = obs.difference[0][inner] - (obs.science[0] - matched)[inner]
     assert np.abs(resid).max() < 1e-3 * np.sqrt(obs.variance_difference[0][inner]).min()
+
+
+def test_matching_kernels_never_amplify_noise():
+    # Whatever the pair of PSFs, the kernel blurs the sharper image: the difference's
+    # background noise stays below that of science and template added in quadrature.
+    from lsst.meas.rbnet.sim.imaging import kernel_sum_squares, sample_conditions
+
+    cond = sample_conditions(np.random.default_rng(1), 400)
+    k2 = kernel_sum_squares(cond)
+    assert np.all(k2 <= 1.0 + 1e-3)
+    sigma = difference_sky_sigma(cond)
+    bound = np.hypot(cond.sky_sigma_science, cond.sky_sigma_template)
+    assert np.all(sigma <= bound * (1 + 1e-3))

@@ -535,9 +535,10 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
         padded[:, :w] = seg
     else:
         padded = seg
-    tiles = padded.reshape(nb, nt, B).sum(axis=2, dtype=np.int64)
+    tiles = _tile_counts(padded, B)
     sat = np.zeros((nb + 1, nt + 1), dtype=np.int64)
     sat[1:, 1:] = tiles.cumsum(axis=0).cumsum(axis=1)
+    dirty = np.flatnonzero(seg)
 
     r0, c0 = src.r0[ov], src.c0[ov]
     t_r0 = (np.maximum(r0, ra) - ra) // B
@@ -561,8 +562,9 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
     signs = np.repeat(np.array([1.0, -1.0, -1.0, 1.0]), sr0.shape[0])
     diff = np.bincount(corners, weights=signs, minlength=(nb + 1) * stride).reshape(nb + 1, stride)
     touched = diff.cumsum(axis=0).cumsum(axis=1)[:nb, :nt] > 0.5
-    seg &= np.repeat(touched, B, axis=1)[:, :w]
-    sk, scol = np.nonzero(seg)
+    sk, scol = dirty // w, dirty % w
+    keep = touched[sk, scol // B]
+    sk, scol = sk[keep], scol[keep]
 
     # Expand the dirty segments to their B pixels and test each.
     rows = sk[:, None] * B + np.arange(ra, ra + B)
@@ -579,9 +581,27 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
         tag |= ((_pick(msk, rows, cols) & mbits) != 0).view(np.uint8) << 1
     if valid is not None:
         tag[~valid] = 0
-    i, j = np.nonzero(tag)
-    stamp, local, ptag = _pixels_in_stamps(rows[i, j], cols[i, 0], tag[i, j], ov[sparse], src)
+    q = np.flatnonzero(tag)
+    i = q // B
+    stamp, local, ptag = _pixels_in_stamps(
+        rows.reshape(-1)[q], scol[i] + ca, tag.reshape(-1)[q], ov[sparse], src
+    )
     return _ChannelPlan(exact, stamp, local, ptag)
+
+
+def _tile_counts(seg: np.ndarray, B: int) -> np.ndarray:
+    """Number of True entries in each run of ``B`` columns of ``seg`` (R, nt * B) bool, as (R, nt) int64."""
+    R, n = seg.shape
+    if B % 8 or B > 255 or not seg.flags.c_contiguous:
+        return seg.reshape(R, n // B, B).sum(axis=2, dtype=np.int64)
+    # Sum the bytes 8 at a time: add the tile's 64-bit words (each byte stays <= B / 8),
+    # then one multiply by 0x0101...01 sums a word's 8 bytes into its top byte.
+    words = seg.view(np.uint64).reshape(R, n // B, B // 8)
+    total = words[:, :, 0].copy()
+    for k in range(1, B // 8):
+        total += words[:, :, k]
+    total *= np.uint64(0x0101010101010101)
+    return (total >> np.uint64(56)).astype(np.int64)
 
 
 def _pixels_in_stamps(pr, pc, ptag, stamps: np.ndarray, src: _Sources):
@@ -711,11 +731,14 @@ def _process(
                 nb = np.zeros(k, dtype=np.int32)
                 nf = np.zeros(k, dtype=bool)
                 mk = np.zeros(k, dtype=bool)
+                # Flat positions of the untrusted pixels, for a sparse fill after normalisation
+                # (edge chunks have too many off-image ones; their fill scans for NaN instead).
+                bad_pos = None if clamp else []
                 exi = None if plan.exact is None else np.flatnonzero(plan.exact[idx + s0])
                 if exi is not None and exi.shape[0]:
                     if clamp and off is None:
                         off = ~(rows_on[:, :, None] & cols_on[:, None, :]).reshape(k, npix)
-                    _mark_exact(
+                    pos = _mark_exact(
                         g,
                         exi,
                         msks[c] if use_mask[c] else None,
@@ -729,6 +752,8 @@ def _process(
                         nf,
                         mk,
                     )
+                    if bad_pos is not None:
+                        bad_pos.append(pos)
                 if pairs[c] is not None:
                     pkey, ptag = pairs[c]
                     i0, i1 = np.searchsorted(pkey, [a * npix, b * npix])
@@ -740,6 +765,8 @@ def _process(
                         nb += np.bincount(rows, minlength=k).astype(np.int32)
                         nf[rows[(tag & 1) != 0]] = True
                         mk[rows[(tag & 2) != 0]] = True
+                        if bad_pos is not None:
+                            bad_pos.append(pos)
                 if clamp:
                     # x * 1 is x exactly; x * NaN is NaN whatever the off-image garbage holds.
                     g3 = g.reshape(k, size, size)
@@ -751,7 +778,9 @@ def _process(
                 masked[dest] |= mk
                 bad_center[dest] |= np.isnan(g[:, centre])
                 if norm is not None:
-                    _normalize_rows(g, size, size, *norm, nan_rows=nb > 0)
+                    if bad_pos is not None:
+                        bad_pos = np.concatenate(bad_pos) if bad_pos else np.zeros(0, dtype=np.int64)
+                    _normalize_rows(g, size, size, *norm, nan_rows=nb > 0, bad_pos=bad_pos)
                 stamps[dest, c] = g.reshape(k, size, size)
 
     idx_off = np.flatnonzero(~overlap)
@@ -780,14 +809,14 @@ def _process(
     )
 
 
-def _mark_exact(g, exi, msk, mview, mbits, rr, cc, size, off, nb, nf, mk) -> None:
+def _mark_exact(g, exi, msk, mview, mbits, rr, cc, size, off, nb, nf, mk) -> np.ndarray:
     """Check stamps ``exi`` of a chunk pixel by pixel: set their untrusted pixels of ``g`` to NaN.
 
     ``g`` (k, S*S) float32 holds the chunk's gathered stamps at corners ``rr``,
     ``cc`` (k,). ``off`` (k, S*S) bool marks off-image pixels (None when the
     chunk has none); they are not tested here and are left to the caller.
     Counts and flags of the stamps go to ``nb``, ``nf`` (non-finite) and ``mk``
-    (masked), all (k,).
+    (masked), all (k,). Returns the flat positions in ``g`` of the pixels set to NaN.
     """
     k = g.shape[0]
     every = exi.shape[0] == k
@@ -801,12 +830,15 @@ def _mark_exact(g, exi, msk, mview, mbits, rr, cc, size, off, nb, nf, mk) -> Non
         np.copyto(ge, np.float32(0.0), where=o)
         if gm is not None:
             np.copyto(gm, 0, where=o)
-    nbe, nfe, mke, _ = _mark_bad(ge, gm, mbits)
+    nbe, nfe, mke, pos = _mark_bad(ge, gm, mbits)
     if not every:
         g[exi] = ge
+        npix = g.shape[1]
+        pos = exi[pos // npix] * npix + pos % npix
     nb[exi] += nbe
     nf[exi] = nfe
     mk[exi] = mke
+    return pos
 
 
 def _channel_mask_bits(msks, bits) -> list:
@@ -1039,25 +1071,24 @@ def _median_of_filled(a: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
     return med
 
 
-def _fill_inf_balanced(sub: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Replace the NaN of rows ``rows`` of ``sub`` (R, M): half (rounded down) by -inf, the rest by +inf.
+def _fill_inf_balanced(sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Replace the NaN of each row of ``sub`` (R, M): half of them (rounded down) by -inf, the rest by +inf.
 
-    Returns the number of NaN per row of ``rows`` and the (row, column) of the
-    entries set to -inf, so that the caller can set them again.
+    Returns the number of NaN per row and the flat positions set to -inf, so
+    that the caller can set them again.
     """
-    t = sub[rows]
-    nan = np.isnan(t)
-    t[nan] = np.inf
-    p = np.flatnonzero(nan)
-    M = sub.shape[1]
+    R, M = sub.shape
+    flat = sub.reshape(-1)
+    p = np.flatnonzero(np.isnan(flat))
+    if p.shape[0] == 0:
+        return np.zeros(R, dtype=np.int64), p
     prow = p // M
-    count = np.bincount(prow, minlength=rows.shape[0])
+    count = np.bincount(prow, minlength=R)
     first = np.cumsum(count) - count
     low = p[(np.arange(p.shape[0]) - first[prow]) < (count // 2)[prow]]
-    lr, lc = low // M, low % M
-    t[lr, lc] = -np.inf
-    sub[rows] = t
-    return count, rows[lr], lc
+    flat[p] = np.inf
+    flat[low] = -np.inf
+    return count, low
 
 
 def _robust_center_scale(
@@ -1075,22 +1106,18 @@ def _robust_center_scale(
     else:
         sub = flat.copy()
     M = sub.shape[1]
-    n_bad = np.zeros(R, dtype=np.int64)
     low = None
-    rows = np.flatnonzero(nan_rows)
-    if rows.shape[0]:
-        # Only rows with a NaN on the grid need the -inf / +inf filling.
-        rows = rows[~_rows_finite(sub[rows])]
-    if rows.shape[0]:
-        n_bad[rows], lr, lc = _fill_inf_balanced(sub, rows)
-        low = (lr, lc)
+    if nan_rows.any():
+        n_bad, low = _fill_inf_balanced(sub)
+    else:
+        n_bad = np.zeros(R, dtype=np.int64)
     n_valid = M - n_bad
     med = _median_of_filled(sub.copy(), n_valid)
     # |x - med| keeps the untrusted entries at +inf; the same half go back to -inf.
     np.subtract(sub, med[:, None], out=sub)
     np.abs(sub, out=sub)
     if low is not None:
-        sub[low] = -np.inf
+        sub.reshape(-1)[low] = -np.inf
     mad = _median_of_filled(sub, n_valid)
     # Rows whose grid has no valid pixel but whose stamp has some use every valid pixel.
     fallback = n_valid == 0
@@ -1136,12 +1163,14 @@ def _normalize_rows(
     soft: float,
     fill: float,
     nan_rows: np.ndarray | None = None,
+    bad_pos: np.ndarray | None = None,
 ) -> None:
     """Normalise rows (one stamp channel each) of ``flat`` (R, H*W) float32 in place and fill.
 
-    ``nan_rows`` (R,) bool marks the rows that may hold untrusted pixels, which
-    must be NaN and the only non-finite values; when None it is found here (and
-    infinities are turned into NaN).
+    Untrusted pixels must be NaN and the only non-finite values. ``nan_rows``
+    (R,) bool marks the rows that may hold them; when None it is found here
+    (and infinities are turned into NaN). ``bad_pos``, if given, lists the flat
+    positions of all of them (the fill is then a sparse write, not a scan).
     """
     R = flat.shape[0]
     if R == 0:
@@ -1176,9 +1205,10 @@ def _normalize_rows(
         if norm == "robust_asinh":
             # arcsinh of a finite float32 is finite; its own flags are not alarms.
             np.arcsinh(flat, out=flat)
-        bi = np.flatnonzero(nan_rows)
-        if alarms:
-            bi = np.flatnonzero(nan_rows | ~_rows_finite(flat))
+        if bad_pos is not None and not alarms:
+            flat.reshape(-1)[bad_pos] = np.float32(fill)
+            return
+        bi = np.flatnonzero(nan_rows | ~_rows_finite(flat)) if alarms else np.flatnonzero(nan_rows)
         if bi.shape[0] * 4 > R:
             # Many rows to fill: one pass over the chunk beats copying rows out and back.
             np.copyto(flat, np.float32(fill), where=np.isnan(flat))

@@ -384,21 +384,19 @@ class Scorer:
         """Score an iterator of ``(slice, prepared stamps, flags)`` covering ``range(n)`` in order."""
         logits = np.full(n, np.nan, dtype=np.float32)
         flags = np.zeros(n, dtype=np.int32)
-        pending: list[tuple[np.ndarray, torch.Tensor]] = []
+        pending: list[tuple[slice, torch.Tensor]] = []
         with torch.inference_mode():
             for sl, xb, fb in batches:
                 flags[sl] = fb
-                ok = (fb & _UNSCORABLE_BITS) == 0
-                if ok.all():
-                    idx = np.arange(sl.start, sl.stop)
-                else:
-                    idx = np.flatnonzero(ok) + sl.start
-                    xb = xb[ok]
-                if idx.shape[0]:
-                    pending.append((idx, self._network_logits(self._to_device(xb))))
-            for idx, out in pending:
-                logits[idx] = out.cpu().numpy()
+                # Every batch goes through the network whole, unscorable sources included (their
+                # prepared stamps are finite; their logits are discarded below): equal-sized
+                # allocations batch after batch are reused by the allocator, whereas varying sizes
+                # fragment the heap and make the resident memory creep up with the number of batches.
+                pending.append((sl, self._network_logits(self._to_device(xb))))
+            for sl, out in pending:
+                logits[sl] = out.cpu().numpy()
         bad = (flags & _UNSCORABLE_BITS) != 0
+        logits[bad] = np.nan
         flags[bad] |= _UNSCORED
         return ScoreResult(reliability=self._calibrate(logits), flags=flags, logits=logits)
 

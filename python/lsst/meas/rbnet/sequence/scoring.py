@@ -72,6 +72,10 @@ class SequenceScorer:
         Frames per VAE forward pass.
     classify_frames : `int`
         Padded frames per classifier batch.
+    precision : `str`
+        ``"float32"`` (default) or ``"bfloat16"`` for the VAE encoder (faster on CPUs
+        with bfloat16 units, e.g. AMX; latents within about 1%, scores within about
+        1e-3). The classifier always runs in float32.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class SequenceScorer:
         chunk_frames: int = 65536,
         encode_batch: int = 4096,
         classify_frames: int = 65536,
+        precision: str = "float32",
     ):
         if not isinstance(package, ModelPackage):
             package = ModelPackage.load(package)
@@ -94,7 +99,11 @@ class SequenceScorer:
         self.device = torch.device(device)
         self.package = package
         self.vae = package.build("encoder")
-        self.encoder = fused_encoder(self.vae).to(self.device)
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+        if precision not in dtypes:
+            raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}.")
+        self._dtype = dtypes[precision]
+        self.encoder = fused_encoder(self.vae, self._dtype).to(self.device)
         self.classifier = package.build("classifier").to(self.device)
         self.temperature = float(package.temperature)
         self.contract = package.contract
@@ -142,7 +151,8 @@ class SequenceScorer:
         out = np.empty((len(x), self.encoder.fc_mu.out_features), dtype=np.float32)
         with torch.inference_mode():
             for i in range(0, len(x), self.encode_batch):
-                mu, _ = self.encoder(torch.from_numpy(x[i : i + self.encode_batch]).to(self.device))
+                xb = torch.from_numpy(x[i : i + self.encode_batch]).to(device=self.device, dtype=self._dtype)
+                mu, _ = self.encoder(xb)
                 out[i : i + len(mu)] = mu.float().cpu().numpy()
         return out[:, self.latent_columns]
 
@@ -233,6 +243,7 @@ def score_sequences(
     channels: Sequence[str] | None = None,
     normalized: bool = False,
     device: str = "cpu",
+    precision: str = "float32",
 ) -> np.ndarray:
     """Score objects from their frame sequences with a sequence model package.
 
@@ -244,11 +255,13 @@ def score_sequences(
         As in `SequenceScorer.score`.
     device : `str`
         Torch device when a scorer is built here.
+    precision : `str`
+        Encoder precision when a scorer is built here (see `SequenceScorer`).
 
     Returns
     -------
     reliability : `numpy.ndarray`
         ``(n_objects,)`` float32 calibrated ``P(real)``; NaN for objects without frames.
     """
-    scorer = package if isinstance(package, SequenceScorer) else SequenceScorer(package, device=device)
+    scorer = package if isinstance(package, SequenceScorer) else SequenceScorer(package, device=device, precision=precision)
     return scorer.score(frames, offsets, times, channels=channels, normalized=normalized)

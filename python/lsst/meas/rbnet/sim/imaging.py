@@ -115,9 +115,9 @@ class Conditions:
     @property
     def convolve_science(self) -> np.ndarray:
         """True where the template is the sharper image, so the science image is convolved (n,)."""
-        s = self.psf_science.sigma**2 * (1 + 3 * self.psf_science.wing_fraction)
-        t = self.psf_template.sigma**2 * (1 + 3 * self.psf_template.wing_fraction)
-        return t > s
+        # The image with the narrower core is convolved: a kernel that narrows a core would
+        # have to deconvolve, which PSF matching cannot do.
+        return self.psf_template.sigma > self.psf_science.sigma
 
     @property
     def psf_difference(self) -> DoubleGaussianPsf:
