@@ -10,5 +10,5 @@ config.maxEpochs = 40  # noqa: F821
 config.minEpochs = 8  # noqa: F821
 config.patience = 8  # noqa: F821
 config.maxSeconds = 60.0  # noqa: F821
-config.numThreads = 2  # noqa: F821
+config.numThreads = 1  # noqa: F821
 config.version = "demoseq"  # noqa: F821

@@ -355,3 +355,12 @@ def test_default_model(monkeypatch, tmp_path, package):
 def test_default_model_path_is_in_package():
     path = scoring.default_model_path()
     assert path.name == "rbnet-default.safetensors" and path.parent.name == "data"
+
+
+def test_empty_inputs(scorer):
+    images = [np.zeros((64, 64), dtype=np.float32)] * 3
+    for result in (
+        scorer.score_images(images, np.zeros(0), np.zeros(0)),
+        scorer.score_stamps(np.zeros((0, 3, 31, 31), dtype=np.float32)),
+    ):
+        assert len(result) == 0 and result.reliability.dtype == np.float32 and result.flags.dtype == np.int32

@@ -115,7 +115,9 @@ def test_snr_distribution_spans_threshold():
 
 
 def test_real_new_absent_from_template():
-    s = simulate_stamps(12, 31, seed=6, class_fractions={"real_new": 1}, snr_range=(60.0, 300.0), edge_fraction=0)
+    s = simulate_stamps(
+        12, 31, seed=6, class_fractions={"real_new": 1}, snr_range=(60.0, 300.0), edge_fraction=0
+    )
     t = s.table
     c = 15
     ratio = []
@@ -323,8 +325,18 @@ def test_difference_is_science_minus_matched_template():
     from lsst.meas.rbnet.sim.scene import add_field
 
     rng = np.random.default_rng(0)
-    cond = Conditions(DoubleGaussianPsf.from_fwhm([3.6]), DoubleGaussianPsf.from_fwhm([2.7]), 20.0, 6.0, 0.5, 0.05,
-                      1e12, 0.0, 0.0, 0.0)
+    cond = Conditions(
+        DoubleGaussianPsf.from_fwhm([3.6]),
+        DoubleGaussianPsf.from_fwhm([2.7]),
+        20.0,
+        6.0,
+        0.5,
+        0.05,
+        1e12,
+        0.0,
+        0.0,
+        0.0,
+    )
     scene = Scene()
     add_field(scene, rng, 1, 128, 128, density_factor=5.0)
     obs = observe(scene, cond, (128, 128), rng)

@@ -90,6 +90,10 @@ _MAX_COORD: float = float(1 << 40)
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
+# `_mark_bad` switches from lists of bad pixels to boolean maps when more than one
+# pixel in this many is bad.
+_DENSE_BAD: int = 16
+
 # Image scan (see `_scan_channel`): rows per block (a "segment" is one column of a
 # block) and side of the square tiles whose dirty-segment counts route the stamps.
 _SCAN_BLOCK: int = 16
@@ -348,28 +352,44 @@ def _rows_finite(a: np.ndarray) -> np.ndarray:
 
 def _mark_bad(
     g: np.ndarray, gm: np.ndarray | None, bits
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Set untrusted pixels of stamps ``g`` (k, P) float32 to NaN in place.
 
     ``gm`` (k, P) holds the matching mask values (overwritten) or is None.
     Returns the per-stamp count of untrusted pixels, whether any pixel was
     non-finite or carried a bad mask bit, and the sorted flat positions of the
-    untrusted pixels in ``g``. Bad pixels are sparse, so they are handled as a
-    list of positions rather than as dense boolean images.
+    untrusted pixels in ``g``. Few bad pixels are handled as a list of
+    positions; when they are many (more than 1 / ``_DENSE_BAD`` of the pixels:
+    NO_DATA areas, saturated stars) as boolean maps, and the positions are then
+    None.
     """
     k, npix = g.shape
     nonfinite = np.zeros(k, dtype=bool)
     masked = np.zeros(k, dtype=bool)
-    pos = None
     nf_rows = np.flatnonzero(~_rows_finite(g))
+    nf_bad = None
+    n_bad = 0
     if nf_rows.shape[0]:
-        p = np.flatnonzero(~np.isfinite(g[nf_rows]))
-        rows = nf_rows[p // npix]
-        nonfinite[rows] = True
-        pos = rows * npix + p % npix
+        nf_bad = ~np.isfinite(g[nf_rows])
+        nonfinite[nf_rows] = nf_bad.any(axis=1)
+        n_bad += int(np.count_nonzero(nf_bad))
     if gm is not None:
         np.bitwise_and(gm, bits, out=gm)
-        mpos = np.flatnonzero(np.not_equal(gm, 0))
+        n_bad += int(np.count_nonzero(gm))
+    if n_bad * _DENSE_BAD > k * npix:
+        bad = np.zeros((k, npix), dtype=bool) if gm is None else np.not_equal(gm, 0)
+        if gm is not None:
+            masked = bad.any(axis=1)
+        if nf_bad is not None:
+            bad[nf_rows] |= nf_bad
+        np.copyto(g, np.float32(np.nan), where=bad)
+        return np.count_nonzero(bad, axis=1).astype(np.int32), nonfinite, masked, None
+    pos = None
+    if nf_bad is not None:
+        p = np.flatnonzero(nf_bad)
+        pos = nf_rows[p // npix] * npix + p % npix
+    if gm is not None:
+        mpos = np.flatnonzero(gm)
         masked[mpos // npix] = True
         if pos is None or pos.shape[0] == 0:
             pos = mpos
@@ -512,22 +532,26 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
     h, w = rb - ra, cb - ca
     nbf = h // B
     nb = -(-h // B)
-    seg = np.zeros((nb, w), dtype=bool)
+    # Dirty segments: seg_nf (a non-finite pixel), seg_mk (a bad mask bit); seg either.
+    seg_nf = seg_mk = None
     sub = None if img is None else img[ra:rb, ca:cb]
     msub = None if msk is None else msk[ra:rb, ca:cb]
     with np.errstate(over="ignore", invalid="ignore"):
         if sub is not None:
+            seg_nf = np.empty((nb, w), dtype=bool)
             if nbf:
                 s = np.add.reduce(sub[: nbf * B].reshape(nbf, B, w), axis=1, dtype=np.float32)
-                np.logical_not(np.isfinite(s), out=seg[:nbf])
+                np.logical_not(np.isfinite(s), out=seg_nf[:nbf])
             if nb > nbf:
-                seg[nbf] = ~np.isfinite(np.add.reduce(sub[nbf * B :], axis=0, dtype=np.float32))
+                seg_nf[nbf] = ~np.isfinite(np.add.reduce(sub[nbf * B :], axis=0, dtype=np.float32))
         if msub is not None:
+            seg_mk = np.empty((nb, w), dtype=bool)
             if nbf:
                 o = np.bitwise_or.reduce(msub[: nbf * B].reshape(nbf, B, w), axis=1)
-                seg[:nbf] |= np.bitwise_and(o, mbits, out=o) != 0
+                np.not_equal(np.bitwise_and(o, mbits, out=o), 0, out=seg_mk[:nbf])
             if nb > nbf:
-                seg[nbf] |= (np.bitwise_or.reduce(msub[nbf * B :], axis=0) & mbits) != 0
+                seg_mk[nbf] = (np.bitwise_or.reduce(msub[nbf * B :], axis=0) & mbits) != 0
+    seg = seg_nf if seg_mk is None else (seg_mk if seg_nf is None else seg_nf | seg_mk)
 
     nt = -(-w // B)
     if nt * B != w:
@@ -547,6 +571,9 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
     t_c1 = (np.minimum(c0 + S, cb) - ca - 1) // B + 1
     load = sat[t_r1, t_c1] - sat[t_r0, t_c1] - sat[t_r1, t_c0] + sat[t_r0, t_c0]
     dense = load > _SCAN_DENSE_SEGMENTS
+    if np.count_nonzero(dense) * 2 > ov.shape[0]:
+        # Mostly dense (e.g. a template with little coverage): check every stamp.
+        return _ChannelPlan(src.overlap, *_no_pairs())
     exact = None
     if dense.any():
         exact = np.zeros(src.r0.shape[0], dtype=bool)
@@ -566,7 +593,9 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
     keep = touched[sk, scol // B]
     sk, scol = sk[keep], scol[keep]
 
-    # Expand the dirty segments to their B pixels and test each.
+    # Expand the dirty segments to their B pixels; test the image only where a segment's
+    # sum was non-finite and the mask only where its OR had a bad bit.
+    seg_id = sk * w + scol
     rows = sk[:, None] * B + np.arange(ra, ra + B)
     valid = None
     if nb > nbf:
@@ -576,9 +605,12 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
     cols = scol[:, None] + ca
     tag = np.zeros(rows.shape, dtype=np.uint8)
     if img is not None:
-        tag |= (~np.isfinite(_pick(img, rows, cols))).view(np.uint8)
+        # Segments dirty through the image only (all of them when there is no mask).
+        w_nf = slice(None) if seg_mk is None else np.flatnonzero(seg_nf.reshape(-1)[seg_id])
+        tag[w_nf] |= (~np.isfinite(_pick(img, rows[w_nf], cols[w_nf]))).view(np.uint8)
     if msk is not None:
-        tag |= ((_pick(msk, rows, cols) & mbits) != 0).view(np.uint8) << 1
+        w_mk = slice(None) if seg_nf is None else np.flatnonzero(seg_mk.reshape(-1)[seg_id])
+        tag[w_mk] |= ((_pick(msk, rows[w_mk], cols[w_mk]) & mbits) != 0).view(np.uint8) << 1
     if valid is not None:
         tag[~valid] = 0
     q = np.flatnonzero(tag)
@@ -735,7 +767,12 @@ def _process(
                 # (edge chunks have too many off-image ones; their fill scans for NaN instead).
                 bad_pos = None if clamp else []
                 exi = None if plan.exact is None else np.flatnonzero(plan.exact[idx + s0])
+                use_pairs = pairs[c] is not None
                 if exi is not None and exi.shape[0]:
+                    if exi.shape[0] * 2 > k:
+                        # Mostly exact: checking the whole chunk is cheaper than picking rows.
+                        exi = np.arange(k)
+                        use_pairs = False
                     if clamp and off is None:
                         off = ~(rows_on[:, :, None] & cols_on[:, None, :]).reshape(k, npix)
                     pos = _mark_exact(
@@ -752,9 +789,11 @@ def _process(
                         nf,
                         mk,
                     )
-                    if bad_pos is not None:
+                    if pos is None:
+                        bad_pos = None
+                    elif bad_pos is not None:
                         bad_pos.append(pos)
-                if pairs[c] is not None:
+                if use_pairs:
                     pkey, ptag = pairs[c]
                     i0, i1 = np.searchsorted(pkey, [a * npix, b * npix])
                     if i1 > i0:
@@ -816,7 +855,8 @@ def _mark_exact(g, exi, msk, mview, mbits, rr, cc, size, off, nb, nf, mk) -> np.
     ``cc`` (k,). ``off`` (k, S*S) bool marks off-image pixels (None when the
     chunk has none); they are not tested here and are left to the caller.
     Counts and flags of the stamps go to ``nb``, ``nf`` (non-finite) and ``mk``
-    (masked), all (k,). Returns the flat positions in ``g`` of the pixels set to NaN.
+    (masked), all (k,). Returns the flat positions in ``g`` of the pixels set to NaN
+    (None if they were too many to list).
     """
     k = g.shape[0]
     every = exi.shape[0] == k
@@ -833,8 +873,9 @@ def _mark_exact(g, exi, msk, mview, mbits, rr, cc, size, off, nb, nf, mk) -> np.
     nbe, nfe, mke, pos = _mark_bad(ge, gm, mbits)
     if not every:
         g[exi] = ge
-        npix = g.shape[1]
-        pos = exi[pos // npix] * npix + pos % npix
+        if pos is not None:
+            npix = g.shape[1]
+            pos = exi[pos // npix] * npix + pos % npix
     nb[exi] += nbe
     nf[exi] = nfe
     mk[exi] = mke

@@ -199,6 +199,16 @@ class SequenceClassifier(nn.Module):
         f = f * mask.unsqueeze(-1)
         return f, mask
 
+    @torch.no_grad()
+    def shift_logit(self, delta: float) -> None:
+        """Add ``delta`` to every output logit (through the bias of the head's last layer).
+
+        Used by calibration: ``sigmoid(a z + b)`` equals ``sigmoid((z + b / a) / T)``
+        with ``T = 1 / a``, so a Platt calibration fits a model package's single temperature.
+        """
+        last = self.head[-1] if isinstance(self.head, nn.Sequential) else self.head
+        last.bias += float(delta)
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 

@@ -283,7 +283,7 @@ def cross_validate(
                 max_seconds=max_seconds, **ov,
             )
             fit = fit_sequence_classifier(latents, train, config)
-            p = _sigmoid(predict_logits(fit.model, latents, test, device=config.device))
+            p = _sigmoid(predict_logits(fit.model, latents, test, device=config.device) / fit.temperature)
             probs[name][test] = p
             auc, acc, f1a, f1r = _fold_metrics(p, y[test])
             results[name].append(FoldResult(f, auc, acc, f1a, f1r, fit.seconds, fit.best_epoch,

@@ -25,6 +25,7 @@ __all__ = [
     "predict_logits",
     "standardization",
     "stratified_split",
+    "platt_scaling",
     "VAETrainConfig",
     "train_vae",
     "TRAIN_PRESETS",
@@ -99,6 +100,10 @@ class SequenceTrainConfig:
         Most sequences per batch.
     grad_clip : `float`
         Gradient norm clip (0: none).
+    calibrate : `bool`
+        Fit ``sigmoid(a z + b)`` to the validation objects (Platt scaling) and fold it
+        into the model (a logit shift ``b / a``) and a temperature ``1 / a``, so that
+        probability 0.5 is the best threshold there and probabilities are calibrated.
     max_seconds : `float` or `None`
         Wall-time budget of one fit (the best model so far is kept when it runs out).
     seed : `int`
@@ -123,6 +128,7 @@ class SequenceTrainConfig:
     batch_frames: int = 6144
     max_batch: int = 32
     grad_clip: float = 1.0
+    calibrate: bool = True
     max_seconds: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -164,7 +170,9 @@ class FitResult:
     val_index : `numpy.ndarray`
         Objects used for early stopping.
     val_logits : `numpy.ndarray`
-        Logits of the best model on ``val_index`` (for temperature scaling).
+        Logits of the returned model on ``val_index``.
+    temperature : `float`
+        Calibration: ``P(real) = sigmoid(logit / temperature)``.
     seconds : `float`
         Wall time of the fit.
     """
@@ -175,6 +183,7 @@ class FitResult:
     best_epoch: int
     val_index: np.ndarray
     val_logits: np.ndarray
+    temperature: float
     seconds: float
 
 
@@ -191,6 +200,32 @@ def stratified_split(
         held.append(idx[:n])
         keep.append(idx[n:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``(a, b)`` minimising the BCE of ``sigmoid(a * logits + b)``; ``a`` in [0.01, 100].
+
+    Falls back to ``(1, 0)`` if the logits do not rank the classes better than chance.
+    """
+    from scipy.optimize import minimize
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if roc_auc(z, y.astype(np.int64)) <= 0.5:
+        return 1.0, 0.0
+
+    def nll(params):
+        a, b = params
+        t = a * z + b
+        p = 1.0 / (1.0 + np.exp(-np.clip(t, -60, 60)))
+        loss = np.mean(np.logaddexp(0.0, t) - y * t)
+        grad = np.array([np.mean((p - y) * z), np.mean(p - y)])
+        return loss, grad
+
+    res = minimize(nll, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B",
+                   bounds=[(1e-2, 1e2), (-50.0, 50.0)])
+    a, b = (float(v) for v in res.x)
+    return a, b
 
 
 def standardization(latents: LatentSet, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -357,13 +392,21 @@ def fit_sequence_classifier(
                 break
     model.load_state_dict(best[1])
     model.eval()
+    val_logits = best[3]
+    temperature = 1.0
+    if config.calibrate and 0 < y_val.sum() < len(y_val):
+        a, b = platt_scaling(val_logits, y_val)
+        model.shift_logit(b / a)
+        val_logits = val_logits + np.float32(b / a)
+        temperature = 1.0 / a
     return FitResult(
         model=model,
         hyperparameters=hp,
         history=history,
         best_epoch=best[2],
         val_index=val_index,
-        val_logits=best[3],
+        val_logits=val_logits,
+        temperature=temperature,
         seconds=time.perf_counter() - t_start,
     )
 
@@ -546,7 +589,6 @@ def train_sequence_package(
     from ..contract import InputContract
     from ..cutouts import normalize_stamps
     from ..package import ModelPackage
-    from ..training.calibration import fit_temperature
     from ..training.metrics import accuracy, f1, purity_completeness
     from .encode import encode_frames
 
@@ -599,8 +641,7 @@ def train_sequence_package(
     )
     say(f"Training the classifier {config.classifier.architecture} on {len(keep)} objects ...")
     fit = fit_sequence_classifier(latents, keep, config.classifier, log=log)
-    y_val = labels[fit.val_index]
-    temperature = fit_temperature(fit.val_logits, y_val) if 0 < y_val.sum() < len(y_val) else 1.0
+    temperature = fit.temperature
 
     eval_idx = held if len(held) else fit.val_index
     z = predict_logits(fit.model, latents, eval_idx)

@@ -218,7 +218,7 @@ def add_satellite_trail(
 
 
 def add_ghost(scene: Scene, rng: np.random.Generator, canvas, x, y, *, obj=-1, radius=None):
-    """Add an out-of-focus pupil ghost whose annulus passes through each ``(x, y)``; unit surface brightness."""
+    """Add an out-of-focus pupil ghost whose annulus passes through each ``(x, y)``; unit brightness."""
     canvas = np.atleast_1d(np.asarray(canvas))
     m = len(canvas)
     r_out = (

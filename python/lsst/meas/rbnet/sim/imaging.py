@@ -581,7 +581,9 @@ def _grow(mask: np.ndarray, radius: np.ndarray) -> np.ndarray:
     return out
 
 
-def _detect(image: np.ndarray, psf: DoubleGaussianPsf, sigma: np.ndarray, bin_width: float = 0.1) -> np.ndarray:
+def _detect(
+    image: np.ndarray, psf: DoubleGaussianPsf, sigma: np.ndarray, bin_width: float = 0.1
+) -> np.ndarray:
     # S/N map of each canvas smoothed with a Gaussian of the PSF's width, as the
     # pipeline's detection step does: separable, periodic (the canvases are), with
     # canvases of similar PSF width (within ``bin_width`` pixels) filtered together.
@@ -721,7 +723,9 @@ def observe(
     grow_t = np.ceil(2.4 * cond.psf_template.sigma).astype(int)
     _set(mask_t, _grow(det > detection_threshold, grow_t), "DETECTED")
     psf_d = cond.psf_difference
-    det = _detect(difference if diff_invalid is None else np.where(diff_invalid, 0, difference), psf_d, sigma_d)
+    det = _detect(
+        difference if diff_invalid is None else np.where(diff_invalid, 0, difference), psf_d, sigma_d
+    )
     grow_d = np.ceil(2.4 * psf_d.sigma).astype(int)
     _set(mask_d, _grow(det > detection_threshold, grow_d), "DETECTED")
     _set(mask_d, _grow(det < -detection_threshold, grow_d), "DETECTED_NEGATIVE")

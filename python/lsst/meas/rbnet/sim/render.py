@@ -180,7 +180,9 @@ def sersic_fourier(n_index: float, kappa: np.ndarray) -> np.ndarray:
     return np.interp(kappa, table_k, table_ft, right=0.0)
 
 
-def fourier_grid_size(shape, r_e, q, length, psf: DoubleGaussianPsf, flux=None, floor: float = 0.5) -> np.ndarray:
+def fourier_grid_size(
+    shape, r_e, q, length, psf: DoubleGaussianPsf, flux=None, floor: float = 0.5
+) -> np.ndarray:
     """Side of the local FFT grid that holds an object without visible wrap-around (pixels).
 
     The grid holds the profile along the major axis out to where its surface

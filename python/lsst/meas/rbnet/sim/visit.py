@@ -182,7 +182,7 @@ class SimulatedVisit:
     metadata: VisitMetadata
 
     def write(self, directory, *, sources_format: str = "ecsv"):
-        """Write FITS images and the source table to ``directory`` (see `lsst.meas.rbnet.sim.io.write_visit`)."""
+        """Write FITS images and the source table to ``directory`` (see `.io.write_visit`)."""
         from .io import write_visit
 
         return write_visit(self, directory, sources_format=sources_format)
