@@ -491,3 +491,201 @@ def test_fused_prepare_equals_two_steps(norm, fill):
     # Untrusted pixels hold the fill value.
     bad = np.isnan(batch.stamps)
     assert bad.any() and np.all(one[bad] == np.float32(fill))
+
+
+# ---------------------------------------------------------------------------
+# Round 2: the image-scan path (sparse lists of bad pixels) must agree exactly with
+# the per-stamp path and with the naive reference.
+# ---------------------------------------------------------------------------
+
+import lsst.meas.rbnet.cutouts as cutouts_module  # noqa: E402
+
+
+def _scan_images(rng, shape=(77, 90)):
+    """Images with sparse NaN/inf, a bad column, a saturated block and a NO_DATA area; H, W not multiples of 16."""
+    images, masks = make_images(rng, shape=shape)
+    masks[2] = np.zeros(shape, dtype=np.int32)
+    masks[0][20:34, 40:60] |= 1 << MASK_PLANES["SAT"]  # dense: a saturated star
+    masks[2][:, 70:] |= 1 << MASK_PLANES["NO_DATA"]  # template without coverage on the right
+    images[2][:, 70:] = np.nan
+    images[1][5:9, 5:9] = np.inf
+    return images, masks
+
+
+def _force(monkeypatch, scan, dense=None):
+    monkeypatch.setattr(cutouts_module, "_SCAN_MIN_COVERAGE", 0.0 if scan else float("inf"))
+    if dense is not None:
+        monkeypatch.setattr(cutouts_module, "_SCAN_DENSE_SEGMENTS", dense)
+
+
+@pytest.mark.parametrize("size", [5, 8, 21, 30])
+def test_scan_path_equals_per_stamp_path(size, monkeypatch):
+    rng = np.random.default_rng(100 + size)
+    images, masks = _scan_images(rng)
+    H, W = images[0].shape
+    n = 400
+    x = rng.uniform(-size, W + size, n)
+    y = rng.uniform(-size, H + size, n)
+    x[:30] = rng.uniform(35, 65, 30)  # some on the saturated block
+    y[:30] = rng.uniform(15, 40, 30)
+    x[40], y[41] = np.nan, -np.inf
+    ref, rflags, rbad = naive_cutouts(images, masks, x, y, size)
+    for scan, dense in ((False, None), (True, 0), (True, 10**9), (True, 24)):
+        _force(monkeypatch, scan, dense)
+        b = extract_cutouts(images, x, y, size, masks=masks)
+        np.testing.assert_array_equal(b.stamps, ref)
+        np.testing.assert_array_equal(b.flags, rflags)
+        np.testing.assert_array_equal(b.n_bad, rbad)
+    # The scan path really listed bad pixels and routed dense stamps to the exact check.
+    _force(monkeypatch, True, 24)
+    src = cutouts_module._locate(np.asarray(x), np.asarray(y), size, (H, W))
+    mbits = cutouts_module._channel_mask_bits(masks, BITS)
+    plans = cutouts_module._plan_channels(images, masks, mbits, src)
+    assert any(p.pair_stamp.shape[0] > 0 for p in plans)
+    assert any(p.exact is not None and p.exact.any() for p in plans)
+
+
+@pytest.mark.parametrize("norm", ["robust_asinh", "unit"])
+def test_scan_path_prepare_and_batches(norm, monkeypatch):
+    rng = np.random.default_rng(7)
+    images, masks = _scan_images(rng)
+    H, W = images[0].shape
+    n = 300
+    x, y = rng.uniform(-5, W + 5, n), rng.uniform(-5, H + 5, n)
+    c = InputContract(stamp_size=21, normalization=norm)
+    out = {}
+    for scan in (False, True):
+        _force(monkeypatch, scan)
+        one, f1 = prepare_cutouts(images, x, y, c, masks=masks)
+        parts = list(iter_cutout_batches(images, x, y, c, 64, masks=masks))
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), one)
+        np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), f1)
+        out[scan] = (one, f1)
+    np.testing.assert_array_equal(out[True][0], out[False][0])
+    np.testing.assert_array_equal(out[True][1], out[False][1])
+    batch = extract_cutouts(images, x, y, 21, masks=masks)
+    two, f2 = prepare_stamps(batch.stamps, c, batch.flags)
+    np.testing.assert_array_equal(out[True][0], two)
+    assert np.isfinite(two).all()
+
+
+def test_scan_sources_in_a_corner_and_wide_rows(monkeypatch):
+    """Stamps clustered in one part (scan of a sub-box) of an image whose rows are a slice of wider rows."""
+    rng = np.random.default_rng(8)
+    wide, masks = make_images(rng, shape=(70, 130))
+    images = [im[:, :100] for im in wide]  # row pitch 130 > width 100: edge runs read the parent's pixels
+    masks = [None if m is None else m[:, :100] for m in masks]
+    for im in wide:
+        im[:, 100:] = np.nan  # pixels beyond the slice must never leak in
+    n = 250
+    x, y = rng.uniform(-6, 30, n), rng.uniform(-6, 25, n)
+    ref, rflags, rbad = naive_cutouts(images, masks, x, y, 13)
+    for scan in (False, True):
+        _force(monkeypatch, scan)
+        b = extract_cutouts(images, x, y, 13, masks=masks)
+        np.testing.assert_array_equal(b.stamps, ref)
+        np.testing.assert_array_equal(b.flags, rflags)
+        np.testing.assert_array_equal(b.n_bad, rbad)
+    # The right edge of the slice too.
+    x2, y2 = rng.uniform(85, 106, n), rng.uniform(-6, 76, n)
+    ref, rflags, _ = naive_cutouts(images, masks, x2, y2, 13)
+    for scan in (False, True):
+        _force(monkeypatch, scan)
+        b = extract_cutouts(images, x2, y2, 13, masks=masks)
+        np.testing.assert_array_equal(b.stamps, ref)
+        np.testing.assert_array_equal(b.flags, rflags)
+
+
+@pytest.mark.parametrize("size", [9, 10])
+def test_stamp_as_large_as_image_corners(size, monkeypatch):
+    """W == S and H == S: every run at a corner leaves the image's memory and is read pixel by pixel."""
+    rng = np.random.default_rng(9)
+    img = rng.normal(size=(size, size)).astype(np.float32)
+    img[2, 3] = np.nan
+    mask = np.zeros((size, size), dtype=np.int16)
+    mask[4, 1] = 1 << MASK_PLANES["CR"]
+    x = np.array([0.0, size - 1.0, 0.0, size - 1.0, size / 2, -3.2, size + 2.4])
+    y = np.array([0.0, 0.0, size - 1.0, size - 1.0, size / 2, 4.0, -2.6])
+    ref, rflags, rbad = naive_cutouts([img], [mask], x, y, size)
+    for scan in (False, True):
+        _force(monkeypatch, scan)
+        b = extract_cutouts([img], x, y, size, masks=[mask])
+        np.testing.assert_array_equal(b.stamps, ref)
+        np.testing.assert_array_equal(b.flags, rflags)
+        np.testing.assert_array_equal(b.n_bad, rbad)
+
+
+def test_integer_images_and_float64_overflow(monkeypatch):
+    rng = np.random.default_rng(10)
+    img_i = rng.integers(-500, 500, size=(40, 48)).astype(np.int32)
+    img_d = rng.normal(size=(40, 48))
+    img_d[10, 10] = 1e39  # finite in float64, inf in float32: untrusted like any non-finite value
+    mask = np.zeros((40, 48), dtype=np.uint16)
+    mask[20:23, 30] = 1 << MASK_PLANES["BAD"]
+    x, y = rng.uniform(0, 48, 200), rng.uniform(0, 40, 200)
+    with np.errstate(over="ignore"):
+        ref, rflags, rbad = naive_cutouts([img_i, img_d], [mask, None], x, y, 7)
+    for scan in (False, True):
+        _force(monkeypatch, scan)
+        b = extract_cutouts([img_i, img_d], x, y, 7, masks=[mask, None])
+        np.testing.assert_array_equal(b.stamps, ref)
+        np.testing.assert_array_equal(b.flags, rflags)
+        np.testing.assert_array_equal(b.n_bad, rbad)
+    near = (np.abs(np.floor(x + 0.5) - 10) <= 3) & (np.abs(np.floor(y + 0.5) - 10) <= 3)
+    assert near.any() and np.all(b.flags[near] & F.NONFINITE)
+
+
+def test_dense_bad_regions_use_boolean_maps():
+    """More than 1/16 of a chunk's pixels bad: the dense branch of the per-stamp check must agree too."""
+    rng = np.random.default_rng(11)
+    images, masks = make_images(rng, shape=(60, 70))
+    masks[0][:, :40] |= 1 << MASK_PLANES["NO_DATA"]
+    images[1][30:, :] = np.nan
+    x, y = rng.uniform(-3, 73, 150), rng.uniform(-3, 63, 150)
+    b = extract_cutouts(images, x, y, 11, masks=masks)
+    ref, rflags, rbad = naive_cutouts(images, masks, x, y, 11)
+    np.testing.assert_array_equal(b.stamps, ref)
+    np.testing.assert_array_equal(b.flags, rflags)
+    np.testing.assert_array_equal(b.n_bad, rbad)
+
+
+def test_median_with_untrusted_pixels_matches_nanmedian():
+    """The -inf/+inf filling gives the median and MAD of the trusted pixels for any count of bad ones."""
+    rng = np.random.default_rng(12)
+    for s in (21, 30, 51):
+        st = rng.normal(3.0, 2.0, size=(40, 1, s, s)).astype(np.float32)
+        flat = st.reshape(40, -1)
+        for i in range(40):
+            # 0, 1, 2, ... bad pixels (odd and even valid counts), then most of the stamp.
+            k = i if i < 30 else s * s - 3 * (40 - i)
+            flat[i, rng.permutation(s * s)[:k]] = np.nan
+        med, sigma = cutouts_module._robust_center_scale(flat.copy(), s, s, np.isnan(flat).any(axis=1))
+        gr, gc = stats_pixel_grid(s)
+        for i in range(40):
+            grid = st[i, 0][gr, gc].astype(np.float64)
+            if np.isfinite(grid).any():
+                m = np.nanmedian(grid)
+                mad = np.nanmedian(np.abs(grid - m))
+                np.testing.assert_allclose(med[i], m, rtol=1e-6, atol=1e-6)
+                if mad > 0:
+                    np.testing.assert_allclose(sigma[i], 1.4826 * mad, rtol=1e-5)
+
+
+def test_iter_batches_reuse_buffer():
+    rng = np.random.default_rng(13)
+    images, masks = make_images(rng, shape=(60, 80))
+    x, y = rng.uniform(0, 80, 90), rng.uniform(0, 60, 90)
+    c = InputContract(stamp_size=21)
+    fresh = [(sl, st.copy(), f) for sl, st, f in iter_cutout_batches(images, x, y, c, 40, masks=masks)]
+    seen = []
+    for (sl, st, f), (sl2, ref, f2) in zip(
+        iter_cutout_batches(images, x, y, c, 40, masks=masks, reuse_buffer=True), fresh
+    ):
+        assert sl == sl2
+        np.testing.assert_array_equal(st, ref)  # correct while it is the current batch
+        np.testing.assert_array_equal(f, f2)
+        seen.append(st)
+    assert [s.shape[0] for s in seen] == [40, 40, 10]
+    # One buffer: the views share memory, and a kept batch was overwritten by the next one.
+    assert np.shares_memory(seen[0], seen[1]) and np.shares_memory(seen[0], seen[2])
+    assert not np.array_equal(seen[0], fresh[0][1])

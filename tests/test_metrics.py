@@ -58,7 +58,8 @@ def test_accuracy_f1_purity_completeness_hand_case():
     # Nothing selected: purity 1 by convention, completeness 0.
     assert M.purity_completeness(s, y, 2.0) == (1.0, 0.0)
     # A mask restricts the sources considered.
-    assert M.purity_completeness(s, y, 0.5, mask=[True, False, True, True, False, False]) == pytest.approx((1, 2 / 3))
+    mask = [True, False, True, True, False, False]
+    assert M.purity_completeness(s, y, 0.5, mask=mask) == pytest.approx((1, 2 / 3))
 
 
 def test_threshold_and_completeness_at_purity():

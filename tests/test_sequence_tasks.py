@@ -267,7 +267,9 @@ def test_single_visit_nan_frames_and_unscorable_sources(package):
     rel = np.asarray(table["reliability"])
     assert len(table) == 5
     # One visit: scored, flagged.
-    assert flags[row[2]] & ObjectFlag.SINGLE_VISIT and np.isfinite(rel[row[2]]) and table["nVisits"][row[2]] == 1
+    assert (
+        flags[row[2]] & ObjectFlag.SINGLE_VISIT and np.isfinite(rel[row[2]]) and table["nVisits"][row[2]] == 1
+    )
     # All frames NaN: not scored, NaN, with the reason.
     assert flags[row[3]] & ObjectFlag.NO_VALID_FRAMES and flags[row[3]] & ObjectFlag.NOT_SCORED
     assert np.isnan(rel[row[3]]) and table["nVisits"][row[3]] == 0 and table["nSources"][row[3]] == 4
@@ -471,7 +473,9 @@ def register_visit(butler, visit, detector, mjd, ra, dec, half_size_deg):
 
     register_instrument(butler, INSTRUMENT, detectors=[detector], physical_filters={"sim_r": "r"})
     corners = [
-        sg.UnitVector3d(sg.LonLat.fromDegrees(ra + sx * half_size_deg / np.cos(np.radians(dec)), dec + sy * half_size_deg))
+        sg.UnitVector3d(
+            sg.LonLat.fromDegrees(ra + sx * half_size_deg / np.cos(np.radians(dec)), dec + sy * half_size_deg)
+        )
         for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))
     ]
     region = sg.ConvexPolygon.convexHull(corners)
@@ -610,7 +614,9 @@ def test_train_sequence_quantum(repo):
     table = _task().run(cutouts, sources, model).objectReliability
     assert len(table) == 3 and np.all(np.isfinite(table["reliability"]))
     assert np.all(table["reliabilityVersion"] == "tseq2")
-    assertValidOutput(task, pipe_result := task.run(**{k: kwargs[k] for k in ("cutouts", "sources", "labels")}))
+    assertValidOutput(
+        task, pipe_result := task.run(**{k: kwargs[k] for k in ("cutouts", "sources", "labels")})
+    )
     assert pipe_result.model.kind == "sequence"
 
 
@@ -705,3 +711,42 @@ def test_pipetask_run_sequence_pipeline(tmp_path, package):
     assert np.all(joined["nVisits"] == 3) and np.all(np.isfinite(joined["reliability"]))
     # Times from the visit records: 2 days apart, as written.
     np.testing.assert_allclose(joined["lastMjd"] - joined["firstMjd"], 4.0, atol=0.2)
+
+
+@pytest.mark.slow
+def test_sequence_demo_small(tmp_path, monkeypatch):
+    """`rbnet demo --sequence` end to end on two tiny series, with tiny models."""
+    import json
+
+    from rich.console import Console
+
+    import lsst.meas.rbnet.scoring as scoring
+    from lsst.meas.rbnet.cli.demo import run_sequence_demo
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from rbnet_task_helpers import tiny_package
+
+    model = tmp_path / "tiny.safetensors"
+    tiny_package(version="demo1").save(model)
+    monkeypatch.setattr(scoring, "default_model_path", lambda: model)
+    quick = tmp_path / "tinySequence.py"
+    quick.write_text(
+        "config.latentDim = 4\nconfig.vaeHiddenChannels = [4, 8]\nconfig.vaeEpochs = 1\n"
+        "config.architecture = 'seq_gru'\nconfig.classifierWidth = 8\nconfig.headHidden = 8\n"
+        "config.maxEpochs = 2\nconfig.minEpochs = 1\nconfig.testFraction = 0.0\nconfig.numThreads = 1\n"
+        "config.version = 'tinyseq'\n"
+    )
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=120)
+    summary = run_sequence_demo(
+        tmp_path / "demo", visits=3, objects=16, size=256, seed=1, train_config=quick, console=console
+    )
+    assert summary["objects"] == 16 and summary["versions"] == ["tinyseq"]
+    assert summary["training_metrics"]["n_train_objects"] > 0
+    for name in ("sequence model", "max of single-visit scores", "mean of single-visit scores"):
+        assert 0.0 <= summary["roc_auc"][name] <= 1.0
+    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert saved["objects"] == 16
+    objects = astropy.table.Table.read(tmp_path / "demo" / "objects.parquet")
+    assert len(objects) == 16 and len(np.unique(objects["objectId"])) == 16
+    text = (tmp_path / "console.txt").read_text()
+    assert "TrainSequence.yaml" in text and "Sequence.yaml" in text

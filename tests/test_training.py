@@ -211,6 +211,27 @@ def test_iterate_batches_covers_data(tmp_path):
         load_npz(tmp_path / "bad.npz")
 
 
+def test_prepare_dataset_blanks_masked_pixels_in_a_fraction_of_stamps():
+    from lsst.meas.rbnet.constants import MASK_PLANES
+
+    stamps, labels, _, _ = easy_stamps(200, seed=8)
+    masks = np.zeros(stamps.shape, np.int32)
+    c = SIZE // 2
+    masks[:, 0, c, c] = 1 << MASK_PLANES["CR"]  # a bad plane: blanked (then filled) when applied
+    masks[:, 1, c, c] = 1 << MASK_PLANES["DETECTED"]  # not a bad plane: never blanked
+    plain = prepare_dataset(stamps, labels, CONTRACT).x
+    none = prepare_dataset(stamps, labels, CONTRACT, masks=masks, mask_fraction=0.0).x
+    assert np.array_equal(none, plain)
+    every = prepare_dataset(stamps, labels, CONTRACT, masks=masks, mask_fraction=1.0).x
+    assert np.all(every[:, 0, c, c] == CONTRACT.fill_value)
+    assert np.array_equal(every[:, 1], plain[:, 1])
+    half = prepare_dataset(stamps, labels, CONTRACT, masks=masks, mask_fraction=0.5, seed=1).x
+    blanked = np.mean(np.any(half != plain, axis=(1, 2, 3)))
+    assert 0.3 < blanked < 0.7
+    with pytest.raises(ValueError, match="masks has shape"):
+        prepare_dataset(stamps, labels, CONTRACT, masks=masks[:10])
+
+
 def test_choose_thresholds():
     rng = np.random.default_rng(7)
     y = (rng.random(4000) < 0.5).astype(int)
@@ -379,8 +400,7 @@ def test_rbnet_train_cli_end_to_end(tmp_path):
 def test_difference_only_training():
     stamps, labels, _, _ = easy_stamps(400, seed=21)
     contract = InputContract(stamp_size=SIZE, channels=("difference",))
-    result = train_triplet_model(
-        stamps, labels, config=dataclasses.replace(tiny_config(epochs=2, class_loss_weight=0.0), contract=contract)
-    )
+    config = dataclasses.replace(tiny_config(epochs=2, class_loss_weight=0.0), contract=contract)
+    result = train_triplet_model(stamps, labels, config=config)
     assert result.package.contract.channels == ("difference",)
     assert result.package.components["classifier"].hyperparameters["in_channels"] == 1

@@ -503,7 +503,9 @@ def _object_truth(tables):
 
     truth = {}
     for _, src in tables:
-        for oid, label, cls in zip(np.asarray(src["diaObjectId"]), np.asarray(src["label"]), src["source_class"]):
+        for oid, label, cls in zip(
+            np.asarray(src["diaObjectId"]), np.asarray(src["label"]), src["source_class"]
+        ):
             truth.setdefault(int(oid), (int(label), str(cls)))
     return truth
 
@@ -536,13 +538,18 @@ def _sequence_summary(objects, truth, outdir: Path) -> dict[str, Any]:
         "bogus": int(np.count_nonzero(y == 0)),
         "visits_per_object_median": float(np.median(objects["nVisits"])) if len(ids) else 0.0,
         "versions": sorted(set(np.asarray(objects["reliabilityVersion"]).astype(str).tolist())),
-        "flags": {f.name: int(np.count_nonzero(flags & int(f))) for f in ObjectFlag if np.any(flags & int(f))},
+        "flags": {
+            f.name: int(np.count_nonzero(flags & int(f))) for f in ObjectFlag if np.any(flags & int(f))
+        },
     }
     if len(np.unique(y)) == 2:
         summary["roc_auc"] = {name: M.roc_auc(s[usable], y) for name, s in scores.items()}
         summary["accuracy_at_0.5"] = {name: M.accuracy(s[usable], y, 0.5) for name, s in scores.items()}
-        plot_roc({name: (s[usable], y) for name, s in scores.items()}, outdir / "sequence_roc.png",
-                 title="Objects: sequence model vs single-visit scores")
+        plot_roc(
+            {name: (s[usable], y) for name, s in scores.items()},
+            outdir / "sequence_roc.png",
+            title="Objects: sequence model vs single-visit scores",
+        )
         per_class = {}
         for name in sorted(set(classes[usable].tolist())):
             sel = classes[usable] == name
@@ -580,7 +587,9 @@ def _print_sequence_summary(summary, console, outdir: Path, timings: dict[str, f
         for col in ("class", "label", "n", "sequence", "max single-visit"):
             c.add_column(col, justify="left" if col == "class" else "right")
         for name, d in summary["classes"].items():
-            c.add_row(name, str(d["label"]), str(d["n"]), f"{d['sequence_mean']:.3f}", f"{d['max_single_mean']:.3f}")
+            c.add_row(
+                name, str(d["label"]), str(d["n"]), f"{d['sequence_mean']:.3f}", f"{d['max_single_mean']:.3f}"
+            )
         console.print(c)
     console.print(f"sequence_roc.png, objects.parquet and summary.json are in {outdir}/.")
 
@@ -659,12 +668,30 @@ def run_sequence_demo(
     t0 = time.perf_counter()
     writer = VisitWriter(butler, run=SEQ_SIM_RUN)
     train_tables = _write_series(
-        writer, n_visits=visits, n_objects=objects, seed=2 * seed + 1, first_visit=train_ids[0], detector=0,
-        size=size, ra=150.0, dec=2.0, console=console, what="the training series",
+        writer,
+        n_visits=visits,
+        n_objects=objects,
+        seed=2 * seed + 1,
+        first_visit=train_ids[0],
+        detector=0,
+        size=size,
+        ra=150.0,
+        dec=2.0,
+        console=console,
+        what="the training series",
     )
     score_tables = _write_series(
-        writer, n_visits=visits, n_objects=objects, seed=2 * seed + 2, first_visit=score_ids[0], detector=1,
-        size=size, ra=150.5, dec=2.0, console=console, what="the scoring series",
+        writer,
+        n_visits=visits,
+        n_objects=objects,
+        seed=2 * seed + 2,
+        first_visit=score_ids[0],
+        detector=1,
+        size=size,
+        ra=150.5,
+        dec=2.0,
+        console=console,
+        what="the scoring series",
     )
     ingest_labels(butler, writer.labels(), run=LABELS_RUN, instrument=DEFAULT_INSTRUMENT)
     timings["simulate and write"] = time.perf_counter() - t0
@@ -676,17 +703,33 @@ def run_sequence_demo(
     console.rule("[bold]2. Single-visit (triplet) model")
     if train:
         t0 = time.perf_counter()
-        detections = [labels_table(src[np.asarray(src["present"], bool)], mjd=mjd) for mjd, src in train_tables]
+        detections = [
+            labels_table(src[np.asarray(src["present"], bool)], mjd=mjd) for mjd, src in train_tables
+        ]
         ingest_labels(
-            butler, astropy.table.vstack(detections), run=SEQ_DETECTION_LABELS_RUN, instrument=DEFAULT_INSTRUMENT
+            butler,
+            astropy.table.vstack(detections),
+            run=SEQ_DETECTION_LABELS_RUN,
+            instrument=DEFAULT_INSTRUMENT,
         )
         timings["pipetask (train triplet)"] = _pipetask(
             [
-                "run", "-b", str(repo), "-i", f"{SEQ_SIM_RUN},{SEQ_DETECTION_LABELS_RUN}",
-                "--output-run", TRAIN_RUN, "-p", str(pipeline_path("Train.yaml")),
-                "-d", f"instrument='{DEFAULT_INSTRUMENT}' AND visit <= {train_ids[-1]}",
-                "-C", f"trainTriplet:{package_root() / 'config' / 'trainQuick.py'}",
-                "-j", jobs_arg, "--register-dataset-types",
+                "run",
+                "-b",
+                str(repo),
+                "-i",
+                f"{SEQ_SIM_RUN},{SEQ_DETECTION_LABELS_RUN}",
+                "--output-run",
+                TRAIN_RUN,
+                "-p",
+                str(pipeline_path("Train.yaml")),
+                "-d",
+                f"instrument='{DEFAULT_INSTRUMENT}' AND visit <= {train_ids[-1]}",
+                "-C",
+                f"trainTriplet:{package_root() / 'config' / 'trainQuick.py'}",
+                "-j",
+                jobs_arg,
+                "--register-dataset-types",
             ],
             log_path,
             console,
@@ -694,7 +737,10 @@ def run_sequence_demo(
         butler = type(butler).from_config(str(repo), writeable=True)
         package = butler.get("pretrainedModelPackage", collections=TRAIN_RUN)
         register_model(butler, package, name="demo-trained")
-        _echo(console, f"Trained triplet model {package.version!r} registered as pretrained_models/demo-trained.")
+        _echo(
+            console,
+            f"Trained triplet model {package.version!r} registered as pretrained_models/demo-trained.",
+        )
     else:
         register_model(butler, str(default), name="default")
         _echo(console, f"Registered {Path(default).name} as pretrained_models/default.")
@@ -702,10 +748,22 @@ def run_sequence_demo(
     console.rule("[bold]3. pipetask run: the reliability pipeline, writing cutouts")
     timings["pipetask (score visits)"] = _pipetask(
         [
-            "run", "-b", str(repo), "-i", f"{SEQ_SIM_RUN},pretrained_models", "-o", SCORES_COLLECTION,
-            "-p", str(pipeline_path("Demo.yaml")), "-d", f"instrument='{DEFAULT_INSTRUMENT}'",
-            "-c", f"computeReliability:cutoutSize={SEQ_CUTOUT_SIZE}",
-            "-j", jobs_arg, "--register-dataset-types",
+            "run",
+            "-b",
+            str(repo),
+            "-i",
+            f"{SEQ_SIM_RUN},pretrained_models",
+            "-o",
+            SCORES_COLLECTION,
+            "-p",
+            str(pipeline_path("Demo.yaml")),
+            "-d",
+            f"instrument='{DEFAULT_INSTRUMENT}'",
+            "-c",
+            f"computeReliability:cutoutSize={SEQ_CUTOUT_SIZE}",
+            "-j",
+            jobs_arg,
+            "--register-dataset-types",
         ],
         log_path,
         console,
@@ -715,10 +773,20 @@ def run_sequence_demo(
     config_file = Path(train_config) if train_config else package_root() / "config" / "trainSequenceQuick.py"
     timings["pipetask (train sequence)"] = _pipetask(
         [
-            "run", "-b", str(repo), "-i", f"{SCORES_COLLECTION},{LABELS_RUN}", "--output-run", SEQ_TRAIN_RUN,
-            "-p", str(pipeline_path("TrainSequence.yaml")),
-            "-d", f"instrument='{DEFAULT_INSTRUMENT}' AND visit <= {train_ids[-1]}",
-            "-C", f"trainSequence:{config_file}", "--register-dataset-types",
+            "run",
+            "-b",
+            str(repo),
+            "-i",
+            f"{SCORES_COLLECTION},{LABELS_RUN}",
+            "--output-run",
+            SEQ_TRAIN_RUN,
+            "-p",
+            str(pipeline_path("TrainSequence.yaml")),
+            "-d",
+            f"instrument='{DEFAULT_INSTRUMENT}' AND visit <= {train_ids[-1]}",
+            "-C",
+            f"trainSequence:{config_file}",
+            "--register-dataset-types",
         ],
         log_path,
         console,
@@ -738,10 +806,20 @@ def run_sequence_demo(
     console.rule("[bold]5. pipetask run: the sequence pipeline (one quantum per htm7 trixel)")
     timings["pipetask (sequence)"] = _pipetask(
         [
-            "run", "-b", str(repo), "-i", f"{SCORES_COLLECTION},pretrained_models", "-o", SEQ_SCORES_COLLECTION,
-            "-p", str(pipeline_path("Sequence.yaml")),
-            "-d", f"instrument='{DEFAULT_INSTRUMENT}' AND visit >= {score_ids[0]}",
-            "-j", jobs_arg, "--register-dataset-types",
+            "run",
+            "-b",
+            str(repo),
+            "-i",
+            f"{SCORES_COLLECTION},pretrained_models",
+            "-o",
+            SEQ_SCORES_COLLECTION,
+            "-p",
+            str(pipeline_path("Sequence.yaml")),
+            "-d",
+            f"instrument='{DEFAULT_INSTRUMENT}' AND visit >= {score_ids[0]}",
+            "-j",
+            jobs_arg,
+            "--register-dataset-types",
         ],
         log_path,
         console,
@@ -751,9 +829,13 @@ def run_sequence_demo(
     from lsst.daf.butler import Butler
 
     reader = Butler.from_config(str(repo))
-    refs = list(reader.registry.queryDatasets(SEQUENCE_RELIABILITY_DATASET_TYPE, collections=SEQ_SCORES_COLLECTION))
+    refs = list(
+        reader.registry.queryDatasets(SEQUENCE_RELIABILITY_DATASET_TYPE, collections=SEQ_SCORES_COLLECTION)
+    )
     if not refs:
-        raise click.ClickException(f"The sequence pipeline wrote no {SEQUENCE_RELIABILITY_DATASET_TYPE} datasets.")
+        raise click.ClickException(
+            f"The sequence pipeline wrote no {SEQUENCE_RELIABILITY_DATASET_TYPE} datasets."
+        )
     objects = astropy.table.vstack([reader.get(ref) for ref in refs])
     objects.sort("objectId")
     if len(np.unique(objects["objectId"])) != len(objects):
@@ -809,7 +891,18 @@ def run_sequence_demo(
     help="Objects per series (--sequence).",
 )
 def demo(
-    directory, detectors, visits, train, train_visits, seed, size, n_sources, jobs, overwrite, sequence, n_objects
+    directory,
+    detectors,
+    visits,
+    train,
+    train_visits,
+    seed,
+    size,
+    n_sources,
+    jobs,
+    overwrite,
+    sequence,
+    n_objects,
 ):
     """Simulate visits into a new Butler repo in DIRECTORY, score them with a real
     'pipetask run' of the reliability pipeline, and report how well the scores

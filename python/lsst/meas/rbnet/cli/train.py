@@ -52,7 +52,7 @@ def _command_line(ctx: click.Context) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _load_data(files, n_simulate, sim_seed, contract, console):
+def _load_data(files, n_simulate, sim_seed, contract, mask_fraction, seed, console):
     """Prepared labelled stamps from npz files and/or the simulator."""
     import numpy as np
 
@@ -71,12 +71,12 @@ def _load_data(files, n_simulate, sim_seed, contract, console):
             parts.append(
                 prepare_dataset(
                     arrays["stamps"], arrays["labels"], contract, classes=arrays["classes"], snr=arrays["snr"],
-                    dtype=dtype,
+                    masks=arrays["masks"], mask_fraction=mask_fraction, seed=seed + len(parts), dtype=dtype,
                 )
             )  # fmt: skip
         except ValueError as err:
             raise click.ClickException(f"{f}: {err}") from None
-        sources.append({"file": Path(f).name, "n": n})
+        sources.append({"file": Path(f).name, "n": n, "masks": arrays["masks"] is not None})
         console.print(f"read {n} stamps from {Path(f).name}")
     if n_simulate:
         from rich.progress import Progress
@@ -89,7 +89,7 @@ def _load_data(files, n_simulate, sim_seed, contract, console):
                 n_simulate,
                 stamp_size=contract.stamp_size,
                 seed=sim_seed,
-                with_masks=False,
+                with_masks=True,
                 progress=lambda done, total: bar.update(task, completed=done),
             )
         table = sim.table
@@ -97,7 +97,8 @@ def _load_data(files, n_simulate, sim_seed, contract, console):
         parts.append(
             prepare_dataset(
                 sim.stamps, np.asarray(table["label"]), contract, classes=np.asarray(table["source_class"]),
-                snr=np.asarray(table["snr"]), dtype=dtype,
+                snr=np.asarray(table["snr"]), masks=sim.masks, mask_fraction=mask_fraction, seed=seed + len(parts),
+                dtype=dtype,
             )
         )  # fmt: skip
         del sim
@@ -221,6 +222,8 @@ def _gallery(plots, test, probs, snr_min):
 @click.option("--class-weight", type=float, default=0.2, show_default=True,
               help="Weight of the artifact-class head loss (0: no class head).")
 @click.option("--noise-std", type=float, default=0.0, show_default=True, help="Augmentation: added noise.")
+@click.option("--mask-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Fraction of stamps whose bad-mask pixels are blanked as the pipeline does (needs masks).")
 @click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True, help="Early stopping.")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True)
 @click.option("--test-fraction", type=float, default=0.1, show_default=True,
@@ -238,7 +241,7 @@ def _gallery(plots, test, probs, snr_min):
               help="Also calibrate rotation/flip-averaged scores.")
 @click.pass_context
 def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, stamp_size, normalization,
-          architecture, widths, epochs, batch_size, lr, schedule, loss, class_weight, noise_std, patience,
+          architecture, widths, epochs, batch_size, lr, schedule, loss, class_weight, noise_std, mask_fraction, patience,
           val_fraction, test_fraction, kfold, device, threads, max_minutes, plots, seed, baseline,
           symmetric_temperature):  # fmt: skip
     """Train a triplet real/bogus model and write its package to OUT."""
@@ -285,6 +288,7 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
             loss=loss,
             class_loss_weight=class_weight,
             noise_std=noise_std,
+            mask_fraction=mask_fraction,
             patience=patience,
             validation_fraction=val_fraction,
             seed=seed,
@@ -299,7 +303,7 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
     if threads is not None:
         torch.set_num_threads(threads)
 
-    data, sources = _load_data(data_files, n_simulate, sim_seed, contract, console)
+    data, sources = _load_data(data_files, n_simulate, sim_seed, contract, mask_fraction, seed, console)
     if len(data) > _FLOAT16_ABOVE:
         config = dataclasses.replace(config, storage_dtype="float16")
     if test_fraction > 0:

@@ -74,8 +74,10 @@ class SequenceScorer:
         Padded frames per classifier batch.
     precision : `str`
         ``"float32"`` (default) or ``"bfloat16"`` for the VAE encoder (faster on CPUs
-        with bfloat16 units, e.g. AMX; latents within about 1%, scores within about
-        1e-3). The classifier always runs in float32.
+        with bfloat16 units, e.g. AMX). bfloat16 keeps about 3 significant digits of
+        each latent: check the scores against float32 on your model before using it (a
+        latent whose spread over frames is small against its mean loses its
+        information). The classifier always runs in float32.
     """
 
     def __init__(

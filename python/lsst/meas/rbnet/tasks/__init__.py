@@ -5,6 +5,8 @@
   diaSources, the AP drop-in.
 - `~lsst.meas.rbnet.tasks.labelled_cutouts.LabelledCutoutsTask`: raw stamps of labelled sources.
 - `~lsst.meas.rbnet.tasks.train.TrainTripletTask`: trains a model package from labelled cutouts.
+- `~lsst.meas.rbnet.tasks.sequence.TrainSequenceTask` and
+  `~lsst.meas.rbnet.tasks.sequence.SequenceReliabilityTask`: the multi-visit sequence model.
 - `~lsst.meas.rbnet.tasks.adapter`: image objects (lsst.images, afw) to numpy arrays.
 
 Names are imported on first use so that ``import lsst.meas.rbnet.tasks`` stays cheap.
@@ -18,6 +20,10 @@ __all__ = [
     "LabelledCutoutsConfig",
     "TrainTripletTask",
     "TrainTripletConfig",
+    "TrainSequenceTask",
+    "TrainSequenceConfig",
+    "SequenceReliabilityTask",
+    "SequenceReliabilityConfig",
 ]
 
 # The tasks declare connections with this package's storage classes; a process that
@@ -35,6 +41,10 @@ _WHERE = {
     "LabelledCutoutsConfig": "labelled_cutouts",
     "TrainTripletTask": "train",
     "TrainTripletConfig": "train",
+    "TrainSequenceTask": "sequence",
+    "TrainSequenceConfig": "sequence",
+    "SequenceReliabilityTask": "sequence",
+    "SequenceReliabilityConfig": "sequence",
 }
 
 

@@ -107,8 +107,12 @@ SEQUENCE_RELIABILITY_DATASET_TYPE = "dia_object_sequence_reliability"
 _VISIT_DIMS = ("instrument", "visit", "detector")
 
 #: Recurrent architectures take ``hidden_size``; the Conv1D one takes ``channels``.
-_WIDTH_ARGUMENT = {"seq_bigru": "hidden_size", "seq_gru": "hidden_size", "seq_lstm": "hidden_size",
-                   "seq_conv1d": "channels"}
+_WIDTH_ARGUMENT = {
+    "seq_bigru": "hidden_size",
+    "seq_gru": "hidden_size",
+    "seq_lstm": "hidden_size",
+    "seq_conv1d": "channels",
+}
 
 
 class NoSequenceModelError(FileNotFoundError):
@@ -650,7 +654,18 @@ def empty_object_table() -> astropy.table.Table:
 
 
 def _object_table(
-    *, object_id, n_visits, n_sources, first, last, ra, dec, reliability, version, flags, triplet_max,
+    *,
+    object_id,
+    n_visits,
+    n_sources,
+    first,
+    last,
+    ra,
+    dec,
+    reliability,
+    version,
+    flags,
+    triplet_max,
     triplet_mean,
 ) -> astropy.table.Table:
     n = len(object_id)
@@ -874,11 +889,15 @@ class TrainSequenceConfig(
         default="seq_bigru",
     )
     classifierWidth = pexConfig.Field[int](
-        doc="Hidden units of the recurrent cell (channels of the Conv1D); 0 uses the architecture's.", default=0
+        doc="Hidden units of the recurrent cell (channels of the Conv1D); 0 uses the architecture's.",
+        default=0,
     )
-    headHidden = pexConfig.Field[int](doc="Hidden units of the classifier head; 0 uses the default.", default=0)
+    headHidden = pexConfig.Field[int](
+        doc="Hidden units of the classifier head; 0 uses the default.", default=0
+    )
     loss = pexConfig.ChoiceField[str](
-        doc="Classifier loss.", allowed={"bce": "binary cross-entropy", "bce+tversky": "BCE + Tversky"},
+        doc="Classifier loss.",
+        allowed={"bce": "binary cross-entropy", "bce+tversky": "BCE + Tversky"},
         default="bce",
     )
     learningRate = pexConfig.Field[float](doc="Classifier peak learning rate.", default=1e-3)
@@ -909,14 +928,20 @@ class TrainSequenceConfig(
                 TrainSequenceConfig.version, self, f"must have 1 to {VERSION_MAX_LENGTH} characters"
             )
         channels = tuple(self.channels)
-        if not channels or any(c not in CHANNEL_ORDER for c in channels) or len(set(channels)) != len(channels):
+        if (
+            not channels
+            or any(c not in CHANNEL_ORDER for c in channels)
+            or len(set(channels)) != len(channels)
+        ):
             raise pexConfig.FieldValidationError(
                 TrainSequenceConfig.channels, self, f"must be distinct names from {CHANNEL_ORDER}"
             )
         if self.frameSize < 4:
             raise pexConfig.FieldValidationError(TrainSequenceConfig.frameSize, self, "must be >= 4")
         if not 0.0 <= self.testFraction < 0.5:
-            raise pexConfig.FieldValidationError(TrainSequenceConfig.testFraction, self, "must be in [0, 0.5)")
+            raise pexConfig.FieldValidationError(
+                TrainSequenceConfig.testFraction, self, "must be in [0, 0.5)"
+            )
         for name in ("vaeEpochs", "maxEpochs", "patience", "latentDim", "vaeBatchSize"):
             if getattr(self, name) < 1:
                 raise pexConfig.FieldValidationError(getattr(TrainSequenceConfig, name), self, "must be >= 1")
@@ -1289,7 +1314,9 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
                 f"is {self.config.expectedModelVersion!r}; check the input collections."
             )
         if len(package.version) > VERSION_MAX_LENGTH:
-            raise ValueError(f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters.")
+            raise ValueError(
+                f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters."
+            )
         _set_threads(self.config.numThreads)
         return _load_sequence_scorer(package, _resolve_device(self.config.device), self.config.chunkFrames)
 
@@ -1418,7 +1445,9 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
 
         reliability = np.full(n_owned, np.nan, np.float32)
         if len(good):
-            reliability = scorer.score(frames.frames[good], offsets, frames.mjd[good], channels=frames.channels)
+            reliability = scorer.score(
+                frames.frames[good], offsets, frames.mjd[good], channels=frames.channels
+            )
             reliability = np.asarray(reliability, dtype=np.float32)
         reliability[~scored] = np.nan
         not_scored = ~np.isfinite(reliability)
@@ -1436,8 +1465,9 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         last[~np.isfinite(last)] = np.nan
 
         # The single-visit baseline: max and mean of the triplet scores of each object's sources.
-        order_all, offsets_all = _sequence_order(obj_of_src, frames.mjd[src_rows], frames.source_id[src_rows],
-                                                 n_owned)
+        order_all, offsets_all = _sequence_order(
+            obj_of_src, frames.mjd[src_rows], frames.source_id[src_rows], n_owned
+        )
         agg = aggregate_scores(frames.triplet_score[src_rows][order_all], offsets_all, ("max", "mean"))
 
         table = _object_table(

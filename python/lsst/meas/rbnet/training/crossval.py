@@ -89,6 +89,7 @@ def cross_validate(
     k: int = 5,
     classes=None,
     snr=None,
+    masks=None,
     config: TrainConfig | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def cross_validate(
     Parameters
     ----------
     stamps : `numpy.ndarray` ``(N, C, H, W)`` raw stamps, or `PreparedStamps`
-    labels, classes, snr : array-like, shape ``(N,)``
+    labels, classes, snr, masks
         As in `train_triplet_model`.
     k : `int`
         Number of folds.
@@ -119,7 +120,10 @@ def cross_validate(
         if labels is None:
             raise ValueError("labels are required with raw stamps.")
         dtype = np.float16 if config.storage_dtype == "float16" else np.float32
-        data = prepare_dataset(stamps, labels, config.contract, classes=classes, snr=snr, dtype=dtype)
+        data = prepare_dataset(
+            stamps, labels, config.contract, classes=classes, snr=snr, masks=masks,
+            mask_fraction=config.mask_fraction, seed=config.seed, dtype=dtype,
+        )  # fmt: skip
     folds = stratified_kfold(data.labels, k, config.seed, data.classes)
     results = []
     for i, (train_idx, test_idx) in enumerate(folds):

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..constants import ALL_CLASSES, class_index
+from ..constants import ALL_CLASSES, DEFAULT_BAD_MASK_PLANES, class_index, mask_bits
 from ..contract import InputContract
 from ..cutouts import prepare_stamps
 from ..nn.triplet import dihedral_transforms
@@ -48,6 +48,7 @@ _NPZ_KEYS = {
     "labels": ("label", "labels", "y"),
     "classes": ("source_class", "classes", "class"),
     "snr": ("snr",),
+    "masks": ("masks",),
 }
 
 
@@ -81,7 +82,8 @@ class PreparedStamps:
         s = self.contract.stamp_size
         if self.x.ndim != 4 or self.x.shape[1:] != (self.contract.n_channels, s, s):
             raise ValueError(
-                f"prepared stamps have shape {self.x.shape}; the contract needs (N, {self.contract.n_channels}, {s}, {s})."
+                f"prepared stamps have shape {self.x.shape}; the contract needs "
+                f"(N, {self.contract.n_channels}, {s}, {s})."
             )
         self.labels = _check_labels(self.labels, n)
         if self.classes is not None:
@@ -148,6 +150,10 @@ def prepare_dataset(
     *,
     classes=None,
     snr=None,
+    masks: np.ndarray | None = None,
+    bad_mask_bits: int | None = None,
+    mask_fraction: float = 1.0,
+    seed: int = 0,
     chunk_size: int = 16384,
     dtype=np.float32,
 ) -> PreparedStamps:
@@ -162,6 +168,19 @@ def prepare_dataset(
         1 = real, 0 = bogus.
     contract : `InputContract`
     classes, snr : array-like, shape ``(N,)``, optional
+    masks : `numpy.ndarray`, shape ``(N, C, H, W)``, integer, optional
+        Mask planes of the stamps (bits of `constants.MASK_PLANES`). Pixels with
+        any of ``bad_mask_bits`` are set to NaN before preparation, as the
+        pipeline's cutout code does (`cutouts.extract_cutouts`), in a random
+        ``mask_fraction`` of the stamps.
+    bad_mask_bits : `int`, optional
+        Default: the bits of `constants.DEFAULT_BAD_MASK_PLANES`.
+    mask_fraction : `float`
+        Fraction of stamps whose bad pixels are blanked. Training on a mixture
+        makes a model that scores both pipeline stamps (masked pixels filled)
+        and raw stamps given to `score_triplets` without masks.
+    seed : `int`
+        Seed of the choice of masked stamps.
     chunk_size : `int`
         Stamps prepared at a time (bounds the temporary memory).
     dtype : numpy dtype
@@ -174,11 +193,28 @@ def prepare_dataset(
     stamps = np.asarray(stamps)
     n = len(stamps)
     labels = _check_labels(labels, n)
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.shape != stamps.shape:
+            raise ValueError(f"masks has shape {masks.shape}; the stamps have {stamps.shape}.")
+        if not np.issubdtype(masks.dtype, np.integer):
+            raise ValueError(f"masks must be integer mask planes, got dtype {masks.dtype}.")
+        if not 0 <= mask_fraction <= 1:
+            raise ValueError(f"mask_fraction must be in [0, 1], got {mask_fraction}.")
+        bits = mask_bits(DEFAULT_BAD_MASK_PLANES) if bad_mask_bits is None else int(bad_mask_bits)
+        use_mask = np.random.default_rng([seed, 0x3A5C]).random(n) < mask_fraction
     s = contract.stamp_size
     x = np.empty((n, contract.n_channels, s, s), dtype=dtype)
     for start in range(0, n, chunk_size):
-        chunk, _ = prepare_stamps(stamps[start : start + chunk_size], contract)
-        x[start : start + len(chunk)] = chunk
+        chunk = stamps[start : start + chunk_size]
+        if masks is not None:
+            bad = (masks[start : start + chunk_size] & bits) != 0
+            bad &= use_mask[start : start + chunk_size, None, None, None]
+            if bad.any():
+                chunk = chunk.astype(np.float32, copy=True)
+                chunk[bad] = np.nan
+        prepared, _ = prepare_stamps(chunk, contract)
+        x[start : start + len(prepared)] = prepared
     return PreparedStamps(x=x, labels=labels, contract=contract, classes=classes, snr=snr)
 
 
@@ -195,7 +231,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Returns
     -------
     arrays : `dict`
-        ``{"stamps", "labels", "classes" (or None), "snr" (or None)}``.
+        ``{"stamps", "labels", "classes", "snr", "masks"}`` (the last three None
+        when absent).
 
     Raises
     ------
@@ -215,7 +252,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"the file has {sorted(keys)})."
             )
     n = len(out["stamps"])
-    for name in ("labels", "classes", "snr"):
+    for name in ("labels", "classes", "snr", "masks"):
         if out[name] is not None and len(out[name]) != n:
             raise ValueError(f"{os.fspath(path)}: {name} has {len(out[name])} rows but there are {n} stamps.")
     if out["classes"] is not None:
@@ -320,7 +357,10 @@ def stratified_split(labels, fraction: float, seed: int = 0, strata=None) -> tup
 
 @functools.lru_cache(maxsize=8)
 def _dihedral_permutations(size: int) -> torch.Tensor:
-    """``(8, size * size)`` pixel permutations of the 8 rotations/flips (as `nn.triplet.dihedral_transforms`)."""
+    """``(8, size * size)`` pixel permutations of the 8 rotations/flips.
+
+    In the order of `nn.triplet.dihedral_transforms`.
+    """
     idx = torch.arange(size * size).view(1, size, size)
     return torch.stack([t.reshape(-1) for t in dihedral_transforms(idx)])
 

@@ -112,6 +112,11 @@ class TrainConfig:
         small convolutions of `TripletCNN` several times faster.
     storage_dtype : `str`
         ``"float32"`` or ``"float16"``: how the prepared training stamps are kept in memory.
+    mask_fraction : `float`
+        When mask planes are given, the fraction of stamps whose bad-mask pixels
+        (`constants.DEFAULT_BAD_MASK_PLANES`) are blanked before preparation, as
+        the pipeline does (see `data.prepare_dataset`); the others keep their raw
+        pixels, as `score_triplets` sees stamps given without masks.
     eval_batch_size : `int`
     max_seconds : `float` or `None`
         Wall-time budget of the training epochs. After the first epoch the number
@@ -155,6 +160,7 @@ class TrainConfig:
     num_threads: int | None = None
     channels_last: bool | None = None
     storage_dtype: str = "float32"
+    mask_fraction: float = 0.5
     eval_batch_size: int = 1024
     max_seconds: float | None = None
     version: str = "dev"
@@ -164,7 +170,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.contract, InputContract):
-            raise ValueError(f"TrainConfig.contract must be an InputContract, got {type(self.contract).__name__}.")
+            raise ValueError(
+                f"TrainConfig.contract must be an InputContract, got {type(self.contract).__name__}."
+            )
         validate_version_string(self.version)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             v = getattr(self, name)
@@ -178,16 +186,25 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}.")
         get_loss(self.loss, **dict(self.loss_params))  # checks the parameters now, not after an hour
         if not self.learning_rate > 0 or self.weight_decay < 0 or self.class_loss_weight < 0:
-            raise ValueError("TrainConfig: learning_rate must be > 0, weight_decay and class_loss_weight >= 0.")
+            raise ValueError(
+                "TrainConfig: learning_rate must be > 0, weight_decay and class_loss_weight >= 0."
+            )
         if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"TrainConfig.validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+            raise ValueError(
+                f"TrainConfig.validation_fraction must be in (0, 1), got {self.validation_fraction}."
+            )
+        if not 0 <= self.mask_fraction <= 1:
+            raise ValueError(f"TrainConfig.mask_fraction must be in [0, 1], got {self.mask_fraction}.")
         if self.storage_dtype not in ("float32", "float16"):
-            raise ValueError(f"TrainConfig.storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}.")
+            raise ValueError(
+                f"TrainConfig.storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}."
+            )
         if any(not 0 < p < 1 for p in self.purity_targets):
             raise ValueError(f"TrainConfig.purity_targets must lie in (0, 1), got {self.purity_targets}.")
         if self.architecture not in registry.architectures():
             raise ValueError(
-                f"TrainConfig.architecture {self.architecture!r} is unknown; known: {registry.architectures()}."
+                f"TrainConfig.architecture {self.architecture!r} is unknown; "
+                f"known: {registry.architectures()}."
             )
         self.purity_targets = tuple(float(p) for p in self.purity_targets)
 
@@ -373,21 +390,32 @@ def choose_thresholds(
     return out
 
 
-def _as_prepared(data, labels, classes, snr, contract: InputContract, dtype, what: str) -> PreparedStamps:
+def _as_prepared(data, labels, classes, snr, masks, config: TrainConfig, dtype, what: str) -> PreparedStamps:
+    contract = config.contract
     if isinstance(data, PreparedStamps):
         if data.contract != contract:
-            raise ValueError(f"{what} stamps were prepared with {data.contract}, but the config asks for {contract}.")
+            raise ValueError(
+                f"{what} stamps were prepared with {data.contract}, but the config asks for {contract}."
+            )
         return data
     if isinstance(data, dict):
-        return prepare_dataset(
-            data["stamps"], data["labels"], contract, classes=data.get("classes"), snr=data.get("snr"), dtype=dtype
-        )
-    if isinstance(data, (tuple, list)) and not isinstance(data, np.ndarray):
-        parts = list(data) + [None] * (4 - len(data))
-        return prepare_dataset(parts[0], parts[1], contract, classes=parts[2], snr=parts[3], dtype=dtype)
+        data = (data["stamps"], data["labels"], data.get("classes"), data.get("snr"), data.get("masks"))
+    if isinstance(data, (tuple, list)):
+        parts = list(data) + [None] * (5 - len(data))
+        data, labels, classes, snr, masks = parts[:5]
     if labels is None:
         raise ValueError(f"{what}: labels are required with raw stamps.")
-    return prepare_dataset(data, labels, contract, classes=classes, snr=snr, dtype=dtype)
+    return prepare_dataset(
+        data,
+        labels,
+        contract,
+        classes=classes,
+        snr=snr,
+        masks=masks,
+        mask_fraction=config.mask_fraction,
+        seed=config.seed,
+        dtype=dtype,
+    )
 
 
 def _lr_lambda(plan: dict[str, int], warmup_steps: int, floor: float = 0.02) -> Callable[[int], float]:
@@ -424,6 +452,7 @@ def train_triplet_model(
     *,
     classes=None,
     snr=None,
+    masks=None,
     config: TrainConfig | None = None,
     validation=None,
     progress: Callable[[dict[str, Any]], None] | None = None,
@@ -443,10 +472,13 @@ def train_triplet_model(
         stratifies the split, trains the class head and gives per-class metrics.
     snr : array-like, shape ``(N,)``, optional
         Source signal-to-noise, for the "at SNR >= 6" thresholds and metrics.
+    masks : `numpy.ndarray` ``(N, C, H, W)`` integer, optional
+        Mask planes of raw stamps; see ``TrainConfig.mask_fraction``.
     config : `TrainConfig`, optional
     validation : optional
         Validation data: `PreparedStamps`, a dict with ``stamps``, ``labels``
-        (and ``classes``, ``snr``), or a tuple ``(stamps, labels[, classes[, snr]])``.
+        (and ``classes``, ``snr``, ``masks``), or a tuple ``(stamps, labels[,
+        classes[, snr[, masks]]])``.
         By default ``config.validation_fraction`` of the input is held out.
     progress : callable, optional
         Called with event dicts: ``{"event": "start", ...}``, ``{"event": "step",
@@ -466,18 +498,20 @@ def train_triplet_model(
     contract = config.contract
     notify = progress or (lambda event: None)
     dtype = np.float16 if config.storage_dtype == "float16" else np.float32
-    data = _as_prepared(stamps, labels, classes, snr, contract, dtype, "training")
+    data = _as_prepared(stamps, labels, classes, snr, masks, config, dtype, "training")
     if validation is None:
         strata = data.classes if data.classes is not None else None
         train_idx, val_idx = stratified_split(data.labels, config.validation_fraction, config.seed, strata)
         val = data.subset(val_idx)
         data = data.subset(train_idx)
     else:
-        val = _as_prepared(validation, None, None, None, contract, dtype, "validation")
+        val = _as_prepared(validation, None, None, None, None, config, dtype, "validation")
     for name, d in (("training", data), ("validation", val)):
         counts = np.bincount(d.labels, minlength=2)
         if counts.min() == 0:
-            raise ValueError(f"the {name} set needs both real and bogus stamps; it has {counts[1]} real, {counts[0]} bogus.")
+            raise ValueError(
+                f"the {name} set needs both real and bogus stamps; it has {counts[1]} real, {counts[0]} bogus."
+            )
 
     use_classes = config.class_loss_weight > 0 and data.classes is not None
     train_targets = None
@@ -584,17 +618,24 @@ def train_triplet_model(
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise FloatingPointError(
-                            f"training loss became {value} at epoch {epoch}, step {step}; lower the learning rate."
+                            f"training loss became {value} at epoch {epoch}, step {step}; "
+                            "lower the learning rate."
                         )
                     sum_loss += value * len(yb)
                     n_seen += len(yb)
-                    notify({"event": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch, "loss": value})
+                    notify(
+                        {"event": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch, "loss": value}
+                    )
                     if config.max_seconds is not None and time.monotonic() - t_start > config.max_seconds:
                         out_of_time = True
                         break
                 seconds = time.monotonic() - t_epoch
                 val_logits = model_logits(
-                    model, val.x, batch_size=config.eval_batch_size, device=device, channels_last=channels_last
+                    model,
+                    val.x,
+                    batch_size=config.eval_batch_size,
+                    device=device,
+                    channels_last=channels_last,
                 )
                 vt = torch.from_numpy(val_logits).float()
                 val_loss = float(loss_fn(vt, torch.from_numpy(val.labels.astype(np.float32))))
@@ -712,7 +753,11 @@ def train_triplet_model(
         history=history,
         metrics=metrics,
         validation=ValidationScores(
-            logits=val_logits, probabilities=probs, labels=val.labels.astype(np.int64), classes=val.classes, snr=val.snr
+            logits=val_logits,
+            probabilities=probs,
+            labels=val.labels.astype(np.int64),
+            classes=val.classes,
+            snr=val.snr,
         ),
         best_epoch=best_epoch,
         stopped_early=stopped_early,

@@ -89,7 +89,9 @@ def tversky_loss(
         Added to numerator and denominator so a batch without real sources is defined.
     """
     if alpha < 0 or beta < 0 or smooth <= 0:
-        raise ValueError(f"tversky loss: need alpha, beta >= 0 and smooth > 0, got {alpha}, {beta}, {smooth}.")
+        raise ValueError(
+            f"tversky loss: need alpha, beta >= 0 and smooth > 0, got {alpha}, {beta}, {smooth}."
+        )
     y = _check(logits, targets)
     p = torch.sigmoid(logits)
     tp = (p * y).sum()

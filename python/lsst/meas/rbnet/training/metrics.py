@@ -60,7 +60,8 @@ def _check(scores, labels, mask=None, name: str = "scores") -> tuple[np.ndarray,
 
 def _require_both_classes(y: np.ndarray, what: str) -> None:
     if y.size == 0 or y.min() == y.max():
-        raise ValueError(f"{what} needs both real (1) and bogus (0) examples; got {np.bincount(y, minlength=2)}.")
+        counts = np.bincount(y, minlength=2)
+        raise ValueError(f"{what} needs both real (1) and bogus (0) examples; got {counts[1]} real, {counts[0]} bogus.")
 
 
 def roc_auc(scores, labels) -> float:

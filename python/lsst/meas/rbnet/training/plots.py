@@ -130,8 +130,8 @@ def plot_score_histograms(
     ncol = 3
     nrow = int(np.ceil(len(names) / ncol))
     fig = _figure((3.2 * ncol, 1.9 * nrow + 0.4), layout=None)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.5 / (1.9 * nrow + 0.4), top=1 - 0.6 / (1.9 * nrow + 0.4),
-                        hspace=0.45, wspace=0.2)
+    height = 1.9 * nrow + 0.4
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.5 / height, top=1 - 0.6 / height, hspace=0.45, wspace=0.2)
     axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True)).ravel()
     bins = np.linspace(0, 1, 41)
     for ax, name in zip(axes, names):
@@ -263,7 +263,8 @@ def make_evaluation_plots(
                     title=f"ROC, SNR >= {snr_min:g}",
                 )
             )
-    paths.append(plot_reliability({k: (v, y) for k, v in probabilities.items()}, outdir / f"{prefix}reliability.png"))
+    models = {k: (v, y) for k, v in probabilities.items()}
+    paths.append(plot_reliability(models, outdir / f"{prefix}reliability.png"))
     main = next(iter(probabilities))
     if classes is not None:
         paths.append(

@@ -106,7 +106,8 @@ def evaluate_scores(
         both = ym.size > 0 and ym.min() != ym.max()
         out["roc_auc_snr"] = M.roc_auc(p[mask], ym) if both else None
         out["completeness_at_purity_snr"] = {
-            f"{q:g}": (M.completeness_at_purity(p, y, q, mask=mask) if np.any(ym == 1) else None) for q in purities
+            f"{q:g}": (M.completeness_at_purity(p, y, q, mask=mask) if np.any(ym == 1) else None)
+            for q in purities
         }
         rows = []
         for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:]):
@@ -137,7 +138,11 @@ def evaluate_scores(
         if mask is not None and mask.any():
             out["per_class_snr"] = M.class_fractions(p, y, c, default, mask=mask)
         names, counts = M.confusion_matrix(p, y, default, classes=c)
-        out["confusion"] = {"names": names, "columns": ["predicted_bogus", "predicted_real"], "counts": counts.tolist()}
+        out["confusion"] = {
+            "names": names,
+            "columns": ["predicted_bogus", "predicted_real"],
+            "counts": counts.tolist(),
+        }
     return out
 
 
@@ -179,7 +184,8 @@ def summary_rows(m: Mapping[str, Any]) -> list[tuple[str, str]]:
             pur, comp, where = t["purity_snr"], t["completeness_snr"], f", {snr}"
         else:
             pur, comp, where = t["purity"], t["completeness"], ""
-        rows.append((f"{name} >= {t['threshold']:.4g}{where}: P / C", f"{_fmt(pur, True)} / {_fmt(comp, True)}"))
+        label = f"{name} >= {t['threshold']:.4g}{where}: P / C"
+        rows.append((label, f"{_fmt(pur, True)} / {_fmt(comp, True)}"))
     return rows
 
 
@@ -260,5 +266,6 @@ def markdown_class_table(columns: Mapping[str, Mapping[str, Any]], key: str = "p
     for c in classes:
         first = next(d[c] for d in per.values() if c in d)
         cells = [_fmt(per[n][c]["fraction_above"], pct=True) if c in per[n] else "-" for n in names]
-        lines.append(f"| {c} | {'real' if first['label'] == 1 else 'bogus'} | {first['n']} | " + " | ".join(cells) + " |")
+        kind = "real" if first["label"] == 1 else "bogus"
+        lines.append(f"| {c} | {kind} | {first['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
