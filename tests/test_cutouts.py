@@ -502,7 +502,10 @@ import lsst.meas.rbnet.cutouts as cutouts_module  # noqa: E402
 
 
 def _scan_images(rng, shape=(77, 90)):
-    """Images with sparse NaN/inf, a bad column, a saturated block and a NO_DATA area; H, W not multiples of 16."""
+    """Images with sparse NaN/inf, a bad column, a saturated block and a NO_DATA area.
+
+    H and W are not multiples of the scan's 16-row blocks.
+    """
     images, masks = make_images(rng, shape=shape)
     masks[2] = np.zeros(shape, dtype=np.int32)
     masks[0][20:34, 40:60] |= 1 << MASK_PLANES["SAT"]  # dense: a saturated star

@@ -14,8 +14,8 @@ torch.set_num_threads(1)
 SEQ_ARCHS = ["seq_bigru", "seq_gru", "seq_lstm", "seq_conv1d"]
 SMALL = {
     "seq_bigru": {"hidden_size": 12, "head_hidden": 8},
-    "seq_gru": {"hidden_size": 12, "head_hidden": 0, "pooling": "last"},
-    "seq_lstm": {"hidden_size": 12, "pooling": "mean+max+last+attention"},
+    "seq_gru": {"hidden_size": 12, "head_hidden": 0, "pooling": "last", "downsample": 1, "features": "x"},
+    "seq_lstm": {"hidden_size": 12, "pooling": "mean+max+last+attention", "downsample": 1},
     "seq_conv1d": {"channels": 12, "num_layers": 3, "kernel_size": 5, "pooling": "mean+max+attention"},
 }
 

@@ -13,6 +13,7 @@ The per-visit inputs are the tables the reliability task writes (``dia_source_cu
 so no image is simulated; models are tiny (a few thousand weights).
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -56,14 +57,9 @@ def _boundary_point():
     return ra, dec, sides
 
 
-BOUNDARY = None
-
-
+@functools.cache
 def _boundary():
-    global BOUNDARY
-    if BOUNDARY is None:
-        BOUNDARY = _boundary_point()
-    return BOUNDARY
+    return _boundary_point()
 
 
 def tiny_sequence_package(version="tseq", channels=("science",), seed=0):
@@ -560,8 +556,8 @@ def repo(tmp_path_factory, package):
     config["datastore", "root"] = "<butlerRoot>"
     # makeQuantum's refs carry no dimension records, so the file template may use only data ID values.
     config["datastore", "templates", "default"] = (
-        "{run:/}/{datasetType}.{component:?}/{datasetType}_{component:?}_{instrument:?}_{visit:?}_{detector:?}"
-        "_{htm7:?}"
+        "{run:/}/{datasetType}.{component:?}/{datasetType}_{component:?}_{instrument:?}_{visit:?}"
+        "_{detector:?}_{htm7:?}"
     )
     butler = makeTestRepo(root, config=config)
     register_sequence_dataset_types(butler)

@@ -479,7 +479,7 @@ def _plan_channels(imgs, msks, mbits, src: _Sources) -> list[_ChannelPlan]:
     box (e.g. 10,000 51x51 stamps on a 4k x 4k image cover 1.55 of it; 200 cover
     0.03). Otherwise, and for images whose values may not survive the conversion
     to float32 (float64: a finite 1e39 becomes inf), every stamp is checked pixel
-    by pixel after it is gathered and converted, as before.
+    by pixel after it is gathered and converted (the per-stamp path).
     """
     H, W = src.shape
     S = src.size
@@ -522,8 +522,8 @@ def _scan_channel(img, msk, mbits, src: _Sources, ov: np.ndarray, box) -> _Chann
        alarm) and the OR of the mask; a (rows / B, W) map of dirty segments.
     2. Count dirty segments per B x B tile and build a summed-area table of the
        counts; each stamp's count over the tiles it touches is then 4 look-ups.
-       (A full-resolution table would be exact, but numpy's cumulative sum along
-       the rows of a 4k x 4k image alone takes longer than the whole scan.)
+       (A full-resolution table would be exact, but ``np.cumsum(axis=0)`` of
+       a 4k x 4k image alone takes ~0.3 s, ten times the whole scan.)
     3. Stamps with count 0 are clean. Stamps with more than
        ``_SCAN_DENSE_SEGMENTS`` are marked for the exact per-pixel check.
     4. The dirty segments in tiles touched by the remaining stamps are expanded
@@ -676,7 +676,11 @@ def _pixels_in_stamps(pr, pc, ptag, stamps: np.ndarray, src: _Sources):
 
 
 def _batch_pairs(plan: _ChannelPlan, s0: int, s1: int, n: int, rank: np.ndarray, npix: int):
-    """Untrusted pixels of sources [s0, s1) of ``n`` as sorted flat positions in the raster-ordered batch, and tags."""
+    """Untrusted pixels of sources [s0, s1) (of ``n``) listed by a plan, for one batch.
+
+    Returns their sorted flat positions in the batch's raster-ordered stamps
+    (stamp rank ``rank[i]`` times ``npix`` plus pixel) and their tags, or None.
+    """
     stamp, local, tag = plan.pair_stamp, plan.pair_local, plan.pair_tag
     if s0 > 0 or s1 < n:
         sel = (stamp >= s0) & (stamp < s1)
@@ -952,7 +956,8 @@ def extract_cutouts(
     Notes
     -----
     Flags set: ``EDGE`` (stamp reaches past the image), ``NONFINITE`` (a pixel
-    on the image was NaN/inf), ``MASKED`` (a pixel had a bad mask bit),
+    on the image was NaN/inf, or beyond the float32 range in a float64 image),
+    ``MASKED`` (a pixel had a bad mask bit),
     ``BAD_CENTER`` (the centre pixel is untrusted in any channel),
     ``MOSTLY_BAD`` (a channel's untrusted fraction > ``max_bad_fraction``),
     ``NO_VALID_PIXELS`` (a channel has no trusted pixel), ``BAD_CENTROID``
@@ -963,7 +968,10 @@ def extract_cutouts(
 
     The work is index arithmetic and fancy indexing over all sources at once
     (in cache-sized chunks; one index copies a whole stamp row); there is no
-    per-source Python loop and no padded copy of the images.
+    per-source Python loop and no padded copy of the images. When the stamps
+    cover much of the image, untrusted pixels are found by one scan of each
+    image and mask instead of per stamp (see the module docstring); both ways
+    give identical results.
 
     Raises
     ------
@@ -1192,7 +1200,10 @@ def _robust_center_scale(
 
 
 def _nan_rows(flat: np.ndarray) -> np.ndarray:
-    """(R,) bool: rows of ``flat`` (R, M) float32 that may hold non-finite values; their infinities become NaN."""
+    """(R,) bool: rows of ``flat`` (R, M) float32 that may hold non-finite values.
+
+    Infinities in those rows are turned into NaN (the only untrusted value downstream).
+    """
     suspect = ~_rows_finite(flat)
     rows = np.flatnonzero(suspect)
     if rows.shape[0]:

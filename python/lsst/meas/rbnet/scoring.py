@@ -488,6 +488,8 @@ class Scorer:
             bad_mask_bits=bad_mask_bits,
             max_bad_fraction=max_bad_fraction,
             channel_axis_order=channel_axis_order,
+            # _score_batches copies or scores each batch before asking for the next.
+            reuse_buffer=True,
         )
         n = int(np.size(x))
         return self._score_batches(n, batches)

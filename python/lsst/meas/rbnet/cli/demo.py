@@ -697,7 +697,8 @@ def run_sequence_demo(
     timings["simulate and write"] = time.perf_counter() - t0
     _echo(
         console,
-        f"Wrote 2 series x {visits} visits x {objects} objects to {SEQ_SIM_RUN}; object labels in {LABELS_RUN}.",
+        f"Wrote 2 series x {visits} visits x {objects} objects to {SEQ_SIM_RUN}; object labels in "
+        f"{LABELS_RUN}.",
     )
 
     console.rule("[bold]2. Single-visit (triplet) model")

@@ -270,7 +270,8 @@ def gather_frames(
         missing = [c for c in ("id", "stamp") if c not in cut.colnames]
         if missing:
             raise ValueError(
-                f"The cutouts ({cutouts_name}, {where}) have no column(s) {missing}; they have {cut.colnames}."
+                f"The cutouts ({cutouts_name}, {where}) have no column(s) {missing}; "
+                f"they have {cut.colnames}."
             )
         missing = [c for c in (id_column, ra_column, dec_column) if c not in src.colnames]
         if missing:
@@ -296,7 +297,8 @@ def gather_frames(
         stamps = np.asarray(cut["stamp"])
         if stamps.ndim != 4 or stamps.shape[-1] != stamps.shape[-2] or len(stamps) != n:
             raise ValueError(
-                f"The cutouts ({cutouts_name}, {where}) column 'stamp' must be (N, C, S, S), got {stamps.shape}."
+                f"The cutouts ({cutouts_name}, {where}) column 'stamp' must be (N, C, S, S), "
+                f"got {stamps.shape}."
             )
         stamp_channels = tuple(cut.meta.get("channels", ())) or (
             CHANNEL_ORDER if stamps.shape[1] == len(CHANNEL_ORDER) else ()
@@ -309,13 +311,13 @@ def gather_frames(
         lacking = [c for c in channels if c not in stamp_channels]
         if lacking:
             raise ValueError(
-                f"The sequence model reads channels {channels} but the cutouts ({cutouts_name}, {where}) have "
-                f"only {stamp_channels} (lacking {lacking})."
+                f"The sequence model reads channels {channels} but the cutouts ({cutouts_name}, {where}) "
+                f"have only {stamp_channels} (lacking {lacking})."
             )
         if stamps.shape[-1] < frame_size:
             raise ValueError(
-                f"The cutouts ({cutouts_name}, {where}) have {stamps.shape[-1]}-pixel stamps, smaller than the "
-                f"sequence model's {frame_size}-pixel frames; write larger cutouts (cutoutSize)."
+                f"The cutouts ({cutouts_name}, {where}) have {stamps.shape[-1]}-pixel stamps, smaller "
+                f"than the sequence model's {frame_size}-pixel frames; write larger cutouts (cutoutSize)."
             )
         select = [stamp_channels.index(c) for c in channels]
         # Select and crop per dataset, so only the frames (not the full stamps) are held in memory.

@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+# This file is part of meas_rbnet.
+"""Benchmark of `SequenceReliabilityTask.run`: what the task adds around the sequence scorer.
+
+Synthetic per-visit inputs as the reliability task writes them (``dia_source_cutouts`` with
+3 x 29 x 29 stamps, source tables with ra/dec), ``--objects`` objects seen in ``--visits``
+visits, scored by an untrained sequence package of the default size (28-pixel science
+frames, VAE 32..512 channels, 36 latents, bidirectional GRU of 128 units: speed does not
+depend on the weights). Reported, warm (second call), for objects grouped by
+``diaObjectId`` and by positional association (1 arcsec friends-of-friends):
+the task's total, the sequence scorer alone on the same frames, and the difference
+(joining tables, cutting frames, grouping, partition, output table).
+
+Results: ``benchmarks/results/sequence_task.json`` and ``sequence_task.md``.
+
+Usage: ``python benchmarks/bench_sequence_task.py [--objects 1000] [--visits 20] [--threads 2]``
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import astropy.table
+import numpy as np
+
+
+def _package():
+    import torch
+
+    from lsst.meas.rbnet.contract import InputContract
+    from lsst.meas.rbnet.nn import registry
+    from lsst.meas.rbnet.package import ModelPackage
+
+    torch.manual_seed(0)
+    hp_vae = dict(in_channels=1, frame_size=28, latent_dim=36)
+    hp_cls = dict(input_dim=36)
+    return ModelPackage.from_modules(
+        "sequence",
+        {
+            "encoder": ("vae", hp_vae, registry.build("vae", **hp_vae).eval()),
+            "classifier": ("seq_bigru", hp_cls, registry.build("seq_bigru", **hp_cls).eval()),
+        },
+        contract=InputContract(stamp_size=29, channels=("science",)),
+        version="bench",
+        extra={"frame_size": 28, "frame_channels": ["science"], "latent_columns": [0, 36]},
+    )
+
+
+def _inputs(n_objects, n_visits, seed=0):
+    rng = np.random.default_rng(seed)
+    # On a grid 10 arcsec apart, so positional association finds exactly the objects.
+    side = int(np.ceil(np.sqrt(n_objects)))
+    ra = 150.0 + (np.arange(n_objects) % side) * 10.0 / 3600.0
+    dec = 2.0 + (np.arange(n_objects) // side) * 10.0 / 3600.0
+    cutouts, sources, times = [], [], []
+    for v in range(n_visits):
+        ids = np.int64(v + 1) * 10_000_000 + np.arange(n_objects, dtype=np.int64)
+        cut = astropy.table.Table()
+        cut["id"] = ids
+        cut["stamp"] = rng.normal(0, 1, (n_objects, 3, 29, 29)).astype(np.float32)
+        cut["reliabilityFlags"] = np.zeros(n_objects, np.int32)
+        cut.meta["channels"] = ["difference", "science", "template"]
+        src = astropy.table.Table()
+        src["id"] = ids
+        src["ra"] = ra + rng.normal(0, 0.1 / 3600, n_objects)
+        src["dec"] = dec + rng.normal(0, 0.1 / 3600, n_objects)
+        src["diaObjectId"] = np.arange(1, n_objects + 1, dtype=np.int64)
+        src["reliability"] = rng.uniform(0, 1, n_objects).astype(np.float32)
+        cutouts.append(cut)
+        sources.append(src)
+        times.append(60000.0 + 3.0 * v)
+    return cutouts, sources, times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--visits", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from lsst.meas.rbnet.sequence.scoring import SequenceScorer
+    from lsst.meas.rbnet.tasks.sequence import (
+        SequenceReliabilityConfig,
+        SequenceReliabilityTask,
+        gather_frames,
+    )
+
+    torch.set_num_threads(args.threads)
+    package = _package()
+    cutouts, sources, times = _inputs(args.objects, args.visits)
+    n_sources = args.objects * args.visits
+    results = {
+        "objects": args.objects,
+        "visits": args.visits,
+        "sources": n_sources,
+        "threads": args.threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "model": "untrained default-size VAE (28 px science frames, 36 latents) + seq_bigru(128)",
+    }
+    for mode in ("diaObjectId", "position"):
+        config = SequenceReliabilityConfig()
+        config.numThreads = args.threads
+        config.device = "cpu"
+        if mode == "position":
+            config.objectIdColumn = ""
+        task = SequenceReliabilityTask(config=config)
+        task.run(cutouts[:2], sources[:2], package, times=times[:2])  # warm the scorer cache
+        t0 = time.perf_counter()
+        table = task.run(cutouts, sources, package, times=times).objectReliability
+        total = time.perf_counter() - t0
+        assert len(table) == args.objects, (mode, len(table))
+        results[f"task_seconds_{mode}"] = total
+    # The scorer alone on the same frames, already cut and in object order.
+    frames = gather_frames(cutouts, sources, channels=("science",), frame_size=28, times=times)
+    order = np.lexsort((frames.mjd, frames.object_id))
+    offsets = np.arange(0, n_sources + 1, args.visits)
+    scorer = SequenceScorer(package, device="cpu")
+    t0 = time.perf_counter()
+    scorer.score(frames.frames[order], offsets, frames.mjd[order])
+    results["scorer_seconds"] = time.perf_counter() - t0
+    for mode in ("diaObjectId", "position"):
+        results[f"task_overhead_seconds_{mode}"] = results[f"task_seconds_{mode}"] - results["scorer_seconds"]
+        results[f"objects_per_second_{mode}"] = args.objects / results[f"task_seconds_{mode}"]
+
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "sequence_task.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    lines = [
+        "# SequenceReliabilityTask.run",
+        "",
+        f"{args.objects} objects x {args.visits} visits ({n_sources} sources), {results['model']}, "
+        f"{args.threads} torch threads, {results['machine']}.",
+        "",
+        "| grouping | task total (s) | scorer alone (s) | task overhead (s) | objects/s |",
+        "|---|---|---|---|---|",
+    ]
+    for mode in ("diaObjectId", "position"):
+        lines.append(
+            f"| {mode} | {results[f'task_seconds_{mode}']:.2f} | {results['scorer_seconds']:.2f} | "
+            f"{results[f'task_overhead_seconds_{mode}']:.2f} | {results[f'objects_per_second_{mode}']:.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "sequence_task.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
