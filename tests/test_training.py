@@ -123,6 +123,10 @@ def test_tversky_bounds():
 
 
 def test_get_loss_errors():
+    from lsst.meas.rbnet.cli.train import _LOSSES
+    from lsst.meas.rbnet.training.losses import LOSSES
+
+    assert _LOSSES == LOSSES  # the command line offers exactly the losses there are
     with pytest.raises(ValueError, match="Unknown loss"):
         get_loss("hinge")
     with pytest.raises(ValueError, match="does not take"):

@@ -384,15 +384,23 @@ class Scorer:
         """Score an iterator of ``(slice, prepared stamps, flags)`` covering ``range(n)`` in order."""
         logits = np.full(n, np.nan, dtype=np.float32)
         flags = np.zeros(n, dtype=np.int32)
+        # On a GPU the logits stay on the device until the end, so the host never waits for the
+        # device between batches. On the CPU they are copied out at once: small tensors kept alive
+        # between the large temporaries of successive batches fragment the heap, and the resident
+        # memory then creeps up with the number of batches instead of staying bounded.
+        on_host = self.device.type == "cpu"
         pending: list[tuple[slice, torch.Tensor]] = []
         with torch.inference_mode():
             for sl, xb, fb in batches:
                 flags[sl] = fb
                 # Every batch goes through the network whole, unscorable sources included (their
-                # prepared stamps are finite; their logits are discarded below): equal-sized
-                # allocations batch after batch are reused by the allocator, whereas varying sizes
-                # fragment the heap and make the resident memory creep up with the number of batches.
-                pending.append((sl, self._network_logits(self._to_device(xb))))
+                # prepared stamps are finite; their logits are discarded below), so that successive
+                # batches make allocations of the same sizes, which the allocator reuses.
+                out = self._network_logits(self._to_device(xb))
+                if on_host:
+                    logits[sl] = out.numpy()
+                else:
+                    pending.append((sl, out))
             for sl, out in pending:
                 logits[sl] = out.cpu().numpy()
         bad = (flags & _UNSCORABLE_BITS) != 0

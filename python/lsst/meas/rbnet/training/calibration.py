@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 #: Temperatures outside this range mean something is wrong with the model or the data.
-_BOUNDS = (0.05, 20.0)
+_BOUNDS = (0.01, 100.0)
 
 
 def _check(logits, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +54,7 @@ def fit_temperature(logits, labels) -> float:
     Returns
     -------
     temperature : `float`
-        ``T`` in [0.05, 20]; the calibrated probability is ``sigmoid(logit / T)``.
+        ``T`` in [0.01, 100]; the calibrated probability is ``sigmoid(logit / T)``.
     """
     z, y = _check(logits, labels)
     if y.min() == y.max():
