@@ -21,6 +21,17 @@ bins of SNR. A logistic-regression baseline on the same prepared pixels
 (`training.baseline.LogisticBaseline`), fitted on separately simulated
 training stamps (seed ``--baseline-seed``), is evaluated on the same test set.
 
+Visit level: ``--visits`` (20 by default) detector visits simulated with
+`lsst.meas.rbnet.sim.simulate_visit` (1024x1024, 300 labelled sources each;
+seeds from ``--visit-seed`` = `VISIT_SEED`, never used for training and not the
+seeds of ``rbnet demo``) are scored at the catalogue's measured centroids
+through `Scorer.score_images` with their mask planes, as the pipeline scores
+them, by the model and by every ``--compare`` package (e.g. the previous
+default), side by side: the same metrics plus the spread of the per-visit
+ROC-AUC. These stamps differ from `simulate_stamps` (crowding, trails, ghosts
+and bad columns shared between detections, one PSF per visit, measured
+centroids).
+
 Targets (checked and printed, for the plain and the pipeline-mask scores):
 ROC-AUC >= 0.99; completeness >= 95% at purity >= 99% for SNR >= 6;
 ECE <= 0.02; the CNN beats the baseline in ROC-AUC and in completeness at
@@ -30,7 +41,8 @@ Results go to ``benchmarks/results/accuracy.json`` and ``.md``.
 
 Usage::
 
-    python benchmarks/bench_accuracy.py [--model PACKAGE] [--n 20000] [--test-data FILE.npz]
+    python benchmarks/bench_accuracy.py [--model PACKAGE] [--n 20000] [--test-data FILE.npz] \
+        [--visits 20] [--compare OLD_PACKAGE ...]
 """
 
 import argparse
@@ -46,6 +58,9 @@ import numpy as np
 TEST_SEED = 20240
 #: Seed of the baseline's training stamps (not a seed of the CNN's training data either).
 BASELINE_SEED = 20241
+#: First seed of the visit-level test visits (training visits use seeds 5000-6079, see
+#: doc/default-model.md; ``rbnet demo`` uses small seeds).
+VISIT_SEED = 90000
 
 TARGETS = {
     "roc_auc": 0.99,
@@ -87,6 +102,76 @@ def blank_masked(stamps, masks):
     return out
 
 
+def evaluate_visits(model_paths, seeds, shape=(1024, 1024), n_sources=300, threads=1):
+    """Score the sources of simulated visits with each model through `Scorer.score_images` (with masks).
+
+    Parameters
+    ----------
+    model_paths : `dict` [`str`, `pathlib.Path`]
+        Column name -> model package.
+    seeds : sequence of `int`
+        `simulate_visit` seeds.
+
+    Returns
+    -------
+    results : `dict` [`str`, `dict`]
+        Per model, the `evaluate_scores` metrics plus ``per_visit_auc`` (one per
+        visit), ``n_unscored`` and ``seconds`` (scoring time).
+    """
+    from lsst.meas.rbnet.package import ModelPackage
+    from lsst.meas.rbnet.scoring import load_scorer
+    from lsst.meas.rbnet.sim import simulate_visit
+    from lsst.meas.rbnet.training.metrics import roc_auc
+    from lsst.meas.rbnet.training.report import evaluate_scores
+
+    scorers = {
+        name: load_scorer(path, device="cpu", num_threads=threads) for name, path in model_paths.items()
+    }
+    thresholds = {
+        name: {t["name"]: t["threshold"] for t in ModelPackage.load(path).thresholds}
+        for name, path in model_paths.items()
+    }
+    probs = {name: [] for name in scorers}
+    per_visit = {name: [] for name in scorers}
+    seconds = dict.fromkeys(scorers, 0.0)
+    labels, classes, snr = [], [], []
+    t0 = time.perf_counter()
+    for seed in seeds:
+        v = simulate_visit(seed, shape=shape, n_sources=n_sources)
+        s = v.sources
+        images = [v.difference.image, v.science.image, v.template.image]
+        masks = [v.difference.mask, v.science.mask, v.template.mask]
+        y_true = np.asarray(s["label"]).astype(np.int64)
+        labels.append(y_true)
+        classes.append(np.asarray(s["source_class"]).astype(str))
+        snr.append(np.asarray(s["snr"], dtype=np.float64))
+        for name, scorer in scorers.items():
+            t1 = time.perf_counter()
+            result = scorer.score_images(images, s["x"], s["y"], masks=masks)
+            p = np.asarray(result.reliability, dtype=np.float64)
+            seconds[name] += time.perf_counter() - t1
+            probs[name].append(p)
+            ok = np.isfinite(p)
+            per_visit[name].append(roc_auc(p[ok], y_true[ok]))
+    labels, classes, snr = np.concatenate(labels), np.concatenate(classes), np.concatenate(snr)
+    elapsed = time.perf_counter() - t0
+    print(f"simulated and scored {len(seeds)} visits ({len(labels)} sources) in {elapsed:.0f} s")
+    results = {}
+    for name in scorers:
+        p = np.concatenate(probs[name])
+        ok = np.isfinite(p)
+        m = evaluate_scores(p[ok], labels[ok], classes=classes[ok], snr=snr[ok], thresholds=thresholds[name])
+        m["n_unscored"] = int((~ok).sum())
+        m["seconds"] = seconds[name]
+        m["per_visit_auc"] = per_visit[name]
+        results[name] = m
+        print(
+            f"visits, {name}: AUC {m['roc_auc']:.5f} (per visit {min(per_visit[name]):.4f}-"
+            f"{max(per_visit[name]):.4f}), AUC SNR>=6 {m['roc_auc_snr']:.5f}, ECE {m['ece']:.4f}"
+        )
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="Model package (default: the shipped default model).")
@@ -100,6 +185,10 @@ def main(argv=None):
     parser.add_argument("--no-symmetry", action="store_true", help="Skip the rotation/flip-averaged scores.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1).")
     parser.add_argument("--plots", default=None, help="Directory for ROC/reliability/per-class plots.")
+    parser.add_argument("--visits", type=int, default=20, help="Visit-level test visits (0: none).")
+    parser.add_argument("--visit-seed", type=int, default=VISIT_SEED, help="Seed of the first test visit.")
+    parser.add_argument("--compare", action="append", default=[],
+                        help="Another model package to evaluate on the visits side by side (repeatable).")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy"),
                         help="Result path without suffix (.json and .md are written).")
     args = parser.parse_args(argv)
@@ -180,6 +269,16 @@ def main(argv=None):
     for k, v in checks.items():
         print(f"  [{'PASS' if v else 'FAIL'}] {k}")
 
+    visit_results = {}
+    visit_seeds = list(range(args.visit_seed, args.visit_seed + args.visits))
+    if visit_seeds:
+        models = {f"{package.version} (this model)": model_path}
+        for other in args.compare:
+            other = Path(other)
+            name = ModelPackage.load(other).version
+            models[name if name not in models else f"{name} ({other.name})"] = other
+        visit_results = evaluate_visits(models, visit_seeds, threads=args.threads)
+
     meta = {
         "model": model_path.name,
         "version": package.version,
@@ -189,6 +288,9 @@ def main(argv=None):
         "n_test": int(len(labels)),
         "stamp_size": args.stamp_size,
         "baseline_seed": args.baseline_seed if args.baseline_n else None,
+        "visit_seeds": [visit_seeds[0], visit_seeds[-1]] if visit_seeds else None,
+        "visit_shape": [1024, 1024],
+        "visit_n_sources": 300,
         "thresholds": package.thresholds,
         "temperature": package.temperature,
         "temperature_symmetric": package.temperature_symmetric,
@@ -199,7 +301,7 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "checks": checks, "results": results}
+    payload = {"meta": meta, "checks": checks, "results": results, "visits": visit_results}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
 
     md = [
@@ -243,6 +345,33 @@ def main(argv=None):
         md.append(f"| [{row['snr_lo']:g}, {hi}) | {row['n_real']} | {comp} |")
     md += ["", f"Scoring time on this machine ({args.threads} thread): "
            + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), ""]
+    if visit_results:
+        n_src = next(iter(visit_results.values()))["n"]
+        md += [
+            "## Visit level",
+            "",
+            f"{len(visit_seeds)} simulated 1024x1024 detector visits (`simulate_visit`, seeds "
+            f"{visit_seeds[0]}-{visit_seeds[-1]}, 300 labelled sources each, {n_src} in all; never used for "
+            "training), scored at the catalogue's measured centroids through `Scorer.score_images` with the mask planes, as the "
+            "pipeline does. Each column is a model package, scored with its own calibration and thresholds.",
+            "",
+            markdown_metrics_table(visit_results),
+            "| ROC-AUC per visit: min / median / max | "
+            + " | ".join(
+                " / ".join(f"{f(m['per_visit_auc']):.4f}" for f in (np.min, np.median, np.max))
+                for m in visit_results.values()
+            )
+            + " |",
+            "",
+            "### Per class, all sources (fraction scored real at the default threshold)",
+            "",
+            markdown_class_table(visit_results),
+            "",
+            "### Per class, SNR >= 6",
+            "",
+            markdown_class_table(visit_results, key="per_class_snr"),
+            "",
+        ]
     out.with_suffix(".md").write_text("\n".join(md))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 

@@ -13,8 +13,11 @@ exactly as a trained package would be:
    at batch sizes 256, 1024 and 4096, with and without symmetry averaging;
 2. peak memory while 100,000 sources stream through `Scorer.score_images` on a
    synthetic 4096x4096 image triplet (with mask planes), per batch size, each
-   in a fresh process: ``ru_maxrss`` growth over the state after the images and
-   the model are loaded, and the ``tracemalloc`` peak (numpy allocations).
+   in a fresh process (run first, while the parent is small, because a child's
+   ``ru_maxrss`` starts at the parent's): ``ru_maxrss`` growth over the state
+   after the images and the model are loaded, the same from the current RSS
+   sampled every 5 ms, and the ``tracemalloc`` peak (numpy allocations). It
+   should depend on the batch size, not on the number of sources.
 
 Usage::
 
@@ -348,11 +351,13 @@ def main(argv=None) -> None:
         "load_before": round(os.getloadavg()[0], 2),
     }
     packages = make_packages(args.model)
-    rows = throughput(packages, repeats, args.quick)
     mem = []
     if not args.no_memory:
+        # Memory first, while this process is small: on Linux a child's ru_maxrss starts from
+        # the parent's high-water mark, which the throughput runs would raise.
         n_sources, image_size = (20_000, 2048) if args.quick else (100_000, 4096)
         mem = memory(args.model, list(packages), n_sources, image_size, BATCH_SIZES)
+    rows = throughput(packages, repeats, args.quick)
     info["load_after"] = round(os.getloadavg()[0], 2)
     first = next(iter(packages))
 

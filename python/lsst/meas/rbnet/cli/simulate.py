@@ -110,6 +110,64 @@ def stamps(
     )
 
 
+@simulate.command("visit-stamps")
+@click.argument("out", type=click.Path(dir_okay=False, writable=True))
+@click.option("--first-seed", type=int, default=0, show_default=True, help="Seed of the first visit.")
+@click.option(
+    "--visits",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Number of visits (seeds FIRST-SEED, FIRST-SEED+1, ...).",
+)
+@click.option(
+    "--size", type=click.IntRange(min=3), default=51, show_default=True, help="Stamp side in pixels (odd)."
+)
+@click.option("--shape", default="1024,1024", show_default=True, help="Detector HEIGHT,WIDTH in pixels.")
+@click.option(
+    "--n-sources",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Labelled objects per visit.",
+)
+def visit_stamps(out, first_seed, visits, size, shape, n_sources):
+    """Write the stamps of all sources of simulated detector visits to OUT (.npz).
+
+    Same keys as `rbnet simulate stamps` (stamps are raw pixels around the
+    measured centroids; masks are the mask planes), for training on the
+    crowding, shared artifacts and PSFs of whole visits.
+    """
+    from ..sim.io import write_stamps
+    from ..sim.visit_stamps import simulate_visit_stamps
+
+    if size % 2 != 1:
+        raise click.BadParameter(f"--size must be odd, got {size}.")
+    try:
+        height, width = (int(v) for v in shape.split(","))
+    except ValueError:
+        raise click.BadParameter(f"--shape: expected HEIGHT,WIDTH, got {shape!r}") from None
+    start = time.perf_counter()
+
+    def progress(done, total):
+        click.echo(f"  {done}/{total} visits ({time.perf_counter() - start:.1f} s)", err=True)
+
+    result = simulate_visit_stamps(
+        range(first_seed, first_seed + visits),
+        shape=(height, width),
+        n_sources=n_sources,
+        stamp_size=size,
+        progress=progress,
+    )
+    write_stamps(result, out)
+    n = len(result)
+    n_real = int((result.table["label"] == 1).sum())
+    click.echo(
+        f"Wrote {n} stamps ({n_real} real, {n - n_real} bogus) of {size}x{size} px from {visits} visits "
+        f"(seeds {first_seed}-{first_seed + visits - 1}) to {out} in {time.perf_counter() - start:.1f} s."
+    )
+
+
 @simulate.command("visit")
 @click.argument("out_dir", type=click.Path(file_okay=False, writable=True))
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")

@@ -10,6 +10,8 @@ sets. Entry points:
 
 - `simulate_stamps`: labelled triplet stamps for training (fast path).
 - `simulate_visit`: detector-sized images of one visit with a source table.
+- `simulate_visit_stamps`: labelled stamps cut from simulated visits (training data
+  with the crowding, shared artifacts and measured centroids of real visits).
 - `simulate_sequences`: cutout sequences of objects over many visits.
 - `simulate_visit_series`: detector-sized visits of the same objects.
 - `make_gallery`: a plot of examples of every class.
@@ -17,7 +19,7 @@ sets. Entry points:
 Modules: `psf` (PSF and matching kernels), `render` (pixels from
 components), `scene` (component tables, the static field), `artifacts`,
 `labelled` (one recipe per class), `imaging` (noise, saturation, PSF
-matching, subtraction, masks), `stamps`, `visit`, `sequences`, `series`,
+matching, subtraction, masks), `stamps`, `visit`, `visit_stamps`, `sequences`, `series`,
 `gallery`, `io`.
 """
 
@@ -26,6 +28,7 @@ from .sequences import SequenceSet, simulate_sequences
 from .series import simulate_visit_series
 from .stamps import StampSet, simulate_stamps
 from .visit import SimImage, SimulatedVisit, VisitMetadata, simulate_visit
+from .visit_stamps import simulate_visit_stamps
 
 __all__ = [
     "StampSet",
@@ -34,6 +37,7 @@ __all__ = [
     "SimulatedVisit",
     "VisitMetadata",
     "simulate_visit",
+    "simulate_visit_stamps",
     "SequenceSet",
     "simulate_sequences",
     "simulate_visit_series",
