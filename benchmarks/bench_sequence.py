@@ -85,33 +85,52 @@ def _frames(n_objects: int, n_visits: int, seed: int = 0) -> tuple[np.ndarray, n
 def bench_speed(n_objects: int, n_visits: int, threads: int) -> dict:
     print(f"== Scoring speed: {n_objects} objects x {n_visits} visits, {threads} threads", flush=True)
     frames, offsets, times = _frames(n_objects, n_visits)
-    out = {"n_objects": n_objects, "n_visits": n_visits, "n_frames": int(len(frames)), "threads": threads,
-           "target_seconds": 30.0 * n_objects * n_visits / 500_000, "models": {}}
+    out = {
+        "n_objects": n_objects,
+        "n_visits": n_visits,
+        "n_frames": int(len(frames)),
+        "threads": threads,
+        "load_average_before": os.getloadavg()[0],
+        "target_seconds": 30.0 * n_objects * n_visits / 500_000,
+        "models": {},
+    }
     contract = InputContract(stamp_size=29, channels=("science",))
     t = time.perf_counter()
     normed = normalize_stamps(np.ascontiguousarray(frames), contract)
     out["normalize_seconds"] = time.perf_counter() - t
-    for name, arch, precision in (("conv1d", "seq_conv1d", "float32"), ("bigru", "seq_bigru", "float32"),
-                                  ("conv1d, bf16 encoder", "seq_conv1d", "bfloat16"),
-                                  ("bigru, bf16 encoder", "seq_bigru", "bfloat16")):
+    t = time.perf_counter()
+    scorer32 = SequenceScorer(_package("seq_bigru"))
+    lat = scorer32.latents(normed, normalized=True)
+    out["encode_seconds"] = time.perf_counter() - t
+    print(f"  VAE encoding alone (float32): {out['encode_seconds']:.1f}s", flush=True)
+    for name, arch, precision in (
+        ("conv1d", "seq_conv1d", "float32"),
+        ("bigru", "seq_bigru", "float32"),
+        ("bigru, bf16 encoder", "seq_bigru", "bfloat16"),
+    ):
         scorer = SequenceScorer(_package(arch), precision=precision)
         scorer.score(frames[: 50 * n_visits], offsets[:51], times[: 50 * n_visits])  # warm up
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         p = scorer.score(frames, offsets, times)
-        total = time.perf_counter() - t
+        total, cpu = time.perf_counter() - t, time.process_time() - c
         assert p.shape == (n_objects,) and np.all(np.isfinite(p))
-        t = time.perf_counter()
-        lat = scorer.latents(normed, normalized=True)
-        encode = time.perf_counter() - t
         t = time.perf_counter()
         scorer.score_latents(lat, offsets, times)
         classify = time.perf_counter() - t
-        out["models"][name] = {"total_seconds": total, "encode_seconds": encode, "classify_seconds": classify,
-                               "objects_per_second": n_objects / total,
-                               "classifier_parameters": scorer.package.n_parameters("classifier"),
-                               "encoder_parameters": scorer.package.n_parameters("encoder")}
-        print(f"  {name:<21} total {total:6.1f}s  (normalise ~{out['normalize_seconds']:.1f}s, encode {encode:.1f}s, "
-              f"classify {classify:.2f}s)  {n_objects / total:,.0f} objects/s", flush=True)
+        out["models"][name] = {
+            "total_seconds": total,
+            "cpu_seconds": cpu,
+            "classify_seconds": classify,
+            "objects_per_second": n_objects / total,
+            "precision": precision,
+            "classifier_parameters": scorer.package.n_parameters("classifier"),
+            "encoder_parameters": scorer.package.n_parameters("encoder"),
+        }
+        print(
+            f"  {name:<20} total {total:6.1f}s wall, {cpu:6.1f}s CPU (classify alone {classify:.2f}s)  "
+            f"{n_objects / total:,.0f} objects/s",
+            flush=True,
+        )
     return out
 
 
@@ -127,19 +146,41 @@ def bench_cv(folds_to_run: int, threads: int, quick: bool) -> dict:
     gen = time.perf_counter() - t
     lengths = latents.lengths
     budget = DEFAULT_CV_BUDGET * folds_to_run / 5
+    load0 = os.getloadavg()[0]
     t = time.perf_counter()
-    res = cross_validate(latents, ["bigru", "conv1d"], k=5, seed=0, time_budget=budget, max_folds=folds_to_run,
-                         log=lambda s: print("  " + s, flush=True))
+    res = cross_validate(
+        latents,
+        ["bigru", "conv1d"],
+        k=5,
+        seed=0,
+        time_budget=budget,
+        max_folds=folds_to_run,
+        log=lambda s: print("  " + s, flush=True),
+    )
     wall = time.perf_counter() - t
-    out = {"n_objects": n, "frames": int(lengths.sum()), "median_length": float(np.median(lengths)),
-           "min_length": int(lengths.min()), "max_length": int(lengths.max()), "generate_seconds": gen,
-           "folds_run": folds_to_run, "budget_seconds": budget, "wall_seconds": wall,
-           "per_fold_seconds": wall / folds_to_run, "estimated_5fold_seconds": wall / folds_to_run * 5,
-           "threads": threads, "models": {k: m.summary() for k, m in res.models.items()}}
+    out = {
+        "n_objects": n,
+        "frames": int(lengths.sum()),
+        "median_length": float(np.median(lengths)),
+        "min_length": int(lengths.min()),
+        "max_length": int(lengths.max()),
+        "generate_seconds": gen,
+        "folds_run": folds_to_run,
+        "budget_seconds": budget,
+        "wall_seconds": wall,
+        "per_fold_seconds": wall / folds_to_run,
+        "estimated_5fold_seconds": wall / folds_to_run * 5,
+        "threads": threads,
+        "load_average_before": load0,
+        "models": {k: m.summary() for k, m in res.models.items()},
+    }
     for line in res.table_lines():
         print("  " + line)
-    print(f"  wall {wall:.0f}s for {folds_to_run} fold(s): {wall / folds_to_run:.0f}s per fold, "
-          f"~{wall / folds_to_run * 5 / 60:.1f} min for 5", flush=True)
+    print(
+        f"  wall {wall:.0f}s for {folds_to_run} fold(s): {wall / folds_to_run:.0f}s per fold, "
+        f"~{wall / folds_to_run * 5 / 60:.1f} min for 5",
+        flush=True,
+    )
     return out
 
 
@@ -175,16 +216,25 @@ def bench_compare(n_objects: int, threads: int) -> dict:
             config = SequencePackageConfig(
                 vae=VAETrainConfig(hyperparameters={"latent_dim": 36}, epochs=4, max_frames=20_000),
                 classifier=SequenceTrainConfig(architecture=arch, max_epochs=30),
-                channels=channels, test_fraction=0.0, version="bench",
+                channels=channels,
+                test_fraction=0.0,
+                version="bench",
             )
             t = time.perf_counter()
-            package, _ = train_sequence_package(frames28[sub_rows], sub_off, labels[train], seqs.times[sub_rows],
-                                                config, frame_channels=CHANNEL_ORDER)
+            package, _ = train_sequence_package(
+                frames28[sub_rows],
+                sub_off,
+                labels[train],
+                seqs.times[sub_rows],
+                config,
+                frame_channels=CHANNEL_ORDER,
+            )
             train_s = time.perf_counter() - t
             test_rows = np.concatenate([np.arange(seqs.offsets[i], seqs.offsets[i + 1]) for i in test])
             test_off = np.concatenate([[0], np.cumsum(np.diff(seqs.offsets)[test])])
-            p = SequenceScorer(package).score(seqs.frames[test_rows], test_off, seqs.times[test_rows],
-                                              channels=CHANNEL_ORDER)
+            p = SequenceScorer(package).score(
+                seqs.frames[test_rows], test_off, seqs.times[test_rows], channels=CHANNEL_ORDER
+            )
             auc = roc_auc(p, labels[test])
             results[f"{arch}/{tag}"] = {"roc_auc": auc, "train_seconds": train_s}
             print(f"  sequence {arch:<10} on {tag:<8}: AUC {auc:.3f}  (train {train_s:.0f}s)", flush=True)
@@ -201,7 +251,10 @@ def bench_compare(n_objects: int, threads: int) -> dict:
         }
         out["single_visit_seconds"] = time.perf_counter() - t
         for h in agg:
-            print(f"  single-visit default model, per-object {h:<4}: AUC {out['single_visit'][h]['roc_auc']:.3f}")
+            print(
+                f"  single-visit default model, per-object {h:<4}: "
+                f"AUC {out['single_visit'][h]['roc_auc']:.3f}"
+            )
     except (FileNotFoundError, ImportError, ValueError) as err:
         out["single_visit"] = None
         out["single_visit_note"] = f"no single-visit comparison: {err}"
@@ -210,40 +263,74 @@ def bench_compare(n_objects: int, threads: int) -> dict:
 
 
 def write_md(data: dict) -> str:
-    lines = ["# Sequence model benchmarks", "",
-             f"Machine: {data['machine']}. Written by `benchmarks/bench_sequence.py` ({data['date']}).", ""]
+    lines = [
+        "# Sequence model benchmarks",
+        "",
+        f"Machine: {data['machine']}. Written by `benchmarks/bench_sequence.py` ({data['date']}).",
+        "",
+    ]
     sp = data.get("speed")
     if sp:
-        lines += [f"## Scoring {sp['n_objects']:,} objects x {sp['n_visits']} visits (28x28 science frames), CPU, "
-                  f"{sp['threads']} threads", "",
-                  f"Target: <= {sp['target_seconds']:.0f} s including VAE encoding. Per-frame normalisation "
-                  f"alone: {sp['normalize_seconds']:.1f} s.", "",
-                  "| classifier | total (s) | VAE encode (s) | classify (s) | objects/s | classifier params |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## Scoring {sp['n_objects']:,} objects x {sp['n_visits']} visits (28x28 science frames), CPU, "
+            f"{sp['threads']} threads",
+            "",
+            f"Target: <= {sp['target_seconds']:.0f} s including VAE encoding. Per-frame normalisation "
+            f"alone: {sp['normalize_seconds']:.1f} s.",
+            "",
+            f"VAE encoding alone (float32): {sp['encode_seconds']:.1f} s. Load average when started: "
+            f"{sp['load_average_before']:.1f} (the machine is shared; CPU seconds of this process are "
+            "less sensitive to that than wall seconds).",
+            "",
+            "| classifier | total wall (s) | total CPU (s) | classify alone (s) | objects/s "
+            "| classifier params |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, m in sp["models"].items():
-            lines.append(f"| {name} | {m['total_seconds']:.1f} | {m['encode_seconds']:.1f} | "
-                         f"{m['classify_seconds']:.2f} | {m['objects_per_second']:,.0f} | "
-                         f"{m['classifier_parameters']:,} |")
+            lines.append(
+                f"| {name} | {m['total_seconds']:.1f} | {m['cpu_seconds']:.1f} | "
+                f"{m['classify_seconds']:.2f} | {m['objects_per_second']:,.0f} | "
+                f"{m['classifier_parameters']:,} |"
+            )
         lines.append("")
     cv = data.get("cv")
     if cv:
-        lines += [f"## sequence-cv on the synthetic stand-in ({cv['n_objects']} objects, {cv['frames']:,} frames, "
-                  f"lengths {cv['min_length']}-{cv['max_length']}, median {cv['median_length']:.0f})", "",
-                  f"Models bigru + conv1d (defaults), budget {cv['budget_seconds']:.0f} s for "
-                  f"{cv['folds_run']} fold(s), {cv['threads']} threads. Wall {cv['wall_seconds']:.0f} s "
-                  f"({cv['per_fold_seconds']:.0f} s per fold; 5 folds ~{cv['estimated_5fold_seconds'] / 60:.1f} min; "
-                  "target < 30 min).", "",
-                  "| model | ROC-AUC | accuracy | F1 (artifact) |", "|---|---|---|---|"]
+        lines += [
+            f"## sequence-cv on the synthetic stand-in ({cv['n_objects']} objects, {cv['frames']:,} frames, "
+            f"lengths {cv['min_length']}-{cv['max_length']}, median {cv['median_length']:.0f})",
+            "",
+            f"Models bigru + conv1d (defaults), budget {cv['budget_seconds']:.0f} s for "
+            f"{cv['folds_run']} fold(s), {cv['threads']} threads, "
+            f"load average {cv['load_average_before']:.1f} "
+            f"when started. Wall {cv['wall_seconds']:.0f} s "
+            f"({cv['per_fold_seconds']:.0f} s per fold; "
+            f"5 folds ~{cv['estimated_5fold_seconds'] / 60:.1f} min; "
+            "target < 30 min).",
+            "",
+            "| model | ROC-AUC | accuracy | F1 (artifact) |",
+            "|---|---|---|---|",
+        ]
         for name, s in cv["models"].items():
-            lines.append(f"| {name} | {s['roc_auc_mean']:.3f} +/- {s['roc_auc_std']:.3f} | "
-                         f"{s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f} | "
-                         f"{s['f1_artifact_mean']:.3f} +/- {s['f1_artifact_std']:.3f} |")
-        lines += ["", "The synthetic set is a stand-in: its numbers are not comparable with the paper's "
-                  "(ROC-AUC 0.869 +/- 0.016, accuracy 0.804 +/- 0.021 on real ZTF objects).", ""]
+            lines.append(
+                f"| {name} | {s['roc_auc_mean']:.3f} +/- {s['roc_auc_std']:.3f} | "
+                f"{s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f} | "
+                f"{s['f1_artifact_mean']:.3f} +/- {s['f1_artifact_std']:.3f} |"
+            )
+        lines += [
+            "",
+            "The synthetic set is a stand-in: its numbers are not comparable with the paper's "
+            "(ROC-AUC 0.869 +/- 0.016, accuracy 0.804 +/- 0.021 on real ZTF objects).",
+            "",
+        ]
     cmp_ = data.get("compare")
     if cmp_:
-        lines += [f"## Sequence model vs single-visit scores aggregated per object ({cmp_['n_objects']} simulated "
-                  f"objects, {cmp_['n_frames']:,} frames; 20% held out)", "", "| method | ROC-AUC |", "|---|---|"]
+        lines += [
+            f"## Sequence model vs single-visit scores aggregated per object ({cmp_['n_objects']} simulated "
+            f"objects, {cmp_['n_frames']:,} frames; 20% held out)",
+            "",
+            "| method | ROC-AUC |",
+            "|---|---|",
+        ]
         for k, v in cmp_["sequence"].items():
             lines.append(f"| sequence {k} | {v['roc_auc']:.3f} |")
         if cmp_.get("single_visit"):
@@ -261,7 +348,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-cv", action="store_true")
     ap.add_argument("--skip-compare", action="store_true")
-    ap.add_argument("--cv-folds", type=int, default=5, choices=(1, 2, 3, 4, 5), help="Folds of the 5-fold CV to run.")
+    ap.add_argument(
+        "--cv-folds", type=int, default=5, choices=(1, 2, 3, 4, 5), help="Folds of the 5-fold CV to run."
+    )
     ap.add_argument("--compare-objects", type=int, default=600)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -269,7 +358,10 @@ def main(argv=None) -> int:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "sequence.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}"
+    data["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
     data["date"] = datetime.date.today().isoformat()
     data["command"] = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
     if not args.skip_speed:

@@ -23,8 +23,9 @@ SMALL = {
 @pytest.mark.parametrize("frame_size", [28, 32, 29])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_vae_shapes(frame_size, channels):
-    vae = registry.build("vae", in_channels=channels, frame_size=frame_size, latent_dim=36,
-                         hidden_channels=[8, 8, 16, 16, 32])
+    vae = registry.build(
+        "vae", in_channels=channels, frame_size=frame_size, latent_dim=36, hidden_channels=[8, 8, 16, 16, 32]
+    )
     assert isinstance(vae, FrameVAE)
     x = torch.randn(4, channels, frame_size, frame_size)
     recon, mu, logvar = vae(x)

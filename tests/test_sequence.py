@@ -19,8 +19,13 @@ from lsst.meas.rbnet.sequence.synthetic import make_synthetic_frames, make_synth
 torch.set_num_threads(1)
 
 #: A small, fast classifier and training schedule for the tests.
-FAST = {"hyperparameters": {"channels": 16, "num_layers": 2, "head_hidden": 8}, "max_epochs": 6, "patience": 2,
-        "min_epochs": 3, "batch_frames": 4096}
+FAST = {
+    "hyperparameters": {"channels": 16, "num_layers": 2, "head_hidden": 8},
+    "max_epochs": 6,
+    "patience": 2,
+    "min_epochs": 3,
+    "batch_frames": 4096,
+}
 
 
 def _toy_latents(n=120, d=6, seed=0, separable=True):
@@ -48,8 +53,11 @@ def test_latent_set_basics():
     dt = ls.dt()
     assert np.all(dt[ls.offsets[:-1]] == 0) and np.all(dt >= 0)
     i = 3
-    np.testing.assert_allclose(dt[ls.offsets[i] + 1 : ls.offsets[i + 1]], np.diff(ls.times[ls.offsets[i] : ls.offsets[i + 1]]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        dt[ls.offsets[i] + 1 : ls.offsets[i + 1]],
+        np.diff(ls.times[ls.offsets[i] : ls.offsets[i + 1]]),
+        rtol=1e-6,
+    )
     sub = ls.subset([4, 1])
     np.testing.assert_array_equal(sub.sequence(0), ls.sequence(4))
     np.testing.assert_array_equal(sub.object_ids, ls.object_ids[[4, 1]])
@@ -94,8 +102,9 @@ def test_collate_and_crops():
         n = ls.lengths[i]
         np.testing.assert_array_equal(b.x[row, :n].numpy(), ls.sequence(i))
         assert torch.all(b.x[row, n:] == 0) and torch.all(b.dt[row, n:] == 0)
-        np.testing.assert_allclose(b.dt[row, 1:n].numpy(), np.diff(ls.times[ls.offsets[i] : ls.offsets[i + 1]]),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            b.dt[row, 1:n].numpy(), np.diff(ls.times[ls.offsets[i] : ls.offsets[i + 1]]), rtol=1e-5
+        )
     rng = np.random.default_rng(1)
     for crop in ("subsample", "window"):
         c = collate(ls.values, ls.offsets, idx, ls.times, max_len=4, crop=crop, rng=rng)
@@ -153,8 +162,15 @@ def test_read_latent_dir_reports_problems(tmp_path):
     assert rep.n_excluded == 4
     assert rep.times_source == "none" and not ls.has_times
     text = "\n".join(rep.lines())
-    for needle in ("1011", "999999", "1007 (width 7)", "1009", "dropped 3 frames", "the dt feature is 0",
-                   "0 = real, 1 = artifact"):
+    for needle in (
+        "1011",
+        "999999",
+        "1007 (width 7)",
+        "1009",
+        "dropped 3 frames",
+        "the dt feature is 0",
+        "0 = real, 1 = artifact",
+    ):
         assert needle in text
     # RB_ZTF convention: label 1 = artifact -> BOGUS; odd ids were written as artifacts.
     k = list(ls.object_ids).index("1001")
@@ -231,20 +247,50 @@ def test_cli_sequence_cv(tmp_path):
 
     lat, csv = _write_dir(tmp_path, n=40)
     out, plot = tmp_path / "cv.json", tmp_path / "roc.png"
-    result = CliRunner().invoke(main, [
-        "sequence-cv", "--latents", str(lat), "--labels", str(csv), "--models", "conv1d,gru", "--folds", "3",
-        "--max-epochs", "3", "--out", str(out), "--plot", str(plot), "--threads", "1", "--quiet",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sequence-cv",
+            "--latents",
+            str(lat),
+            "--labels",
+            str(csv),
+            "--models",
+            "conv1d,gru",
+            "--folds",
+            "3",
+            "--max-epochs",
+            "3",
+            "--out",
+            str(out),
+            "--plot",
+            str(plot),
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = result.output
-    for needle in ("1011", "999999", "1007 (width 7)", "dropped 3 frames", "no visit times", "ROC-AUC",
-                   "ensemble", "conv1d", "gru"):
+    for needle in (
+        "1011",
+        "999999",
+        "1007 (width 7)",
+        "dropped 3 frames",
+        "no visit times",
+        "ROC-AUC",
+        "ensemble",
+        "conv1d",
+        "gru",
+    ):
         assert needle in text, needle
     data = json.loads(out.read_text())
     assert data["load_report"]["missing_files"] == ["1011"]
     assert set(data["models"]) == {"conv1d", "gru", "ensemble"}
     assert plot.stat().st_size > 1000
-    bad = CliRunner().invoke(main, ["sequence-cv", "--latents", str(lat), "--labels", str(csv), "--models", "rnn"])
+    bad = CliRunner().invoke(
+        main, ["sequence-cv", "--latents", str(lat), "--labels", str(csv), "--models", "rnn"]
+    )
     assert bad.exit_code != 0 and "Unknown sequence model" in bad.output
 
 
@@ -269,8 +315,9 @@ def test_synthetic_latents_shape():
     assert ls.lengths.min() >= 5 and ls.lengths.max() <= 1100
     assert 0 < ls.labels.sum() < 60
     assert make_synthetic_latents(n_objects=5, seed=1, with_logvar=True).width == 72
-    np.testing.assert_array_equal(make_synthetic_latents(n_objects=5, seed=2).values,
-                                  make_synthetic_latents(n_objects=5, seed=2).values)
+    np.testing.assert_array_equal(
+        make_synthetic_latents(n_objects=5, seed=2).values, make_synthetic_latents(n_objects=5, seed=2).values
+    )
 
 
 # ---------------------------------------------------------------- encoding, packages, scoring
@@ -312,8 +359,13 @@ def tiny_package():
     fr = make_synthetic_frames(n_objects=24, n_visits=(3, 8), channels=3, seed=0)
     config = SequencePackageConfig(
         vae=VAETrainConfig(hyperparameters={"latent_dim": 8, "hidden_channels": [4, 8, 8, 8, 8]}, epochs=1),
-        classifier=SequenceTrainConfig(architecture="seq_bigru", hyperparameters={"hidden_size": 8},
-                                       max_epochs=2, min_epochs=1, val_fraction=0.25),
+        classifier=SequenceTrainConfig(
+            architecture="seq_bigru",
+            hyperparameters={"hidden_size": 8},
+            max_epochs=2,
+            min_epochs=1,
+            val_fraction=0.25,
+        ),
         channels=("science",),
         test_fraction=0.25,
         version="seqT1",

@@ -22,31 +22,84 @@ def _threads(n: int | None) -> None:
 
 
 @click.command("sequence-cv")
-@click.option("--latents", "latent_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Directory of <object_id>.npy latent arrays (T, D), visits in time order.")
-@click.option("--labels", "label_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CSV with columns object_id,label (RB_ZTF: 1 = artifact, 0 = real).")
-@click.option("--columns", default=None, help="Latent columns A:B to use, e.g. 0:36 (the VAE means of a 72-wide array).")
-@click.option("--models", default="bigru,conv1d", show_default=True,
-              help="Comma-separated models: bigru, gru, lstm, conv1d. With several, an ensemble row is added.")
+@click.option(
+    "--latents",
+    "latent_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory of <object_id>.npy latent arrays (T, D), visits in time order.",
+)
+@click.option(
+    "--labels",
+    "label_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with columns object_id,label (RB_ZTF: 1 = artifact, 0 = real).",
+)
+@click.option(
+    "--columns", default=None, help="Latent columns A:B to use, e.g. 0:36 (the VAE means of a 72-wide array)."
+)
+@click.option(
+    "--models",
+    default="bigru,conv1d",
+    show_default=True,
+    help="Comma-separated models: bigru, gru, lstm, conv1d. With several, an ensemble row is added.",
+)
 @click.option("--loss", type=click.Choice(["bce", "bce+tversky"]), default="bce", show_default=True)
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 20), help="Number of folds.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of training.")
-@click.option("--label-real-is", type=click.Choice(["0", "1"]), default="0", show_default=True,
-              help="The label value that means real (0 for RB_ZTF label files, where 1 = artifact).")
-@click.option("--times", "times_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Table (CSV/Parquet) with object_id,time (days) per visit; default: DIR/times.csv, "
-                   "DIR/times.parquet or DIR/<object_id>.times.npy if present.")
-@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write the ROC curves to this image.")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write all results to this JSON file.")
-@click.option("--time-budget", default=DEFAULT_CV_BUDGET, show_default=True, type=float,
-              help="Wall seconds for all fits together; each fit stops at its share and keeps its best epoch.")
-@click.option("--max-epochs", default=None, type=int, help="Upper bound on epochs per fit (default: the models').")
+@click.option(
+    "--label-real-is",
+    type=click.Choice(["0", "1"]),
+    default="0",
+    show_default=True,
+    help="The label value that means real (0 for RB_ZTF label files, where 1 = artifact).",
+)
+@click.option(
+    "--times",
+    "times_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Table (CSV/Parquet) with object_id,time (days) per visit; default: DIR/times.csv, "
+    "DIR/times.parquet or DIR/<object_id>.times.npy if present.",
+)
+@click.option(
+    "--plot", default=None, type=click.Path(dir_okay=False), help="Write the ROC curves to this image."
+)
+@click.option(
+    "--out", default=None, type=click.Path(dir_okay=False), help="Write all results to this JSON file."
+)
+@click.option(
+    "--time-budget",
+    default=DEFAULT_CV_BUDGET,
+    show_default=True,
+    type=float,
+    help="Wall seconds for all fits together; each fit stops at its share and keeps its best epoch.",
+)
+@click.option(
+    "--max-epochs", default=None, type=int, help="Upper bound on epochs per fit (default: the models')."
+)
 @click.option("--threads", default=None, type=int, help="Torch CPU threads (default: min(2, cores)).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device.")
 @click.option("--quiet", is_flag=True, help="Only the report and the table.")
-def sequence_cv(latent_dir, label_file, columns, models, loss, folds, seed, label_real_is, times_file, plot, out,
-                time_budget, max_epochs, threads, device, quiet):
+def sequence_cv(
+    latent_dir,
+    label_file,
+    columns,
+    models,
+    loss,
+    folds,
+    seed,
+    label_real_is,
+    times_file,
+    plot,
+    out,
+    time_budget,
+    max_epochs,
+    threads,
+    device,
+    quiet,
+):
     """Stratified k-fold evaluation of sequence classifiers on saved latents.
 
     Reads one DIR/<object_id>.npy array (T, D) per object and the labels of FILE,
@@ -61,20 +114,28 @@ def sequence_cv(latent_dir, label_file, columns, models, loss, folds, seed, labe
     try:
         for m in names:
             resolve_model(m)
-        latents, report = read_latent_dir(latent_dir, label_file, columns=columns,
-                                          label_real_is=int(label_real_is), times_file=times_file)
+        latents, report = read_latent_dir(
+            latent_dir, label_file, columns=columns, label_real_is=int(label_real_is), times_file=times_file
+        )
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     for line in report.lines():
         click.echo(line)
     lengths = latents.lengths
-    click.echo(f"Sequences: {latents.n_objects} objects, {int(lengths.sum())} frames, lengths {int(lengths.min())}-"
-               f"{int(lengths.max())} (median {int(sorted(lengths)[len(lengths) // 2])}), width {latents.width}; "
-               + ("time feature log(1 + dt) from the visit times." if latents.has_times
-                  else "no visit times: the time feature is 0."))
+    click.echo(
+        f"Sequences: {latents.n_objects} objects, {int(lengths.sum())} frames, lengths {int(lengths.min())}-"
+        f"{int(lengths.max())} (median {int(sorted(lengths)[len(lengths) // 2])}), width {latents.width}; "
+        + (
+            "time feature log(1 + dt) from the visit times."
+            if latents.has_times
+            else "no visit times: the time feature is 0."
+        )
+    )
     if min(report.n_real, report.n_bogus) < folds:
-        raise click.ClickException(f"{folds} folds need at least {folds} objects of each class "
-                                   f"(have {report.n_real} real, {report.n_bogus} artifacts).")
+        raise click.ClickException(
+            f"{folds} folds need at least {folds} objects of each class "
+            f"(have {report.n_real} real, {report.n_bogus} artifacts)."
+        )
     _threads(threads)
     overrides = {}
     for m in names:
@@ -85,14 +146,24 @@ def sequence_cv(latent_dir, label_file, columns, models, loss, folds, seed, labe
     click.echo(f"Running {folds}-fold CV of {', '.join(names)} (loss {loss}, budget {time_budget:.0f}s) ...")
     log = None if quiet else (lambda s: click.echo("  " + s))
     try:
-        result = cross_validate(latents, names, k=folds, seed=seed, loss=loss, time_budget=time_budget,
-                                config_overrides=overrides, log=log)
+        result = cross_validate(
+            latents,
+            names,
+            k=folds,
+            seed=seed,
+            loss=loss,
+            time_budget=time_budget,
+            config_overrides=overrides,
+            log=log,
+        )
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     click.echo("")
     for line in result.table_lines():
         click.echo(line)
-    click.echo(f"Total {result.seconds:.0f}s. F1 is that of the artifact class; accuracy and F1 at P(real) = 0.5.")
+    click.echo(
+        f"Total {result.seconds:.0f}s. F1 is that of the artifact class; accuracy and F1 at P(real) = 0.5."
+    )
     if plot:
         plot_roc(result, plot)
         click.echo(f"ROC curves: {plot}")
@@ -117,29 +188,72 @@ def _parse_range(text: str) -> tuple[int, int]:
 
 
 @click.command("train-sequence")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
-              help="Model package to write (.safetensors).")
-@click.option("--input", "input_path", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="A saved SequenceSet (.npz from the simulator); default: simulate one.")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Model package to write (.safetensors).",
+)
+@click.option(
+    "--input",
+    "input_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A saved SequenceSet (.npz from the simulator); default: simulate one.",
+)
 @click.option("--n-objects", default=400, show_default=True, type=int, help="Objects to simulate.")
 @click.option("--n-visits", default="5:60", show_default=True, help="Visits per object to simulate, LO:HI.")
 @click.option("--frame-size", default=28, show_default=True, type=int, help="Frame side (pixels).")
-@click.option("--channels", type=click.Choice(["science", "difference", "triplet"]), default="science",
-              show_default=True, help="Frame channels the model reads (the paper: science).")
+@click.option(
+    "--channels",
+    type=click.Choice(["science", "difference", "triplet"]),
+    default="science",
+    show_default=True,
+    help="Frame channels the model reads (the paper: science).",
+)
 @click.option("--latent-dim", default=36, show_default=True, type=int, help="VAE latent size.")
 @click.option("--vae-epochs", default=8, show_default=True, type=int)
-@click.option("--vae-max-frames", default=60000, show_default=True, type=int,
-              help="Train the VAE on at most this many frames (0: all).")
+@click.option(
+    "--vae-max-frames",
+    default=60000,
+    show_default=True,
+    type=int,
+    help="Train the VAE on at most this many frames (0: all).",
+)
 @click.option("--model", default="bigru", show_default=True, help="bigru, gru, lstm or conv1d.")
 @click.option("--loss", type=click.Choice(["bce", "bce+tversky"]), default="bce", show_default=True)
 @click.option("--max-epochs", default=40, show_default=True, type=int, help="Classifier epochs at most.")
-@click.option("--test-fraction", default=0.2, show_default=True, type=float,
-              help="Objects held out to measure the package's metrics.")
-@click.option("--version", "version", default="seq1", show_default=True, help="reliabilityVersion (<= 7 chars).")
+@click.option(
+    "--test-fraction",
+    default=0.2,
+    show_default=True,
+    type=float,
+    help="Objects held out to measure the package's metrics.",
+)
+@click.option(
+    "--version", "version", default="seq1", show_default=True, help="reliabilityVersion (<= 7 chars)."
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="Torch CPU threads (default: min(2, cores)).")
-def train_sequence(out_path, input_path, n_objects, n_visits, frame_size, channels, latent_dim, vae_epochs,
-                   vae_max_frames, model, loss, max_epochs, test_fraction, version, seed, threads):
+def train_sequence(
+    out_path,
+    input_path,
+    n_objects,
+    n_visits,
+    frame_size,
+    channels,
+    latent_dim,
+    vae_epochs,
+    vae_max_frames,
+    model,
+    loss,
+    max_epochs,
+    test_fraction,
+    version,
+    seed,
+    threads,
+):
     """Train the VAE and a sequence classifier from frame sequences; write ONE model package.
 
     Frames come from --input (a SequenceSet .npz written by the simulator) or are
@@ -150,7 +264,12 @@ def train_sequence(out_path, input_path, n_objects, n_visits, frame_size, channe
     from ..constants import CHANNEL_ORDER
     from ..package import validate_version_string
     from ..sequence.cv import resolve_model
-    from ..sequence.train import SequencePackageConfig, SequenceTrainConfig, VAETrainConfig, train_sequence_package
+    from ..sequence.train import (
+        SequencePackageConfig,
+        SequenceTrainConfig,
+        VAETrainConfig,
+        train_sequence_package,
+    )
 
     try:
         validate_version_string(version)
@@ -171,11 +290,19 @@ def train_sequence(out_path, input_path, n_objects, n_visits, frame_size, channe
         from ..sim import simulate_sequences
 
         lo, hi = _parse_range(n_visits)
-        click.echo(f"Simulating {n_objects} objects with {lo}-{hi} visits of {frame_size}x{frame_size} frames ...")
-        seqs = simulate_sequences(n_objects, seed, frame_size=frame_size, n_visits=(lo, hi), channels=CHANNEL_ORDER)
+        click.echo(
+            f"Simulating {n_objects} objects with {lo}-{hi} visits of {frame_size}x{frame_size} frames ..."
+        )
+        seqs = simulate_sequences(
+            n_objects, seed, frame_size=frame_size, n_visits=(lo, hi), channels=CHANNEL_ORDER
+        )
     config = SequencePackageConfig(
-        vae=VAETrainConfig(hyperparameters={"latent_dim": latent_dim}, epochs=vae_epochs, max_frames=vae_max_frames,
-                           seed=seed),
+        vae=VAETrainConfig(
+            hyperparameters={"latent_dim": latent_dim},
+            epochs=vae_epochs,
+            max_frames=vae_max_frames,
+            seed=seed,
+        ),
         classifier=SequenceTrainConfig(architecture=arch, loss=loss, max_epochs=max_epochs, seed=seed),
         channels=tuple(want),
         test_fraction=test_fraction,
@@ -184,13 +311,21 @@ def train_sequence(out_path, input_path, n_objects, n_visits, frame_size, channe
     )
     try:
         package, metrics = train_sequence_package(
-            seqs.frames, seqs.offsets, seqs.label, seqs.times, config, frame_channels=tuple(seqs.channels),
-            object_ids=seqs.object_id, provenance={"command": " ".join(sys.argv)},
+            seqs.frames,
+            seqs.offsets,
+            seqs.label,
+            seqs.times,
+            config,
+            frame_channels=tuple(seqs.channels),
+            object_ids=seqs.object_id,
+            provenance={"command": " ".join(sys.argv)},
             log=lambda s: click.echo("  " + s),
         )
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     package.save(out_path)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-    click.echo(f"Wrote {out_path} (version {package.version}, temperature {package.temperature:.3f}) in "
-               f"{time.perf_counter() - t0:.0f}s. {metrics['evaluated_on']} ({metrics['n_eval']}): {shown}")
+    click.echo(
+        f"Wrote {out_path} (version {package.version}, temperature {package.temperature:.3f}) in "
+        f"{time.perf_counter() - t0:.0f}s. {metrics['evaluated_on']} ({metrics['n_eval']}): {shown}"
+    )

@@ -104,7 +104,9 @@ def _parse_pooling(pooling: str, allowed: tuple[str, ...], what: str = "pooling"
     modes = tuple(p.strip() for p in str(pooling).split("+") if p.strip())
     bad = [p for p in modes if p not in allowed]
     if not modes or bad or len(set(modes)) != len(modes):
-        raise ValueError(f"Hyperparameter {what} {pooling!r} must be '+'-joined distinct modes from {allowed}.")
+        raise ValueError(
+            f"Hyperparameter {what} {pooling!r} must be '+'-joined distinct modes from {allowed}."
+        )
     return modes
 
 
@@ -149,7 +151,9 @@ class SequenceClassifier(nn.Module):
         ``+``-joined per-step features from `FEATURES`.
     """
 
-    def __init__(self, input_dim: int, use_time: bool = True, input_dropout: float = 0.0, features: str = "x"):
+    def __init__(
+        self, input_dim: int, use_time: bool = True, input_dropout: float = 0.0, features: str = "x"
+    ):
         super().__init__()
         self.input_dim = _check_int("input_dim", input_dim)
         self.use_time = bool(use_time)
@@ -169,8 +173,14 @@ class SequenceClassifier(nn.Module):
         mean = torch.as_tensor(mean, dtype=self.feature_mean.dtype).reshape(-1)
         scale = torch.as_tensor(scale, dtype=self.feature_scale.dtype).reshape(-1)
         if mean.numel() != self.input_dim or scale.numel() != self.input_dim:
-            raise ValueError(f"Standardisation needs {self.input_dim} values, got {mean.numel()} and {scale.numel()}.")
-        if not torch.all(torch.isfinite(mean)) or not torch.all(torch.isfinite(scale)) or torch.any(scale <= 0):
+            raise ValueError(
+                f"Standardisation needs {self.input_dim} values, got {mean.numel()} and {scale.numel()}."
+            )
+        if (
+            not torch.all(torch.isfinite(mean))
+            or not torch.all(torch.isfinite(scale))
+            or torch.any(scale <= 0)
+        ):
             raise ValueError("Standardisation mean must be finite and scale finite and > 0.")
         self.feature_mean.copy_(mean)
         self.feature_scale.copy_(scale)
@@ -185,7 +195,10 @@ class SequenceClassifier(nn.Module):
         if lengths.shape != (b,) or b == 0:
             raise ValueError(f"Expected lengths of shape ({b},), got {tuple(lengths.shape)}.")
         if torch.any(lengths < 1) or torch.any(lengths > t):
-            raise ValueError(f"Sequence lengths must be in [1, {t}], got min {int(lengths.min())} max {int(lengths.max())}.")
+            raise ValueError(
+                f"Sequence lengths must be in [1, {t}], "
+                f"got min {int(lengths.min())} max {int(lengths.max())}."
+            )
         mask = length_mask(lengths, t)
         m = mask.unsqueeze(-1)
         z = (x - self.feature_mean) / self.feature_scale * m
@@ -315,8 +328,9 @@ class RecurrentClassifier(SequenceClassifier):
         self.dropout = nn.Dropout(dropout)
         head_hidden = _check_int("head_hidden", head_hidden, 0)
         if head_hidden:
-            self.head = nn.Sequential(nn.Linear(pooled, head_hidden), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(head_hidden, 1))
+            self.head = nn.Sequential(
+                nn.Linear(pooled, head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1)
+            )
         else:
             self.head = nn.Linear(pooled, 1)
 
@@ -348,8 +362,9 @@ class _ConvBlock(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilation: int, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(channels)
-        self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation,
-                              padding=dilation * (kernel_size - 1) // 2)
+        self.conv = nn.Conv1d(
+            channels, channels, kernel_size, dilation=dilation, padding=dilation * (kernel_size - 1) // 2
+        )
         self.act = nn.GELU()
         self.drop = nn.Dropout(dropout)
 
@@ -422,8 +437,9 @@ class ConvClassifier(SequenceClassifier):
         pooled = self.channels * len(self.pooling)
         head_hidden = _check_int("head_hidden", head_hidden, 0)
         if head_hidden:
-            self.head = nn.Sequential(nn.Linear(pooled, head_hidden), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(head_hidden, 1))
+            self.head = nn.Sequential(
+                nn.Linear(pooled, head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1)
+            )
         else:
             self.head = nn.Linear(pooled, 1)
 
@@ -435,8 +451,10 @@ class ConvClassifier(SequenceClassifier):
         for block in self.blocks:
             h = block(h, mask)
         h = self.norm(h) * m
-        pooled = [self.attention(h, mask) if mode == "attention" else masked_pool(h, mask, mode)
-                  for mode in self.pooling]
+        pooled = [
+            self.attention(h, mask) if mode == "attention" else masked_pool(h, mask, mode)
+            for mode in self.pooling
+        ]
         return self.head(self.dropout(torch.cat(pooled, dim=-1))).squeeze(-1)
 
 
@@ -454,8 +472,20 @@ def build_seq_bigru(
     features: str = "x+centered+diff",
 ) -> RecurrentClassifier:
     """Bidirectional GRU (registry name ``"seq_bigru"``; the default sequence model)."""
-    return RecurrentClassifier(input_dim, "gru", hidden_size, num_layers, True, dropout, input_dropout,
-                               pooling, downsample, head_hidden, use_time, features)
+    return RecurrentClassifier(
+        input_dim,
+        "gru",
+        hidden_size,
+        num_layers,
+        True,
+        dropout,
+        input_dropout,
+        pooling,
+        downsample,
+        head_hidden,
+        use_time,
+        features,
+    )
 
 
 @register("seq_gru")
@@ -472,8 +502,20 @@ def build_seq_gru(
     features: str = "x+centered+diff",
 ) -> RecurrentClassifier:
     """Unidirectional GRU (registry name ``"seq_gru"``; the paper's baseline)."""
-    return RecurrentClassifier(input_dim, "gru", hidden_size, num_layers, False, dropout, input_dropout,
-                               pooling, downsample, head_hidden, use_time, features)
+    return RecurrentClassifier(
+        input_dim,
+        "gru",
+        hidden_size,
+        num_layers,
+        False,
+        dropout,
+        input_dropout,
+        pooling,
+        downsample,
+        head_hidden,
+        use_time,
+        features,
+    )
 
 
 @register("seq_lstm")
@@ -491,8 +533,20 @@ def build_seq_lstm(
     features: str = "x+centered+diff",
 ) -> RecurrentClassifier:
     """LSTM (registry name ``"seq_lstm"``)."""
-    return RecurrentClassifier(input_dim, "lstm", hidden_size, num_layers, bidirectional, dropout,
-                               input_dropout, pooling, downsample, head_hidden, use_time, features)
+    return RecurrentClassifier(
+        input_dim,
+        "lstm",
+        hidden_size,
+        num_layers,
+        bidirectional,
+        dropout,
+        input_dropout,
+        pooling,
+        downsample,
+        head_hidden,
+        use_time,
+        features,
+    )
 
 
 @register("seq_conv1d")
@@ -510,5 +564,16 @@ def build_seq_conv1d(
     features: str = "x+centered+diff",
 ) -> ConvClassifier:
     """Dilated residual Conv1D (registry name ``"seq_conv1d"``)."""
-    return ConvClassifier(input_dim, channels, kernel_size, num_layers, dilation_base, dropout, input_dropout,
-                          pooling, head_hidden, use_time, features)
+    return ConvClassifier(
+        input_dim,
+        channels,
+        kernel_size,
+        num_layers,
+        dilation_base,
+        dropout,
+        input_dropout,
+        pooling,
+        head_hidden,
+        use_time,
+        features,
+    )

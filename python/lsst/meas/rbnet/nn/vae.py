@@ -126,8 +126,10 @@ class FrameVAE(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         expected = (self.in_channels, self.frame_size, self.frame_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"FrameVAE expects frames of shape (N, {expected[0]}, {expected[1]}, {expected[2]}), "
-                             f"got {tuple(x.shape)}.")
+            raise ValueError(
+                f"FrameVAE expects frames of shape (N, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got {tuple(x.shape)}."
+            )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent mean and log-variance of frames.

@@ -8,3 +8,5 @@ Modules: `latents` (ragged latent sets, reading a latent directory and label CSV
 `scoring` (scoring objects with a sequence model package), `synthetic`
 (development stand-ins).
 """
+
+__all__: list[str] = []

@@ -84,7 +84,9 @@ def stratified_kfold(labels: np.ndarray, k: int = 5, seed: int = 0) -> list[tupl
     if len(classes) < 2:
         raise ValueError("k-fold evaluation needs both classes.")
     if counts.min() < k:
-        raise ValueError(f"k = {k} folds need at least {k} objects of each class; the smallest class has {counts.min()}.")
+        raise ValueError(
+            f"k = {k} folds need at least {k} objects of each class; the smallest class has {counts.min()}."
+        )
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(labels), dtype=np.int64)
     offset = 0
@@ -197,7 +199,9 @@ class CVResult:
                 "object_id": self.object_ids.tolist(),
                 "label_real": self.labels.astype(int).tolist(),
                 "fold": self.fold_of.astype(int).tolist(),
-                **{f"p_real_{name}": np.round(m.probabilities, 6).tolist() for name, m in self.models.items()},
+                **{
+                    f"p_real_{name}": np.round(m.probabilities, 6).tolist() for name, m in self.models.items()
+                },
             },
         }
 
@@ -279,19 +283,37 @@ def cross_validate(
                 # Leave a little for evaluation and plotting after the last fit.
                 max_seconds = max(5.0, 0.97 * remaining / (n_fits - done))
             config = SequenceTrainConfig(
-                architecture=archs[name], hyperparameters=hp, loss=loss, seed=seed * 1000 + f,
-                max_seconds=max_seconds, **ov,
+                architecture=archs[name],
+                hyperparameters=hp,
+                loss=loss,
+                seed=seed * 1000 + f,
+                max_seconds=max_seconds,
+                **ov,
             )
             fit = fit_sequence_classifier(latents, train, config)
             p = _sigmoid(predict_logits(fit.model, latents, test, device=config.device) / fit.temperature)
             probs[name][test] = p
             auc, acc, f1a, f1r = _fold_metrics(p, y[test])
-            results[name].append(FoldResult(f, auc, acc, f1a, f1r, fit.seconds, fit.best_epoch,
-                                            len(fit.history), len(train), len(test)))
+            results[name].append(
+                FoldResult(
+                    f,
+                    auc,
+                    acc,
+                    f1a,
+                    f1r,
+                    fit.seconds,
+                    fit.best_epoch,
+                    len(fit.history),
+                    len(train),
+                    len(test),
+                )
+            )
             done += 1
             if log is not None:
-                log(f"fold {f + 1}/{k} {name:<7} AUC {auc:.3f}  acc {acc:.3f}  F1(artifact) {f1a:.3f}  "
-                    f"epochs {len(fit.history)} (best {fit.best_epoch})  {fit.seconds:.0f}s")
+                log(
+                    f"fold {f + 1}/{k} {name:<7} AUC {auc:.3f}  acc {acc:.3f}  F1(artifact) {f1a:.3f}  "
+                    f"epochs {len(fit.history)} (best {fit.best_epoch})  {fit.seconds:.0f}s"
+                )
     out = {name: ModelCV(name, archs[name], results[name], probs[name]) for name in names}
     if ensemble and len(names) > 1:
         p_ens = np.mean([probs[n] for n in names], axis=0)
@@ -301,8 +323,14 @@ def cross_validate(
             secs = sum(results[n][f].seconds for n in names)
             ens_folds.append(FoldResult(f, auc, acc, f1a, f1r, secs, 0, 0, len(train), len(test)))
         out["ensemble"] = ModelCV("ensemble", "", ens_folds, p_ens)
-    settings = {"models": {n: archs[n] for n in names}, "loss": loss, "time_budget": time_budget,
-                "overrides": overrides, "has_times": latents.has_times, "width": latents.width}
+    settings = {
+        "models": {n: archs[n] for n in names},
+        "loss": loss,
+        "time_budget": time_budget,
+        "overrides": overrides,
+        "has_times": latents.has_times,
+        "width": latents.width,
+    }
     return CVResult(out, y, latents.object_ids, fold_of, k, seed, settings, time.perf_counter() - t_start)
 
 
@@ -339,10 +367,15 @@ def plot_roc(result: CVResult, path: str, title: str | None = None) -> None:
         curves = np.array(curves)
         mean, std = curves.mean(0), curves.std(0)
         s = m.summary()
-        line, = ax.plot(grid, mean, lw=2 if name == "ensemble" else 1.5,
-                        label=f"{name}: AUC {s['roc_auc_mean']:.3f} $\\pm$ {s['roc_auc_std']:.3f}")
-        ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=line.get_color(),
-                        alpha=0.15)
+        (line,) = ax.plot(
+            grid,
+            mean,
+            lw=2 if name == "ensemble" else 1.5,
+            label=f"{name}: AUC {s['roc_auc_mean']:.3f} $\\pm$ {s['roc_auc_std']:.3f}",
+        )
+        ax.fill_between(
+            grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=line.get_color(), alpha=0.15
+        )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     ax.set_xlabel("false positive rate (artifacts scored real)")
     ax.set_ylabel("true positive rate (real objects kept)")

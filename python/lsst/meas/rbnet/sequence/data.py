@@ -106,9 +106,7 @@ def length_batches(
     return batches
 
 
-def _positions(
-    length: int, max_len: int | None, crop: str, rng: np.random.Generator | None
-) -> np.ndarray:
+def _positions(length: int, max_len: int | None, crop: str, rng: np.random.Generator | None) -> np.ndarray:
     if not max_len or length <= max_len:
         return np.arange(length)
     if crop == "window":

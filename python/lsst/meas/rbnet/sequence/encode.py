@@ -25,7 +25,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..nn.vae import FrameVAE
 
-
 #: Convolutions whose input has at most this many pixels become dense layers.
 _DENSE_MAX_PIXELS = 16
 
@@ -53,7 +52,11 @@ class _FusedEncoder(nn.Module):
         i = 0
         while i < len(layers):
             layer = layers[i]
-            if isinstance(layer, nn.Conv2d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d):
+            if (
+                isinstance(layer, nn.Conv2d)
+                and i + 1 < len(layers)
+                and isinstance(layers[i + 1], nn.BatchNorm2d)
+            ):
                 fused.append(fuse_conv_bn_eval(layer.eval(), layers[i + 1].eval()))
                 i += 2
             else:
@@ -73,8 +76,10 @@ class _FusedEncoder(nn.Module):
                 if shapes[k][1] * shapes[k][2] > _DENSE_MAX_PIXELS:
                     break
                 start = k
-        tail = [_as_dense(m, shapes[k]) if isinstance(m, nn.Conv2d) else m
-                for k, m in enumerate(fused[start:], start)]
+        tail = [
+            _as_dense(m, shapes[k]) if isinstance(m, nn.Conv2d) else m
+            for k, m in enumerate(fused[start:], start)
+        ]
         self.conv = nn.Sequential(*fused[:start]).to(memory_format=torch.channels_last)
         self.dense = nn.Sequential(*tail)
         self.fc_mu = vae.fc_mu
@@ -152,8 +157,9 @@ def encode_frames(
     mu = np.empty((n, latent), dtype=np.float32)
     logvar = np.empty((n, latent), dtype=np.float32) if return_logvar else None
     for i in range(0, n, batch_size):
-        chunk = np.nan_to_num(np.asarray(frames[i : i + batch_size], dtype=np.float32), nan=0.0, posinf=0.0,
-                              neginf=0.0)
+        chunk = np.nan_to_num(
+            np.asarray(frames[i : i + batch_size], dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0
+        )
         m, lv = enc(torch.from_numpy(chunk).to(device=device, dtype=dtype))
         mu[i : i + len(chunk)] = m.float().cpu().numpy()
         if logvar is not None:

@@ -83,7 +83,9 @@ class LatentSet:
         if self.labels is not None:
             self.labels = np.asarray(self.labels).astype(np.int8)
             if self.labels.shape != (n,) or not np.all(np.isin(self.labels, (REAL, BOGUS))):
-                raise ValueError(f"LatentSet labels must be ({n},) with values {REAL} (real) / {BOGUS} (bogus).")
+                raise ValueError(
+                    f"LatentSet labels must be ({n},) with values {REAL} (real) / {BOGUS} (bogus)."
+                )
         if self.times is not None:
             self.times = np.asarray(self.times, dtype=np.float64)
             if self.times.shape != (len(self.values),):
@@ -100,7 +102,11 @@ class LatentSet:
         """Build from per-object ``(T_i, D)`` arrays (and ``(T_i,)`` times, days)."""
         lengths = [len(s) for s in sequences]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        values = np.concatenate([np.asarray(s, dtype=np.float32) for s in sequences]) if sequences else np.zeros((0, 0))
+        values = (
+            np.concatenate([np.asarray(s, dtype=np.float32) for s in sequences])
+            if sequences
+            else np.zeros((0, 0))
+        )
         t = None if times is None else np.concatenate([np.asarray(x, dtype=np.float64) for x in times])
         return cls(np.asarray(object_ids), values, offsets, labels, t)
 
@@ -140,7 +146,11 @@ class LatentSet:
         """The objects ``index`` (integer array), in that order."""
         index = np.asarray(index, dtype=np.int64)
         starts, ends = self.offsets[index], self.offsets[index + 1]
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if len(index) else np.zeros(0, int)
+        rows = (
+            np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
+            if len(index)
+            else np.zeros(0, int)
+        )
         offsets = np.concatenate([[0], np.cumsum(ends - starts)])
         return LatentSet(
             self.object_ids[index],
@@ -237,27 +247,43 @@ class LoadReport:
             shown = ", ".join(str(i) for i in items[:max_ids])
             return shown + (f", ... ({len(items) - max_ids} more)" if len(items) > max_ids else "")
 
-        real_word = "0 = real, 1 = artifact (RB_ZTF convention)" if self.label_real_is == 0 else (
-            "1 = real, 0 = artifact")
+        real_word = (
+            "0 = real, 1 = artifact (RB_ZTF convention)"
+            if self.label_real_is == 0
+            else ("1 = real, 0 = artifact")
+        )
         out = [
             f"Labels: {self.label_file}: {self.n_label_rows} rows, read as {real_word}"
-            + ("; use --label-real-is 1 if your file means the opposite." if self.label_real_is == 0 else "."),
+            + (
+                "; use --label-real-is 1 if your file means the opposite." if self.label_real_is == 0 else "."
+            ),
             f"Latents: {self.directory}: {self.n_files} .npy files, width {self.width}"
-            + (f", columns {self.columns}" if self.columns else ", all columns") + ".",
+            + (f", columns {self.columns}" if self.columns else ", all columns")
+            + ".",
         ]
         problems = [
             ("labelled objects with no latent file (excluded)", self.missing_files),
             ("latent files with no label (ignored)", self.unlabelled_files),
-            ("rows with a label that is not 0/1 (excluded)", [f"{k} ({v})" for k, v in self.bad_labels.items()]),
+            (
+                "rows with a label that is not 0/1 (excluded)",
+                [f"{k} ({v})" for k, v in self.bad_labels.items()],
+            ),
             ("duplicate ids in the label file", [f"{k} ({v})" for k, v in self.duplicate_labels.items()]),
-            ("unreadable or not (T, D) arrays (excluded)", [f"{k} ({v})" for k, v in self.unreadable.items()]),
+            (
+                "unreadable or not (T, D) arrays (excluded)",
+                [f"{k} ({v})" for k, v in self.unreadable.items()],
+            ),
             ("empty arrays (excluded)", self.empty),
-            (f"arrays whose width differs from {self.width} (excluded)",
-             [f"{k} (width {v})" for k, v in self.width_mismatch.items()]),
+            (
+                f"arrays whose width differs from {self.width} (excluded)",
+                [f"{k} (width {v})" for k, v in self.width_mismatch.items()],
+            ),
             ("objects left with no frame after dropping NaN rows (excluded)", self.emptied_by_nan),
             ("objects without times (dt = 0)" if self.times_source != "none" else "", self.times_missing),
-            ("objects whose times do not fit their frames (dt = 0)",
-             [f"{k} ({v})" for k, v in self.times_bad.items()]),
+            (
+                "objects whose times do not fit their frames (dt = 0)",
+                [f"{k} ({v})" for k, v in self.times_bad.items()],
+            ),
             ("objects whose frames were not in time order (sorted by time)", self.times_reordered),
         ]
         for what, items in problems:
@@ -270,7 +296,9 @@ class LoadReport:
                 + ids(f"{k} ({v})" for k, v in self.nan_rows.items())
             )
         if self.times_source == "none":
-            out.append("  No visit times found (no <id>.times.npy, no times table): the dt feature is 0 everywhere.")
+            out.append(
+                "  No visit times found (no <id>.times.npy, no times table): the dt feature is 0 everywhere."
+            )
         else:
             out.append(f"  Visit times from {self.times_source}.")
         out.append(
@@ -292,8 +320,10 @@ def _read_labels(path: str, label_real_is: int, report: LoadReport) -> dict[str,
     cols = {c.strip().lower(): c for c in table.columns}
     missing = [c for c in ("object_id", "label") if c not in cols]
     if missing:
-        raise ValueError(f"Label file {path}: missing column(s) {missing}; found {list(table.columns)}. "
-                         "Expected a CSV with header 'object_id,label'.")
+        raise ValueError(
+            f"Label file {path}: missing column(s) {missing}; found {list(table.columns)}. "
+            "Expected a CSV with header 'object_id,label'."
+        )
     ids = table[cols["object_id"]].astype(str).str.strip().to_numpy()
     raw = table[cols["label"]].astype(str).str.strip().str.lower().to_numpy()
     report.n_label_rows = len(ids)
@@ -307,8 +337,9 @@ def _read_labels(path: str, label_real_is: int, report: LoadReport) -> dict[str,
             report.bad_labels[oid] = "label " + "/".join(repr(v) for v in vals if v not in _LABEL_VALUES)
             continue
         if len(vals) > 1:
-            report.duplicate_labels[oid] = (f"{len(vals)} rows, " + (
-                "same label, kept once" if len(parsed) == 1 else "conflicting labels, excluded"))
+            report.duplicate_labels[oid] = f"{len(vals)} rows, " + (
+                "same label, kept once" if len(parsed) == 1 else "conflicting labels, excluded"
+            )
             if len(parsed) > 1:
                 report.bad_labels[oid] = "conflicting duplicate labels"
                 continue
@@ -332,12 +363,16 @@ def _scan_dir(directory: str) -> tuple[dict[str, str], dict[str, str]]:
 def _read_time_table(path: str) -> dict[str, np.ndarray]:
     import pandas as pd
 
-    table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path, dtype={"object_id": str})
+    table = (
+        pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path, dtype={"object_id": str})
+    )
     cols = {c.strip().lower(): c for c in table.columns}
     tcol = cols.get("time", cols.get("mjd"))
     if "object_id" not in cols or tcol is None:
-        raise ValueError(f"Times table {path}: needs columns 'object_id' and 'time' (or 'mjd'); "
-                         f"found {list(table.columns)}.")
+        raise ValueError(
+            f"Times table {path}: needs columns 'object_id' and 'time' (or 'mjd'); "
+            f"found {list(table.columns)}."
+        )
     ids = table[cols["object_id"]].astype(str).str.strip().to_numpy()
     t = pd.to_numeric(table[tcol], errors="coerce").to_numpy(dtype=np.float64)
     order = np.argsort(ids, kind="stable")
@@ -384,7 +419,9 @@ def read_latent_dir(
     ValueError
         If nothing usable remains, or the label file or column spec is malformed.
     """
-    report = LoadReport(label_file=str(label_file), directory=str(directory), label_real_is=int(label_real_is))
+    report = LoadReport(
+        label_file=str(label_file), directory=str(directory), label_real_is=int(label_real_is)
+    )
     labels = _read_labels(label_file, int(label_real_is), report)
     files, time_files = _scan_dir(directory)
     report.n_files = len(files)

@@ -92,10 +92,14 @@ class SequenceScorer:
         if not isinstance(package, ModelPackage):
             package = ModelPackage.load(package)
         if package.kind != "sequence":
-            raise ModelPackageError(f"SequenceScorer needs a package of kind 'sequence', got {package.kind!r}.")
+            raise ModelPackageError(
+                f"SequenceScorer needs a package of kind 'sequence', got {package.kind!r}."
+            )
         for comp in ("encoder", "classifier"):
             if comp not in package.components:
-                raise ModelPackageError(f"a sequence package needs an {comp!r} component, got {sorted(package.components)}.")
+                raise ModelPackageError(
+                    f"a sequence package needs an {comp!r} component, got {sorted(package.components)}."
+                )
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -131,8 +135,10 @@ class SequenceScorer:
             if c == len(CHANNEL_ORDER):
                 channels = CHANNEL_ORDER
             else:
-                raise ValueError(f"Frames have {c} channels; the model reads {self.frame_channels}. "
-                                 "Pass channels=... to name the frames' channels.")
+                raise ValueError(
+                    f"Frames have {c} channels; the model reads {self.frame_channels}. "
+                    "Pass channels=... to name the frames' channels."
+                )
         channels = tuple(channels)
         if len(channels) != c:
             raise ValueError(f"channels {channels} do not match the frames' {c} channels.")
@@ -141,8 +147,9 @@ class SequenceScorer:
             raise ValueError(f"The model needs channels {self.frame_channels}; the frames lack {missing}.")
         return frames[:, [channels.index(ch) for ch in self.frame_channels]]
 
-    def latents(self, frames: np.ndarray, channels: Sequence[str] | None = None,
-                normalized: bool = False) -> np.ndarray:
+    def latents(
+        self, frames: np.ndarray, channels: Sequence[str] | None = None, normalized: bool = False
+    ) -> np.ndarray:
         """``(N, D)`` float32 latent means of frames (or stamps) ``(N, C, S, S)``."""
         frames = frames_from_stamps(self._select_channels(np.asarray(frames), channels), self.frame_size)
         x = np.ascontiguousarray(frames, dtype=np.float32)
@@ -158,8 +165,10 @@ class SequenceScorer:
                 out[i : i + len(mu)] = mu.float().cpu().numpy()
         return out[:, self.latent_columns]
 
-    def score_latents(self, latents: np.ndarray, offsets: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated ``P(real)`` ``(n_objects,)`` float32 from latents ``(sum T_i, D)``; NaN for empty objects."""
+    def score_latents(
+        self, latents: np.ndarray, offsets: np.ndarray, times: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Calibrated ``P(real)`` ``(n_objects,)`` float32 from latents ``(sum T_i, D)``; NaN if empty."""
         offsets = _check_offsets(offsets, len(latents))
         n = len(offsets) - 1
         out = np.full(n, np.nan, dtype=np.float32)
@@ -211,7 +220,9 @@ class SequenceScorer:
             raise ValueError(f"frames must be (N, C, S, S), got shape {frames.shape}.")
         offsets = _check_offsets(offsets, len(frames))
         if times is not None and np.shape(times) != (len(frames),):
-            raise ValueError(f"times must have one value per frame ({len(frames)}), got shape {np.shape(times)}.")
+            raise ValueError(
+                f"times must have one value per frame ({len(frames)}), got shape {np.shape(times)}."
+            )
         n = len(offsets) - 1
         out = np.full(n, np.nan, dtype=np.float32)
         start = 0
@@ -230,7 +241,9 @@ class SequenceScorer:
 def _check_offsets(offsets, n_frames: int) -> np.ndarray:
     offsets = np.asarray(offsets, dtype=np.int64)
     if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != n_frames:
-        raise ValueError(f"offsets must be (n_objects + 1,) running from 0 to the number of frames ({n_frames}).")
+        raise ValueError(
+            f"offsets must be (n_objects + 1,) running from 0 to the number of frames ({n_frames})."
+        )
     if np.any(np.diff(offsets) < 0):
         raise ValueError("offsets must be non-decreasing.")
     return offsets
@@ -265,5 +278,9 @@ def score_sequences(
     reliability : `numpy.ndarray`
         ``(n_objects,)`` float32 calibrated ``P(real)``; NaN for objects without frames.
     """
-    scorer = package if isinstance(package, SequenceScorer) else SequenceScorer(package, device=device, precision=precision)
+    scorer = (
+        package
+        if isinstance(package, SequenceScorer)
+        else SequenceScorer(package, device=device, precision=precision)
+    )
     return scorer.score(frames, offsets, times, channels=channels, normalized=normalized)

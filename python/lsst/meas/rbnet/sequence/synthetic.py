@@ -256,7 +256,9 @@ def make_synthetic_frames(
                     ang = rng.uniform(0, np.pi)
                     dist = np.abs(np.cos(ang) * xx + np.sin(ang) * yy - rng.uniform(-5, 5))
                     img[k] += 3.0 * np.exp(-(dist**2) / 2)
-        stack = np.repeat(img[:, None], channels, axis=1) + rng.normal(0, 0.3, (t, channels, frame_size, frame_size))
+        stack = np.repeat(img[:, None], channels, axis=1) + rng.normal(
+            0, 0.3, (t, channels, frame_size, frame_size)
+        )
         frames.append(stack.astype(np.float32))
         times.append(tm)
         offsets.append(offsets[-1] + t)

@@ -224,8 +224,9 @@ def platt_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]
         grad = np.array([np.mean((p - y) * z), np.mean(p - y)])
         return loss, grad
 
-    res = minimize(nll, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B",
-                   bounds=[(1e-2, 1e2), (-50.0, 50.0)])
+    res = minimize(
+        nll, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-2, 1e2), (-50.0, 50.0)]
+    )
     a, b = (float(v) for v in res.x)
     return a, b
 
@@ -323,12 +324,17 @@ def fit_sequence_classifier(
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.effective_weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": config.effective_weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=config.lr,
     )
     loss_fn = get_loss(config.loss, **config.loss_params)
     lengths = latents.lengths[fit_index]
-    steps_per_epoch = len(length_batches(lengths, config.batch_frames, config.max_batch, max_len=config.train_max_len))
+    steps_per_epoch = len(
+        length_batches(lengths, config.batch_frames, config.max_batch, max_len=config.train_max_len)
+    )
     total_steps = max(1, steps_per_epoch * config.max_epochs)
     warmup = max(1, steps_per_epoch // 2)
 
@@ -347,11 +353,25 @@ def fit_sequence_classifier(
         t0 = time.perf_counter()
         model.train()
         total, count = 0.0, 0
-        for b in length_batches(lengths, config.batch_frames, config.max_batch, shuffle=True, rng=rng,
-                                max_len=config.train_max_len):
+        for b in length_batches(
+            lengths,
+            config.batch_frames,
+            config.max_batch,
+            shuffle=True,
+            rng=rng,
+            max_len=config.train_max_len,
+        ):
             idx = fit_index[b]
-            batch = collate(latents.values, latents.offsets, idx, latents.times, max_len=config.train_max_len,
-                            crop=config.crop, rng=rng, device=config.device)
+            batch = collate(
+                latents.values,
+                latents.offsets,
+                idx,
+                latents.times,
+                max_len=config.train_max_len,
+                crop=config.crop,
+                rng=rng,
+                device=config.device,
+            )
             target = torch.from_numpy(y_all[idx]).to(config.device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -372,11 +392,20 @@ def fit_sequence_classifier(
         except ValueError:
             val_auc = float("nan")
         elapsed = time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss,
-                        "val_auc": val_auc, "seconds": elapsed})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / max(count, 1),
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+                "seconds": elapsed,
+            }
+        )
         if log is not None:
-            log(f"epoch {epoch:3d}  train {total / max(count, 1):.4f}  val loss {val_loss:.4f}  "
-                f"val AUC {val_auc:.4f}  {elapsed:.1f}s")
+            log(
+                f"epoch {epoch:3d}  train {total / max(count, 1):.4f}  val loss {val_loss:.4f}  "
+                f"val AUC {val_auc:.4f}  {elapsed:.1f}s"
+            )
         auc_key = val_auc if np.isfinite(val_auc) else -math.inf
         score = (auc_key, -val_loss) if config.monitor == "auc" else (-val_loss, auc_key)
         if score > best[0]:
@@ -479,7 +508,9 @@ def train_vae(
     torch.manual_seed(config.seed)
     if config.max_frames and len(frames) > config.max_frames:
         frames = frames[np.sort(rng.choice(len(frames), config.max_frames, replace=False))]
-    data = torch.from_numpy(np.nan_to_num(np.asarray(frames, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+    data = torch.from_numpy(
+        np.nan_to_num(np.asarray(frames, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    )
     hp = dict(config.hyperparameters)
     hp["in_channels"] = int(frames.shape[1])
     hp["frame_size"] = int(frames.shape[2])
@@ -504,11 +535,20 @@ def train_vae(
             sums += np.array([float(loss.detach()), float(rec.detach()), float(kl.detach())]) * len(xb)
             n += len(xb)
         sums /= max(n, 1)
-        history.append({"epoch": epoch, "loss": sums[0], "reconstruction": sums[1], "kl": sums[2],
-                        "seconds": time.perf_counter() - t0})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": sums[0],
+                "reconstruction": sums[1],
+                "kl": sums[2],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if log is not None:
-            log(f"VAE epoch {epoch:3d}  loss {sums[0]:.5f}  recon {sums[1]:.5f}  KL {sums[2]:.2f}  "
-                f"{history[-1]['seconds']:.1f}s")
+            log(
+                f"VAE epoch {epoch:3d}  loss {sums[0]:.5f}  recon {sums[1]:.5f}  KL {sums[2]:.2f}  "
+                f"{history[-1]['seconds']:.1f}s"
+            )
     return vae.eval(), hp, history
 
 
@@ -609,13 +649,16 @@ def train_sequence_package(
         frame_channels = CHANNEL_ORDER if frames.shape[1] == 3 else tuple(config.channels)
     frame_channels = tuple(frame_channels)
     if len(frame_channels) != frames.shape[1]:
-        raise ValueError(f"frame_channels {frame_channels} do not match the frames' {frames.shape[1]} channels.")
+        raise ValueError(
+            f"frame_channels {frame_channels} do not match the frames' {frames.shape[1]} channels."
+        )
     channels = tuple(config.channels)
     missing = [c for c in channels if c not in frame_channels]
     if missing:
         raise ValueError(f"The model should read channels {channels} but the frames lack {missing}.")
     frame_size = int(frames.shape[2])
-    # The per-visit stamps the frames are cut from: odd, the source at pixel stamp_size // 2 == frame_size // 2.
+    # The per-visit stamps the frames are cut from: odd, with the source at
+    # pixel stamp_size // 2 == frame_size // 2.
     stamp_size = frame_size + 1 if frame_size % 2 == 0 else frame_size
     contract = InputContract(stamp_size=stamp_size, channels=channels, normalization=config.normalization)
 
@@ -649,20 +692,31 @@ def train_sequence_package(
     z = predict_logits(fit.model, latents, eval_idx)
     p = 1.0 / (1.0 + np.exp(-np.clip(z / temperature, -60, 60)))
     y = labels[eval_idx].astype(np.int64)
-    metrics: dict[str, Any] = {"evaluated_on": "held-out test objects" if len(held) else "inner validation objects",
-                               "n_eval": int(len(eval_idx))}
+    metrics: dict[str, Any] = {
+        "evaluated_on": "held-out test objects" if len(held) else "inner validation objects",
+        "n_eval": int(len(eval_idx)),
+    }
     if 0 < y.sum() < len(y):
         pur, comp = purity_completeness(p, y, 0.5)
-        metrics.update(roc_auc=roc_auc(p, y), accuracy=accuracy(p, y, 0.5), f1_real=f1(p, y, 0.5),
-                       f1_artifact=f1(1 - p, 1 - y, 0.5), purity=pur, completeness=comp)
+        metrics.update(
+            roc_auc=roc_auc(p, y),
+            accuracy=accuracy(p, y, 0.5),
+            f1_real=f1(p, y, 0.5),
+            f1_artifact=f1(1 - p, 1 - y, 0.5),
+            purity=pur,
+            completeness=comp,
+        )
         thresholds = [{"name": "default", "threshold": 0.5, "purity": pur, "completeness": comp}]
     else:
         thresholds = [{"name": "default", "threshold": 0.5}]
     metrics["vae_final_loss"] = vae_hist[-1]["loss"] if vae_hist else None
     metrics["classifier_best_epoch"] = fit.best_epoch
     prov = {
-        "n_objects": int(len(labels)), "n_frames": int(len(frames)), "n_train_objects": int(len(keep)),
-        "n_test_objects": int(len(held)), "seed": config.seed,
+        "n_objects": int(len(labels)),
+        "n_frames": int(len(frames)),
+        "n_train_objects": int(len(keep)),
+        "n_test_objects": int(len(held)),
+        "seed": config.seed,
         "vae_config": {k: v for k, v in dataclasses.asdict(config.vae).items()},
         "classifier_config": {k: v for k, v in dataclasses.asdict(config.classifier).items()},
         **(provenance or {}),
