@@ -406,3 +406,23 @@ def test_sequence_package_round_trip(tiny_package, tmp_path):
         small.score(fr.frames, offsets[:-2], fr.times)
     with pytest.raises(ValueError, match="precision"):
         SequenceScorer(loaded, precision="float16")
+
+
+def test_fit_respects_time_budget_and_calibrates():
+    from lsst.meas.rbnet.sequence.train import SequenceTrainConfig, fit_sequence_classifier, platt_scaling
+
+    ls = _toy_latents(60)
+    cfg = SequenceTrainConfig(
+        architecture="seq_conv1d",
+        max_seconds=1e-3,
+        batch_frames=64,
+        **{k: v for k, v in FAST.items() if k != "batch_frames"},
+    )
+    fit = fit_sequence_classifier(ls, np.arange(60), cfg)
+    assert len(fit.history) == 1 and fit.temperature > 0
+    # Platt scaling recovers a known logistic relation.
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(0.5 * z + 1.0)))).astype(int)
+    a, b = platt_scaling(z, y)
+    assert a == pytest.approx(0.5, abs=0.08) and b == pytest.approx(1.0, abs=0.15)

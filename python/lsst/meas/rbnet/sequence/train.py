@@ -349,6 +349,7 @@ def fit_sequence_classifier(
     history: list[dict[str, float]] = []
     step = 0
     since_best = 0
+    out_of_time = False
     for epoch in range(1, config.max_epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -385,6 +386,10 @@ def fit_sequence_classifier(
             step += 1
             total += float(loss.detach()) * len(idx)
             count += len(idx)
+            if config.max_seconds is not None and time.perf_counter() - t_start > config.max_seconds:
+                # Out of time within an epoch (a slow or busy machine): validate what we have and stop.
+                out_of_time = True
+                break
         val_logits = predict_logits(model, latents, val_index, device=config.device)
         val_loss = _bce(val_logits, y_val)
         try:
@@ -417,7 +422,7 @@ def fit_sequence_classifier(
             break
         if config.max_seconds is not None:
             spent = time.perf_counter() - t_start
-            if spent + elapsed > config.max_seconds:
+            if out_of_time or spent + elapsed > config.max_seconds:
                 if log is not None:
                     log(f"time budget of {config.max_seconds:.0f}s reached after epoch {epoch}")
                 break
