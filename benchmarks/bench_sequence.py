@@ -352,7 +352,7 @@ def main(argv=None) -> int:
         "--cv-folds", type=int, default=5, choices=(1, 2, 3, 4, 5), help="Folds of the 5-fold CV to run."
     )
     ap.add_argument("--compare-objects", type=int, default=400)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
