@@ -73,6 +73,24 @@ def pipeline_path(name: str) -> Path:
     return package_root() / "pipelines" / name
 
 
+def _prepare_output(directory, overwrite: bool, console):
+    """Console, output directory, fresh repo path and an empty pipetask log for a demo run."""
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+    outdir = Path(directory).resolve()
+    repo = outdir / "repo"
+    if repo.exists():
+        if not overwrite:
+            raise click.ClickException(f"{repo} exists; remove it or pass --overwrite.")
+        shutil.rmtree(repo)
+    outdir.mkdir(parents=True, exist_ok=True)
+    log_path = outdir / "pipetask.log"
+    log_path.write_text("")
+    return console, outdir, repo, log_path
+
+
 def _echo(console, text: str = "", style: str | None = None) -> None:
     if console is not None:
         console.print(text, style=style, highlight=False)
@@ -296,19 +314,7 @@ def run_demo(
 
     from ..butler.repo import DEFAULT_INSTRUMENT, VisitWriter, create_repo, ingest_labels, register_model
 
-    if console is None:
-        from rich.console import Console
-
-        console = Console()
-    outdir = Path(directory).resolve()
-    repo = outdir / "repo"
-    if repo.exists():
-        if not overwrite:
-            raise click.ClickException(f"{repo} exists; remove it or pass --overwrite.")
-        shutil.rmtree(repo)
-    outdir.mkdir(parents=True, exist_ok=True)
-    log_path = outdir / "pipetask.log"
-    log_path.write_text("")
+    console, outdir, repo, log_path = _prepare_output(directory, overwrite, console)
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -635,19 +641,7 @@ def run_sequence_demo(
     )
     from ..tasks.sequence import SEQUENCE_MODEL_DATASET_TYPE, SEQUENCE_RELIABILITY_DATASET_TYPE
 
-    if console is None:
-        from rich.console import Console
-
-        console = Console()
-    outdir = Path(directory).resolve()
-    repo = outdir / "repo"
-    if repo.exists():
-        if not overwrite:
-            raise click.ClickException(f"{repo} exists; remove it or pass --overwrite.")
-        shutil.rmtree(repo)
-    outdir.mkdir(parents=True, exist_ok=True)
-    log_path = outdir / "pipetask.log"
-    log_path.write_text("")
+    console, outdir, repo, log_path = _prepare_output(directory, overwrite, console)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     jobs_arg = str(max(1, jobs))
