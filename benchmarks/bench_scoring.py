@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -91,47 +92,54 @@ def raw_stamps(n: int, size: int, seed: int = 0) -> np.ndarray:
     return st
 
 
-def timed(fn, repeats: int) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after one warm-up call."""
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
     fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    return time.perf_counter() - t0
 
 
 def throughput(packages, repeats: int, quick: bool) -> list[dict]:
+    """Throughput rows; the models are timed in turn within each repeat (interleaved), so that
+    a varying load on a shared machine affects them alike and their ratio stays meaningful."""
     rows = []
-    for name, package in packages.items():
-        size = package.contract.stamp_size
-        for symmetry in (False, True):
-            for bs in BATCH_SIZES:
-                # Two batches at least for the plain path; at most 2048 sources for the 8x costlier
-                # symmetric path (then batch 4096 scores one partial batch).
-                n = (min(bs, 2048) if symmetry else max(2 * bs, 4096)) if not quick else min(bs, 1024)
-                stamps = raw_stamps(n, size)
+    for symmetry in (False, True):
+        for bs in BATCH_SIZES:
+            # Two batches at least for the plain path; at most 2048 sources for the 8x costlier
+            # symmetric path (then batch 4096 scores one partial batch).
+            n = (min(bs, 2048) if symmetry else max(2 * bs, 4096)) if not quick else min(bs, 1024)
+            cases = {}
+            for name, package in packages.items():
+                stamps = raw_stamps(n, package.contract.stamp_size)
                 scorer = Scorer(package, device="cpu", batch_size=bs, symmetry=symmetry)
                 prepared, _ = prepare_stamps(stamps, package.contract)
-                t_full = timed(lambda: scorer.score_stamps(stamps), repeats)
-                t_net = timed(lambda: scorer.logits_prepared(prepared), repeats)
+                full = functools.partial(scorer.score_stamps, stamps)
+                net = functools.partial(scorer.logits_prepared, prepared)
+                full(), net()  # warm-up
+                cases[name] = (full, net, {"full": [], "network": []})
+            for _ in range(repeats):
+                for full, net, times in cases.values():
+                    times["full"].append(_seconds(full))
+                    times["network"].append(_seconds(net))
+            for name, (_, _, times) in cases.items():
+                package = packages[name]
+                size = package.contract.stamp_size
                 row = {
                     "model": name,
                     "architecture": package.components["classifier"].architecture,
-                    "parameters": package.n_parameters(),
+                    "parameters": sum(p.numel() for p in package.build().parameters()),
                     "stamp": f"{package.contract.n_channels}x{size}x{size}",
                     "symmetry": symmetry,
                     "batch_size": bs,
                     "n": n,
-                    "full_per_s_median": n / statistics.median(t_full),
-                    "full_per_s_best": n / min(t_full),
-                    "network_per_s_median": n / statistics.median(t_net),
-                    "network_per_s_best": n / min(t_net),
+                    "full_per_s_median": n / statistics.median(times["full"]),
+                    "full_per_s_best": n / min(times["full"]),
+                    "network_per_s_median": n / statistics.median(times["network"]),
+                    "network_per_s_best": n / min(times["network"]),
                 }
                 rows.append(row)
                 print(
-                    f"{name:12s} sym={symmetry!s:5s} bs={bs:5d} n={n:5d}  full {row['full_per_s_median']:8.0f}/s "
+                    f"{name:12s} sym={symmetry!s:5s} bs={bs:5d} n={n:5d}  "
+                    f"full {row['full_per_s_median']:8.0f}/s "
                     f"(best {row['full_per_s_best']:8.0f})  network {row['network_per_s_median']:8.0f}/s "
                     f"(best {row['network_per_s_best']:8.0f})",
                     flush=True,
@@ -250,7 +258,8 @@ def memory(model_path, names, n_sources: int, image_size: int, batch_sizes) -> l
             print(
                 f"{which:12s} bs={bs:5d}: RSS growth {row['rss_growth_mb']:7.1f} MB "
                 f"(sampled {_fmt_mb(row['sampled_rss_growth_mb'])} MB), tracemalloc peak "
-                f"{row['tracemalloc_peak_mb']:7.1f} MB (one batch of input {row['one_batch_input_mb']:.1f} MB; "
+                f"{row['tracemalloc_peak_mb']:7.1f} MB "
+                f"(one batch of input {row['one_batch_input_mb']:.1f} MB; "
                 f"all stamps at once would be {row['all_stamps_at_once_mb']:.0f} MB), "
                 f"{row['per_s']:.0f} sources/s",
                 flush=True,
@@ -270,12 +279,16 @@ def write_markdown(path: Path, info: dict, rows: list[dict], mem: list[dict]) ->
         f"Written by `benchmarks/bench_scoring.py` on {info['date']}: {info['cpu_count']} CPUs, "
         f"torch {info['torch']} with {info['torch_threads']} threads, load average before/after "
         f"{info['load_before']} / {info['load_after']}. Medians of {info['repeats']} repeats (after a "
-        "warm-up call); the machine was shared, so the best repeat is shown too.",
+        "warm-up call); the models are timed in turn within each repeat, so a varying load affects "
+        "them alike. The machine was shared, so the best repeat is shown too.",
         "",
         "## Throughput (triplets per second)",
         "",
         "`full`: raw (N, 3, S, S) stamps through `Scorer.score_stamps` (preparation + network). "
-        "`network`: `Scorer.logits_prepared` on prepared stamps.",
+        "`network`: `Scorer.logits_prepared` on prepared stamps. Both models run through the same "
+        "`Scorer` (batch norm folded, channels-last, the network fed chunks of "
+        "`scoring.cpu_network_chunk(S)` stamps: 128 for 31x31, 32 for 63x63). With symmetry each stamp "
+        "is scored 8 times (rotations and flips).",
         "",
         "| model | params | stamp | symmetry | batch | full (median) | full (best) | network (median) "
         "| network (best) |",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lsst.meas.rbnet.constants import ALL_CLASSES
 from lsst.meas.rbnet.contract import InputContract
-from lsst.meas.rbnet.nn import build
+from lsst.meas.rbnet.nn import architecture_defaults, build
 from lsst.meas.rbnet.package import (
     FORMAT_NAME,
     ComponentSpec,
@@ -348,3 +348,12 @@ def test_component_spec_and_defaults():
     assert pkg.kind == "triplet" and pkg.temperature_symmetric == pkg.temperature == 1.0
     assert json.loads(header(pkg.to_bytes())[1]["__metadata__"]["package"])["kind"] == "triplet"
     assert header(pkg.to_bytes())[1]["__metadata__"]["format"] == FORMAT_NAME
+
+
+def test_hyperparameters_are_complete(package):
+    # Builder defaults are recorded, so a later change of defaults cannot change a stored model.
+    hp = package.components["classifier"].hyperparameters
+    assert set(hp) == set(architecture_defaults("triplet_cnn"))
+    assert hp["widths"] == HP["widths"] and hp["pooling"] == architecture_defaults("triplet_cnn")["pooling"]
+    meta = read_package_metadata(package.to_bytes())
+    assert meta["components"]["classifier"]["hyperparameters"] == hp

@@ -103,6 +103,15 @@ def test_batch_size_invariance(package, stamps):
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_network_chunks(package, stamps):
+    assert [scoring.cpu_network_chunk(s) for s in (21, 31, 63, 101)] == [256, 128, 32, 16]
+    assert Scorer(package, device="cpu").network_chunk == 128
+    ref = Scorer(package, device="cpu", network_chunk=0).score_stamps(stamps).reliability
+    for chunk in (1, 7, 128):
+        out = Scorer(package, device="cpu", network_chunk=chunk).score_stamps(stamps).reliability
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_symmetry_is_exact(stamps):
     package = make_package(temperature=2.0, temperature_symmetric=1.5)
     sym = Scorer(package, device="cpu", batch_size=16, symmetry=True)

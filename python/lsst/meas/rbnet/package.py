@@ -198,6 +198,10 @@ class ModelPackage:
 
     Notes
     -----
+    The hyperparameters of a registered architecture are completed with its
+    builder's defaults on construction, so the file records the full
+    architecture and later changes of defaults cannot alter a stored model.
+
     Construction checks the metadata (kind, version, temperatures, contract,
     thresholds, JSON-serialisability); `validate` also builds every component
     and checks the weights against it. `load`, `from_bytes` and `from_modules`
@@ -229,7 +233,8 @@ class ModelPackage:
             if isinstance(spec, Mapping):
                 if set(spec) - {"architecture", "hyperparameters"} or "architecture" not in spec:
                     raise ModelPackageError(
-                        f"component {name!r} must have keys architecture and hyperparameters, got {sorted(spec)}."
+                        f"component {name!r} must have keys architecture and hyperparameters, "
+                        f"got {sorted(spec)}."
                     )
                 spec = ComponentSpec(**spec)
             if not isinstance(spec, ComponentSpec) or not isinstance(spec.architecture, str):
@@ -237,6 +242,11 @@ class ModelPackage:
             if not isinstance(spec.hyperparameters, Mapping):
                 raise ModelPackageError(f"component {name!r}: hyperparameters must be a dict.")
             hp = _plain(dict(spec.hyperparameters), f"component {name!r} hyperparameters")
+            if spec.architecture in registry.architectures():
+                # Store every hyperparameter, defaults included, so that a package does not
+                # change meaning (or stop loading) when a builder's defaults change later.
+                defaults = _plain(registry.architecture_defaults(spec.architecture), "defaults")
+                hp = {**defaults, **hp}
             comps[name] = ComponentSpec(spec.architecture, hp)
         self.components = comps
         if self.kind == "triplet" and "classifier" not in comps:

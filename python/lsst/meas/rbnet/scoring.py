@@ -26,11 +26,13 @@ float16); on the CPU it runs in float32.
 from __future__ import annotations
 
 __all__ = [
+    "CPU_CHUNK_PIXELS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MODEL_FILENAME",
     "ScoreResult",
     "Scorer",
     "autocast_dtype",
+    "cpu_network_chunk",
     "clear_scorer_cache",
     "default_model_path",
     "load_scorer",
@@ -44,6 +46,7 @@ import hashlib
 import importlib.resources
 import itertools
 import json
+import math
 import os
 import re
 import threading
@@ -66,6 +69,12 @@ DEFAULT_MODEL_FILENAME: str = "rbnet-default.safetensors"
 
 #: Default number of sources per batch.
 DEFAULT_BATCH_SIZE: int = 1024
+
+#: On the CPU the network sees chunks of about this many stamp pixels (stamps x S x S) at
+#: once, so its activations stay in cache. Measured on a 2-core Xeon with 1024-stamp batches:
+#: triplet_cnn on 31x31 stamps 1.7 times faster in chunks of 128 than whole, braai_like on
+#: 63x63 stamps 2 times faster in chunks of 32; both sit at about 2**17 pixels (`cpu_network_chunk`).
+CPU_CHUNK_PIXELS: int = 1 << 17
 
 #: Accepted forms of the ``device`` argument (for error messages).
 _DEVICE_FORMS = "'auto', 'cpu', 'cuda' or 'cuda:N' (N a CUDA device index)"
@@ -185,6 +194,14 @@ def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtyp
     raise ValueError(f"amp must be 'auto', 'on', 'off', 'float16', 'bfloat16' or a bool; got {amp!r}.")
 
 
+def cpu_network_chunk(stamp_size: int) -> int:
+    """Stamps per network call on the CPU: a power of two near ``CPU_CHUNK_PIXELS / stamp_size**2``.
+
+    128 for 31x31 stamps, 32 for 63x63, 256 for 21x21, 16 for 101x101.
+    """
+    return int(min(1024, max(8, 2 ** round(math.log2(CPU_CHUNK_PIXELS / stamp_size**2)))))
+
+
 def _fuse_conv_bn(module: nn.Module) -> nn.Module:
     """Fold eval-mode batch norms into the convolutions before them (in place; inference only).
 
@@ -247,6 +264,11 @@ class Scorer:
         tensor cores prefer on CUDA).
     fuse : `bool`
         Fold batch norms into convolutions (same results up to rounding, faster).
+    network_chunk : `int` or None, optional
+        Largest number of stamps the network sees at once; a batch is cut into
+        chunks of this size (0: whole batches). Default: `cpu_network_chunk` of
+        the stamp size on the CPU (small chunks keep the activations in cache,
+        up to twice as fast), whole batches on CUDA.
 
     Attributes
     ----------
@@ -269,6 +291,7 @@ class Scorer:
         num_threads: int | None = None,
         channels_last: bool = True,
         fuse: bool = True,
+        network_chunk: int | None = None,
     ):
         if not isinstance(package, ModelPackage):
             raise TypeError(f"package must be a ModelPackage, got {type(package).__name__}.")
@@ -288,6 +311,9 @@ class Scorer:
         self.symmetry = bool(symmetry)
         self.amp_dtype = autocast_dtype(self.device, amp)
         self.channels_last = bool(channels_last)
+        if network_chunk is None:
+            network_chunk = cpu_network_chunk(self.contract.stamp_size) if self.device.type == "cpu" else 0
+        self.network_chunk = _check_batch_size(network_chunk) if network_chunk else 0
         self.temperature = package.temperature_symmetric if self.symmetry else package.temperature
         model = package.build("classifier")
         if fuse:
@@ -323,6 +349,9 @@ class Scorer:
 
     def _network_logits(self, t: torch.Tensor) -> torch.Tensor:
         """Logits (B,) float32 of a prepared batch on the device."""
+        chunk = self.network_chunk
+        if chunk and t.shape[0] > chunk:
+            return torch.cat([self._network_logits(t[a : a + chunk]) for a in range(0, t.shape[0], chunk)])
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             if not self.symmetry:
                 out = self.model(t).float()
