@@ -408,6 +408,158 @@ def test_sequence_package_round_trip(tiny_package, tmp_path):
         SequenceScorer(loaded, precision="float16")
 
 
+def test_visit_score_features():
+    from lsst.meas.rbnet.sequence.aggregate import FRAME_FEATURES, LOGIT_CLIP, visit_score_features
+
+    p = np.array([0.5, 0.9, 0.1, np.nan, 0.0, 1.0], dtype=np.float32)
+    f = visit_score_features(p)
+    assert f.shape == (6, len(FRAME_FEATURES)) and f.dtype == np.float32
+    logit, scored = f[:, 0], f[:, 1]
+    np.testing.assert_allclose(logit[:3], [0.0, np.log(9.0), -np.log(9.0)], rtol=1e-5, atol=1e-6)
+    assert logit[3] == 0.0 and scored.tolist() == [1, 1, 1, 0, 1, 1]
+    assert logit[4] == -np.float32(LOGIT_CLIP) and logit[5] == np.float32(LOGIT_CLIP)
+    assert visit_score_features(p, ("visit_scored",)).shape == (6, 1)
+    with pytest.raises(ValueError, match="Unknown frame feature"):
+        visit_score_features(p, ("visit_snr",))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        visit_score_features(np.array([1.5]))
+    with pytest.raises(ValueError, match="1-D"):
+        visit_score_features(np.zeros((2, 2)))
+
+
+def test_encoder_precision_selection(monkeypatch):
+    import torch
+
+    from lsst.meas.rbnet.sequence import scoring
+
+    monkeypatch.setattr(scoring, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert scoring.native_bf16("cpu") and scoring.encoder_dtype("cpu", "auto") == torch.bfloat16
+    monkeypatch.setattr(scoring, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert scoring.encoder_dtype(torch.device("cpu"), "auto") == torch.bfloat16
+    monkeypatch.setattr(scoring, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not scoring.native_bf16("cpu") and scoring.encoder_dtype("cpu", "auto") == torch.float32
+    assert scoring.encoder_dtype("cpu", "bfloat16") == torch.bfloat16
+    assert scoring.encoder_dtype("cpu", "float32") == torch.float32
+    # CUDA: what the GPU supports; none here (torch.cuda.is_available() False) means no bfloat16.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert scoring.encoder_dtype("cuda:0", "auto") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert scoring.encoder_dtype("cuda", "auto") == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        scoring.encoder_dtype("cpu", "half")
+
+
+def test_bfloat16_encoder_is_used_only_where_scores_survive(tiny_package, monkeypatch):
+    from lsst.meas.rbnet.sequence import scoring
+
+    package, _, fr = tiny_package
+    p32 = scoring.SequenceScorer(package, precision="float32")
+    p16 = scoring.SequenceScorer(package, precision="bfloat16")
+    assert p32.precision == "float32" and p16.precision == "bfloat16" and p16.encode_batch <= p32.encode_batch
+    a = p32.score(fr.frames, fr.offsets, fr.times)
+    b = p16.score(fr.frames, fr.offsets, fr.times)
+    # "auto" on a machine with bfloat16 units: probe frames decide.
+    monkeypatch.setattr(scoring, "native_bf16", lambda device: True)
+    auto = scoring.SequenceScorer(package)
+    assert auto.bf16_error is not None and auto.bf16_error >= 0
+    c = auto.score(fr.frames, fr.offsets, fr.times)
+    if auto.bf16_error <= scoring.BF16_MAX_ERROR:
+        assert auto.precision == "bfloat16"
+        np.testing.assert_allclose(c, b, atol=1e-6)
+        assert np.abs(c - a).max() < 0.02
+    else:
+        assert auto.precision == "float32"
+        np.testing.assert_allclose(c, a, atol=1e-6)
+    # A threshold no package meets keeps float32; one every package meets takes bfloat16.
+    monkeypatch.setattr(scoring, "BF16_MAX_ERROR", -1.0)
+    assert scoring.SequenceScorer(package).precision == "float32"
+    monkeypatch.setattr(scoring, "BF16_MAX_ERROR", np.inf)
+    assert scoring.SequenceScorer(package).precision == "bfloat16"
+    monkeypatch.setattr(scoring, "native_bf16", lambda device: False)
+    none = scoring.SequenceScorer(package)
+    assert none.precision == "float32" and none.bf16_error is None
+
+
+@pytest.fixture(scope="module")
+def visit_score_package():
+    """A package whose latents carry no label information; the visit scores do."""
+    from lsst.meas.rbnet.sequence.train import (
+        SequencePackageConfig,
+        SequenceTrainConfig,
+        VAETrainConfig,
+        train_sequence_package,
+    )
+
+    rng = np.random.default_rng(3)
+    n_obj = 80
+    lengths = rng.integers(2, 7, n_obj)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    labels = (np.arange(n_obj) % 2).astype(np.int8)
+    frames = rng.normal(size=(offsets[-1], 1, 20, 20)).astype(np.float32)  # pure noise for both classes
+    times = np.concatenate([np.cumsum(rng.uniform(1, 3, t)) for t in lengths])
+    obj = np.repeat(np.arange(n_obj), lengths)
+    visit = np.clip(rng.normal(np.where(labels[obj] == 1, 0.7, 0.3), 0.15), 0, 1).astype(np.float32)
+    visit[::7] = np.nan  # some visits not scored
+    config = SequencePackageConfig(
+        vae=VAETrainConfig(hyperparameters={"latent_dim": 4, "hidden_channels": [4, 4]}, epochs=1),
+        classifier=SequenceTrainConfig(
+            architecture="seq_conv1d", hyperparameters={"channels": 8}, max_epochs=25, patience=25
+        ),
+        channels=("science",),
+        test_fraction=0.0,
+        version="seqV1",
+    )
+    package, _ = train_sequence_package(frames, offsets, labels, times, config, visit_scores=visit)
+    return package, frames, offsets, labels, times, visit
+
+
+def test_sequence_model_reads_visit_scores(visit_score_package):
+    from lsst.meas.rbnet.package import ModelPackage
+    from lsst.meas.rbnet.sequence.scoring import SequenceScorer
+    from lsst.meas.rbnet.training.metrics import roc_auc
+
+    package, frames, offsets, labels, times, visit = visit_score_package
+    assert package.extra["frame_features"] == ["visit_logit", "visit_scored"]
+    assert package.components["classifier"].hyperparameters["input_dim"] == 4 + 2
+    scorer = SequenceScorer(ModelPackage.from_bytes(package.to_bytes()))
+    assert scorer.needs_visit_scores
+    p = scorer.score(frames, offsets, times, visit_scores=visit)
+    # The noise frames say nothing; the visit scores separate the classes.
+    assert p.shape == (len(labels),) and roc_auc(p, labels) > 0.9
+    # Latents scored directly give the same numbers.
+    lat = scorer.latents(frames)
+    np.testing.assert_allclose(scorer.score_latents(lat, offsets, times, visit), p, atol=1e-6)
+    with pytest.raises(ValueError, match="visit_scores"):
+        scorer.score(frames, offsets, times)
+    with pytest.raises(ValueError, match="one value per frame"):
+        scorer.score(frames, offsets, times, visit_scores=visit[:-1])
+    with pytest.raises(ValueError, match="visit_scores"):
+        scorer.score_latents(lat, offsets, times)
+    with pytest.raises(ValueError, match="one value per frame"):
+        train_visit_scores_with_wrong_length(frames, offsets, labels, times)
+
+
+def train_visit_scores_with_wrong_length(frames, offsets, labels, times):
+    from lsst.meas.rbnet.sequence.train import train_sequence_package
+
+    train_sequence_package(frames, offsets, labels, times, visit_scores=np.zeros(3))
+
+
+def test_package_with_unknown_frame_feature_is_refused(visit_score_package):
+    from lsst.meas.rbnet.package import ModelPackage, ModelPackageError
+    from lsst.meas.rbnet.sequence.scoring import SequenceScorer
+
+    package = visit_score_package[0]
+    odd = ModelPackage.from_bytes(package.to_bytes())
+    odd.extra["frame_features"] = ["visit_logit", "visit_snr"]
+    with pytest.raises(ModelPackageError, match="visit_snr"):
+        SequenceScorer(odd)
+    odd.extra["frame_features"] = ["visit_logit"]
+    with pytest.raises(ModelPackageError, match="reads 6 values per frame"):
+        SequenceScorer(odd)
+
+
 def test_fit_respects_time_budget_and_calibrates():
     from lsst.meas.rbnet.sequence.train import SequenceTrainConfig, fit_sequence_classifier, platt_scaling
 

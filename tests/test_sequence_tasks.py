@@ -435,6 +435,34 @@ def test_train_needs_enough_labelled_objects():
         TrainSequenceTask(config=_train_config()).run(cutouts, sources, [labels[:0]])
 
 
+def test_train_reads_visit_scores_when_configured():
+    ra, dec = _field(12)
+    cutouts, sources, _, labels = make_series(ra, dec, n_visits=3, seed=4)
+    task = TrainSequenceTask(config=_train_config(testFraction=0.0))
+    model = task.run(cutouts, sources, labels).model
+    assert model.extra["frame_features"] == ["visit_logit", "visit_scored"]
+    # The sequence task passes each frame's single-visit score from the sources' scoreColumn.
+    table = _task().run(cutouts, sources, model).objectReliability
+    assert len(table) == 12 and np.all(np.isfinite(table["reliability"]))
+    assert not np.any(table["flags"] & ObjectFlag.MISSING_VISIT_SCORES)
+    # A source without a score still counts; its object is flagged.
+    gappy = [s.copy() for s in sources]
+    gappy[0]["reliability"][0] = np.nan
+    table = _task().run(cutouts, gappy, model).objectReliability
+    assert np.all(np.isfinite(table["reliability"]))
+    assert np.count_nonzero(table["flags"] & ObjectFlag.MISSING_VISIT_SCORES) == 1
+    # Without scores in the sources, training with them is refused by name; training without
+    # them makes a package that needs none.
+    no_scores = [s[[c for c in s.colnames if c != "reliability"]] for s in sources]
+    with pytest.raises(ValueError, match="'reliability' column.*useVisitScores=False"):
+        task.run(cutouts, no_scores, labels)
+    plain = TrainSequenceTask(config=_train_config(testFraction=0.0, useVisitScores=False))
+    model = plain.run(cutouts, no_scores, labels).model
+    assert model.extra["frame_features"] == []
+    table = _task().run(cutouts, no_scores, model).objectReliability
+    assert np.all(np.isfinite(table["reliability"]))
+
+
 def test_object_labels_majority_and_per_object():
     from lsst.meas.rbnet.tasks.sequence import object_labels
 
@@ -601,6 +629,7 @@ def test_train_sequence_quantum(repo):
     assert isinstance(model, ModelPackage) and model.kind == "sequence" and model.version == "tseq2"
     assert set(model.components) == {"encoder", "classifier"}
     assert model.extra["frame_size"] == FRAME and model.contract.channels == ("science",)
+    assert model.extra["frame_features"] == ["visit_logit", "visit_scored"]
     metrics = butler.get("rbnet_sequence_training_metrics")
     assert metrics["n_train_objects"] == 12 and metrics["n_real"] == metrics["n_bogus"] == 6
     assert metrics["n_frames"] == 48 and metrics["n_labelled_sources"] == 48

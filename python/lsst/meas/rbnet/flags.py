@@ -69,6 +69,10 @@ class ObjectFlag(enum.IntFlag):
     REPEATED_VISIT = 1 << 5
     #: The object was not scored (``reliability`` NaN); set with the reason bits above.
     NOT_SCORED = 1 << 6
+    #: The model reads single-visit scores but some scored frames had none (NaN in the
+    #: sources' score column): those frames entered as "not scored", which the model has
+    #: seen in training, but with less evidence.
+    MISSING_VISIT_SCORES = 1 << 7
 
 
 def describe_object_flags(value: int) -> list[str]:

@@ -25,8 +25,9 @@ encoded in batches, then classified in length-bucketed batches, so memory stays
 bounded however many objects there are.
 """
 
-__all__ = ["SequenceScorer", "score_sequences", "frames_from_stamps"]
+__all__ = ["SequenceScorer", "score_sequences", "frames_from_stamps", "native_bf16", "encoder_dtype"]
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -36,6 +37,7 @@ import torch
 from ..constants import CHANNEL_ORDER
 from ..cutouts import normalize_stamps
 from ..package import ModelPackage, ModelPackageError
+from .aggregate import FRAME_FEATURES, visit_score_features
 from .data import collate, length_batches
 from .encode import fused_encoder
 
@@ -57,6 +59,51 @@ def frames_from_stamps(stamps: np.ndarray, frame_size: int) -> np.ndarray:
     return stamps[..., a : a + frame_size, a : a + frame_size]
 
 
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` does bfloat16 arithmetic natively (so bfloat16 is faster than float32).
+
+    On the CPU: the AMX-BF16 or AVX-512 BF16 instructions (read from the Linux CPU
+    flags; False where they cannot be read). On CUDA: ``torch.cuda.is_bf16_supported()``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+    return False
+
+
+def encoder_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype:
+    """The dtype to run the VAE encoder in on ``device`` for ``precision``.
+
+    ``"auto"``: bfloat16 where `native_bf16`, else float32; ``"float32"`` and
+    ``"bfloat16"`` as named.
+    """
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if precision not in dtypes:
+        raise ValueError(f"precision must be 'auto' or one of {sorted(dtypes)}, got {precision!r}.")
+    return dtypes[precision]
+
+
+#: Largest bfloat16 latent error (99th percentile, in the classifier's standardised
+#: units) with which ``precision="auto"`` keeps the faster bfloat16 encoder.
+BF16_MAX_ERROR = 0.05
+
+
 class SequenceScorer:
     """A sequence model package loaded once, ready to score many objects.
 
@@ -73,11 +120,15 @@ class SequenceScorer:
     classify_frames : `int`
         Padded frames per classifier batch.
     precision : `str`
-        ``"float32"`` (default) or ``"bfloat16"`` for the VAE encoder (faster on CPUs
-        with bfloat16 units, e.g. AMX). bfloat16 keeps about 3 significant digits of
-        each latent: check the scores against float32 on your model before using it (a
-        latent whose spread over frames is small against its mean loses its
-        information). The classifier always runs in float32.
+        Precision of the VAE encoder: ``"auto"`` (default) runs it in bfloat16 where
+        the device has native bfloat16 arithmetic (`native_bf16`: CPUs with AMX or
+        AVX-512 BF16 units, CUDA GPUs that support it; several times faster there)
+        and in float32 elsewhere; ``"float32"`` or ``"bfloat16"`` force one. bfloat16
+        keeps about 3 significant digits, so "auto" first encodes probe frames both
+        ways and keeps float32 when the package's latents differ by more than
+        `BF16_MAX_ERROR` of the classifier's standardisation scale (``bf16_error``
+        holds the figure). The heads that give the latents and the classifier always
+        run in float32.
     """
 
     def __init__(
@@ -85,9 +136,9 @@ class SequenceScorer:
         package: ModelPackage | str | os.PathLike,
         device: str = "cpu",
         chunk_frames: int = 65536,
-        encode_batch: int = 4096,
+        encode_batch: int | None = None,
         classify_frames: int = 65536,
-        precision: str = "float32",
+        precision: str = "auto",
     ):
         if not isinstance(package, ModelPackage):
             package = ModelPackage.load(package)
@@ -105,11 +156,9 @@ class SequenceScorer:
         self.device = torch.device(device)
         self.package = package
         self.vae = package.build("encoder")
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-        if precision not in dtypes:
-            raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}.")
-        self._dtype = dtypes[precision]
+        self._dtype = encoder_dtype(self.device, precision)
         self.encoder = fused_encoder(self.vae, self._dtype).to(self.device)
+        self.bf16_error: float | None = None
         self.classifier = package.build("classifier").to(self.device)
         self.temperature = float(package.temperature)
         self.contract = package.contract
@@ -118,9 +167,87 @@ class SequenceScorer:
         self.frame_channels = tuple(extra.get("frame_channels", package.contract.channels))
         cols = extra.get("latent_columns", [0, self.vae.latent_dim])
         self.latent_columns = slice(int(cols[0]), int(cols[1]))
+        features = tuple(extra.get("frame_features", ()))
+        unknown = [f for f in features if f not in FRAME_FEATURES]
+        if unknown:
+            raise ModelPackageError(
+                f"The sequence package reads frame feature(s) {unknown} that this version does not know "
+                f"(known: {FRAME_FEATURES}); it needs a newer lsst.meas.rbnet."
+            )
+        self.frame_features = features
+        width = self.latent_columns.stop - self.latent_columns.start + len(features)
+        if getattr(self.classifier, "input_dim", width) != width:
+            raise ModelPackageError(
+                f"The sequence package's classifier reads {self.classifier.input_dim} values per frame, "
+                f"but its latent columns {cols} and frame features {list(features)} give {width}."
+            )
+        if precision == "auto" and self._dtype == torch.bfloat16:
+            # bfloat16 keeps ~3 significant digits. A latent whose spread over frames is
+            # small against its value would lose the information the classifier reads, so
+            # check this package's latents on probe frames; keep float32 if they suffer.
+            self.bf16_error = self._bf16_latent_error()
+            if not self.bf16_error <= BF16_MAX_ERROR:
+                self._dtype = torch.float32
+                self.encoder = fused_encoder(self.vae, self._dtype).to(self.device)
         self.chunk_frames = int(chunk_frames)
+        if encode_batch is None:
+            # Measured on a 2-core Xeon (AMX): bfloat16 is fastest in batches that stay in
+            # cache (1024), float32 in larger ones (4096).
+            encode_batch = 1024 if self._dtype == torch.bfloat16 and self.device.type == "cpu" else 4096
         self.encode_batch = int(encode_batch)
         self.classify_frames = int(classify_frames)
+
+    def _bf16_latent_error(self, n: int = 256) -> float:
+        """99th percentile of |bfloat16 - float32 latent| in the classifier's standardised units."""
+        vae = self.vae
+        rng = np.random.default_rng(20261122)
+        f = vae.frame_size
+        yy, xx = np.mgrid[:f, :f] - f // 2
+        sigma = rng.uniform(0.6, 2.5, (n, 1, 1, 1))
+        src = np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+        x = rng.normal(size=(n, vae.in_channels, f, f)) + rng.uniform(0, 8, (n, vae.in_channels, 1, 1)) * src
+        xt = torch.from_numpy(x.astype(np.float32)).to(self.device)
+        enc32 = fused_encoder(vae, torch.float32).to(self.device)
+        with torch.inference_mode():
+            mu32 = enc32(xt)[0].float().cpu().numpy()
+            mu16 = self.encoder(xt.to(self._dtype))[0].float().cpu().numpy()
+        cols = self.latent_columns
+        scale = getattr(self.classifier, "feature_scale", None)
+        scale = (
+            np.ones(mu32[:, cols].shape[1])
+            if scale is None
+            else scale.detach().cpu().numpy()[: mu32[:, cols].shape[1]]
+        )
+        err = np.abs(mu16[:, cols] - mu32[:, cols]) / np.maximum(scale, 1e-12)
+        return float(np.percentile(err, 99))
+
+    @property
+    def precision(self) -> str:
+        """The encoder's precision: ``"float32"`` or ``"bfloat16"``."""
+        return "bfloat16" if self._dtype == torch.bfloat16 else "float32"
+
+    @property
+    def needs_visit_scores(self) -> bool:
+        """Whether the classifier reads the single-visit scores of the frames."""
+        return bool(self.frame_features)
+
+    def _with_features(self, latents: np.ndarray, visit_scores: np.ndarray | None) -> np.ndarray:
+        if not self.frame_features:
+            return latents
+        if visit_scores is None:
+            raise ValueError(
+                f"This sequence package (version {self.version!r}) reads the single-visit reliability of "
+                f"every frame (frame features {list(self.frame_features)}): pass visit_scores, one "
+                "P(real) per frame (NaN where a visit was not scored)."
+            )
+        visit_scores = np.asarray(visit_scores)
+        if visit_scores.shape != (len(latents),):
+            raise ValueError(
+                f"visit_scores must have one value per frame ({len(latents)}), got shape "
+                f"{visit_scores.shape}."
+            )
+        feats = visit_score_features(visit_scores, self.frame_features)
+        return np.concatenate([np.asarray(latents, dtype=np.float32), feats], axis=1)
 
     @property
     def version(self) -> str:
@@ -166,10 +293,19 @@ class SequenceScorer:
         return out[:, self.latent_columns]
 
     def score_latents(
-        self, latents: np.ndarray, offsets: np.ndarray, times: np.ndarray | None = None
+        self,
+        latents: np.ndarray,
+        offsets: np.ndarray,
+        times: np.ndarray | None = None,
+        visit_scores: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Calibrated ``P(real)`` ``(n_objects,)`` float32 from latents ``(sum T_i, D)``; NaN if empty."""
+        """Calibrated ``P(real)`` ``(n_objects,)`` float32 from latents ``(sum T_i, D)``; NaN if empty.
+
+        ``visit_scores`` (one single-visit ``P(real)`` per frame) is needed when the
+        package reads frame features (`needs_visit_scores`).
+        """
         offsets = _check_offsets(offsets, len(latents))
+        latents = self._with_features(latents, visit_scores)
         n = len(offsets) - 1
         out = np.full(n, np.nan, dtype=np.float32)
         lengths = np.diff(offsets)
@@ -192,6 +328,7 @@ class SequenceScorer:
         times: np.ndarray | None = None,
         channels: Sequence[str] | None = None,
         normalized: bool = False,
+        visit_scores: np.ndarray | None = None,
     ) -> np.ndarray:
         """Calibrated ``P(real)`` of each object from its frames.
 
@@ -209,6 +346,9 @@ class SequenceScorer:
             Channel names of ``frames`` (default: the model's, or `CHANNEL_ORDER` for 3).
         normalized : `bool`
             The frames are already normalised as the contract says.
+        visit_scores : `numpy.ndarray`, optional
+            ``(sum T_i,)`` single-visit ``P(real)`` of each frame (NaN where not
+            scored); needed when the package reads them (`needs_visit_scores`).
 
         Returns
         -------
@@ -223,6 +363,14 @@ class SequenceScorer:
             raise ValueError(
                 f"times must have one value per frame ({len(frames)}), got shape {np.shape(times)}."
             )
+        if self.frame_features:
+            if visit_scores is None:
+                self._with_features(np.zeros((0, 0), np.float32), None)  # raises the error
+            if np.shape(visit_scores) != (len(frames),):
+                raise ValueError(
+                    f"visit_scores must have one value per frame ({len(frames)}), got shape "
+                    f"{np.shape(visit_scores)}."
+                )
         n = len(offsets) - 1
         out = np.full(n, np.nan, dtype=np.float32)
         start = 0
@@ -233,7 +381,8 @@ class SequenceScorer:
             a, b = offsets[start], offsets[stop]
             lat = self.latents(frames[a:b], channels, normalized)
             tt = None if times is None else np.asarray(times[a:b], dtype=np.float64)
-            out[start:stop] = self.score_latents(lat, offsets[start : stop + 1] - a, tt)
+            vs = None if visit_scores is None else np.asarray(visit_scores[a:b])
+            out[start:stop] = self.score_latents(lat, offsets[start : stop + 1] - a, tt, vs)
             start = stop
         return out
 
@@ -258,7 +407,8 @@ def score_sequences(
     channels: Sequence[str] | None = None,
     normalized: bool = False,
     device: str = "cpu",
-    precision: str = "float32",
+    precision: str = "auto",
+    visit_scores: np.ndarray | None = None,
 ) -> np.ndarray:
     """Score objects from their frame sequences with a sequence model package.
 
@@ -266,7 +416,7 @@ def score_sequences(
     ----------
     package : `ModelPackage`, path, or `SequenceScorer`
         The model (a scorer is reused as is; a package is loaded once per call).
-    frames, offsets, times, channels, normalized
+    frames, offsets, times, channels, normalized, visit_scores
         As in `SequenceScorer.score`.
     device : `str`
         Torch device when a scorer is built here.
@@ -283,4 +433,6 @@ def score_sequences(
         if isinstance(package, SequenceScorer)
         else SequenceScorer(package, device=device, precision=precision)
     )
-    return scorer.score(frames, offsets, times, channels=channels, normalized=normalized)
+    return scorer.score(
+        frames, offsets, times, channels=channels, normalized=normalized, visit_scores=visit_scores
+    )

@@ -599,6 +599,7 @@ def train_sequence_package(
     object_ids: np.ndarray | None = None,
     provenance: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    visit_scores: np.ndarray | None = None,
 ):
     """Train the VAE and a sequence classifier from raw frames and package them.
 
@@ -624,6 +625,11 @@ def train_sequence_package(
         Extra provenance entries (e.g. the command line).
     log : callable, optional
         Progress lines.
+    visit_scores : `numpy.ndarray`, optional
+        ``(sum T_i,)`` single-visit ``P(real)`` of every frame (NaN where a visit was
+        not scored). When given, the classifier reads them beside the latents
+        (`lsst.meas.rbnet.sequence.aggregate.visit_score_features`; the package
+        records ``extra["frame_features"]``) and so needs them when scoring too.
 
     Returns
     -------
@@ -637,6 +643,7 @@ def train_sequence_package(
     from ..cutouts import normalize_stamps
     from ..package import ModelPackage
     from ..training.metrics import accuracy, f1, purity_completeness
+    from .aggregate import FRAME_FEATURES, visit_score_features
     from .encode import encode_frames
 
     config = config or SequencePackageConfig()
@@ -650,6 +657,15 @@ def train_sequence_package(
         raise ValueError("offsets must be (n_objects + 1,) from 0 to the number of frames.")
     if np.any(np.diff(offsets) < 1):
         raise ValueError("every object needs at least one frame.")
+    features: tuple[str, ...] = ()
+    if visit_scores is not None:
+        visit_scores = np.asarray(visit_scores)
+        if visit_scores.shape != (len(frames),):
+            raise ValueError(
+                f"visit_scores must have one value per frame ({len(frames)}), got shape {visit_scores.shape}."
+            )
+        features = FRAME_FEATURES
+        feature_values = visit_score_features(visit_scores, features)
     if frame_channels is None:
         frame_channels = CHANNEL_ORDER if frames.shape[1] == 3 else tuple(config.channels)
     frame_channels = tuple(frame_channels)
@@ -682,6 +698,9 @@ def train_sequence_package(
     vae, vae_hp, vae_hist = train_vae(x[train_rows], config.vae, log=log)
     say("Encoding all frames ...")
     mu = encode_frames(vae, x)
+    latent_dim = mu.shape[1]
+    if features:
+        mu = np.concatenate([mu, feature_values], axis=1)
     latents = LatentSet(
         object_ids=np.asarray(object_ids if object_ids is not None else all_idx).astype(str),
         values=mu,
@@ -742,7 +761,8 @@ def train_sequence_package(
             "frame_size": frame_size,
             "frame_channels": list(channels),
             "frame_crop": "stamp[..., a:a+F, a:a+F] with a = stamp_size // 2 - frame_size // 2",
-            "latent_columns": [0, int(vae_hp.get("latent_dim", vae.latent_dim))],
+            "latent_columns": [0, int(latent_dim)],
+            "frame_features": list(features),
             "time_feature": "log(1 + dt), dt in days since the previous visit",
         },
     )

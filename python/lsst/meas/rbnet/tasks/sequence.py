@@ -712,6 +712,12 @@ class _SequenceInputsConfig(pexConfig.Config):
         "(visit dimension record) is used.",
         default="midpointMjdTai",
     )
+    scoreColumn = pexConfig.Field[str](
+        doc="Single-visit reliability column of the sources: aggregated per object into "
+        "tripletReliabilityMax/Mean (NaN if the column is absent) and read by sequence models trained "
+        "with useVisitScores.",
+        default="reliability",
+    )
     associationRadius = pexConfig.Field[float](
         doc="Friends-of-friends linking length (arcsec) of the positional association of sources without "
         "an object id.",
@@ -871,6 +877,13 @@ class TrainSequenceConfig(
         default="robust_asinh",
     )
     latentDim = pexConfig.Field[int](doc="Size of the VAE latent vector.", default=36)
+    useVisitScores = pexConfig.Field[bool](
+        doc="The classifier also reads each frame's single-visit reliability (the sources' scoreColumn, "
+        "e.g. from dia_source_unstandardized_reliability) beside its latent vector, so it can combine "
+        "the per-visit evidence better than a maximum or mean. The trained package then needs those "
+        "scores when scoring.",
+        default=True,
+    )
     vaeHiddenChannels = pexConfig.ListField[int](
         doc="Channels of the VAE's strided convolutions; empty uses the architecture's (32..512).", default=[]
     )
@@ -1028,7 +1041,7 @@ class TrainSequenceTask(pipeBase.PipelineTask):
             dec_column=config.decColumn,
             object_id_column=config.objectIdColumn,
             time_column=config.timeColumn,
-            score_column="",
+            score_column=config.scoreColumn if config.useVisitScores else "",
             cutouts_name=config.connections.cutouts,
             sources_name=config.connections.sources,
         )
@@ -1117,6 +1130,15 @@ class TrainSequenceTask(pipeBase.PipelineTask):
             seed=config.seed,
         )
         kept_ids = groups.object_id[use_obj]
+        visit_scores = None
+        if config.useVisitScores:
+            visit_scores = frames.triplet_score[rows]
+            if not np.any(np.isfinite(visit_scores)):
+                raise ValueError(
+                    f"useVisitScores is set but none of the {len(rows)} training frames has a single-visit "
+                    f"score: the sources ({config.connections.sources}) need a finite "
+                    f"{config.scoreColumn!r} column (scoreColumn); or set useVisitScores=False."
+                )
         package, metrics = train_sequence_package(
             frames.frames[rows],
             offsets,
@@ -1127,6 +1149,7 @@ class TrainSequenceTask(pipeBase.PipelineTask):
             object_ids=kept_ids,
             provenance=dict(provenance or {}, task=self._DefaultName),
             log=lambda line: self.log.info("%s", line),
+            visit_scores=visit_scores,
         )
         summary = {
             "metrics": metrics,
@@ -1257,11 +1280,6 @@ class SequenceReliabilityConfig(
         "healpix8) or ['instrument'] for one quantum over everything. Objects are scored by the partition "
         "holding their mean position.",
         default=["instrument", "htm7"],
-    )
-    scoreColumn = pexConfig.Field[str](
-        doc="Single-visit reliability column of the sources, aggregated per object into "
-        "tripletReliabilityMax/Mean (NaN if the column is absent).",
-        default="reliability",
     )
     chunkFrames = pexConfig.Field[int](
         doc="Frames encoded per chunk of objects (bounds memory).", default=65536
@@ -1447,8 +1465,16 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
 
         reliability = np.full(n_owned, np.nan, np.float32)
         if len(good):
+            visit_scores = frames.triplet_score[good] if scorer.needs_visit_scores else None
+            if visit_scores is not None:
+                missing = np.unique(good_obj[~np.isfinite(visit_scores)])
+                flags[missing] |= np.int32(ObjectFlag.MISSING_VISIT_SCORES)
             reliability = scorer.score(
-                frames.frames[good], offsets, frames.mjd[good], channels=frames.channels
+                frames.frames[good],
+                offsets,
+                frames.mjd[good],
+                channels=frames.channels,
+                visit_scores=visit_scores,
             )
             reliability = np.asarray(reliability, dtype=np.float32)
         reliability[~scored] = np.nan
