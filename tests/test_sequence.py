@@ -294,6 +294,26 @@ def test_cli_sequence_cv(tmp_path):
     assert bad.exit_code != 0 and "Unknown sequence model" in bad.output
 
 
+def test_cli_train_sequence_with_and_without_visit_scores(tmp_path):
+    from lsst.meas.rbnet.cli import main
+    from lsst.meas.rbnet.package import ModelPackage
+
+    common = ["--n-objects", "16", "--n-visits", "2:4", "--latent-dim", "4", "--vae-epochs", "1"]
+    common += ["--vae-max-frames", "64", "--model", "conv1d", "--max-epochs", "2", "--threads", "1"]
+    out = tmp_path / "seq.safetensors"
+    result = CliRunner().invoke(
+        main, ["train-sequence", "--out", str(out), "--channels", "triplet", "--version", "sv1", *common]
+    )
+    assert result.exit_code == 0, result.output
+    assert "single-visit model" in result.output
+    package = ModelPackage.load(out)
+    assert package.extra["frame_features"] == ["visit_logit", "visit_scored"]
+    plain = tmp_path / "plain.safetensors"
+    result = CliRunner().invoke(main, ["train-sequence", "--out", str(plain), "--no-visit-scores", *common])
+    assert result.exit_code == 0, result.output
+    assert ModelPackage.load(plain).extra["frame_features"] == []
+
+
 # ---------------------------------------------------------------- aggregation, synthetic data
 
 

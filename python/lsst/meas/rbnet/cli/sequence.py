@@ -236,6 +236,20 @@ def _parse_range(text: str) -> tuple[int, int]:
 @click.option(
     "--version", "version", default="seq1", show_default=True, help="reliabilityVersion (<= 7 chars)."
 )
+@click.option(
+    "--visit-scores/--no-visit-scores",
+    default=True,
+    show_default=True,
+    help="The classifier also reads each frame's single-visit score (the triplet model's, computed "
+    "here from the frames' difference/science/template channels); the package then needs those "
+    "scores when scoring, as the sequence task gives it.",
+)
+@click.option(
+    "--visit-model",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Triplet model package for --visit-scores (default: the shipped model).",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="Torch CPU threads (default 1; see the docs).")
 def train_sequence(
@@ -253,6 +267,8 @@ def train_sequence(
     max_epochs,
     test_fraction,
     version,
+    visit_scores,
+    visit_model,
     seed,
     threads,
 ):
@@ -298,6 +314,23 @@ def train_sequence(
         seqs = simulate_sequences(
             n_objects, seed, frame_size=frame_size, n_visits=(lo, hi), channels=CHANNEL_ORDER
         )
+    scores = None
+    if visit_scores:
+        from ..scoring import score_triplets
+
+        have = tuple(seqs.channels)
+        missing = [c for c in CHANNEL_ORDER if c not in have]
+        if missing:
+            raise click.ClickException(
+                f"--visit-scores needs frames with the difference, science and template channels; "
+                f"{input_path or 'the frames'} has {list(have)}. Use --no-visit-scores."
+            )
+        click.echo(f"Scoring {len(seqs.frames)} frames with the single-visit model ...")
+        d, s_, t_ = (seqs.frames[:, have.index(c)] for c in ("difference", "science", "template"))
+        try:
+            scores = score_triplets(s_, t_, d, model=visit_model)
+        except (ValueError, OSError) as err:
+            raise click.ClickException(f"Single-visit scores: {err}") from None
     config = SequencePackageConfig(
         vae=VAETrainConfig(
             hyperparameters={"latent_dim": latent_dim},
@@ -322,6 +355,7 @@ def train_sequence(
             object_ids=seqs.object_id,
             provenance={"command": " ".join(sys.argv)},
             log=lambda s: click.echo("  " + s),
+            visit_scores=scores,
         )
     except ValueError as err:
         raise click.ClickException(str(err)) from None
