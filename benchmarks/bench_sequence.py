@@ -51,18 +51,34 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _SECTIONS = ("speed", "cv", "compare")
 
 
-def _package(classifier: str, hp: dict | None = None) -> ModelPackage:
+def _package(classifier: str, hp: dict | None = None, frames=None, visit_scores: bool = False) -> ModelPackage:
+    """An untrained package built as trained ones are; with ``frames`` (normalised), the
+    classifier's standardisation is set from their float32 latents, as training sets it."""
+    from lsst.meas.rbnet.sequence.aggregate import FRAME_FEATURES
+    from lsst.meas.rbnet.sequence.encode import encode_frames
+
     torch.manual_seed(0)
+    features = list(FRAME_FEATURES) if visit_scores else []
     vae_hp = {"in_channels": 1, "frame_size": 28, "latent_dim": 36}
-    clf_hp = {"input_dim": 36, **(hp or {})}
-    vae = build("vae", **vae_hp)
+    clf_hp = {"input_dim": 36 + len(features), **(hp or {})}
+    vae = build("vae", **vae_hp).eval()
     clf = build(classifier, **clf_hp)
+    if frames is not None:
+        mu = encode_frames(vae, frames)
+        mean = np.concatenate([mu.mean(axis=0), np.zeros(len(features))])
+        scale = np.concatenate([mu.std(axis=0) + 1e-6, np.ones(len(features))])
+        clf.set_standardization(mean, scale)
     return ModelPackage.from_modules(
         "sequence",
         {"encoder": ("vae", vae_hp, vae), "classifier": (classifier, clf_hp, clf)},
         contract=InputContract(stamp_size=29, channels=("science",)),
         version="bench",
-        extra={"frame_size": 28, "frame_channels": ["science"], "latent_columns": [0, 36]},
+        extra={
+            "frame_size": 28,
+            "frame_channels": ["science"],
+            "latent_columns": [0, 36],
+            "frame_features": features,
+        },
     )
 
 
@@ -86,6 +102,7 @@ def _frames(n_objects: int, n_visits: int, seed: int = 0) -> tuple[np.ndarray, n
 def bench_speed(n_objects: int, n_visits: int, threads: int) -> dict:
     print(f"== Scoring speed: {n_objects} objects x {n_visits} visits, {threads} threads", flush=True)
     frames, offsets, times = _frames(n_objects, n_visits)
+    visit = np.random.default_rng(1).uniform(0, 1, len(frames)).astype(np.float32)
     out = {
         "n_objects": n_objects,
         "n_visits": n_visits,
@@ -99,37 +116,47 @@ def bench_speed(n_objects: int, n_visits: int, threads: int) -> dict:
     t = time.perf_counter()
     normed = normalize_stamps(np.ascontiguousarray(frames), contract)
     out["normalize_seconds"] = time.perf_counter() - t
-    t = time.perf_counter()
-    scorer32 = SequenceScorer(_package("seq_bigru"))
-    lat = scorer32.latents(normed, normalized=True)
-    out["encode_seconds"] = time.perf_counter() - t
-    print(f"  VAE encoding alone (float32): {out['encode_seconds']:.1f}s", flush=True)
-    for name, arch, precision in (
-        ("conv1d", "seq_conv1d", "float32"),
-        ("bigru", "seq_bigru", "float32"),
-        ("bigru, bf16 encoder", "seq_bigru", "bfloat16"),
+    sample = normed[:: max(1, len(normed) // 4000)]
+    for precision in ("float32", "auto"):
+        scorer = SequenceScorer(_package("seq_bigru", frames=sample), precision=precision)
+        t = time.perf_counter()
+        lat = scorer.latents(normed, normalized=True)
+        out[f"encode_seconds_{precision}"] = time.perf_counter() - t
+        print(f"  VAE encoding alone ({scorer.precision}): {out[f'encode_seconds_{precision}']:.1f}s", flush=True)
+    # "before": the previous defaults (float32 encoder in batches of 4096); "after": the
+    # current defaults (precision "auto": bfloat16 on this CPU if the probe check passes).
+    for name, arch, precision, with_scores in (
+        ("conv1d, float32 (before)", "seq_conv1d", "float32", False),
+        ("conv1d, auto (after)", "seq_conv1d", "auto", False),
+        ("bigru, float32 (before)", "seq_bigru", "float32", False),
+        ("bigru, auto (after)", "seq_bigru", "auto", False),
+        ("bigru + visit scores, auto", "seq_bigru", "auto", True),
     ):
-        scorer = SequenceScorer(_package(arch), precision=precision)
-        scorer.score(frames[: 50 * n_visits], offsets[:51], times[: 50 * n_visits])  # warm up
+        scorer = SequenceScorer(_package(arch, frames=sample, visit_scores=with_scores), precision=precision)
+        vs = visit if with_scores else None
+        m = 50 * n_visits
+        scorer.score(frames[:m], offsets[:51], times[:m], visit_scores=None if vs is None else vs[:m])  # warm up
         t, c = time.perf_counter(), time.process_time()
-        p = scorer.score(frames, offsets, times)
+        p = scorer.score(frames, offsets, times, visit_scores=vs)
         total, cpu = time.perf_counter() - t, time.process_time() - c
         assert p.shape == (n_objects,) and np.all(np.isfinite(p))
         t = time.perf_counter()
-        scorer.score_latents(lat, offsets, times)
+        scorer.score_latents(lat, offsets, times, vs)
         classify = time.perf_counter() - t
         out["models"][name] = {
             "total_seconds": total,
             "cpu_seconds": cpu,
             "classify_seconds": classify,
             "objects_per_second": n_objects / total,
-            "precision": precision,
+            "precision": scorer.precision,
+            "encode_batch": scorer.encode_batch,
+            "bf16_error": scorer.bf16_error,
             "classifier_parameters": scorer.package.n_parameters("classifier"),
             "encoder_parameters": scorer.package.n_parameters("encoder"),
         }
         print(
-            f"  {name:<20} total {total:6.1f}s wall, {cpu:6.1f}s CPU (classify alone {classify:.2f}s)  "
-            f"{n_objects / total:,.0f} objects/s",
+            f"  {name:<28} [{scorer.precision}] total {total:6.1f}s wall, {cpu:6.1f}s CPU "
+            f"(classify alone {classify:.2f}s)  {n_objects / total:,.0f} objects/s",
             flush=True,
         )
     return out
@@ -301,17 +328,22 @@ def write_md(data: dict) -> str:
             f"Target: <= {sp['target_seconds']:.0f} s including VAE encoding. Per-frame normalisation "
             f"alone: {sp['normalize_seconds']:.1f} s.",
             "",
-            f"VAE encoding alone (float32): {sp['encode_seconds']:.1f} s. Load average when started: "
-            f"{sp['load_average_before']:.1f} (the machine is shared; CPU seconds of this process are "
-            "less sensitive to that than wall seconds).",
+            f"VAE encoding alone: float32 {sp.get('encode_seconds_float32', sp.get('encode_seconds', 0)):.1f} s, "
+            f"auto {sp.get('encode_seconds_auto', float('nan')):.1f} s. Load average when started: "
+            f"{sp['load_average_before']:.1f}.",
             "",
-            "| classifier | total wall (s) | total CPU (s) | classify alone (s) | objects/s "
+            "Command: `python benchmarks/bench_sequence.py --skip-cv --skip-compare --threads "
+            f"{sp['threads']}`. 'before' is the previous default (float32 encoder, batches of 4096), "
+            "'after' the current one (precision 'auto': bfloat16 convolutions where the CPU has native "
+            "bfloat16 units and probe frames show the latents survive, float32 heads; batches of 1024).",
+            "",
+            "| classifier | encoder | total wall (s) | total CPU (s) | classify alone (s) | objects/s "
             "| classifier params |",
-            "|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, m in sp["models"].items():
             lines.append(
-                f"| {name} | {m['total_seconds']:.1f} | {m['cpu_seconds']:.1f} | "
+                f"| {name} | {m.get('precision', '')} | {m['total_seconds']:.1f} | {m['cpu_seconds']:.1f} | "
                 f"{m['classify_seconds']:.2f} | {m['objects_per_second']:,.0f} | "
                 f"{m['classifier_parameters']:,} |"
             )

@@ -42,6 +42,14 @@ Frames
     NaN, or its time is unknown (`~lsst.meas.rbnet.flags.ObjectFlag.FRAMES_DROPPED`). Frames
     are in time order (then source id). An object with fewer than ``minVisits`` usable
     frames gets ``reliability`` NaN with ``NOT_SCORED`` and the reason.
+Visit scores
+    With ``useVisitScores`` (the default) the classifier also reads, for every frame, the
+    single-visit reliability of its source (``scoreColumn``, ``reliability`` in
+    ``dia_source_unstandardized_reliability``) as two features beside the latents: its
+    logit and whether it was scored (`lsst.meas.rbnet.sequence.aggregate.visit_score_features`).
+    The package records this in ``extra["frame_features"]`` and the scoring task passes the
+    scores; a frame without one enters as "not scored" and its object is flagged
+    `~lsst.meas.rbnet.flags.ObjectFlag.MISSING_VISIT_SCORES`.
 Times
     The ``timeColumn`` of the sources (``midpointMjdTai`` as in the APDB) if the table has
     it, else the middle of the visit's timespan from the visit dimension record.
