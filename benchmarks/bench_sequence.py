@@ -351,7 +351,9 @@ def write_md(data: dict) -> str:
             "",
             "The VAE encoder (the paper's 32-512 channel layout, about 4.8 M multiply-adds per frame) is "
             "almost all of the cost; 'classify alone' is the sequence classifier's own time on the latents. "
-            "Wall times on this shared machine vary about 2x from run to run with the other users' load.",
+            "The packages are untrained but built as trained ones are (the classifier's standardisation set "
+            "from float32 latents of the frames), so 'auto' makes the same probe check; speed does not "
+            "depend on the weights.",
             "",
         ]
     cv = data.get("cv")
@@ -390,7 +392,7 @@ def write_md(data: dict) -> str:
             f"objects, {cmp_['n_frames']:,} frames; {cmp_.get('n_test_objects', '20%')} held out)",
             "",
             "Command: `python benchmarks/bench_sequence.py --skip-speed --skip-cv "
-            f"--compare-objects {cmp_['n_objects']}`.",
+            f"--compare-objects {cmp_['n_objects']} --vae-frames {cmp_.get('vae_frames', 8000)}`.",
             "",
             "| method | ROC-AUC (encoder auto) | ROC-AUC (encoder float32) | max abs score difference | train (s) |",
             "|---|---|---|---|---|",
