@@ -566,6 +566,26 @@ def train_visit_scores_with_wrong_length(frames, offsets, labels, times):
     train_sequence_package(frames, offsets, labels, times, visit_scores=np.zeros(3))
 
 
+def test_non_finite_latents_leave_their_frames_out(visit_score_package):
+    from lsst.meas.rbnet.sequence.scoring import SequenceScorer
+
+    package, frames, offsets, labels, times, visit = visit_score_package
+    scorer = SequenceScorer(package)
+    lat = scorer.latents(frames[: offsets[3]])
+    off, t, v = offsets[:4], times[: offsets[3]], visit[: offsets[3]]
+    ref = scorer.score_latents(lat, off, t, v)
+    bad = lat.copy()
+    bad[off[0] : off[1]] = np.nan  # object 0 loses every frame
+    bad[off[1], 2] = np.inf  # object 1 loses its first frame
+    p = scorer.score_latents(bad, off, t, v)
+    assert np.isnan(p[0]) and np.isfinite(p[1]) and p[2] == ref[2]
+    keep = np.r_[off[1] + 1 : off[2]]
+    alone = scorer.score_latents(lat[keep], np.array([0, len(keep)]), t[keep], v[keep])
+    np.testing.assert_allclose(p[1], alone[0], atol=1e-6)
+    with pytest.raises(ValueError, match="times"):
+        scorer.score_latents(lat, off, t[:-1], v)
+
+
 def test_package_with_unknown_frame_feature_is_refused(visit_score_package):
     from lsst.meas.rbnet.package import ModelPackage, ModelPackageError
     from lsst.meas.rbnet.sequence.scoring import SequenceScorer

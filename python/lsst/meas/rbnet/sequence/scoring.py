@@ -304,11 +304,27 @@ class SequenceScorer:
         """Calibrated ``P(real)`` ``(n_objects,)`` float32 from latents ``(sum T_i, D)``; NaN if empty.
 
         ``visit_scores`` (one single-visit ``P(real)`` per frame) is needed when the
-        package reads frame features (`needs_visit_scores`).
+        package reads frame features (`needs_visit_scores`). A frame with a non-finite
+        latent value is left out of its object's sequence (the time feature then runs
+        from the previous kept frame); an object left with no frame gets NaN.
         """
         offsets = _check_offsets(offsets, len(latents))
+        latents = np.asarray(latents, dtype=np.float32)
+        if latents.ndim != 2:
+            raise ValueError(f"latents must be (N, D), got shape {latents.shape}.")
+        if times is not None and np.shape(times) != (len(latents),):
+            raise ValueError(
+                f"times must have one value per frame ({len(latents)}), got shape {np.shape(times)}."
+            )
         latents = self._with_features(latents, visit_scores)
         n = len(offsets) - 1
+        finite = np.isfinite(latents).all(axis=1)
+        if not finite.all():
+            obj = np.repeat(np.arange(n), np.diff(offsets))
+            rows = np.flatnonzero(finite)
+            offsets = np.concatenate([[0], np.cumsum(np.bincount(obj[rows], minlength=n))])
+            latents = latents[rows]
+            times = None if times is None else np.asarray(times)[rows]
         out = np.full(n, np.nan, dtype=np.float32)
         lengths = np.diff(offsets)
         keep = np.flatnonzero(lengths > 0)
