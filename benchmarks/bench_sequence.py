@@ -414,7 +414,9 @@ def write_md(data: dict) -> str:
             f"objects, VAE {cmp_.get('vae_epochs', 3)} epochs on {cmp_.get('vae_frames', 8000):,} frames); the "
             "single-visit default model was trained on many more labelled triplets. 'latents + visit scores': "
             "the classifier also reads each frame's single-visit score (its logit and whether it was scored), "
-            "as the sequence task does from dia_source_unstandardized_reliability.",
+            "as the sequence task does from dia_source_unstandardized_reliability. 'encoder auto' is the "
+            "scorer's default: bfloat16 on this CPU unless seeded probe objects score more than 0.01 away "
+            "from float32 for that package, then float32 (the figure in brackets says which was used).",
             "",
         ]
     return "\n".join(lines)
