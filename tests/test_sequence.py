@@ -308,10 +308,14 @@ def test_cli_train_sequence_with_and_without_visit_scores(tmp_path):
     assert "single-visit model" in result.output
     package = ModelPackage.load(out)
     assert package.extra["frame_features"] == ["visit_logit", "visit_scored"]
+    from lsst.meas.rbnet.scoring import load_scorer
+
+    assert package.extra["visit_score_versions"] == [load_scorer(None).package.version]
     plain = tmp_path / "plain.safetensors"
     result = CliRunner().invoke(main, ["train-sequence", "--out", str(plain), "--no-visit-scores", *common])
     assert result.exit_code == 0, result.output
     assert ModelPackage.load(plain).extra["frame_features"] == []
+    assert ModelPackage.load(plain).extra["visit_score_versions"] == []
 
 
 # ---------------------------------------------------------------- aggregation, synthetic data

@@ -435,12 +435,23 @@ def test_train_needs_enough_labelled_objects():
         TrainSequenceTask(config=_train_config()).run(cutouts, sources, [labels[:0]])
 
 
-def test_train_reads_visit_scores_when_configured():
+def test_train_reads_visit_scores_when_configured(caplog):
     ra, dec = _field(12)
     cutouts, sources, _, labels = make_series(ra, dec, n_visits=3, seed=4)
+    for src in sources:
+        src["reliabilityVersion"] = np.array(["sim1.1"] * len(src))
     task = TrainSequenceTask(config=_train_config(testFraction=0.0))
     model = task.run(cutouts, sources, labels).model
     assert model.extra["frame_features"] == ["visit_logit", "visit_scored"]
+    assert model.extra["visit_score_versions"] == ["sim1.1"]
+    # Scores from another single-visit model: scored, with a warning naming both versions.
+    other = [s.copy() for s in sources]
+    for src in other:
+        src["reliabilityVersion"] = np.array(["zz9"] * len(src))
+    with caplog.at_level("WARNING"):
+        table = _task().run(cutouts, other, model).objectReliability
+    assert np.all(np.isfinite(table["reliability"]))
+    assert any("zz9" in r.getMessage() and "sim1.1" in r.getMessage() for r in caplog.records)
     # The sequence task passes each frame's single-visit score from the sources' scoreColumn.
     table = _task().run(cutouts, sources, model).objectReliability
     assert len(table) == 12 and np.all(np.isfinite(table["reliability"]))

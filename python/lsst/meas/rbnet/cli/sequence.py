@@ -314,9 +314,9 @@ def train_sequence(
         seqs = simulate_sequences(
             n_objects, seed, frame_size=frame_size, n_visits=(lo, hi), channels=CHANNEL_ORDER
         )
-    scores = None
+    scores = visit_versions = None
     if visit_scores:
-        from ..scoring import score_triplets
+        from ..scoring import load_scorer, score_triplets
 
         have = tuple(seqs.channels)
         missing = [c for c in CHANNEL_ORDER if c not in have]
@@ -328,9 +328,11 @@ def train_sequence(
         click.echo(f"Scoring {len(seqs.frames)} frames with the single-visit model ...")
         d, s_, t_ = (seqs.frames[:, have.index(c)] for c in ("difference", "science", "template"))
         try:
-            scores = score_triplets(s_, t_, d, model=visit_model)
+            visit_scorer = load_scorer(visit_model, device="auto")
+            scores = score_triplets(s_, t_, d, model=visit_scorer.package)
         except (ValueError, OSError) as err:
             raise click.ClickException(f"Single-visit scores: {err}") from None
+        visit_versions = [visit_scorer.package.version]
     config = SequencePackageConfig(
         vae=VAETrainConfig(
             hyperparameters={"latent_dim": latent_dim},
@@ -356,6 +358,7 @@ def train_sequence(
             provenance={"command": " ".join(sys.argv)},
             log=lambda s: click.echo("  " + s),
             visit_scores=scores,
+            visit_score_versions=visit_versions,
         )
     except ValueError as err:
         raise click.ClickException(str(err)) from None

@@ -39,7 +39,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -600,6 +600,7 @@ def train_sequence_package(
     provenance: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
     visit_scores: np.ndarray | None = None,
+    visit_score_versions: Sequence[str] | None = None,
 ):
     """Train the VAE and a sequence classifier from raw frames and package them.
 
@@ -630,6 +631,10 @@ def train_sequence_package(
         not scored). When given, the classifier reads them beside the latents
         (`lsst.meas.rbnet.sequence.aggregate.visit_score_features`; the package
         records ``extra["frame_features"]``) and so needs them when scoring too.
+    visit_score_versions : sequence of `str`, optional
+        ``reliabilityVersion`` of the single-visit model(s) that made ``visit_scores``,
+        recorded as ``extra["visit_score_versions"]`` so scoring can warn when the
+        scores come from another model.
 
     Returns
     -------
@@ -763,6 +768,9 @@ def train_sequence_package(
             "frame_crop": "stamp[..., a:a+F, a:a+F] with a = stamp_size // 2 - frame_size // 2",
             "latent_columns": [0, int(latent_dim)],
             "frame_features": list(features),
+            "visit_score_versions": sorted({str(v) for v in (visit_score_versions or ()) if v})
+            if features
+            else [],
             "time_feature": "log(1 + dt), dt in days since the previous visit",
         },
     )

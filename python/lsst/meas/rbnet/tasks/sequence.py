@@ -167,6 +167,9 @@ class SourceFrames:
         Channel names of ``frames``.
     dataset : `numpy.ndarray`
         ``(N,)`` int32 index of the input dataset each row came from.
+    score_versions : `tuple` [`str`, ...]
+        Distinct ``reliabilityVersion`` values of the sources' single-visit scores
+        (the single-visit models that made them), sorted; empty if unknown.
     """
 
     source_id: np.ndarray
@@ -180,6 +183,7 @@ class SourceFrames:
     frames: np.ndarray
     channels: tuple[str, ...]
     dataset: np.ndarray
+    score_versions: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.source_id)
@@ -271,6 +275,7 @@ def gather_frames(
     visits = list(visits) if visits is not None else [None] * n_sets
     channels = tuple(channels)
     parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    score_versions: set[str] = set()
     for i in range(n_sets):
         where = names[i]
         cut = source_table_from_any(_get(cutouts[i]), name=f"{cutouts_name} ({where})")
@@ -352,6 +357,8 @@ def gather_frames(
             parts["mjd"].append(np.zeros(0))
         if score_column and score_column in src.colnames:
             parts["triplet_score"].append(_column(src, score_column, np.float32, np.nan)[rows])
+            if "reliabilityVersion" in src.colnames and len(src):
+                score_versions.update(str(v) for v in np.unique(np.asarray(src["reliabilityVersion"])) if v)
         else:
             parts["triplet_score"].append(np.full(n, np.nan, np.float32))
         if "reliabilityFlags" in cut.colnames:
@@ -380,6 +387,7 @@ def gather_frames(
         frames=cat("frames", np.float32, (len(channels), frame_size, frame_size)),
         channels=channels,
         dataset=cat("dataset", np.int32),
+        score_versions=tuple(sorted(score_versions)),
     )
     if len(result) > 1:
         ids = np.sort(result.source_id)
@@ -1158,6 +1166,7 @@ class TrainSequenceTask(pipeBase.PipelineTask):
             provenance=dict(provenance or {}, task=self._DefaultName),
             log=lambda line: self.log.info("%s", line),
             visit_scores=visit_scores,
+            visit_score_versions=frames.score_versions if visit_scores is not None else None,
         )
         summary = {
             "metrics": metrics,
@@ -1474,6 +1483,17 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         reliability = np.full(n_owned, np.nan, np.float32)
         if len(good):
             visit_scores = frames.triplet_score[good] if scorer.needs_visit_scores else None
+            trained_with = scorer.package.extra.get("visit_score_versions") or []
+            other = sorted(set(frames.score_versions) - set(trained_with))
+            if visit_scores is not None and trained_with and other:
+                self.log.warning(
+                    "The sequence model %s was trained with single-visit scores of model version(s) %s, "
+                    "but the sources' scores (%s) come from %s: its calibration may not hold.",
+                    version,
+                    trained_with,
+                    config.connections.sources,
+                    other,
+                )
             if visit_scores is not None:
                 missing = np.unique(good_obj[~np.isfinite(visit_scores)])
                 flags[missing] |= np.int32(ObjectFlag.MISSING_VISIT_SCORES)
