@@ -37,8 +37,8 @@ Registered architectures:
     1, 2, 4) with masked mean + max + std pooling (ALeRCE found Conv1D as accurate as
     recurrent models and several times faster).
 
-The builders' defaults (dropout 0.3; features ``"x+centered+diff"``; recurrent
-models ``downsample=4``) were chosen on the synthetic stand-in of the RB_ZTF set
+The builders' defaults (dropout 0.3; features ``"x+centered+diff"``; ``downsample=1``
+for the bidirectional GRU, 4 for the GRU and LSTM) were chosen on the synthetic stand-in of the RB_ZTF set
 (`lsst.meas.rbnet.sequence.synthetic`) for accuracy within the 30-minute CPU budget of
 a 5-fold evaluation; ``features="x", pooling="last", downsample=1`` is the paper's
 plain recurrence over every visit.
@@ -466,12 +466,17 @@ def build_seq_bigru(
     dropout: float = 0.3,
     input_dropout: float = 0.0,
     pooling: str = "mean+max+std+last",
-    downsample: int = 4,
+    downsample: int = 1,
     head_hidden: int = 64,
     use_time: bool = True,
     features: str = "x+centered+diff",
 ) -> RecurrentClassifier:
-    """Bidirectional GRU (registry name ``"seq_bigru"``; the default sequence model)."""
+    """Bidirectional GRU (registry name ``"seq_bigru"``; the default sequence model).
+
+    It reads every visit (``downsample=1``), as in the paper. On the stand-in, fold 1 of
+    its 5-fold evaluation, with the same 150 s training budget, it reached ROC-AUC 0.829
+    at ``downsample=1``, against 0.780 at 4 and 0.801 at 2 (both stopped early, within it).
+    """
     return RecurrentClassifier(
         input_dim,
         "gru",
