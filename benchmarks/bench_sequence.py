@@ -162,12 +162,14 @@ def bench_speed(n_objects: int, n_visits: int, threads: int) -> dict:
     return out
 
 
-def bench_cv(folds_to_run: int, threads: int, quick: bool) -> dict:
+def bench_cv(folds_to_run: int, threads: int, quick: bool, workers: int | None = None) -> dict:
     from lsst.meas.rbnet.cli.sequence import DEFAULT_CV_BUDGET
-    from lsst.meas.rbnet.sequence.cv import cross_validate
+    from lsst.meas.rbnet.sequence.cv import cross_validate, default_workers
     from lsst.meas.rbnet.sequence.synthetic import make_synthetic_latents
 
     n = 600 if quick else 2230
+    if workers is None:
+        workers = default_workers()  # as `rbnet sequence-cv` on the CPU
     print(f"== sequence-cv on the synthetic stand-in ({n} objects), {folds_to_run} of 5 folds", flush=True)
     t = time.perf_counter()
     latents = make_synthetic_latents(n_objects=n, seed=0)
@@ -184,6 +186,7 @@ def bench_cv(folds_to_run: int, threads: int, quick: bool) -> dict:
         time_budget=budget,
         max_folds=folds_to_run,
         log=lambda s: print("  " + s, flush=True),
+        workers=workers,
     )
     wall = time.perf_counter() - t
     out = {
@@ -199,6 +202,7 @@ def bench_cv(folds_to_run: int, threads: int, quick: bool) -> dict:
         "per_fold_seconds": wall / folds_to_run,
         "estimated_5fold_seconds": wall / folds_to_run * 5,
         "threads": threads,
+        "workers": workers,
         "load_average_before": load0,
         "models": {k: m.summary() for k, m in res.models.items()},
     }
@@ -363,7 +367,7 @@ def write_md(data: dict) -> str:
             f"lengths {cv['min_length']}-{cv['max_length']}, median {cv['median_length']:.0f})",
             "",
             f"Models bigru + conv1d (defaults), budget {cv['budget_seconds']:.0f} s for "
-            f"{cv['folds_run']} fold(s), {cv['threads']} threads, "
+            f"{cv['folds_run']} fold(s), {cv.get('workers', 1)} worker process(es) of 1 thread, "
             f"load average {cv['load_average_before']:.1f} "
             f"when started. Wall {cv['wall_seconds']:.0f} s "
             f"({cv['per_fold_seconds']:.0f} s per fold; "
@@ -379,6 +383,26 @@ def write_md(data: dict) -> str:
                 f"{s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f} | "
                 f"{s['f1_artifact_mean']:.3f} +/- {s['f1_artifact_std']:.3f} |"
             )
+        lines += [
+            "",
+            f"Command: `python benchmarks/bench_sequence.py --skip-speed --skip-compare --cv-folds "
+            f"{cv['folds_run']}`.",
+        ]
+        before = data.get("cv_before")
+        if before:
+            lines += [
+                "",
+                f"Before ({before['label']}; wall {before['wall_seconds']:.0f} s for {before['folds_run']} folds):",
+                "",
+                "| model | ROC-AUC | accuracy | F1 (artifact) |",
+                "|---|---|---|---|",
+            ]
+            for name, s in before["models"].items():
+                lines.append(
+                    f"| {name} | {s['roc_auc_mean']:.3f} +/- {s['roc_auc_std']:.3f} | "
+                    f"{s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f} | "
+                    f"{s['f1_artifact_mean']:.3f} +/- {s['f1_artifact_std']:.3f} |"
+                )
         lines += [
             "",
             "The synthetic set is a stand-in: its numbers are not comparable with the paper's "
@@ -435,6 +459,9 @@ def main(argv=None) -> int:
     ap.add_argument("--vae-frames", type=int, default=8_000, help="Frames the compared VAEs train on.")
     ap.add_argument("--vae-epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--workers", type=int, default=None, help="sequence-cv fit processes (default: as the command line)."
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
@@ -464,7 +491,7 @@ def main(argv=None) -> int:
         save()
     if not args.skip_cv:
         ran.add("cv")
-        data["cv"] = bench_cv(args.cv_folds, args.threads, args.quick)
+        data["cv"] = bench_cv(args.cv_folds, args.threads, args.quick, args.workers)
         save()
     if not args.skip_compare:
         ran.add("compare")

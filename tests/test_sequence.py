@@ -242,6 +242,26 @@ def test_cv_separable_and_shuffled(tmp_path):
 # ---------------------------------------------------------------- CLI
 
 
+def test_cv_results_do_not_depend_on_workers():
+    from lsst.meas.rbnet.sequence.cv import cross_validate
+
+    ls = _toy_latents(60, seed=4)
+    gru = {**FAST, "hyperparameters": {"hidden_size": 8, "head_hidden": 8}}
+    kw = dict(k=3, seed=1, config_overrides={"conv1d": FAST, "gru": gru})
+    one = cross_validate(ls, ["conv1d", "gru"], **kw)
+    lines = []
+    two = cross_validate(ls, ["conv1d", "gru"], workers=2, log=lines.append, **kw)
+    assert len(lines) == 6 and two.settings["workers"] == 2
+    for name in ("conv1d", "gru", "ensemble"):
+        np.testing.assert_allclose(two.models[name].probabilities, one.models[name].probabilities, atol=1e-6)
+        assert [r.fold for r in two.models[name].folds] == [0, 1, 2]
+    # A time budget caps every fit at its share (times the workers).
+    capped = cross_validate(
+        ls, ["conv1d"], k=3, seed=1, time_budget=6.0, workers=2, config_overrides={"conv1d": FAST}
+    )
+    assert all(r.seconds < 30 for r in capped.models["conv1d"].folds)
+
+
 def test_cli_sequence_cv(tmp_path):
     from lsst.meas.rbnet.cli import main
 

@@ -15,6 +15,12 @@ With two or more models, an ``ensemble`` row averages their fold probabilities.
 A wall-time budget can be shared out between the fits (`cross_validate`'s
 ``time_budget``): each fit gets the remaining budget divided by the fits still to
 run and keeps its best epoch when its share runs out.
+
+With ``workers > 1`` (the command line uses one per CPU core, at most 2 by default)
+the fits run in that many worker processes of one torch thread each (started fresh,
+not forked, and handed the latents once), so the other core is not idle: every fit
+then gets ``workers`` times its share of the budget. Each fit is seeded by its fold
+alone, so the results do not depend on the number of workers.
 """
 
 __all__ = [
@@ -25,10 +31,13 @@ __all__ = [
     "ModelCV",
     "CVResult",
     "cross_validate",
+    "default_workers",
     "plot_roc",
 ]
 
 import dataclasses
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -211,6 +220,47 @@ def _fold_metrics(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float, fl
     return auc, accuracy(p, y, 0.5), f1(1.0 - p, 1 - y, 0.5), f1(p, y, 0.5)
 
 
+#: What `_fit_one` reads: set in this process, or in each worker by `_worker_init`.
+_SHARED: dict[str, Any] = {}
+
+
+def _fit_one(task: tuple[int, str, float | None]) -> tuple[int, str, np.ndarray, float, int, int]:
+    """Train one model on one fold's training objects; probabilities of its test objects."""
+    f, name, max_seconds = task
+    sh = _SHARED
+    train, test = sh["folds"][f]
+    ov = dict(sh["overrides"].get(name, {}))
+    hp = dict(ov.pop("hyperparameters", {}))
+    config = SequenceTrainConfig(
+        architecture=sh["archs"][name],
+        hyperparameters=hp,
+        loss=sh["loss"],
+        seed=sh["seed"] * 1000 + f,
+        max_seconds=max_seconds,
+        **ov,
+    )
+    fit = fit_sequence_classifier(sh["latents"], train, config)
+    p = _sigmoid(predict_logits(fit.model, sh["latents"], test, device=config.device) / fit.temperature)
+    return f, name, p, fit.seconds, fit.best_epoch, len(fit.history)
+
+
+def _worker_init(shared: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _SHARED.clear()
+    _SHARED.update(shared)
+
+
+def default_workers() -> int:
+    """Fit processes `rbnet sequence-cv` uses by default: one per CPU core, at most 2."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(2, n))
+
+
 def cross_validate(
     latents: LatentSet,
     models: Sequence[str] = ("bigru",),
@@ -222,6 +272,7 @@ def cross_validate(
     ensemble: bool = True,
     log: Callable[[str], None] | None = None,
     max_folds: int | None = None,
+    workers: int = 1,
 ) -> CVResult:
     """Stratified k-fold evaluation of sequence models on the same folds.
 
@@ -249,6 +300,9 @@ def cross_validate(
     max_folds : `int`, optional
         Run only the first ``max_folds`` folds of the ``k`` (e.g. to time one fold);
         objects of the folds not run keep NaN probabilities.
+    workers : `int`
+        Fits run at once, each in a worker process with one torch thread (1: in
+        this process, in order).
 
     Returns
     -------
@@ -272,48 +326,48 @@ def cross_validate(
     probs = {name: np.full(len(y), np.nan) for name in names}
     results: dict[str, list[FoldResult]] = {name: [] for name in names}
     n_fits = len(folds) * len(names)
-    done = 0
-    for f, (train, test) in enumerate(folds):
-        for name in names:
-            ov = dict(overrides.get(name, {}))
-            hp = dict(ov.pop("hyperparameters", {}))
-            max_seconds = None
-            if time_budget is not None:
-                remaining = time_budget - (time.perf_counter() - t_start)
-                # Leave a little for evaluation and plotting after the last fit.
-                max_seconds = max(5.0, 0.97 * remaining / (n_fits - done))
-            config = SequenceTrainConfig(
-                architecture=archs[name],
-                hyperparameters=hp,
-                loss=loss,
-                seed=seed * 1000 + f,
-                max_seconds=max_seconds,
-                **ov,
+    tasks = [(f, name) for f in range(len(folds)) for name in names]
+    shared = dict(latents=latents, folds=folds, archs=archs, overrides=overrides, loss=loss, seed=seed)
+    _SHARED.clear()
+    _SHARED.update(shared)
+    workers = max(1, min(int(workers), n_fits))
+    fits: dict[tuple[int, str], tuple[np.ndarray, float, int, int]] = {}
+
+    def record(f: int, name: str, p: np.ndarray, seconds: float, best: int, epochs: int) -> None:
+        test = folds[f][1]
+        probs[name][test] = p
+        fits[(f, name)] = (p, seconds, best, epochs)
+        if log is not None:
+            auc, acc, f1a, _ = _fold_metrics(p, y[test])
+            log(
+                f"fold {f + 1}/{k} {name:<7} AUC {auc:.3f}  acc {acc:.3f}  F1(artifact) {f1a:.3f}  "
+                f"epochs {epochs} (best {best})  {seconds:.0f}s"
             )
-            fit = fit_sequence_classifier(latents, train, config)
-            p = _sigmoid(predict_logits(fit.model, latents, test, device=config.device) / fit.temperature)
-            probs[name][test] = p
-            auc, acc, f1a, f1r = _fold_metrics(p, y[test])
-            results[name].append(
-                FoldResult(
-                    f,
-                    auc,
-                    acc,
-                    f1a,
-                    f1r,
-                    fit.seconds,
-                    fit.best_epoch,
-                    len(fit.history),
-                    len(train),
-                    len(test),
-                )
-            )
-            done += 1
-            if log is not None:
-                log(
-                    f"fold {f + 1}/{k} {name:<7} AUC {auc:.3f}  acc {acc:.3f}  F1(artifact) {f1a:.3f}  "
-                    f"epochs {len(fit.history)} (best {fit.best_epoch})  {fit.seconds:.0f}s"
-                )
+
+    try:
+        if workers == 1:
+            for done, (f, name) in enumerate(tasks):
+                max_seconds = None
+                if time_budget is not None:
+                    remaining = time_budget - (time.perf_counter() - t_start)
+                    # Leave a little for evaluation and plotting after the last fit.
+                    max_seconds = max(5.0, 0.97 * remaining / (n_fits - done))
+                record(*_fit_one((f, name, max_seconds)))
+        else:
+            # Each fit may use its share of the budget on each of the workers; in the worst
+            # case (every fit uses all of it) the fits end within 95% of the budget.
+            cap = None if time_budget is None else max(5.0, 0.95 * time_budget * workers / n_fits)
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(shared,)) as pool:
+                for res in pool.imap_unordered(_fit_one, [(f, name, cap) for f, name in tasks]):
+                    record(*res)
+    finally:
+        _SHARED.clear()
+    for f, name in tasks:
+        p, seconds, best, epochs = fits[(f, name)]
+        train, test = folds[f]
+        auc, acc, f1a, f1r = _fold_metrics(p, y[test])
+        results[name].append(FoldResult(f, auc, acc, f1a, f1r, seconds, best, epochs, len(train), len(test)))
     out = {name: ModelCV(name, archs[name], results[name], probs[name]) for name in names}
     if ensemble and len(names) > 1:
         p_ens = np.mean([probs[n] for n in names], axis=0)
@@ -328,6 +382,7 @@ def cross_validate(
         "loss": loss,
         "time_budget": time_budget,
         "overrides": overrides,
+        "workers": workers,
         "has_times": latents.has_times,
         "width": latents.width,
     }
