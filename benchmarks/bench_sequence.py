@@ -316,6 +316,18 @@ def bench_compare(n_objects: int, threads: int, vae_frames: int = 8_000, vae_epo
     return out
 
 
+def _cv_table(models: dict) -> list[str]:
+    """Markdown table of per-model CV summaries (mean +/- std over folds)."""
+    lines = ["| model | ROC-AUC | accuracy | F1 (artifact) |", "|---|---|---|---|"]
+    for name, m in models.items():
+        lines.append(
+            f"| {name} | {m['roc_auc_mean']:.3f} +/- {m['roc_auc_std']:.3f} | "
+            f"{m['accuracy_mean']:.3f} +/- {m['accuracy_std']:.3f} | "
+            f"{m['f1_artifact_mean']:.3f} +/- {m['f1_artifact_std']:.3f} |"
+        )
+    return lines
+
+
 def write_md(data: dict) -> str:
     lines = [
         "# Sequence model benchmarks",
@@ -374,15 +386,8 @@ def write_md(data: dict) -> str:
             f"5 folds ~{cv['estimated_5fold_seconds'] / 60:.1f} min; "
             "target < 30 min).",
             "",
-            "| model | ROC-AUC | accuracy | F1 (artifact) |",
-            "|---|---|---|---|",
         ]
-        for name, s in cv["models"].items():
-            lines.append(
-                f"| {name} | {s['roc_auc_mean']:.3f} +/- {s['roc_auc_std']:.3f} | "
-                f"{s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f} | "
-                f"{s['f1_artifact_mean']:.3f} +/- {s['f1_artifact_std']:.3f} |"
-            )
+        lines += _cv_table(cv["models"])
         lines += [
             "",
             f"Command: `python benchmarks/bench_sequence.py --skip-speed --skip-compare --cv-folds "
@@ -394,15 +399,8 @@ def write_md(data: dict) -> str:
                 "",
                 f"Before ({before['label']}; wall {before['wall_seconds']:.0f} s for {before['folds_run']} folds):",
                 "",
-                "| model | ROC-AUC | accuracy | F1 (artifact) |",
-                "|---|---|---|---|",
             ]
-            for name, s in before["models"].items():
-                lines.append(
-                    f"| {name} | {s['roc_auc_mean']:.3f} +/- {s['roc_auc_std']:.3f} | "
-                    f"{s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f} | "
-                    f"{s['f1_artifact_mean']:.3f} +/- {s['f1_artifact_std']:.3f} |"
-                )
+            lines += _cv_table(before["models"])
         lines += [
             "",
             "The synthetic set is a stand-in: its numbers are not comparable with the paper's "

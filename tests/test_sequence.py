@@ -580,14 +580,10 @@ def test_sequence_model_reads_visit_scores(visit_score_package):
         scorer.score(frames, offsets, times, visit_scores=visit[:-1])
     with pytest.raises(ValueError, match="visit_scores"):
         scorer.score_latents(lat, offsets, times)
-    with pytest.raises(ValueError, match="one value per frame"):
-        train_visit_scores_with_wrong_length(frames, offsets, labels, times)
-
-
-def train_visit_scores_with_wrong_length(frames, offsets, labels, times):
     from lsst.meas.rbnet.sequence.train import train_sequence_package
 
-    train_sequence_package(frames, offsets, labels, times, visit_scores=np.zeros(3))
+    with pytest.raises(ValueError, match="one value per frame"):
+        train_sequence_package(frames, offsets, labels, times, visit_scores=np.zeros(3))
 
 
 def test_non_finite_latents_leave_their_frames_out(visit_score_package):

@@ -342,11 +342,11 @@ def train_sequence(
         click.echo(f"Scoring {len(seqs.frames)} frames with the single-visit model ...")
         d, s_, t_ = (seqs.frames[:, have.index(c)] for c in ("difference", "science", "template"))
         try:
-            visit_scorer = load_scorer(visit_model, device="auto")
-            scores = score_triplets(s_, t_, d, model=visit_scorer.package)
+            scores = score_triplets(s_, t_, d, model=visit_model)
         except (ValueError, OSError) as err:
             raise click.ClickException(f"Single-visit scores: {err}") from None
-        visit_versions = [visit_scorer.package.version]
+        # The scorer score_triplets loaded, from the process cache.
+        visit_versions = [load_scorer(visit_model).package.version]
     config = SequencePackageConfig(
         vae=VAETrainConfig(
             hyperparameters={"latent_dim": latent_dim},

@@ -331,14 +331,14 @@ def cross_validate(
     _SHARED.clear()
     _SHARED.update(shared)
     workers = max(1, min(int(workers), n_fits))
-    fits: dict[tuple[int, str], tuple[np.ndarray, float, int, int]] = {}
+    done_fits: dict[tuple[int, str], FoldResult] = {}
 
     def record(f: int, name: str, p: np.ndarray, seconds: float, best: int, epochs: int) -> None:
-        test = folds[f][1]
+        train, test = folds[f]
         probs[name][test] = p
-        fits[(f, name)] = (p, seconds, best, epochs)
+        auc, acc, f1a, f1r = _fold_metrics(p, y[test])
+        done_fits[(f, name)] = FoldResult(f, auc, acc, f1a, f1r, seconds, best, epochs, len(train), len(test))
         if log is not None:
-            auc, acc, f1a, _ = _fold_metrics(p, y[test])
             log(
                 f"fold {f + 1}/{k} {name:<7} AUC {auc:.3f}  acc {acc:.3f}  F1(artifact) {f1a:.3f}  "
                 f"epochs {epochs} (best {best})  {seconds:.0f}s"
@@ -363,11 +363,8 @@ def cross_validate(
                     record(*res)
     finally:
         _SHARED.clear()
-    for f, name in tasks:
-        p, seconds, best, epochs = fits[(f, name)]
-        train, test = folds[f]
-        auc, acc, f1a, f1r = _fold_metrics(p, y[test])
-        results[name].append(FoldResult(f, auc, acc, f1a, f1r, seconds, best, epochs, len(train), len(test)))
+    for f, name in tasks:  # in fold order, however the workers finished
+        results[name].append(done_fits[(f, name)])
     out = {name: ModelCV(name, archs[name], results[name], probs[name]) for name in names}
     if ensemble and len(names) > 1:
         p_ens = np.mean([probs[n] for n in names], axis=0)

@@ -152,7 +152,7 @@ def encode_frames(
     """
     enc = fused_encoder(vae, dtype) if isinstance(vae, FrameVAE) else vae
     enc = enc.to(device).eval()
-    dtype = next(enc.conv.parameters(), enc.fc_mu.weight).dtype
+    dtype = next(enc.parameters()).dtype  # the first layer's (bfloat16 or float32)
     if frames.ndim != 4 or frames.shape[1:] != (enc.in_channels, enc.frame_size, enc.frame_size):
         raise ValueError(
             f"encode_frames: expected frames (N, {enc.in_channels}, {enc.frame_size}, {enc.frame_size}), "

@@ -186,18 +186,19 @@ class SequenceScorer:
             # bfloat16 keeps ~3 significant digits. A latent whose spread over frames is
             # small against its value would lose the information the classifier reads, so
             # score probe objects both ways; keep float32 if the scores differ.
-            self.bf16_error = self._bf16_score_error()
+            enc32 = fused_encoder(self.vae, torch.float32).to(self.device)
+            self.bf16_error = self._bf16_score_error(enc32)
             if not self.bf16_error <= BF16_MAX_ERROR:
                 self._dtype = torch.float32
-                self.encoder = fused_encoder(self.vae, self._dtype).to(self.device)
+                self.encoder = enc32
         if encode_batch is None:
             # Measured on a 2-core Xeon (AMX): bfloat16 is fastest in batches that stay in
             # cache (1024), float32 in larger ones (4096).
             encode_batch = 1024 if self._dtype == torch.bfloat16 and self.device.type == "cpu" else 4096
         self.encode_batch = int(encode_batch)
 
-    def _bf16_score_error(self, n_objects: int = 64, n_visits: int = 8) -> float:
-        """Largest |P(real)| difference between bfloat16 and float32 encoding on probe objects.
+    def _bf16_score_error(self, enc32: torch.nn.Module, n_objects: int = 64, n_visits: int = 8) -> float:
+        """Largest |P(real)| difference between ``self.encoder`` (bfloat16) and ``enc32`` on probe objects.
 
         The probe objects are seeded random sequences of frames with noise and a centred
         Gaussian source of random width and flux (in normalised units), random visit
@@ -212,7 +213,6 @@ class SequenceScorer:
         src = np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
         x = rng.normal(size=(n, vae.in_channels, f, f)) + rng.uniform(0, 8, (n, vae.in_channels, 1, 1)) * src
         xt = torch.from_numpy(x.astype(np.float32)).to(self.device)
-        enc32 = fused_encoder(vae, torch.float32).to(self.device)
         with torch.inference_mode():
             mu32 = enc32(xt)[0].float().cpu().numpy()[:, self.latent_columns]
             mu16 = self.encoder(xt.to(self._dtype))[0].float().cpu().numpy()[:, self.latent_columns]
@@ -233,22 +233,27 @@ class SequenceScorer:
         """Whether the classifier reads the single-visit scores of the frames."""
         return bool(self.frame_features)
 
-    def _with_features(self, latents: np.ndarray, visit_scores: np.ndarray | None) -> np.ndarray:
+    def _check_visit_scores(self, visit_scores: np.ndarray | None, n_frames: int) -> None:
+        """Raise unless the package needs no visit scores or ``visit_scores`` has one per frame."""
         if not self.frame_features:
-            return latents
+            return
         if visit_scores is None:
             raise ValueError(
                 f"This sequence package (version {self.version!r}) reads the single-visit reliability of "
                 f"every frame (frame features {list(self.frame_features)}): pass visit_scores, one "
                 "P(real) per frame (NaN where a visit was not scored)."
             )
-        visit_scores = np.asarray(visit_scores)
-        if visit_scores.shape != (len(latents),):
+        if np.shape(visit_scores) != (n_frames,):
             raise ValueError(
-                f"visit_scores must have one value per frame ({len(latents)}), got shape "
-                f"{visit_scores.shape}."
+                f"visit_scores must have one value per frame ({n_frames}), got shape "
+                f"{np.shape(visit_scores)}."
             )
-        feats = visit_score_features(visit_scores, self.frame_features)
+
+    def _with_features(self, latents: np.ndarray, visit_scores: np.ndarray | None) -> np.ndarray:
+        self._check_visit_scores(visit_scores, len(latents))
+        if not self.frame_features:
+            return latents
+        feats = visit_score_features(np.asarray(visit_scores), self.frame_features)
         return np.concatenate([np.asarray(latents, dtype=np.float32), feats], axis=1)
 
     @property
@@ -381,14 +386,7 @@ class SequenceScorer:
             raise ValueError(
                 f"times must have one value per frame ({len(frames)}), got shape {np.shape(times)}."
             )
-        if self.frame_features:
-            if visit_scores is None:
-                self._with_features(np.zeros((0, 0), np.float32), None)  # raises the error
-            if np.shape(visit_scores) != (len(frames),):
-                raise ValueError(
-                    f"visit_scores must have one value per frame ({len(frames)}), got shape "
-                    f"{np.shape(visit_scores)}."
-                )
+        self._check_visit_scores(visit_scores, len(frames))
         n = len(offsets) - 1
         out = np.full(n, np.nan, dtype=np.float32)
         start = 0

@@ -1482,21 +1482,22 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
 
         reliability = np.full(n_owned, np.nan, np.float32)
         if len(good):
-            visit_scores = frames.triplet_score[good] if scorer.needs_visit_scores else None
-            trained_with = scorer.package.extra.get("visit_score_versions") or []
-            other = sorted(set(frames.score_versions) - set(trained_with))
-            if visit_scores is not None and trained_with and other:
-                self.log.warning(
-                    "The sequence model %s was trained with single-visit scores of model version(s) %s, "
-                    "but the sources' scores (%s) come from %s: its calibration may not hold.",
-                    version,
-                    trained_with,
-                    config.connections.sources,
-                    other,
-                )
-            if visit_scores is not None:
+            visit_scores = None
+            if scorer.needs_visit_scores:
+                visit_scores = frames.triplet_score[good]
                 missing = np.unique(good_obj[~np.isfinite(visit_scores)])
                 flags[missing] |= np.int32(ObjectFlag.MISSING_VISIT_SCORES)
+                trained_with = scorer.package.extra.get("visit_score_versions") or []
+                other = sorted(set(frames.score_versions) - set(trained_with))
+                if trained_with and other:
+                    self.log.warning(
+                        "The sequence model %s was trained with single-visit scores of model version(s) "
+                        "%s, but the sources' scores (%s) come from %s: its calibration may not hold.",
+                        version,
+                        trained_with,
+                        config.connections.sources,
+                        other,
+                    )
             reliability = scorer.score(
                 frames.frames[good],
                 offsets,
