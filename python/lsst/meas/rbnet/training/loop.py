@@ -25,6 +25,7 @@ __all__ = [
     "choose_thresholds",
     "git_commit",
     "SCHEDULES",
+    "LOSS_SYNC_STEPS",
 ]
 
 import copy
@@ -50,6 +51,10 @@ from . import metrics as M
 from .calibration import apply_temperature, fit_temperature
 from .data import PreparedStamps, class_targets, iterate_batches, prepare_dataset, stratified_split
 from .losses import LOSSES, get_loss
+
+#: On CUDA the training losses are read back (and checked for NaN) every this many steps
+#: rather than every step, so the host queues work without waiting for the device.
+LOSS_SYNC_STEPS: int = 50
 
 #: Learning-rate schedules: cosine decay per step after a short linear warm-up;
 #: reduce-on-plateau of the validation loss per epoch; constant.
@@ -97,7 +102,8 @@ class TrainConfig:
     device : `str`
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (`scoring.select_device`).
     amp : `bool`
-        Mixed precision (float16 autocast with gradient scaling) on CUDA; ignored on the CPU.
+        Mixed precision on CUDA: bfloat16 autocast where the GPU supports it, else float16
+        with gradient scaling; ignored on the CPU.
     augment : `bool`
         Random rotation/flip per stamp (and the jitters below).
     noise_std, flux_jitter : `float`
@@ -286,6 +292,36 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _loss_sync_steps(device: torch.device) -> int:
+    """Steps between reads of the training loss: 1 on the CPU (free there), else `LOSS_SYNC_STEPS`."""
+    return 1 if device.type == "cpu" else LOSS_SYNC_STEPS
+
+
+def _drain_losses(
+    pending: list[tuple[int, torch.Tensor, int]],
+    sum_loss: float,
+    n_seen: int,
+    epoch: int,
+    steps: int,
+    notify: Callable[[dict[str, Any]], None],
+) -> tuple[float, int]:
+    """Read the pending step losses (one host-device synchronisation), check them, report them.
+
+    Returns the running ``(sum of loss x batch size, number of samples)``; empties ``pending``.
+    """
+    values = torch.stack([loss for _, loss, _ in pending]).float().cpu().tolist()
+    for (step, _, n), value in zip(pending, values):
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"training loss became {value} at epoch {epoch}, step {step}; lower the learning rate."
+            )
+        sum_loss += value * n
+        n_seen += n
+        notify({"event": "step", "epoch": epoch, "step": step, "steps": steps, "loss": value})
+    pending.clear()
+    return sum_loss, n_seen
+
+
 def _select_device(name: str) -> torch.device:
     from ..scoring import select_device
 
@@ -321,20 +357,33 @@ def model_logits(
     -------
     logits : `numpy.ndarray`, shape ``(N,)``, float64
     """
+    from .data import _to_device
+
     was_training = model.training
     model.eval()
+    device = torch.device(device)
     out = np.empty(len(x), dtype=np.float64)
+    # On a GPU the logits stay there until the end (one synchronisation, not one per batch)
+    # and the batch crosses once, before its rotations/flips are made.
+    on_host = device.type == "cpu"
+    parts = []
     try:
         for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+            xb = _to_device(xb, device).float() if not on_host else xb.float()
             views = dihedral_transforms(xb) if symmetric else [xb]
             acc = None
             for v in views:
                 if channels_last:
                     v = v.contiguous(memory_format=torch.channels_last)
-                z = model(v.to(device)).float()
+                z = model(v).float()
                 acc = z if acc is None else acc + z
-            out[start : start + len(xb)] = (acc / len(views)).cpu().numpy()
+            if on_host:
+                out[start : start + len(xb)] = (acc / len(views)).numpy()
+            else:
+                parts.append(acc / len(views))
+        if parts:
+            out[:] = torch.cat(parts).cpu().numpy()
     finally:
         model.train(was_training)
     return out
@@ -536,6 +585,9 @@ def train_triplet_model(
     device = _select_device(config.device)
     on_cuda = device.type == "cuda"
     amp = bool(config.amp and on_cuda)
+    # bfloat16 has float32's range, so it needs no gradient scaler; the scaler's overflow check
+    # reads a flag from the device at every step, a synchronisation we avoid where we can.
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     channels_last = (not on_cuda) if config.channels_last is None else bool(config.channels_last)
     loss_fn = get_loss(config.loss, **dict(config.loss_params))
     old_threads = torch.get_num_threads()
@@ -562,7 +614,8 @@ def train_triplet_model(
                 scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=1)
             else:
                 scheduler = None
-            scaler = torch.amp.GradScaler("cuda", enabled=amp)
+            scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+            sync_every = _loss_sync_steps(device)
             notify(
                 {
                     "event": "start",
@@ -588,6 +641,9 @@ def train_triplet_model(
                 model.train()
                 t_epoch = time.monotonic()
                 sum_loss, n_seen = 0.0, 0
+                # The losses pile up on the device and are read every `sync_every` steps:
+                # reading one is a host-device synchronisation that drains a GPU's queue.
+                pending: list[tuple[int, torch.Tensor, int]] = []
                 batches = iterate_batches(
                     data,
                     config.batch_size,
@@ -601,7 +657,7 @@ def train_triplet_model(
                     channels_last=channels_last,
                 )
                 for step, (xb, yb, cb) in enumerate(batches, start=1):
-                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
                         if use_classes:
                             logits, class_logits = model.forward_with_classes(xb)
                         else:
@@ -615,20 +671,20 @@ def train_triplet_model(
                     scaler.update()
                     if config.schedule == "cosine":
                         scheduler.step()
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise FloatingPointError(
-                            f"training loss became {value} at epoch {epoch}, step {step}; "
-                            "lower the learning rate."
-                        )
-                    sum_loss += value * len(yb)
-                    n_seen += len(yb)
-                    notify(
-                        {"event": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch, "loss": value}
+                    pending.append((step, loss.detach(), len(yb)))
+                    out_of_time = (
+                        config.max_seconds is not None and time.monotonic() - t_start > config.max_seconds
                     )
-                    if config.max_seconds is not None and time.monotonic() - t_start > config.max_seconds:
-                        out_of_time = True
+                    if len(pending) >= sync_every or out_of_time or step == steps_per_epoch:
+                        sum_loss, n_seen = _drain_losses(
+                            pending, sum_loss, n_seen, epoch, steps_per_epoch, notify
+                        )
+                    if out_of_time:
                         break
+                if pending:
+                    sum_loss, n_seen = _drain_losses(
+                        pending, sum_loss, n_seen, epoch, steps_per_epoch, notify
+                    )
                 seconds = time.monotonic() - t_epoch
                 val_logits = model_logits(
                     model,
