@@ -90,6 +90,10 @@ _MAX_COORD: float = float(1 << 40)
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
+# A stamp channel whose noise sigma (or unit norm) is below this is normalised from a copy
+# scaled by a power of two, since 1 / scale would overflow float32 (denormal pixel values).
+_TINY_SCALE: float = 2.0**-100
+
 # `_mark_bad` switches from lists of bad pixels to boolean maps when more than one
 # pixel in this many is bad.
 _DENSE_BAD: int = 16
@@ -1224,6 +1228,7 @@ def _normalize_rows(
     fill: float,
     nan_rows: np.ndarray | None = None,
     bad_pos: np.ndarray | None = None,
+    _rescue: bool = True,
 ) -> None:
     """Normalise rows (one stamp channel each) of ``flat`` (R, H*W) float32 in place and fill.
 
@@ -1235,12 +1240,14 @@ def _normalize_rows(
     R = flat.shape[0]
     if R == 0:
         return
+    tiny = None
     with np.errstate(all="ignore"):
         if nan_rows is None:
             nan_rows = _nan_rows(flat)
         if norm in ("robust_asinh", "robust"):
             med, sigma = _robust_center_scale(flat, H, W, nan_rows)
             soft32 = np.float32(soft if norm == "robust_asinh" else 1.0)
+            scale_of_row = sigma
         elif norm == "unit":
             # float64 accumulation: no overflow of the sum of squares.
             norm2 = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
@@ -1248,6 +1255,18 @@ def _normalize_rows(
                 rows = flat[nan_rows].astype(np.float64)
                 norm2[nan_rows] = np.sqrt(np.nansum(rows * rows, axis=1))
             norm2 = np.where(np.isfinite(norm2) & (norm2 > 0), norm2, 1.0)
+            scale_of_row = norm2
+        if norm != "none" and _rescue:
+            # Rows whose scale is so small (float32 denormals, e.g. stamps in units 1e-42 too
+            # large) that 1 / scale overflows float32: they are redone below from an exactly
+            # rescaled copy. Every normalisation but "none" is scale-invariant, so multiplying
+            # by a power of two changes nothing but keeps the arithmetic finite.
+            tiny = np.flatnonzero(scale_of_row < _TINY_SCALE)
+            if tiny.shape[0]:
+                tiny_rows = flat[tiny].astype(np.float64)
+                tiny_scale = scale_of_row[tiny].astype(np.float64)
+            else:
+                tiny = None
     # Finite inputs can only give a non-finite output through an overflow (or 0 * inf
     # from a degenerate scale); the FPU flags those, and only then is the output scanned.
     alarms: list = []
@@ -1280,6 +1299,21 @@ def _normalize_rows(
             if alarms:
                 np.clip(rows, -_F32_MAX, _F32_MAX, out=rows)
             flat[bi] = rows
+    if tiny is not None:
+        _renormalize_tiny(flat, tiny, tiny_rows, tiny_scale, H, W, norm, soft, fill, nan_rows)
+
+
+def _renormalize_tiny(flat, tiny, rows64, scale, H, W, norm, soft, fill, nan_rows) -> None:
+    """Normalise again rows ``tiny`` of ``flat`` from their raw values ``rows64`` (float64) scaled by 2**k.
+
+    ``scale`` (float64) is each row's sigma or norm; k brings it near 1. A power of two
+    scales exactly (float32 denormals become normal numbers holding the same values).
+    """
+    with np.errstate(all="ignore"):
+        k = -np.frexp(np.where(scale > 0, scale, 1.0))[1]
+        scaled = (rows64 * np.ldexp(1.0, k)[:, None]).astype(np.float32)
+    _normalize_rows(scaled, H, W, norm, soft, fill, nan_rows=nan_rows[tiny], _rescue=False)
+    flat[tiny] = scaled
 
 
 def _norm_params(contract) -> tuple[str, float, float]:
@@ -1370,22 +1404,81 @@ def _channel_selection(n_chan: int, contract: InputContract, channel_axis_order)
     )
 
 
-def _finish(stamps: np.ndarray, flags: np.ndarray, contract: InputContract) -> np.ndarray:
-    """Flag all-bad channels and normalise ``stamps`` (N, C, S, S) float32 in place."""
+# Flags that already account for untrusted (NaN) pixels of a stamp.
+_EXPLAINED = (
+    SourceFlag.EDGE
+    | SourceFlag.NONFINITE
+    | SourceFlag.MASKED
+    | SourceFlag.OFF_IMAGE
+    | SourceFlag.BAD_CENTROID
+    | SourceFlag.NO_TEMPLATE
+)
+
+
+def _finish(
+    stamps: np.ndarray,
+    flags: np.ndarray,
+    contract: InputContract,
+    n_pad: int = 0,
+    max_bad_fraction: float = 0.5,
+) -> np.ndarray:
+    """Flag untrusted pixels and normalise ``stamps`` (N, C, S, S) float32 in place.
+
+    The bits are those `extract_cutouts` sets for the same pixels: ``NONFINITE``
+    (a pixel of the input was NaN or infinite), ``BAD_CENTER`` (the centre pixel
+    is untrusted in any channel), ``MOSTLY_BAD`` (a channel has more than
+    ``max_bad_fraction`` untrusted pixels), ``NO_VALID_PIXELS | NOT_SCORED`` (a
+    channel has none). ``n_pad`` pixels of each channel are padding (NaN but not
+    input pixels): they count as untrusted, as off-image pixels do. ``NONFINITE`` is
+    not added to a stamp whose flags already hold a bit of ``_EXPLAINED``.
+    """
     N, C, H, W = stamps.shape
     if N:
         flat = stamps.reshape(N * C, H * W)
         with np.errstate(over="ignore", invalid="ignore"):
             suspect = ~_rows_finite(flat)
         if suspect.any():
-            empty = np.zeros(N * C, dtype=bool)
-            empty[suspect] = ~np.isfinite(flat[suspect]).any(axis=1)
-            empty = empty.reshape(N, C).any(axis=1)
-            flags |= np.where(
-                empty, np.int32(SourceFlag.NO_VALID_PIXELS | SourceFlag.NOT_SCORED), np.int32(0)
+            rows = np.flatnonzero(suspect)
+            n_bad = np.zeros(N * C, dtype=np.int64)
+            n_bad[rows] = H * W - np.count_nonzero(np.isfinite(flat[rows]), axis=1)
+            centre = (H // 2) * W + W // 2
+            bad_centre = np.zeros(N * C, dtype=bool)
+            bad_centre[rows] = ~np.isfinite(flat[rows, centre])
+            n_bad = n_bad.reshape(N, C)
+            # NaN in stamps whose flags already explain their untrusted pixels (e.g. stamps from
+            # `extract_cutouts`, where masked and off-image pixels are NaN) are those pixels.
+            explained = (flags & np.int32(_EXPLAINED)) != 0
+            bits = np.where(
+                (n_bad > n_pad).any(axis=1) & ~explained, np.int32(SourceFlag.NONFINITE), np.int32(0)
             )
+            bits |= np.where(bad_centre.reshape(N, C).any(axis=1), np.int32(SourceFlag.BAD_CENTER), 0)
+            bits |= np.where(
+                (n_bad > max_bad_fraction * H * W).any(axis=1), np.int32(SourceFlag.MOSTLY_BAD), 0
+            )
+            bits |= np.where(
+                (n_bad >= H * W).any(axis=1), np.int32(SourceFlag.NO_VALID_PIXELS | SourceFlag.NOT_SCORED), 0
+            )
+            flags |= bits.astype(np.int32)
     normalize_stamps(stamps, contract, out=stamps)
     return stamps
+
+
+def _rescale_wide(src: np.ndarray) -> np.ndarray:
+    """Stamps of a wider float type with channels beyond float32's normal range, rescaled by 2**k.
+
+    Returns ``src`` itself when no channel needs it. A channel whose largest
+    finite |value| is below 2**-100 or above 2**100 is multiplied by the power of
+    two that brings it near 1 (exact; the normalisations other than "none" are
+    scale-invariant), so the cast to float32 neither flushes it to zero nor makes it
+    infinite.
+    """
+    with np.errstate(all="ignore"):
+        amax = np.max(np.where(np.isfinite(src), np.abs(src), 0), axis=(2, 3))
+        wide = (amax > 0) & ((amax < 2.0**-100) | (amax > 2.0**100))
+        if not wide.any():
+            return src
+        k = np.where(wide, -np.frexp(np.where(amax > 0, amax, 1.0))[1], 0)
+        return src * np.ldexp(1.0, k)[:, :, None, None]
 
 
 def prepare_stamps(
@@ -1393,6 +1486,7 @@ def prepare_stamps(
     contract: InputContract,
     flags: np.ndarray | None = None,
     channel_axis_order: Sequence[str] = CHANNEL_ORDER,
+    max_bad_fraction: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn raw stamps into the network's input as the contract says.
 
@@ -1409,14 +1503,28 @@ def prepare_stamps(
         Existing `SourceFlag` bits to update (not modified; a copy is returned).
     channel_axis_order : sequence of `str`, optional
         Channel names of the stamps' axis 1 (default `CHANNEL_ORDER`).
+    max_bad_fraction : `float`, optional
+        A channel with more than this fraction of untrusted pixels sets ``MOSTLY_BAD``
+        (as in `extract_cutouts`).
 
     Returns
     -------
     x : `numpy.ndarray`, (N, C', S, S) float32, C-contiguous
         Normalised stamps, C' = ``contract.n_channels``, S = ``contract.stamp_size``.
     flags : `numpy.ndarray`, (N,) int32
-        Input flags plus ``RESIZED`` if the stamps were cropped or padded and
-        ``NO_VALID_PIXELS | NOT_SCORED`` where a channel is entirely bad.
+        Input flags plus ``RESIZED`` if the stamps were cropped or padded and the
+        bits `extract_cutouts` sets for the same pixels: ``NONFINITE`` (a NaN or
+        infinite pixel in the model's window), ``BAD_CENTER``, ``MOSTLY_BAD`` (padding
+        counts as untrusted, like off-image pixels) and ``NO_VALID_PIXELS | NOT_SCORED``
+        where a channel is entirely bad.
+
+    Notes
+    -----
+    Float64 stamps whose values lie beyond float32's normal range (below 2**-100 or
+    above 2**100 in magnitude) are scaled by a power of two before the cast, and
+    float32 stamps with denormal values are normalised from an exactly rescaled copy,
+    so both are scored as their unscaled equivalents (every normalisation but
+    ``"none"`` is scale-invariant).
     """
     stamps = np.asarray(stamps)
     if stamps.ndim == 3 and contract.n_channels == 1:
@@ -1440,18 +1548,30 @@ def prepare_stamps(
         if flags.shape != (N,):
             raise ValueError(f"flags must have shape ({N},), got {flags.shape}.")
         flags = flags.astype(np.int32, copy=True)
+    max_bad_fraction = _validate_fraction(max_bad_fraction)
     S = contract.stamp_size
     src = stamps if sel == list(range(C)) else stamps[:, sel]
+    if (
+        np.issubdtype(src.dtype, np.floating)
+        and np.finfo(src.dtype).maxexp > 128
+        and contract.normalization != "none"
+        and N
+    ):
+        src = _rescale_wide(src)
+    n_pad = 0
     if H == S and W == S:
         x = np.empty((N, len(sel), S, S), dtype=np.float32)
-        np.copyto(x, src, casting="unsafe")
+        with np.errstate(over="ignore"):
+            np.copyto(x, src, casting="unsafe")
     else:
         x = np.full((N, len(sel), S, S), np.nan, dtype=np.float32)
         sr, dr = _axis_map(H, S)
         sc, dc = _axis_map(W, S)
-        x[:, :, dr, dc] = src[:, :, sr, sc]
+        with np.errstate(over="ignore"):
+            x[:, :, dr, dc] = src[:, :, sr, sc]
+        n_pad = S * S - (dr.stop - dr.start) * (dc.stop - dc.start)
         flags |= np.int32(SourceFlag.RESIZED)
-    return _finish(x, flags, contract), flags
+    return _finish(x, flags, contract, n_pad, max_bad_fraction), flags
 
 
 def _select_images(images, masks, contract, channel_axis_order, names):

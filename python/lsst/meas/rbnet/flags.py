@@ -37,6 +37,9 @@ class SourceFlag(enum.IntFlag):
     NOT_SCORED = 1 << 9
     #: The template had no coverage at the source (NO_DATA over the centre).
     NO_TEMPLATE = 1 << 10
+    #: The network gave a non-finite output for the prepared stamp (set with ``NOT_SCORED``);
+    #: a safety net, so that a NaN score always carries a flag.
+    BAD_OUTPUT = 1 << 11
 
 
 #: Any of these bits means the source cannot be scored meaningfully.

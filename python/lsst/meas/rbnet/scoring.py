@@ -234,6 +234,16 @@ def _fuse_conv_bn(module: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------
 
 
+def _check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a boolean (Python or numpy), else a ValueError naming ``name``.
+
+    Strings are refused: ``symmetry="no"`` would otherwise be true.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be a boolean (True or False), got {value!r}.")
+
+
 def _check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -308,7 +318,7 @@ class Scorer:
         self.version = package.version
         self.device = select_device(device)
         self.batch_size = _check_batch_size(batch_size)
-        self.symmetry = bool(symmetry)
+        self.symmetry = _check_flag("symmetry", symmetry)
         self.amp_dtype = autocast_dtype(self.device, amp)
         self.channels_last = bool(channels_last)
         if network_chunk is None:
@@ -433,6 +443,12 @@ class Scorer:
             for sl, out in pending:
                 logits[sl] = out.cpu().numpy()
         bad = (flags & _UNSCORABLE_BITS) != 0
+        # Prepared stamps are finite, so a non-finite logit is unexpected; it is flagged rather
+        # than passed on as a NaN score without a flag.
+        broken = ~bad & ~np.isfinite(logits)
+        if broken.any():
+            flags[broken] |= np.int32(SourceFlag.BAD_OUTPUT)
+            bad |= broken
         logits[bad] = np.nan
         flags[bad] |= _UNSCORED
         return ScoreResult(reliability=self._calibrate(logits), flags=flags, logits=logits)
@@ -652,6 +668,7 @@ def load_scorer(
     """
     dev = select_device(device)
     batch_size = _check_batch_size(batch_size)
+    symmetry = _check_flag("symmetry", symmetry)
     amp_dtype = autocast_dtype(dev, amp)
     if model is None:
         path = default_model_path()
@@ -723,9 +740,10 @@ def score_triplets(
     batch_size : `int`
         Sources per batch.
     symmetry : `bool`
-        Average over the 8 rotations/flips of each stamp.
+        Average over the 8 rotations/flips of each stamp. A boolean: any other
+        value (e.g. the string ``"no"``) is refused.
     return_flags : `bool`
-        Also return the per-source `SourceFlag` bits.
+        Also return the per-source `SourceFlag` bits (a boolean).
 
     Returns
     -------
@@ -742,6 +760,8 @@ def score_triplets(
         is outside [21, 101], a channel the model needs is None, or the device
         is not valid.
     """
+    symmetry = _check_flag("symmetry", symmetry)
+    return_flags = _check_flag("return_flags", return_flags)
     given = {"difference": difference, "science": science, "template": template}
     arrays = {k: np.asarray(v) for k, v in given.items() if v is not None}
     if "difference" not in arrays:

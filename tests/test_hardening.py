@@ -1,0 +1,169 @@
+# This file is part of meas_rbnet.
+"""Hardening: the cases of issue 11 (nothing lost, nothing silently wrong, at home in the stack).
+
+Each test names the case it covers ("case N"); each failed before the fix.
+"""
+
+import numpy as np
+import pytest
+import torch
+from lsst.meas.rbnet.contract import InputContract
+from lsst.meas.rbnet.flags import SourceFlag as F
+from lsst.meas.rbnet.nn import build
+from lsst.meas.rbnet.package import ModelPackage, ModelPackageError
+from lsst.meas.rbnet.scoring import Scorer, score_triplets
+
+torch.set_num_threads(1)
+
+HP = {"widths": [8, 16], "hidden": 8}
+
+
+def make_package(seed=0, version="h1", temperature=2.0):
+    contract = InputContract()
+    hp = {**HP, "in_channels": contract.n_channels, "stamp_size": contract.stamp_size}
+    torch.manual_seed(seed)
+    module = build("triplet_cnn", **hp)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        module.head.weight.mul_(20)
+    return ModelPackage.from_modules(
+        "triplet",
+        {"classifier": ("triplet_cnn", hp, module)},
+        contract=contract,
+        version=version,
+        temperature=temperature,
+    )
+
+
+@pytest.fixture(scope="module")
+def package():
+    return make_package()
+
+
+def _stamps(n=6, seed=1):
+    """(n, 31, 31) float32 difference, science, template stamps: noise plus a central source."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-15:16, -15:16]
+    psf = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2)).astype(np.float32)
+    amp = rng.uniform(5, 200, n).astype(np.float32)[:, None, None]
+    diff = rng.normal(0, 10, (n, 31, 31)).astype(np.float32) + amp * psf
+    sci = rng.normal(100, 10, (n, 31, 31)).astype(np.float32) + amp * psf
+    tmp = rng.normal(100, 5, (n, 31, 31)).astype(np.float32)
+    return diff, sci, tmp
+
+
+# ---------------------------------------------------------------------------
+# Silently wrong
+# ---------------------------------------------------------------------------
+
+
+def _damaged():
+    diff, sci, tmp = _stamps()
+    diff[0, 15, 15] = np.nan  # the centre
+    diff[1, 10:20, 10:20] = np.inf  # near the centre
+    diff[2, :25, :] = np.nan  # most of the stamp
+    sci[3, 0:3, 0:3] = -np.inf  # a corner
+    tmp[4, :, :] = np.nan  # a whole channel
+    return diff, sci, tmp
+
+
+def test_case5_stamp_and_image_paths_flag_alike(package):
+    """Case 5: score_triplets flags NaN/inf pixels exactly as Scorer.score_images does."""
+    diff, sci, tmp = _damaged()
+    n = diff.shape[0]
+    r_st, f_st = score_triplets(sci, tmp, diff, model=package, device="cpu", return_flags=True)
+    # The same stamps laid on images, far apart, scored through extraction.
+    images = [np.zeros((40 * n, 40), np.float32) for _ in range(3)]
+    for i in range(n):
+        for c, arr in enumerate((diff, sci, tmp)):
+            images[c][40 * i + 4 : 40 * i + 35, 4:35] = arr[i]
+    x = np.full(n, 19.0)
+    y = 40.0 * np.arange(n) + 19.0
+    res = Scorer(package, device="cpu").score_images(images, x, y)
+    np.testing.assert_array_equal(f_st, res.flags)
+    np.testing.assert_allclose(r_st, res.reliability, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert f_st[0] & F.BAD_CENTER and f_st[0] & F.NONFINITE
+    assert f_st[1] & F.BAD_CENTER and f_st[1] & F.NONFINITE
+    assert f_st[2] & F.MOSTLY_BAD and f_st[2] & F.BAD_CENTER
+    assert f_st[3] == F.NONFINITE
+    assert f_st[4] & F.NO_VALID_PIXELS and f_st[4] & F.NOT_SCORED and np.isnan(r_st[4])
+    assert f_st[5] == 0
+    # Never a NaN score without a flag, never a flag-free score of a damaged stamp.
+    assert np.all(np.isfinite(r_st) | ((f_st & F.NOT_SCORED) != 0))
+
+
+def test_case5_resized_stamps_count_padding_as_missing(package):
+    """Case 5: a small stamp padded to the model's size: padding is missing, not NONFINITE."""
+    diff, sci, tmp = _stamps(3)
+    small = [a[:, 4:27, 4:27].copy() for a in (diff, sci, tmp)]  # 23x23 -> padded to 31x31
+    _, f = score_triplets(small[1], small[2], small[0], model=package, device="cpu", return_flags=True)
+    assert np.all(f == F.RESIZED)  # 31*31 - 23*23 = 432 of 961 missing: less than half
+    small[0][1, 11, 11] = np.nan
+    _, f = score_triplets(small[1], small[2], small[0], model=package, device="cpu", return_flags=True)
+    assert f[1] == F.RESIZED | F.NONFINITE | F.BAD_CENTER and f[0] == F.RESIZED
+
+
+@pytest.mark.parametrize("scale,dtype", [(1e-42, np.float32), (1e-40, np.float64), (1e-60, np.float64)])
+def test_case6_tiny_values_score_as_unscaled(package, scale, dtype):
+    """Case 6: float32 denormals and tiny float64 stamps score as the unscaled stamps (no NaN)."""
+    diff, sci, tmp = _stamps()
+    ref, fref = score_triplets(sci, tmp, diff, model=package, device="cpu", return_flags=True)
+    scaled = [(a.astype(dtype) * dtype(scale)) for a in (sci, tmp, diff)]
+    got, f = score_triplets(*scaled, model=package, device="cpu", return_flags=True)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(f, fref)
+    # Float32 denormals keep only a few significant bits; the scores move little.
+    np.testing.assert_allclose(got, ref, atol=2e-3 if dtype is np.float32 else 1e-5)
+
+
+def test_case6_images_with_denormals(package):
+    """Case 6: the image path scores denormal images like the stamp path."""
+    diff, sci, tmp = _stamps(2)
+    images = [np.zeros((80, 40), np.float32) for _ in range(3)]
+    for i in range(2):
+        for c, arr in enumerate((diff, sci, tmp)):
+            images[c][40 * i + 4 : 40 * i + 35, 4:35] = arr[i]
+    ref = Scorer(package, device="cpu").score_images(images, np.full(2, 19.0), np.array([19.0, 59.0]))
+    tiny = [im * np.float32(1e-42) for im in images]
+    got = Scorer(package, device="cpu").score_images(tiny, np.full(2, 19.0), np.array([19.0, 59.0]))
+    assert np.isfinite(got.reliability).all()
+    np.testing.assert_allclose(got.reliability, ref.reliability, atol=2e-3)
+
+
+def test_case6_nan_output_is_flagged(package, monkeypatch):
+    """Case 6: a non-finite network output is flagged BAD_OUTPUT | NOT_SCORED, never a bare NaN."""
+    scorer = Scorer(package, device="cpu")
+    real = scorer._network_logits
+
+    def broken(t):
+        out = real(t).clone()
+        out[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(scorer, "_network_logits", broken)
+    diff, sci, tmp = _stamps(3)
+    res = scorer.score_channels({"difference": diff, "science": sci, "template": tmp})
+    assert np.isnan(res.reliability[0]) and res.flags[0] == F.BAD_OUTPUT | F.NOT_SCORED
+    assert np.isfinite(res.reliability[1:]).all() and (res.flags[1:] == 0).all()
+
+
+@pytest.mark.parametrize("value", ["no", "False", "yes", 1, 0, None, 1.0])
+def test_case7_symmetry_must_be_boolean(package, value):
+    """Case 7: symmetry="no" (or any non-boolean) is refused, naming the argument."""
+    diff, sci, tmp = _stamps(2)
+    with pytest.raises(ValueError, match="symmetry must be a boolean"):
+        score_triplets(sci, tmp, diff, model=package, device="cpu", symmetry=value)
+    with pytest.raises(ValueError, match="symmetry must be a boolean"):
+        Scorer(package, device="cpu", symmetry=value)
+
+
+def test_case7_symmetry_booleans_accepted(package):
+    diff, sci, tmp = _stamps(2)
+    a = score_triplets(sci, tmp, diff, model=package, device="cpu", symmetry=np.bool_(True))
+    b = score_triplets(sci, tmp, diff, model=package, device="cpu", symmetry=True)
+    c = score_triplets(sci, tmp, diff, model=package, device="cpu", symmetry=False)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(b, c)
