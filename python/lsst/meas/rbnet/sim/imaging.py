@@ -73,6 +73,9 @@ class Conditions:
     spike_angle : `numpy.ndarray`
         Angle of the diffraction spikes of bright stars in the science image
         (radians; the camera rotation).
+    template_noise_smoothing : `numpy.ndarray`
+        Gaussian sigma (pixels) of the correlation of the template's noise
+        (a warped coadd); 0 for white noise. The per-pixel variance is kept.
     """
 
     psf_science: DoubleGaussianPsf
@@ -86,6 +89,7 @@ class Conditions:
     template_dx: np.ndarray
     template_dy: np.ndarray
     spike_angle: np.ndarray = 0.7853981633974483
+    template_noise_smoothing: np.ndarray = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.psf_science)
@@ -619,10 +623,20 @@ def add_template_noise(template_model: np.ndarray, cond: Conditions, rng: np.ran
     var_t = np.clip(template_model, 0, None) * cond.gain_template[:, None, None].astype(np.float32) + (
         cond.sky_sigma_template**2
     )[:, None, None].astype(np.float32)
-    return (
-        template_model + np.sqrt(var_t) * rng.standard_normal(template_model.shape, dtype=np.float32),
-        var_t,
-    )
+    noise = rng.standard_normal(template_model.shape, dtype=np.float32)
+    smoothing = cond.template_noise_smoothing
+    if np.any(smoothing > 0.05):
+        # Correlated noise of a warped coadd: smooth the white noise and restore its
+        # per-pixel variance (the variance plane stays the per-pixel variance).
+        levels = np.round(smoothing, 1)
+        for level in np.unique(levels[levels > 0.05]):
+            sel = np.flatnonzero(levels == level)
+            smoothed = ndimage.gaussian_filter(noise[sel], sigma=(0, level, level), mode="wrap")
+            unit = np.zeros((4 * int(np.ceil(4 * level)) + 1,) * 2, np.float32)
+            unit[unit.shape[0] // 2, unit.shape[1] // 2] = 1.0
+            gain = np.sqrt((ndimage.gaussian_filter(unit, level, mode="constant") ** 2).sum())
+            noise[sel] = smoothed / gain
+    return template_model + np.sqrt(var_t) * noise, var_t
 
 
 def observe(

@@ -18,12 +18,24 @@ Real classes
     ``real_moving``: a slowly moving solar-system object, trailed by 1.5-10
     pixels in the science exposure and absent from the template.
 Artifact classes
-    See `lsst.meas.rbnet.sim.artifacts`; ``dipole`` is a star or compact galaxy
-    whose template position is off by 0.15-1 pixel (misregistration or
-    differential chromatic refraction); ``bright_star_residual`` a bright star
-    whose science PSF differs by 3-12% in width from what the matching kernel
-    assumed; ``saturated_star`` a star above the full well; ``noise`` a
-    fluctuation of the noise reaching the target S/N.
+    See `lsst.meas.rbnet.sim.artifacts`; ``dipole`` is a constant star or compact
+    galaxy whose template position is off (misregistration or differential
+    chromatic refraction); ``bright_star_residual`` a constant bright star whose
+    science PSF differs from what the matching kernel assumed; ``saturated_star``
+    a star above the full well; ``noise`` a fluctuation of the noise reaching the
+    target S/N.
+
+Label policy (doc/label-policy.md): real means the flux on the sky changed at
+the position, however clean the subtraction; bogus means nothing changed. The
+subtraction imperfections of a star (its template offset from misregistration
+and chromatic refraction, `star_template_offsets`, and its PSF mismatch,
+`star_psf_mismatch`) are drawn from the same distributions for the variable
+stars of ``real_brighter`` / ``real_fainter`` as for the constant stars of
+``dipole`` and ``bright_star_residual``, so a variable star often carries the
+same dipole or ring residual as an artifact, on top of its net change of flux.
+The artifacts are conditioned on a residual large enough to be detected (a
+constant star with a perfect subtraction leaves nothing to detect); the
+variable stars are not.
 """
 
 __all__ = [
@@ -37,6 +49,8 @@ __all__ = [
     "SNR_CAP",
     "SNAP_X",
     "SNAP_Y",
+    "star_template_offsets",
+    "star_psf_mismatch",
 ]
 
 import numpy as np
@@ -127,6 +141,60 @@ def amplitude_factors(classes, mode, unit_snr, unit_peak, saturation, target):
     factor[capped] = limit[capped]
     factor[mode == CONDITIONED] = 0.0
     return factor
+
+
+#: Fraction of stars whose template position is visibly off (misregistration or
+#: chromatic refraction large enough to leave a dipole), and the range of that offset (pixels).
+POOR_REGISTRATION_FRACTION: float = 0.5
+POOR_REGISTRATION_RANGE: tuple[float, float] = (0.1, 1.0)
+#: Sigma of the template offset of well-registered stars (pixels, per axis).
+GOOD_REGISTRATION_SIGMA: float = 0.03
+#: Fraction of stars whose science PSF differs visibly from the matching kernel's
+#: assumption, and the range of that fractional width error.
+PSF_MISMATCH_FRACTION: float = 0.35
+PSF_MISMATCH_RANGE: tuple[float, float] = (0.03, 0.12)
+
+
+def star_template_offsets(rng: np.random.Generator, n: int, *, detectable: bool = False):
+    """Template position minus science position of ``n`` stars (pixels).
+
+    Misregistration and differential chromatic refraction: a property of the
+    subtraction and of the star's colour, not of whether the star varies. The
+    same distribution serves constant and variable stars; ``detectable=True``
+    draws from its visibly-offset branch only (the residual of a constant star is
+    detected only then).
+
+    Returns
+    -------
+    dx, dy : `numpy.ndarray`, (n,)
+    """
+    poor = np.ones(n, bool) if detectable else rng.random(n) < POOR_REGISTRATION_FRACTION
+    lo, hi = POOR_REGISTRATION_RANGE
+    shift = np.where(
+        poor,
+        np.exp(rng.uniform(np.log(lo), np.log(hi), n)),
+        np.abs(rng.normal(0.0, GOOD_REGISTRATION_SIGMA * np.sqrt(2), n)),
+    )
+    phi = rng.uniform(0, 2 * np.pi, n)
+    return shift * np.cos(phi), shift * np.sin(phi)
+
+
+def star_psf_mismatch(rng: np.random.Generator, n: int, *, detectable: bool = False):
+    """Science PSF scale factors (x, y) of ``n`` stars relative to what the matching assumed.
+
+    Mostly a width error, sometimes an ellipticity error (a quadrupole residual).
+    ``detectable=True`` draws from the mismatched branch only.
+
+    Returns
+    -------
+    fx, fy : `numpy.ndarray`, (n,)
+    """
+    bad = np.ones(n, bool) if detectable else rng.random(n) < PSF_MISMATCH_FRACTION
+    eps = rng.uniform(*PSF_MISMATCH_RANGE, n) * rng.choice([-1.0, 1.0], n)
+    aniso = np.where(rng.random(n) < 0.35, rng.uniform(-0.08, 0.08, n), 0.0)
+    eps = np.where(bad, eps, 0.0)
+    aniso = np.where(bad, aniso, 0.0)
+    return 1 + eps + aniso, 1 + eps - aniso
 
 
 def _saturation_excess(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -230,15 +298,21 @@ def add_labelled(
     sel = rows("real_new")
     point(sel, 1.0, 0.0)
 
+    # Variable stars: the star is in the template and changed; its subtraction is as
+    # imperfect as any constant star's (same offsets, same PSF mismatch).
     sel = rows("real_brighter")
-    base = np.exp(rng.uniform(np.log(0.3), np.log(20.0), len(sel)))
-    point(sel, base + 1.0, base)
+    base = np.exp(rng.uniform(np.log(0.3), np.log(40.0), len(sel)))
+    dx, dy = star_template_offsets(rng, len(sel))
+    fx, fy = star_psf_mismatch(rng, len(sel))
+    point(sel, base + 1.0, base, dx_t=dx, dy_t=dy, psf_fx=fx, psf_fy=fy)
 
     sel = rows("real_fainter")
     base = np.where(
-        rng.random(len(sel)) < 0.25, 0.0, np.exp(rng.uniform(np.log(0.2), np.log(10.0), len(sel)))
+        rng.random(len(sel)) < 0.25, 0.0, np.exp(rng.uniform(np.log(0.2), np.log(20.0), len(sel)))
     )
-    point(sel, base, base + 1.0)
+    dx, dy = star_template_offsets(rng, len(sel))
+    fx, fy = star_psf_mismatch(rng, len(sel))
+    point(sel, base, base + 1.0, dx_t=dx, dy_t=dy, psf_fx=fx, psf_fy=fy)
     info["snr_sign"][sel] = -1.0
 
     sel = rows("real_on_galaxy")
@@ -253,6 +327,8 @@ def add_labelled(
         nuclear = rng.random(k) < 0.15
         r_off = np.where(nuclear, rng.uniform(0, 0.3, k), r_e * np.abs(rng.normal(0, 0.8, k)))
         phi = rng.uniform(0, 2 * np.pi, k)
+        # The host is subtracted as imperfectly as any galaxy of the image.
+        hdx, hdy = star_template_offsets(rng, k)
         add_galaxy(
             scene,
             rng,
@@ -261,6 +337,8 @@ def add_labelled(
             y[sel] - r_off * np.sin(phi),
             host_flux,
             r_e,
+            dx_t=hdx,
+            dy_t=hdy,
         )
         info["host_flux"][sel] = host_flux
         point(sel, 1.0, 0.0)
@@ -301,9 +379,7 @@ def add_labelled(
     sel = rows("dipole")
     if len(sel):
         k = len(sel)
-        shift = rng.uniform(0.15, 1.0, k)
-        phi = rng.uniform(0, 2 * np.pi, k)
-        dx, dy = shift * np.cos(phi), shift * np.sin(phi)
+        dx, dy = star_template_offsets(rng, k, detectable=True)
         galaxy = rng.random(k) < 0.3
         s = sel[~galaxy]
         point(s, 1.0, 1.0, dx_t=dx[~galaxy], dy_t=dy[~galaxy])
@@ -324,10 +400,10 @@ def add_labelled(
     sel = rows("bright_star_residual")
     if len(sel):
         k = len(sel)
-        eps = rng.uniform(0.03, 0.12, k) * rng.choice([-1.0, 1.0], k)
-        # Mostly a width error, sometimes an ellipticity error (a quadrupole residual).
-        aniso = np.where(rng.random(k) < 0.35, rng.uniform(-0.08, 0.08, k), 0.0)
-        point(sel, 1.0, 1.0, psf_fx=1 + eps + aniso, psf_fy=1 + eps - aniso)
+        fx, fy = star_psf_mismatch(rng, k, detectable=True)
+        # Its template offset is drawn like any star's.
+        dx, dy = star_template_offsets(rng, k)
+        point(sel, 1.0, 1.0, psf_fx=fx, psf_fy=fy, dx_t=dx, dy_t=dy)
 
     sel = rows("satellite_trail")
     artifacts.add_satellite_trail(scene, rng, canvas[sel], x[sel], y[sel], obj=obj[sel])

@@ -18,11 +18,12 @@ import numpy as np
 import scipy.fft
 from astropy.table import Table
 
-from ..constants import ARTIFACT_CLASSES, BOGUS, CHANNEL_ORDER, REAL, REAL_CLASSES
+from ..constants import ARTIFACT_CLASSES, BOGUS, CHANNEL_ORDER, MASK_PLANES, REAL, REAL_CLASSES
 from .artifacts import add_background_artifacts
 from .imaging import measure_objects, observe, sample_conditions
 from .labelled import CONDITIONED, add_labelled, amplitude_factors, sample_noise_snr, sample_snr
 from .scene import Scene, add_field
+from .surveys import SurveyPreset, get_survey, sample_survey_conditions
 
 #: Examples simulated per numpy batch. Part of the random stream: changing it changes the output.
 _CHUNK = 256
@@ -164,6 +165,8 @@ def simulate_stamps(
     with_variance: bool = False,
     id_offset: int = 0,
     progress=None,
+    survey: str | SurveyPreset | None = None,
+    nan_block_fraction: float | None = None,
 ) -> StampSet:
     """Simulate ``n`` labelled triplet stamps.
 
@@ -197,6 +200,21 @@ def simulate_stamps(
         First ``id``.
     progress : callable, optional
         Called as ``progress(done, n)`` after each batch.
+    survey : `str` or `SurveyPreset`, optional
+        A survey preset (``"rubin"``, ``"ztf"``, ``"decam"``; see
+        `lsst.meas.rbnet.sim.surveys`): its pixel scale, seeing, noise, template
+        depth and noise correlation, saturation, subtraction quality, sky left in
+        the cutouts, units, edge and missing-pixel rates and its convention for
+        negative detections replace ``fwhm_range``, ``pixel_scale`` and
+        ``edge_fraction``. ``stamp_size`` stays the caller's (the preset's alert
+        cutout size is ``SurveyPreset.cutout_size``). Without a preset the
+        conditions are the broad "generic" ones (Rubin-like pixels, nJy,
+        background-subtracted).
+    nan_block_fraction : `float`, optional
+        Fraction of stamps given a block of missing (NaN, NO_DATA) pixels: a
+        chip gap or masked band across all three planes, or a masked rectangle
+        in the science or template (and so in the difference). Default: the
+        preset's, or 0.04 without one.
 
     Returns
     -------
@@ -210,12 +228,25 @@ def simulate_stamps(
         (science background noise per pixel, nJy), ``sky_noise_template``,
         ``sky_noise_difference`` (nJy), ``off_chip_fraction``,
         ``template_missing_fraction``, ``near_edge`` (bool), ``convolved_science``
-        (bool: the template was the sharper image), ``host_flux`` (nJy).
+        (bool: the template was the sharper image), ``host_flux`` (nJy),
+        ``detection_sign`` (int8, +1 / -1: a positive or negative detection in
+        the difference), ``nan_block`` (bool: a block of missing pixels was cut),
+        ``sky_level`` (background left in the science cutout, survey units).
+        ``table.meta`` records ``survey``, ``pixel_scale`` and ``units``.
     """
     if not isinstance(stamp_size, (int, np.integer)) or stamp_size < 3 or stamp_size % 2 != 1:
         raise ValueError(f"stamp_size must be an odd integer >= 3, got {stamp_size!r}.")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}.")
+    preset = None if survey is None else get_survey(survey)
+    if preset is not None:
+        fwhm_range = preset.fwhm_range
+        pixel_scale = preset.pixel_scale
+        edge_fraction = preset.edge_fraction
+    if nan_block_fraction is None:
+        nan_block_fraction = preset.nan_block_fraction if preset is not None else 0.04
+    if not 0 <= nan_block_fraction <= 1:
+        raise ValueError(f"nan_block_fraction must be in [0, 1], got {nan_block_fraction}.")
     counts = class_counts(n, class_fractions, real_fraction)
     order_rng = np.random.default_rng([seed, 0x5EED])
     classes_all = order_rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
@@ -244,6 +275,9 @@ def simulate_stamps(
             "near_edge",
             "convolved_science",
             "host_flux",
+            "detection_sign",
+            "nan_block",
+            "sky_level",
         )
     }
     for chunk_index, start in enumerate(range(0, n, _CHUNK)):
@@ -261,16 +295,20 @@ def simulate_stamps(
             edge_fraction,
             no_template_fraction,
             pixel_scale,
+            preset,
         )
         obs, truth = result
         stop = start + len(classes)
-        stamps[start:stop] = np.stack([obs.difference, obs.science, obs.template], axis=1)
+        chunk = np.stack([obs.difference, obs.science, obs.template], axis=1)
+        chunk_masks = np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1)
+        chunk_var = np.stack([obs.variance_difference, obs.variance_science, obs.variance_template], axis=1)
+        truth["nan_block"] = _cut_nan_blocks(rng, chunk, chunk_masks, chunk_var, nan_block_fraction)
+        truth["sky_level"] = _present(rng, chunk, truth["detection_sign"], preset)
+        stamps[start:stop] = chunk
         if masks is not None:
-            masks[start:stop] = np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1)
+            masks[start:stop] = chunk_masks
         if variances is not None:
-            variances[start:stop] = np.stack(
-                [obs.variance_difference, obs.variance_science, obs.variance_template], axis=1
-            )
+            variances[start:stop] = chunk_var
         for name in columns:
             columns[name].append(truth[name])
         if progress is not None:
@@ -282,6 +320,8 @@ def simulate_stamps(
     table["source_class"] = classes_all.astype(str)
     for name, parts in columns.items():
         table[name] = np.concatenate(parts) if parts else np.zeros(0)
+    table["detection_sign"] = table["detection_sign"].astype(np.int8)
+    table["nan_block"] = table["nan_block"].astype(bool)
     table["snr"].description = "True PSF-optimal |S/N| of the object in the difference image"
     table["flux"].unit = "nJy"
     table["flux"].description = "PSF flux of the object in the noiseless difference image (signed)"
@@ -295,7 +335,8 @@ def simulate_stamps(
             "stamp_size": stamp_size,
             "seed": seed,
             "pixel_scale": pixel_scale,
-            "units": "nJy",
+            "units": preset.units if preset is not None else "nJy",
+            "survey": preset.name if preset is not None else "generic",
         }
     )
     return StampSet(stamps=stamps, masks=masks, table=table, variances=variances)
@@ -313,10 +354,14 @@ def _simulate_chunk(
     edge_fraction,
     no_template_fraction,
     pixel_scale,
+    preset,
 ):
     m = len(classes)
     shape = (size, size)
-    cond = sample_conditions(rng, m, fwhm_range=fwhm_range)
+    if preset is None:
+        cond = sample_conditions(rng, m, fwhm_range=fwhm_range)
+    else:
+        cond = sample_survey_conditions(rng, m, preset)
     # Detection positions: the centre pixel plus a sub-pixel offset.
     tx = centre + rng.uniform(-0.5, 0.5, m)
     ty = centre + rng.uniform(-0.5, 0.5, m)
@@ -418,5 +463,55 @@ def _simulate_chunk(
         "near_edge": near,
         "convolved_science": cond.convolve_science,
         "host_flux": info["host_flux"],
+        "detection_sign": np.where(info["snr_sign"] < 0, -1, 1),
     }
     return obs, truth
+
+
+def _cut_nan_blocks(rng, stamps, masks, variances, fraction):
+    # Blocks of missing pixels, as real cutouts have them: a band across every plane
+    # (chip gap, masked amplifier region; sometimes over the source), or a rectangle
+    # missing in the science or the template, and so in the difference. In place;
+    # returns which stamps were cut (m,) bool.
+    m, _, h, w = stamps.shape
+    cut = rng.random(m) < fraction
+    for i in np.flatnonzero(cut):
+        block = np.zeros((h, w), bool)
+        if rng.random() < 0.6:
+            width = int(rng.integers(2, max(3, h // 3)))
+            start = int(rng.integers(0, h - width))
+            if rng.random() < 0.5:
+                block[start : start + width, :] = True
+            else:
+                block[:, start : start + width] = True
+            planes = [0, 1, 2]
+        else:
+            bh, bw = (int(rng.integers(3, max(4, s // 2))) for s in (h, w))
+            y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+            block[y0 : y0 + bh, x0 : x0 + bw] = True
+            planes = [0, 1] if rng.random() < 0.5 else [0, 2]
+        for c in planes:
+            stamps[i, c][block] = np.nan
+            variances[i, c][block] = np.nan
+            masks[i, c][block] = 1 << MASK_PLANES["NO_DATA"]
+    return cut
+
+
+def _present(rng, stamps, detection_sign, preset):
+    # The survey's presentation of its cutouts: the sky left in the science and
+    # template planes, and the sign of negative detections. In place; returns the
+    # science sky level (m,).
+    m = len(stamps)
+    if preset is None:
+        return np.zeros(m)
+    lo, hi = preset.sky_level_range
+    sky = np.zeros(m) if hi <= 0 else np.exp(rng.uniform(np.log(max(lo, 1e-3)), np.log(hi), m))
+    if hi > 0:
+        # The template's own background, close to the science one (ZTF scales its references).
+        sky_t = sky * np.exp(rng.normal(0, 0.1, m))
+        stamps[:, 1] += sky[:, None, None].astype(np.float32)
+        stamps[:, 2] += sky_t[:, None, None].astype(np.float32)
+    if preset.negative_difference_flipped:
+        negative = detection_sign < 0
+        stamps[negative, 0] *= -1
+    return sky

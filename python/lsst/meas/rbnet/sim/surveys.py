@@ -1,0 +1,257 @@
+# This file is part of meas_rbnet.
+"""Survey presets: what the cameras, pipelines and alert cutouts of each survey look like.
+
+A `SurveyPreset` holds the traits that differ between surveys and that the
+real alert cutouts in ``shared/realdata`` show (their README and
+``benchmarks/compare_sim_real.py`` compare them): pixel scale, seeing, noise
+and sky levels, template (reference coadd) depth and noise correlation,
+saturation, units, alert cutout size, whether the sky is left in the science
+and template cutouts, how negative detections are shown, and how often
+cutouts carry blocks of missing pixels.
+
+`simulate_stamps(..., survey=NAME)` uses a preset; `sample_survey_conditions`
+draws the observing conditions of a batch of stamps from one. Subtraction
+imperfections (template misregistration, PSF-matching error) are properties
+of each image, drawn from the same distributions whatever the labelled source
+is (doc/label-policy.md).
+
+Values are round numbers read off the survey's documentation and checked
+against the real cutouts (noise per plane, sky level, FWHM), not fitted to
+them.
+"""
+
+__all__ = ["SurveyPreset", "SURVEYS", "get_survey", "sample_survey_conditions"]
+
+import dataclasses
+
+import numpy as np
+
+from .imaging import Conditions
+from .psf import DoubleGaussianPsf
+
+
+@dataclasses.dataclass(frozen=True)
+class SurveyPreset:
+    """The traits of one survey's images and alert cutouts.
+
+    Attributes
+    ----------
+    name : `str`
+    pixel_scale : `float`
+        Arcseconds per pixel.
+    seeing_median : `float`
+        Median seeing FWHM of the science images (arcseconds); drawn log-normally.
+    seeing_log_sigma : `float`
+        Log-normal width of the seeing.
+    fwhm_range : `tuple` [`float`, `float`]
+        Limits of the science and template FWHM (pixels).
+    template_sharper_fraction : `float`
+        Fraction of science images whose template has the better seeing.
+    sky_sigma_range : `tuple` [`float`, `float`]
+        Background noise per pixel of the science image (survey units), log-uniform.
+    template_depth_range : `tuple` [`float`, `float`]
+        Number of exposures in the template coadd (its noise is ``sqrt(depth)`` lower).
+    template_noise_smoothing : `tuple` [`float`, `float`]
+        Range of the Gaussian sigma (pixels) of the correlation of the template's
+        noise (resampling and coadding correlate it; 0 for a single exposure).
+    gain_range : `tuple` [`float`, `float`]
+        Survey units per detected electron.
+    full_well_range : `tuple` [`float`, `float`]
+        Full well (electrons).
+    sky_level_range : `tuple` [`float`, `float`]
+        Background level left in the science and template cutouts (survey
+        units; ``(0, 0)`` when the cutouts are background-subtracted).
+    units : `str`
+        Pixel units of the cutouts.
+    cutout_size : `int`
+        Side of the survey's alert cutouts (pixels; may be even).
+    negative_difference_flipped : `bool`
+        True when the difference cutout of a negative detection is shown with
+        its sign flipped (ZTF: ``isdiffpos = 'f'`` alerts carry the reference
+        minus the science image), so that the source is always positive.
+    ellipticity_sigma : `float`
+        Sigma of the science PSF ellipticity ``(sx - sy) / (sx + sy)``.
+    wing_fraction_range : `tuple` [`float`, `float`]
+        Fraction of the PSF light in its broad (Moffat-like) wing.
+    misregistration_sigma : `float`
+        Sigma (pixels, per axis) of the template misregistration of an image.
+    kernel_error_sigma : `float`
+        Sigma of the fractional width error of the PSF-matching kernel of an image.
+    nan_block_fraction : `float`
+        Fraction of cutouts with a block of missing pixels (chip gap, masked
+        region) somewhere in the stamp.
+    edge_fraction : `float`
+        Fraction of cutouts that reach past a chip edge.
+    """
+
+    name: str
+    pixel_scale: float
+    seeing_median: float
+    seeing_log_sigma: float
+    fwhm_range: tuple[float, float]
+    template_sharper_fraction: float
+    sky_sigma_range: tuple[float, float]
+    template_depth_range: tuple[float, float]
+    template_noise_smoothing: tuple[float, float]
+    gain_range: tuple[float, float]
+    full_well_range: tuple[float, float]
+    sky_level_range: tuple[float, float]
+    units: str
+    cutout_size: int
+    negative_difference_flipped: bool
+    ellipticity_sigma: float
+    wing_fraction_range: tuple[float, float]
+    misregistration_sigma: float
+    kernel_error_sigma: float
+    nan_block_fraction: float
+    edge_fraction: float
+
+    @property
+    def simulation_size(self) -> int:
+        """Odd stamp side to simulate so that cropping gives `cutout_size` about ``H // 2``."""
+        return self.cutout_size + 1 if self.cutout_size % 2 == 0 else self.cutout_size
+
+
+#: The presets, by name. ``generic`` is the broad distribution the first default
+#: model was trained on (Rubin-like pixels, seeing 1.5-6 pixels).
+SURVEYS: dict[str, SurveyPreset] = {
+    "rubin": SurveyPreset(
+        name="rubin",
+        pixel_scale=0.2,
+        seeing_median=0.8,
+        seeing_log_sigma=0.25,
+        fwhm_range=(2.0, 8.0),
+        template_sharper_fraction=0.8,
+        sky_sigma_range=(20.0, 70.0),  # nJy; 40 nJy is a typical 30 s r-band visit
+        template_depth_range=(8.0, 30.0),
+        template_noise_smoothing=(0.3, 0.8),
+        gain_range=(0.35, 0.7),  # nJy per electron
+        full_well_range=(9.0e4, 1.5e5),
+        sky_level_range=(0.0, 0.0),
+        units="nJy",
+        cutout_size=30,
+        negative_difference_flipped=False,
+        ellipticity_sigma=0.04,
+        wing_fraction_range=(0.05, 0.2),
+        misregistration_sigma=0.04,
+        kernel_error_sigma=0.01,
+        nan_block_fraction=0.04,
+        edge_fraction=0.03,
+    ),
+    "ztf": SurveyPreset(
+        name="ztf",
+        pixel_scale=1.01,
+        seeing_median=2.1,
+        seeing_log_sigma=0.2,
+        fwhm_range=(1.3, 4.5),
+        template_sharper_fraction=0.85,
+        sky_sigma_range=(3.0, 12.0),  # DN
+        template_depth_range=(15.0, 60.0),
+        template_noise_smoothing=(0.4, 0.9),
+        gain_range=(0.15, 0.2),  # DN per electron (gain about 6 e-/DN)
+        full_well_range=(1.0e5, 1.6e5),
+        sky_level_range=(40.0, 400.0),
+        units="DN",
+        cutout_size=63,
+        negative_difference_flipped=True,
+        ellipticity_sigma=0.06,
+        wing_fraction_range=(0.08, 0.25),
+        misregistration_sigma=0.06,
+        kernel_error_sigma=0.015,
+        nan_block_fraction=0.12,
+        edge_fraction=0.04,
+    ),
+    "decam": SurveyPreset(
+        name="decam",
+        pixel_scale=0.263,
+        seeing_median=1.1,
+        seeing_log_sigma=0.2,
+        fwhm_range=(2.0, 8.0),
+        template_sharper_fraction=0.7,
+        sky_sigma_range=(3.0, 15.0),  # counts
+        template_depth_range=(1.0, 10.0),
+        template_noise_smoothing=(0.0, 0.6),
+        gain_range=(0.2, 0.3),
+        full_well_range=(1.3e5, 1.8e5),
+        sky_level_range=(0.0, 0.0),
+        units="counts",
+        cutout_size=63,
+        negative_difference_flipped=False,
+        ellipticity_sigma=0.05,
+        wing_fraction_range=(0.05, 0.2),
+        misregistration_sigma=0.05,
+        kernel_error_sigma=0.012,
+        nan_block_fraction=0.05,
+        edge_fraction=0.03,
+    ),
+}
+
+
+def get_survey(survey) -> SurveyPreset:
+    """The preset named ``survey`` (or ``survey`` itself if it is a `SurveyPreset`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the known ones.
+    """
+    if isinstance(survey, SurveyPreset):
+        return survey
+    try:
+        return SURVEYS[str(survey).lower()]
+    except KeyError:
+        raise ValueError(f"Unknown survey preset {survey!r}; expected one of {sorted(SURVEYS)}.") from None
+
+
+def sample_survey_conditions(rng: np.random.Generator, n: int, preset: SurveyPreset) -> Conditions:
+    """Observing and subtraction conditions of ``n`` images of a survey.
+
+    Each image gets its own seeing, sky, template depth and noise correlation,
+    saturation, and subtraction quality (misregistration and kernel error: a
+    Gaussian core plus a tail of poor subtractions), drawn alike for every image.
+    """
+    lo, hi = preset.fwhm_range
+    fwhm_s = np.exp(rng.normal(np.log(preset.seeing_median / preset.pixel_scale), preset.seeing_log_sigma, n))
+    # A quarter drawn uniformly over the range, so the extremes are seen in training.
+    fwhm_s = np.where(rng.random(n) < 0.25, rng.uniform(lo, hi, n), fwhm_s)
+    fwhm_s = np.clip(fwhm_s, lo, hi)
+    sharper = rng.random(n) < preset.template_sharper_fraction
+    ratio = np.where(sharper, rng.uniform(0.6, 0.95, n), rng.uniform(1.02, 1.3, n))
+    fwhm_t = np.clip(fwhm_s * ratio, lo, hi)
+    psf_s = DoubleGaussianPsf.from_fwhm(
+        fwhm_s,
+        wing_fraction=rng.uniform(*preset.wing_fraction_range, n),
+        wing_ratio=rng.uniform(1.8, 3.0, n),
+        ellipticity=np.clip(rng.normal(0, preset.ellipticity_sigma, n), -0.2, 0.2),
+    )
+    psf_t = DoubleGaussianPsf.from_fwhm(
+        fwhm_t,
+        wing_fraction=rng.uniform(*preset.wing_fraction_range, n),
+        wing_ratio=rng.uniform(1.8, 3.0, n),
+        ellipticity=np.clip(rng.normal(0, preset.ellipticity_sigma / 2, n), -0.1, 0.1),
+    )
+    sky = np.exp(rng.uniform(np.log(preset.sky_sigma_range[0]), np.log(preset.sky_sigma_range[1]), n))
+    gain = rng.uniform(*preset.gain_range, n)
+    depth = rng.uniform(*preset.template_depth_range, n)
+    # The template's noise per exposure is like the science image's, sqrt(depth) lower in the coadd.
+    sky_t = sky * np.exp(rng.normal(0, 0.2, n)) / np.sqrt(depth)
+    full_well = rng.uniform(*preset.full_well_range, n)
+    sky_electrons = (sky / gain) ** 2
+    # Subtraction quality of the image: most are good, a tail is poor (heavy-tailed).
+    poor = rng.random(n) < 0.2
+    misreg = preset.misregistration_sigma * np.where(poor, rng.uniform(2.0, 6.0, n), 1.0)
+    kernel = preset.kernel_error_sigma * np.where(poor, rng.uniform(2.0, 5.0, n), 1.0)
+    return Conditions(
+        psf_science=psf_s,
+        psf_template=psf_t,
+        sky_sigma_science=sky,
+        sky_sigma_template=sky_t,
+        gain_science=gain,
+        gain_template=gain / depth,
+        saturation=gain * np.maximum(full_well - sky_electrons, 0.2 * full_well),
+        kernel_error=rng.normal(0.0, 1.0, n) * kernel,
+        template_dx=rng.normal(0.0, 1.0, n) * misreg,
+        template_dy=rng.normal(0.0, 1.0, n) * misreg,
+        spike_angle=rng.uniform(0.0, np.pi / 2, n),
+        template_noise_smoothing=rng.uniform(*preset.template_noise_smoothing, n),
+    )
