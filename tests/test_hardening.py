@@ -167,3 +167,52 @@ def test_case7_symmetry_booleans_accepted(package):
     c = score_triplets(sci, tmp, diff, model=package, device="cpu", symmetry=False)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(b, c)
+
+
+def _metadata_span(data):
+    """Byte range of the safetensors header's ``__metadata__`` object."""
+    import struct
+
+    (n,) = struct.unpack("<Q", data[:8])
+    head = data[8 : 8 + n]
+    start = head.index(b'"__metadata__"')
+    depth, i = 0, head.index(b"{", start)
+    for j in range(i, len(head)):
+        depth += {ord("{"): 1, ord("}"): -1}.get(head[j], 0)
+        if depth == 0:
+            return 8 + i, 8 + j + 1
+    raise AssertionError("no end of __metadata__")
+
+
+def test_case8_every_metadata_byte_is_covered(package):
+    """Case 8: any changed byte of the metadata (not only the weights) is refused."""
+    data = package.to_bytes()
+    a, b = _metadata_span(data)
+    text = data[a:b]
+    # The reported case: temperature 2.0 -> 2.5 in the package JSON still parses as a package.
+    i = text.index(b'temperature\\": 2.0') + len(b'temperature\\": 2.')
+    bad = bytearray(data)
+    bad[a + i] = ord("5")
+    with pytest.raises(ModelPackageError, match="checksum mismatch"):
+        ModelPackage.from_bytes(bytes(bad))
+    accepted = []
+    for k in range(a, b):
+        for new in {data[k] ^ 0x01, ord("1") if data[k] != ord("1") else ord("2")}:
+            bad = bytearray(data)
+            bad[k] = new
+            try:
+                ModelPackage.from_bytes(bytes(bad))
+            except ModelPackageError:
+                continue
+            accepted.append((k - a, chr(data[k]), chr(new)))
+    assert accepted == []
+
+
+def test_case8_shipped_default_has_a_full_checksum():
+    """Case 8: the shipped default package is in the format whose checksum covers the metadata."""
+    from lsst.meas.rbnet.package import FORMAT_VERSION, read_package_metadata
+    from lsst.meas.rbnet.scoring import default_model_path
+
+    meta = read_package_metadata(default_model_path())
+    assert FORMAT_VERSION >= 2 and meta["format_version"] == FORMAT_VERSION
+    ModelPackage.load(default_model_path())

@@ -13,9 +13,11 @@ from lsst.meas.rbnet.contract import InputContract
 from lsst.meas.rbnet.nn import architecture_defaults, build
 from lsst.meas.rbnet.package import (
     FORMAT_NAME,
+    FORMAT_VERSION,
     ComponentSpec,
     ModelPackage,
     ModelPackageError,
+    package_checksum,
     read_package_metadata,
     validate_version_string,
     weights_digest,
@@ -75,7 +77,8 @@ def rewrite(data, tensors=None, fix_digest=True, **meta_changes):
             package_json[key] = value
     meta["package"] = json.dumps(package_json)
     if fix_digest and "sha256" not in meta_changes:
-        meta["sha256"] = weights_digest(tensors)
+        digest = weights_digest(tensors)
+        meta["sha256"] = digest if meta["format_version"] == "1" else package_checksum(digest, meta)
     return st_save(tensors, metadata=meta)
 
 
@@ -130,7 +133,8 @@ def test_metadata_only(tmp_path, package):
     path = tmp_path / "m.safetensors"
     package.save(path)
     meta = read_package_metadata(path)
-    assert meta["version"] == "t1" and meta["format_version"] == 1 and meta["sha256"] == package.digest
+    assert meta["version"] == "t1" and meta["format_version"] == FORMAT_VERSION == 2
+    assert meta["sha256"] == package_checksum(package.digest, header(package.to_bytes())[1]["__metadata__"])
     assert (
         read_package_metadata(package.to_bytes())["components"]["classifier"]["architecture"] == "triplet_cnn"
     )
@@ -178,7 +182,7 @@ def _data_offset(data):
         (lambda d: b"PK\x03\x04 this is a zip file, not a model package", "not a safetensors file"),
         (lambda d: d[:8] + b"#" + d[9:], "header is corrupt"),
         (lambda d: rewrite(d, sha256="0" * 64), "checksum mismatch"),
-        (lambda d: rewrite(d, format_version="2"), "newer lsst.meas.rbnet.*upgrade"),
+        (lambda d: rewrite(d, format_version=str(FORMAT_VERSION + 1)), "newer lsst.meas.rbnet.*upgrade"),
         (lambda d: rewrite(d, format_version="one"), "format_version"),
         (lambda d: rewrite(d, format="something-else"), "not an rbnet model package"),
         (

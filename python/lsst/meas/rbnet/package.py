@@ -18,11 +18,13 @@ header's ``__metadata__`` (string to string) holds:
 ``"format"``
     ``"rbnet-model-package"``.
 ``"format_version"``
-    ``"1"``; a reader refuses a newer version.
+    ``"2"``; a reader refuses a newer version.
 ``"sha256"``
-    `weights_digest` of the tensors: SHA-256 over, in name order, each tensor's
-    name, dtype, shape and raw little-endian bytes. A flipped bit in the
-    weights fails the check.
+    `package_checksum`: SHA-256 over the `weights_digest` of the tensors (in
+    name order, each tensor's name, dtype, shape and raw little-endian bytes)
+    and every other metadata entry (key and value, the package JSON as stored).
+    A changed byte anywhere in the weights or the metadata fails the check.
+    (Format 1, still read, covered the weights only.)
 ``"package"``
     JSON object with the rest of the package (see `ModelPackage`).
 
@@ -39,6 +41,7 @@ __all__ = [
     "ComponentSpec",
     "ModelPackage",
     "ModelPackageError",
+    "package_checksum",
     "read_package_metadata",
     "validate_version_string",
     "weights_digest",
@@ -51,7 +54,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,13 +62,15 @@ import torch
 
 from .constants import ALL_CLASSES, VERSION_MAX_LENGTH
 from .contract import InputContract
+from .fileio import atomic_path
 from .nn import registry
 from .version import __version__
 
 #: Value of the ``"format"`` metadata key.
 FORMAT_NAME: str = "rbnet-model-package"
-#: Newest format version this code reads and the one it writes.
-FORMAT_VERSION: int = 1
+#: Newest format version this code reads and the one it writes. Version 2: the checksum
+#: covers the metadata as well as the weights.
+FORMAT_VERSION: int = 2
 #: Kinds of package: a single-visit triplet classifier or a multi-visit sequence model.
 KINDS: tuple[str, ...] = ("triplet", "sequence")
 
@@ -138,6 +142,27 @@ def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
         h.update(json.dumps(list(t.shape)).encode("ascii") + b"\0")
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def package_checksum(state_digest: str, metadata: Mapping[str, str]) -> str:
+    """SHA-256 hex digest of a package file's content (format 2 and later).
+
+    Parameters
+    ----------
+    state_digest : `str`
+        `weights_digest` of the tensors.
+    metadata : `dict` [`str`, `str`]
+        The safetensors ``__metadata__`` entries; every entry but ``"sha256"``
+        is covered, keys and values as stored (the package JSON as a string).
+    """
+    h = hashlib.sha256()
+    h.update(b"rbnet-model-package\0weights\0" + state_digest.encode("ascii") + b"\0")
+    for key in sorted(metadata):
+        if key == "sha256":
+            continue
+        value = metadata[key]
+        h.update(str(key).encode("utf-8") + b"\0" + str(value).encode("utf-8") + b"\0")
     return h.hexdigest()
 
 
@@ -572,9 +597,9 @@ class ModelPackage:
         meta = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
-            "sha256": self.digest,
             _PACKAGE_KEY: json.dumps(self.metadata(), sort_keys=True, default=_json_default),
         }
+        meta["sha256"] = package_checksum(self.digest, meta)
         # safetensors refuses tensors sharing memory and non-contiguous ones.
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state.items()}
         return save(tensors, metadata=meta)
@@ -584,15 +609,8 @@ class ModelPackage:
         path = Path(path)
         data = self.to_bytes()
         # Write then rename, so a reader never sees a half-written package.
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModelPackage:
@@ -631,9 +649,14 @@ class ModelPackage:
             package_json = _check_format(meta)
             tensors = _load_tensors(data)
             digest = weights_digest(tensors)
+            if int(meta["format_version"]) >= 2:
+                digest = package_checksum(digest, meta)
+                what = "the weights and metadata hash"
+            else:
+                what = "the weights hash"
             if digest != meta.get("sha256"):
                 raise ModelPackageError(
-                    f"checksum mismatch: the weights hash to {digest[:16]}... but the header records "
+                    f"checksum mismatch: {what} to {digest[:16]}... but the header records "
                     f"{str(meta.get('sha256'))[:16]}...; the file is corrupted."
                 )
             package = cls._from_metadata(package_json, tensors)
