@@ -14,6 +14,17 @@ thread count (the seed drives the split, the initial weights, the batch order,
 the augmentation and dropout; the caller's global torch RNG state is restored
 afterwards). On CUDA, mixed precision and cuDNN make runs close but not
 bit-identical.
+
+Fine-tuning: with ``init=`` (a trained `ModelPackage` or the path of one) the
+network starts from that package's weights instead of a random initialisation.
+The package fixes the architecture, its hyperparameters and the input contract:
+a config that contradicts them is refused with a message naming the package and
+the mismatch (`fine_tune_config` builds a config that agrees). The package's
+validation loss on the new validation set is the bar an epoch must beat, so the
+result is never worse there than the starting point (``best_epoch == 0`` when no
+epoch beat it). ``TrainConfig.freeze_features`` trains only the head. The
+package written records the init package's version and weights digest
+(``provenance["init"]``). See ``doc/fine-tuning.md``.
 """
 
 __all__ = [
@@ -26,11 +37,16 @@ __all__ = [
     "git_commit",
     "SCHEDULES",
     "LOSS_SYNC_STEPS",
+    "FINE_TUNE_LEARNING_RATE",
+    "load_init_package",
+    "check_init_compatible",
+    "fine_tune_config",
 ]
 
 import copy
 import dataclasses
 import math
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -45,7 +61,7 @@ from ..constants import ALL_CLASSES
 from ..contract import InputContract
 from ..nn import registry
 from ..nn.triplet import dihedral_transforms
-from ..package import ModelPackage, validate_version_string
+from ..package import ModelPackage, ModelPackageError, validate_version_string
 from ..version import __version__
 from . import metrics as M
 from .calibration import apply_temperature, fit_temperature
@@ -59,6 +75,15 @@ LOSS_SYNC_STEPS: int = 50
 #: Learning-rate schedules: cosine decay per step after a short linear warm-up;
 #: reduce-on-plateau of the validation loss per epoch; constant.
 SCHEDULES: tuple[str, ...] = ("cosine", "plateau", "constant")
+
+#: Default peak learning rate when fine-tuning from a trained package: a tenth of the
+#: from-scratch default (3e-3), so the first steps on a few hundred new labels refine the
+#: trained features rather than overwrite them (``benchmarks/bench_finetune.py``).
+FINE_TUNE_LEARNING_RATE: float = 3e-4
+
+#: Module attribute holding the convolutional feature extractor of the triplet
+#: architectures; ``freeze_features`` keeps it fixed and trains the rest (the head).
+_FEATURES_ATTRIBUTE = "features"
 
 
 @dataclasses.dataclass
@@ -140,6 +165,10 @@ class TrainConfig:
     symmetric_temperature : `bool`
         Also fit the temperature of rotation/flip-averaged logits (costs 8
         evaluations of the validation set).
+    freeze_features : `bool`
+        Fine-tuning only (needs ``init`` in `train_triplet_model`): keep the
+        convolutional features of the init package fixed (weights and batch-norm
+        statistics) and train only the layers after them (the head).
     """
 
     contract: InputContract = dataclasses.field(default_factory=InputContract)
@@ -173,6 +202,7 @@ class TrainConfig:
     purity_targets: tuple[float, ...] = (0.95, 0.99)
     threshold_snr_min: float | None = 6.0
     symmetric_temperature: bool = True
+    freeze_features: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.contract, InputContract):
@@ -262,6 +292,10 @@ class TrainResult:
         Epoch (1-based) whose weights were kept.
     stopped_early : `bool`
         True if early stopping (or the time budget) ended training before ``epochs``.
+    init_validation : `ValidationScores` or `None`
+        When fine-tuning (``init``): the scores of the init package's network on
+        the validation set before any training step (probabilities with the init
+        package's temperature); None otherwise.
     """
 
     package: ModelPackage
@@ -270,6 +304,7 @@ class TrainResult:
     validation: ValidationScores
     best_epoch: int
     stopped_early: bool
+    init_validation: ValidationScores | None = None
 
 
 def git_commit() -> str:
@@ -326,6 +361,118 @@ def _select_device(name: str) -> torch.device:
     from ..scoring import select_device
 
     return select_device(name)
+
+
+def _init_name(package: ModelPackage, source: Any) -> str:
+    """How messages and provenance name an init package: its file name (never a directory) and version."""
+    if isinstance(source, ModelPackage):
+        return f"init package (version {package.version!r})"
+    return f"init package {Path(source).name!r} (version {package.version!r})"
+
+
+def load_init_package(init: ModelPackage | str | os.PathLike) -> tuple[ModelPackage, str]:
+    """The package to fine-tune from, checked, and the name messages use for it.
+
+    Parameters
+    ----------
+    init : `ModelPackage`, `str` or `pathlib.Path`
+        A trained triplet package, or the path of its ``.safetensors`` file.
+
+    Returns
+    -------
+    package : `ModelPackage`
+    name : `str`
+        E.g. ``"init package 'rbnet-default.safetensors' (version 'sim1.1')"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ModelPackageError
+        If the file is not a valid package (corrupt, truncated, newer format), or
+        the package is not a triplet classifier; the message names the file.
+    """
+    if isinstance(init, ModelPackage):
+        package = init
+        package.validate()
+    elif isinstance(init, (str, os.PathLike)):
+        package = ModelPackage.load(init)
+    else:
+        raise TypeError(f"init must be a ModelPackage or the path of one, got {type(init).__name__}.")
+    name = _init_name(package, init)
+    if package.kind != "triplet" or "classifier" not in package.components:
+        raise ModelPackageError(
+            f"{name} is a {package.kind!r} package; fine-tuning a triplet model needs a triplet package."
+        )
+    return package, name
+
+
+def check_init_compatible(package: ModelPackage, config: TrainConfig, name: str = "init package") -> None:
+    """Refuse a training config that contradicts the package it fine-tunes.
+
+    The new stamps are prepared with ``config.contract``, so it must equal the
+    package's input contract (stamp size, channels, normalisation and its
+    parameters); the architecture must be the package's, and every
+    hyperparameter the config sets must have the package's value.
+
+    Raises
+    ------
+    ValueError
+        Naming the package and every mismatch.
+    """
+    problems = []
+    mine, theirs = config.contract.to_dict(), package.contract.to_dict()
+    for key in theirs:
+        if mine.get(key) != theirs[key]:
+            problems.append(
+                f"input contract {key} is {theirs[key]!r}, the training data/config have {mine.get(key)!r}"
+            )
+    spec = package.components["classifier"]
+    if config.architecture != spec.architecture:
+        problems.append(f"architecture is {spec.architecture!r}, the config asks for {config.architecture!r}")
+    else:
+        for key, value in config.hyperparameters.items():
+            value = list(value) if isinstance(value, tuple) else value
+            if key in ("in_channels", "stamp_size", "n_classes"):
+                continue  # derived from the contract and the class head, compared above and in training
+            if key not in spec.hyperparameters or spec.hyperparameters[key] != value:
+                problems.append(
+                    f"hyperparameter {key} is {spec.hyperparameters.get(key)!r}, "
+                    f"the config asks for {value!r}"
+                )
+    if problems:
+        raise ValueError(
+            f"cannot fine-tune from {name}: " + "; ".join(problems) + ". The new stamps must match the "
+            "package's input contract and the network its architecture (prepare the stamps with the "
+            "package's contract, or train from scratch)."
+        )
+
+
+def fine_tune_config(init: ModelPackage | str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """A `TrainConfig` that agrees with a package to fine-tune from.
+
+    Contract, architecture and hyperparameters are the package's; the learning
+    rate is `FINE_TUNE_LEARNING_RATE`; the class-head loss is off when the
+    package has no class head. ``overrides`` set any other `TrainConfig` field
+    (setting contract, architecture or hyperparameters to other values makes
+    `train_triplet_model` refuse the config).
+    """
+    package, _ = load_init_package(init)
+    spec = package.components["classifier"]
+    fields: dict[str, Any] = {
+        "contract": package.contract,
+        "architecture": spec.architecture,
+        "hyperparameters": {
+            k: v
+            for k, v in spec.hyperparameters.items()
+            if k not in ("in_channels", "stamp_size", "n_classes")
+        },
+        "learning_rate": FINE_TUNE_LEARNING_RATE,
+    }
+    if not spec.hyperparameters.get("n_classes"):
+        fields["class_loss_weight"] = 0.0
+    fields.update(overrides)
+    return TrainConfig(**fields)
 
 
 @torch.no_grad()
@@ -495,6 +642,18 @@ def _evaluate_metrics(
     )
 
 
+def _freeze_features(model: torch.nn.Module) -> torch.nn.Module:
+    """Stop gradients through the model's feature extractor; return that module."""
+    features = getattr(model, _FEATURES_ATTRIBUTE, None)
+    if not isinstance(features, torch.nn.Module):
+        raise ValueError(
+            f"freeze_features: {type(model).__name__} has no {_FEATURES_ATTRIBUTE!r} module to freeze."
+        )
+    for p in features.parameters():
+        p.requires_grad_(False)
+    return features
+
+
 def train_triplet_model(
     stamps,
     labels=None,
@@ -506,6 +665,7 @@ def train_triplet_model(
     validation=None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     provenance: dict[str, Any] | None = None,
+    init: ModelPackage | str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train, calibrate and package a triplet model.
 
@@ -538,13 +698,34 @@ def train_triplet_model(
     provenance : `dict`, optional
         Recorded in the package (e.g. the command line and the data seeds); the
         config, seed, data sizes, git commit and versions are added.
+    init : `ModelPackage` or path, optional
+        Fine-tune: start from this trained triplet package's weights (see the
+        module docstring and `fine_tune_config`). Its contract, architecture and
+        hyperparameters must agree with ``config``; the class-head loss is used
+        only if the package has a class head. An ``{"event": "init", "val_loss",
+        "val_auc"}`` event reports the package on the new validation set before
+        any step.
 
     Returns
     -------
     result : `TrainResult`
+
+    Raises
+    ------
+    ValueError
+        If the data are unusable, or ``config`` contradicts the ``init`` package
+        (the message names the package and the mismatch).
+    ModelPackageError
+        If ``init`` is not a valid triplet package (corrupt, truncated, ...).
     """
     config = config or TrainConfig()
     contract = config.contract
+    init_package, init_name = None, None
+    if init is not None:
+        init_package, init_name = load_init_package(init)
+        check_init_compatible(init_package, config, init_name)
+    elif config.freeze_features:
+        raise ValueError("TrainConfig.freeze_features needs an init package to take the features from.")
     notify = progress or (lambda event: None)
     dtype = np.float16 if config.storage_dtype == "float16" else np.float32
     data = _as_prepared(stamps, labels, classes, snr, masks, config, dtype, "training")
@@ -563,6 +744,12 @@ def train_triplet_model(
             )
 
     use_classes = config.class_loss_weight > 0 and data.classes is not None
+    if init_package is not None and use_classes and tuple(init_package.classes) != ALL_CLASSES:
+        raise ValueError(
+            f"{init_name} has "
+            + (f"a class head over {init_package.classes}" if init_package.classes else "no class head")
+            + f", not one over {ALL_CLASSES}; set class_loss_weight=0 to fine-tune it on real/bogus labels."
+        )
     train_targets = None
     if use_classes:
         try:
@@ -581,6 +768,9 @@ def train_triplet_model(
     elif use_classes:
         raise ValueError(f"architecture {config.architecture!r} has no class head; set class_loss_weight=0.")
     hp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp.items()}
+    if init_package is not None:
+        # The network is the package's, class head included (unused when the new data have no classes).
+        hp = dict(init_package.components["classifier"].hyperparameters)
 
     device = _select_device(config.device)
     on_cuda = device.type == "cuda"
@@ -598,12 +788,18 @@ def train_triplet_model(
     try:
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(config.seed)
-            model = registry.build(config.architecture, **hp).to(device)
+            if init_package is None:
+                model = registry.build(config.architecture, **hp).to(device)
+            else:
+                model = init_package.build("classifier").to(device)
+            frozen = _freeze_features(model) if config.freeze_features else None
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
             gen = torch.Generator().manual_seed(config.seed + 1)
             optimizer = torch.optim.AdamW(
-                model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+                [p for p in model.parameters() if p.requires_grad],
+                lr=config.learning_rate,
+                weight_decay=config.weight_decay,
             )
             steps_per_epoch = math.ceil(len(data) / config.batch_size)
             plan = {"total": steps_per_epoch * config.epochs, "epochs": config.epochs}
@@ -631,6 +827,27 @@ def train_triplet_model(
             best_loss = math.inf
             best_state = copy.deepcopy(model.state_dict())
             best_epoch = 0
+            init_validation, init_summary = None, None
+            if init_package is not None:
+                # The package itself on the new validation set: the bar fine-tuning must beat.
+                init_logits = model_logits(
+                    model,
+                    val.x,
+                    batch_size=config.eval_batch_size,
+                    device=device,
+                    channels_last=channels_last,
+                )
+                val_targets = torch.from_numpy(val.labels.astype(np.float32))
+                best_loss = float(loss_fn(torch.from_numpy(init_logits).float(), val_targets))
+                init_summary = {"val_loss": best_loss, "val_auc": M.roc_auc(init_logits, val.labels)}
+                init_validation = ValidationScores(
+                    logits=init_logits,
+                    probabilities=apply_temperature(init_logits, init_package.temperature),
+                    labels=val.labels.astype(np.int64),
+                    classes=val.classes,
+                    snr=val.snr,
+                )
+                notify({"event": "init", **init_summary})
             bad_epochs = 0
             stopped_early = False
             out_of_time = False
@@ -639,6 +856,9 @@ def train_triplet_model(
                     stopped_early = True
                     break
                 model.train()
+                if frozen is not None:
+                    # Frozen batch-norm layers keep the package's running statistics.
+                    frozen.eval()
                 t_epoch = time.monotonic()
                 sum_loss, n_seen = 0.0, 0
                 # The losses pile up on the device and are read every `sync_every` steps:
@@ -780,6 +1000,15 @@ def train_triplet_model(
     prov["config"] = config.to_dict()
     prov["training"] = {k: v for k, v in training_summary.items() if k != "history"}
     prov["history"] = history
+    if init_package is not None:
+        prov["init"] = {
+            "version": init_package.version,
+            "sha256": init_package.digest,
+            "name": init_name,
+            "created": init_package.provenance.get("created"),
+            "freeze_features": bool(config.freeze_features),
+            "before": init_summary,
+        }
     if data.classes is not None:
         names, counts = np.unique(data.classes, return_counts=True)
         prov["train_classes"] = {str(n): int(c) for n, c in zip(names, counts)}
@@ -791,7 +1020,8 @@ def train_triplet_model(
         temperature=temperature,
         temperature_symmetric=temperature_symmetric,
         thresholds=thresholds,
-        classes=ALL_CLASSES if use_classes else (),
+        # A fine-tuned package keeps the init package's class head (trained further or not).
+        classes=init_package.classes if init_package is not None else (ALL_CLASSES if use_classes else ()),
         metrics={"validation": metrics},
         provenance=prov,
         extra={
@@ -817,4 +1047,5 @@ def train_triplet_model(
         ),
         best_epoch=best_epoch,
         stopped_early=stopped_early,
+        init_validation=init_validation,
     )
