@@ -216,3 +216,49 @@ def test_case8_shipped_default_has_a_full_checksum():
     meta = read_package_metadata(default_model_path())
     assert FORMAT_VERSION >= 2 and meta["format_version"] == FORMAT_VERSION
     ModelPackage.load(default_model_path())
+
+
+def _rewrite(data, **changes):
+    """Package bytes with entries of the package JSON changed and a valid checksum."""
+    import json
+    import struct
+
+    from lsst.meas.rbnet.package import package_checksum, weights_digest
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    (n,) = struct.unpack("<Q", data[:8])
+    meta = dict(json.loads(data[8 : 8 + n])["__metadata__"])
+    tensors = st_load(data)
+    pj = json.loads(meta["package"])
+    pj.update(changes)
+    meta["package"] = json.dumps(pj)
+    meta.pop("sha256")
+    meta["sha256"] = package_checksum(weights_digest(tensors), meta)
+    return st_save(tensors, metadata=meta)
+
+
+@pytest.mark.parametrize(
+    "hp, match",
+    [
+        ({"convs_per_block": 20000}, r"convs_per_block=20000 is outside \[0, 16\]"),
+        ({"widths": [8] * 5000}, "widths='<list of 5000>' has more than 16 entries"),
+        ({"hidden": 10**9}, "hidden=1000000000 is beyond the bound"),
+        ({"dropout": float("inf")}, "dropout=inf is not finite"),
+    ],
+)
+def test_case9_huge_networks_refused_before_building(package, monkeypatch, hp, match):
+    """Case 9: hyperparameters asking for a huge network are refused before any module is built."""
+    from lsst.meas.rbnet.nn import registry
+
+    comps = {"classifier": {"architecture": "triplet_cnn", "hyperparameters": {**HP, **hp}}}
+    data = _rewrite(package.to_bytes(), components=comps)
+    calls = []
+    real = registry._REGISTRY["triplet_cnn"]
+    monkeypatch.setitem(registry._REGISTRY, "triplet_cnn", lambda **kw: calls.append(kw) or real(**kw))
+    with pytest.raises(ModelPackageError, match=match):
+        ModelPackage.from_bytes(data)
+    assert calls == []
+    with pytest.raises(ValueError, match=match):
+        build("triplet_cnn", **{**HP, **hp})
+    assert calls == []

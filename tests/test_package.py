@@ -221,7 +221,7 @@ def _data_offset(data):
             ),
             "weights do not match",
         ),
-        # Absurd sizes are refused by shape, without allocating 90 billion weights.
+        # Absurd sizes are refused by their bounds, before anything is built (issue 11, case 9).
         (
             lambda d: rewrite(
                 d,
@@ -229,6 +229,19 @@ def _data_offset(data):
                     "classifier": {
                         "architecture": "triplet_cnn",
                         "hyperparameters": {"widths": [10**5, 10**5]},
+                    }
+                },
+            ),
+            "beyond the bound 65536",
+        ),
+        # Large but within the bounds: refused by shape, without allocating the weights.
+        (
+            lambda d: rewrite(
+                d,
+                components={
+                    "classifier": {
+                        "architecture": "triplet_cnn",
+                        "hyperparameters": {"widths": [60000, 60000]},
                     }
                 },
             ),

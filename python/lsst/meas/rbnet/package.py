@@ -454,6 +454,11 @@ class ModelPackage:
                 f"lsst.meas.rbnet knows {registry.architectures()}."
             )
         try:
+            # Bounds first: hyperparameters from a file must not make us build a huge network.
+            registry.check_hyperparameters(spec.architecture, spec.hyperparameters)
+        except ValueError as err:
+            raise ModelPackageError(f"component {component!r}: {err}") from None
+        try:
             with torch.device(device):
                 return registry.build(spec.architecture, **spec.hyperparameters)
         except Exception as err:  # noqa: BLE001 - any failure of a builder means "not accepted"
