@@ -8,6 +8,15 @@ model is trained and calibrated on the rest (which is split again into training
 and validation), then the CNN and the logistic-regression baseline are both
 evaluated on the test split and shown side by side. The package is written to
 ``--out`` and the metrics to ``OUT`` with the suffix ``.metrics.json``.
+
+Fine-tuning (``--init PACKAGE``, ``default`` for the shipped model): the network
+starts from the package's weights. Stamp size, channels, normalisation,
+architecture and widths are the package's; giving one of those options with
+another value is refused (the new stamps are prepared with the package's
+contract). ``--lr`` defaults to `training.loop.FINE_TUNE_LEARNING_RATE` (3e-4,
+a tenth of the from-scratch 3e-3), the class-head loss is off when the package
+has none, and ``--freeze-features`` trains only the head. The test table shows
+the init package beside the fine-tuned model. See ``doc/fine-tuning.md``.
 """
 
 __all__ = ["train"]
@@ -112,6 +121,76 @@ def _load_data(files, n_simulate, sim_seed, contract, mask_fraction, seed, conso
     return data, sources
 
 
+#: Options fixed by the package under ``--init``: option name -> how to read the package's value.
+_INIT_FIXED = ("channels", "stamp_size", "normalization", "architecture", "widths")
+
+
+def _init_label(init: str, package) -> str:
+    """How messages name the init package (file name only, never a directory)."""
+    return f"init package {Path(init).name!r} (version {package.version!r})"
+
+
+def _init_options(ctx: click.Context, init: str, kfold: int):
+    """Load the ``--init`` package; return it, the option values it implies and its path.
+
+    Options fixed by the package (contract and architecture) that were given on the
+    command line with another value are refused; the learning rate and the class-head
+    weight get fine-tuning defaults when not given.
+    """
+    from ..package import ModelPackageError
+    from ..scoring import default_model_path
+    from ..training.loop import FINE_TUNE_LEARNING_RATE, load_init_package
+
+    if kfold:
+        raise click.UsageError("--kfold is not available with --init; fine-tune without it.")
+    path = default_model_path() if init == "default" else Path(init)
+    if not path.is_file():
+        raise click.BadParameter(f"model package {init!r} does not exist.", param_hint="--init")
+    try:
+        package, _ = load_init_package(path)
+    except ModelPackageError as err:
+        raise click.BadParameter(str(err), param_hint="--init") from None
+    label = _init_label(init, package)
+    spec = package.components["classifier"]
+    hp = spec.hyperparameters
+    contract = package.contract
+    implied = {
+        "channels": "triplet" if len(contract.channels) == len(CHANNEL_ORDER) else "difference",
+        "stamp_size": contract.stamp_size,
+        "normalization": contract.normalization,
+        "architecture": spec.architecture,
+        "widths": ",".join(str(w) for w in hp["widths"]) if "widths" in hp else None,
+    }
+    if tuple(contract.channels) not in (tuple(CHANNEL_ORDER), tuple(DIFFERENCE_ONLY)):
+        raise click.BadParameter(
+            f"{label} reads channels {contract.channels}; rbnet train makes triplet or difference-only "
+            "stamps.",
+            param_hint="--init",
+        )
+    wrong = []
+    for name in _INIT_FIXED:
+        given = ctx.params.get(name)
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT or given is None:
+            continue
+        same = (
+            [int(w) for w in str(given).split(",")] == list(hp.get("widths", []))
+            if name == "widths"
+            else given == implied[name]
+        )
+        if not same:
+            wrong.append(f"--{name.replace('_', '-')} {given} (the package has {implied[name]})")
+    if wrong:
+        raise click.UsageError(
+            f"{label} fixes the stamp size, channels, normalization and architecture of the model it "
+            f"fine-tunes; contradicting options: {', '.join(wrong)}. Leave them out with --init."
+        )
+    implied["lr"] = FINE_TUNE_LEARNING_RATE
+    no_head = not hp.get("n_classes")
+    class_weight_given = ctx.get_parameter_source("class_weight") is not click.core.ParameterSource.DEFAULT
+    implied["class_weight"] = 0.0 if no_head and not class_weight_given else None
+    return package, implied, path
+
+
 class _ProgressPrinter:
     """Turns training events into a rich progress bar and one line per epoch."""
 
@@ -155,6 +234,11 @@ class _ProgressPrinter:
             self.console.print(
                 f"{prefix}epoch {event['epoch']}{mark} loss {event['train_loss']:.4f} val {event['val_loss']:.4f} "
                 f"AUC {event['val_auc']:.5f} lr {event['lr']:.1e} {event['samples_per_second']:.0f}/s"
+            )
+        elif kind == "init":
+            self.console.print(
+                f"{prefix}init package on the validation set: loss {event['val_loss']:.4f} "
+                f"AUC {event['val_auc']:.5f} (the bar an epoch must beat)"
             )
         elif kind == "budget":
             self.epochs = event["epochs"]
@@ -216,7 +300,8 @@ def _gallery(plots, test, probs, snr_min):
 @click.option("--widths", default=None, help="Convolution widths, comma-separated (e.g. 16,32,64).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--lr", type=float, default=None,
+              help="Peak AdamW learning rate [default: 3e-3; 3e-4 with --init].")
 @click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine", show_default=True)
 @click.option("--loss", type=click.Choice(_LOSSES), default="bce", show_default=True)
 @click.option("--class-weight", type=float, default=0.2, show_default=True,
@@ -239,11 +324,16 @@ def _gallery(plots, test, probs, snr_min):
               help="Fit and report the logistic-regression baseline.")
 @click.option("--symmetric-temperature/--no-symmetric-temperature", default=True, show_default=True,
               help="Also calibrate rotation/flip-averaged scores.")
+@click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
+              help="Fine-tune: start from this trained model package ('default': the shipped model). "
+                   "Stamp size, channels, normalization and architecture come from it.")
+@click.option("--freeze-features", is_flag=True, default=False,
+              help="With --init: keep the package's convolutional features fixed and train only the head.")
 @click.pass_context
 def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, stamp_size, normalization,
           architecture, widths, epochs, batch_size, lr, schedule, loss, class_weight, noise_std, mask_fraction, patience,
           val_fraction, test_fraction, kfold, device, threads, max_minutes, plots, seed, baseline,
-          symmetric_temperature):  # fmt: skip
+          symmetric_temperature, init, freeze_features):  # fmt: skip
     """Train a triplet real/bogus model and write its package to OUT."""
     from rich.console import Console
 
@@ -268,12 +358,28 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
     from ..training.loop import TrainConfig, model_logits, train_triplet_model
     from ..training.report import class_table, evaluate_scores, metrics_table
 
+    init_package = None
+    if init is not None:
+        init_package, init_defaults, init_path = _init_options(ctx, init, kfold)
+        channels, stamp_size = init_defaults["channels"], init_defaults["stamp_size"]
+        normalization = init_defaults["normalization"]
+        architecture, widths = init_defaults["architecture"], init_defaults["widths"]
+        if lr is None:
+            lr = init_defaults["lr"]
+        if init_defaults["class_weight"] is not None:
+            class_weight = init_defaults["class_weight"]
+    elif freeze_features:
+        raise click.UsageError("--freeze-features needs --init (the package whose features to keep).")
+    if lr is None:
+        lr = 3e-3
     try:
         contract = InputContract(
             stamp_size=stamp_size,
             channels=CHANNEL_ORDER if channels == "triplet" else DIFFERENCE_ONLY,
             normalization=normalization,
         )
+        if init_package is not None:
+            contract = init_package.contract  # with its softening and fill value
         hyper = {}
         if widths:
             hyper["widths"] = [int(w) for w in widths.split(",")]
@@ -297,7 +403,12 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
             max_seconds=None if max_minutes is None else 60 * max_minutes,
             version=model_version,
             symmetric_temperature=symmetric_temperature,
+            freeze_features=freeze_features,
         )
+        if init_package is not None:
+            from ..training.loop import check_init_compatible
+
+            check_init_compatible(init_package, config, _init_label(init, init_package))
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     if threads is not None:
@@ -336,7 +447,10 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
     console.rule("training")
     provenance = {"command": command, "data": sources, "seed": seed}
     try:
-        result = train_triplet_model(data, config=config, progress=_ProgressPrinter(console), provenance=provenance)
+        result = train_triplet_model(
+            data, config=config, progress=_ProgressPrinter(console), provenance=provenance,
+            init=None if init_package is None else init_path,  # the file, so provenance can name it
+        )  # fmt: skip
     except (ValueError, FloatingPointError) as err:
         raise click.ClickException(str(err)) from None
     package = result.package
@@ -354,6 +468,16 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
         columns["CNN"] = evaluate_scores(
             p_cnn, eval_set.labels, classes=eval_set.classes, snr=eval_set.snr, thresholds=thresholds
         )
+        if init_package is not None:
+            # The starting point on the same test split: what fine-tuning bought.
+            p_init = apply_temperature(
+                model_logits(init_package.build("classifier"), eval_set.x, batch_size=config.eval_batch_size),
+                init_package.temperature,
+            )
+            columns["init package"] = evaluate_scores(
+                p_init, eval_set.labels, classes=eval_set.classes, snr=eval_set.snr,
+                thresholds={t["name"]: t["threshold"] for t in init_package.thresholds},
+            )  # fmt: skip
     if baseline:
         console.print("fitting the logistic-regression baseline")
         base = LogisticBaseline(seed=seed).fit(data.x, data.labels)
