@@ -262,3 +262,97 @@ def test_case9_huge_networks_refused_before_building(package, monkeypatch, hp, m
     with pytest.raises(ValueError, match=match):
         build("triplet_cnn", **{**HP, **hp})
     assert calls == []
+
+
+# ---------------------------------------------------------------------------
+# Command line helpers
+# ---------------------------------------------------------------------------
+
+
+def run_cli(*args, input=None):
+    from click.testing import CliRunner
+    from lsst.meas.rbnet.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def _write_stamps(path, stamps, labels, **extra):
+    np.savez(path, stamps=stamps, label=labels, **extra)
+    return path
+
+
+def _good_stamps(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 1, (n, 3, 31, 31)).astype(np.float32), (np.arange(n) % 2).astype(np.int64)
+
+
+def test_case10_all_nan_stamps_refused(tmp_path):
+    """Case 10: training on all-NaN stamps is refused, naming the file (no model written)."""
+    st, lab = _good_stamps()
+    st[:] = np.nan
+    data = _write_stamps(tmp_path / "nan.npz", st, lab)
+    out = tmp_path / "m.safetensors"
+    res = run_cli("train", "--data", data, "--out", out, "--epochs", 1)
+    assert res.exit_code != 0 and "nan.npz" in res.output and "finite pixel" in res.output
+    assert not out.exists()
+
+
+def test_case10_complex_stamps_refused(tmp_path):
+    """Case 10: complex stamps are refused (their imaginary part would be dropped)."""
+    st, lab = _good_stamps()
+    data = _write_stamps(tmp_path / "cplx.npz", st.astype(np.complex64) * (1 + 1j), lab)
+    res = run_cli("train", "--data", data, "--out", tmp_path / "m.safetensors")
+    assert res.exit_code != 0 and "cplx.npz" in res.output and "imaginary" in res.output
+
+
+def test_case10_bad_labels_refused(tmp_path):
+    st, lab = _good_stamps()
+    lab = lab.astype(float)
+    lab[3] = np.nan
+    res = run_cli("train", "--data", _write_stamps(tmp_path / "l.npz", st, lab), "--out", tmp_path / "m.st")
+    assert res.exit_code != 0 and "l.npz" in res.output and "labels must be 0" in res.output
+
+
+@pytest.mark.parametrize("option", ["--class-weight", "--lr", "--noise-std", "--val-fraction", "--max-minutes"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_case10_non_finite_options_refused(tmp_path, option, value):
+    """Case 10: --class-weight nan (and other non-finite numbers) are refused before any work."""
+    st, lab = _good_stamps()
+    data = _write_stamps(tmp_path / "ok.npz", st, lab)
+    res = run_cli("train", "--data", data, "--out", tmp_path / "m.safetensors", option, value)
+    assert res.exit_code != 0
+    assert option in res.output and "finite" in res.output
+    assert "read 60 stamps" not in res.output
+
+
+def test_case10_trainconfig_refuses_nan():
+    from lsst.meas.rbnet.training.loop import TrainConfig
+
+    for field in ("class_loss_weight", "learning_rate", "noise_std", "weight_decay", "max_seconds"):
+        with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+            TrainConfig(**{field: float("nan")})
+
+
+# ---------------------------------------------------------------------------
+# Clear errors
+# ---------------------------------------------------------------------------
+
+
+def test_case15_unreadable_npz_named(tmp_path):
+    """Case 15: a text file named .npz and a truncated .npz give a message naming the file."""
+    text = tmp_path / "text.npz"
+    text.write_text("this is not an npz file\n" * 10)
+    res = run_cli("train", "--data", text, "--out", tmp_path / "m.safetensors")
+    assert res.exit_code != 0 and "text.npz" in res.output and "not an .npz file" in res.output
+    assert "allow_pickle" not in res.output
+    st, lab = _good_stamps()
+    good = _write_stamps(tmp_path / "good.npz", st, lab)
+    np.savez_compressed(tmp_path / "c.npz", stamps=st, label=lab)
+    for src in (good, tmp_path / "c.npz"):
+        data = src.read_bytes()
+        for cut in (len(data) // 2, len(data) - 30):
+            trunc = tmp_path / f"trunc_{cut}.npz"
+            trunc.write_bytes(data[:cut])
+            res = run_cli("train", "--data", trunc, "--out", tmp_path / "m.safetensors")
+            assert res.exit_code != 0 and trunc.name in res.output, res.output
+            assert "Traceback" not in res.output

@@ -30,6 +30,7 @@ import click
 
 from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, DIFFERENCE_ONLY
 from ..contract import NORMALIZATIONS
+from ._options import FINITE_FLOAT
 
 #: Losses offered on the command line (kept in sync with `training.losses.LOSSES`, checked in the tests).
 _LOSSES = ("bce", "focal", "tversky", "bce+tversky")
@@ -300,24 +301,24 @@ def _gallery(plots, test, probs, snr_min):
 @click.option("--widths", default=None, help="Convolution widths, comma-separated (e.g. 16,32,64).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--lr", type=float, default=None,
+@click.option("--lr", type=FINITE_FLOAT, default=None,
               help="Peak AdamW learning rate [default: 3e-3; 3e-4 with --init].")
 @click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine", show_default=True)
 @click.option("--loss", type=click.Choice(_LOSSES), default="bce", show_default=True)
-@click.option("--class-weight", type=float, default=0.2, show_default=True,
+@click.option("--class-weight", type=FINITE_FLOAT, default=0.2, show_default=True,
               help="Weight of the artifact-class head loss (0: no class head).")
-@click.option("--noise-std", type=float, default=0.0, show_default=True, help="Augmentation: added noise.")
+@click.option("--noise-std", type=FINITE_FLOAT, default=0.0, show_default=True, help="Augmentation: added noise.")
 @click.option("--mask-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Fraction of stamps whose bad-mask pixels are blanked as the pipeline does (needs masks).")
 @click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True, help="Early stopping.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
-@click.option("--test-fraction", type=float, default=0.1, show_default=True,
+@click.option("--val-fraction", type=FINITE_FLOAT, default=0.1, show_default=True)
+@click.option("--test-fraction", type=FINITE_FLOAT, default=0.1, show_default=True,
               help="Held out from training and calibration for the final CNN-vs-baseline table (0: none).")
 @click.option("--kfold", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also run K-fold cross-validation and report mean +/- std (K >= 2).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
-@click.option("--max-minutes", type=float, default=None, help="Time budget of the training epochs.")
+@click.option("--max-minutes", type=FINITE_FLOAT, default=None, help="Time budget of the training epochs.")
 @click.option("--plots", type=click.Path(file_okay=False), default=None, help="Directory for PNG plots.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of splits, weights and augmentation.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,

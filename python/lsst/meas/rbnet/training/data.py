@@ -32,6 +32,8 @@ __all__ = [
 import dataclasses
 import functools
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -237,27 +239,84 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Raises
     ------
     ValueError
-        If the file lacks stamps or labels, or the lengths differ.
+        Naming the file and the problem: not a readable ``.npz`` (a text file, a
+        truncated or corrupt archive, pickled objects), no stamps or labels,
+        lengths that differ, stamps that are not real numbers (e.g. complex) or not
+        (N, C, H, W), labels other than 0 and 1, or no usable stamp of a class
+        (every pixel of every channel NaN or infinite): data that cannot train a model.
     """
-    with np.load(path, allow_pickle=False) as f:
-        keys = set(f.files)
-        out: dict[str, np.ndarray | None] = {}
-        for name, candidates in _NPZ_KEYS.items():
-            found = next((k for k in candidates if k in keys), None)
-            out[name] = None if found is None else f[found]
+    name_ = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("it holds a single array, not named arrays (stamps, label, ...)")
+            keys = set(f.files)
+            out: dict[str, np.ndarray | None] = {}
+            for name, candidates in _NPZ_KEYS.items():
+                found = next((k for k in candidates if k in keys), None)
+                out[name] = None if found is None else f[found]
+    except FileNotFoundError:
+        raise
+    except ValueError as err:
+        if "pickle" in str(err):
+            # numpy's own advice (load it "unsafely") is not what a user should do with a data file.
+            raise ValueError(
+                f"{name_}: not an .npz file of arrays (numpy found neither a zip archive nor an array, or "
+                "an array of Python objects, which is never read)."
+            ) from None
+        raise ValueError(f"{name_}: cannot read it as an .npz file of stamps: {err}.") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as err:
+        raise ValueError(
+            f"{name_}: corrupt or truncated .npz file ({type(err).__name__}: {err})."
+        ) from None
     for required in ("stamps", "labels"):
         if out[required] is None:
             raise ValueError(
-                f"{os.fspath(path)}: no {required} array (looked for keys {_NPZ_KEYS[required]}; "
+                f"{name_}: no {required} array (looked for keys {_NPZ_KEYS[required]}; "
                 f"the file has {sorted(keys)})."
             )
-    n = len(out["stamps"])
+    stamps, labels = out["stamps"], out["labels"]
+    if not (np.issubdtype(stamps.dtype, np.floating) or np.issubdtype(stamps.dtype, np.integer)):
+        raise ValueError(
+            f"{name_}: stamps must be real numbers (float or integer), got dtype {stamps.dtype}"
+            + (" (the imaginary part would be lost)." if np.issubdtype(stamps.dtype, np.complexfloating) else ".")
+        )
+    if stamps.ndim not in (3, 4):
+        raise ValueError(f"{name_}: stamps must be (N, C, H, W) or (N, H, W), got shape {stamps.shape}.")
+    n = len(stamps)
     for name in ("labels", "classes", "snr", "masks"):
         if out[name] is not None and len(out[name]) != n:
-            raise ValueError(f"{os.fspath(path)}: {name} has {len(out[name])} rows but there are {n} stamps.")
+            raise ValueError(f"{name_}: {name} has {len(out[name])} rows but there are {n} stamps.")
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+        raise ValueError(f"{name_}: labels must be a 1-d numeric array, got {labels.dtype} {labels.shape}.")
+    with np.errstate(invalid="ignore"):
+        bad_labels = ~np.isin(labels, (0, 1))
+    if bad_labels.any():
+        raise ValueError(
+            f"{name_}: labels must be 0 (bogus) or 1 (real); {int(bad_labels.sum())} are not "
+            f"(e.g. {labels[np.flatnonzero(bad_labels)[0]]!r})."
+        )
+    _check_usable(stamps, labels, name_)
     if out["classes"] is not None:
         out["classes"] = out["classes"].astype(str)
     return out
+
+
+def _check_usable(stamps: np.ndarray, labels: np.ndarray, name: str) -> None:
+    """Refuse stamps that cannot train a model: a class whose every stamp has no finite pixel."""
+    n = len(stamps)
+    usable = np.zeros(n, dtype=bool)
+    # In chunks, so a large file is not copied whole into a boolean array at once.
+    for a in range(0, n, 4096):
+        chunk = stamps[a : a + 4096]
+        usable[a : a + 4096] = np.isfinite(chunk.reshape(len(chunk), -1)).any(axis=1)
+    for value, what in ((1, "real"), (0, "bogus")):
+        sel = labels == value
+        if sel.any() and not usable[sel].any():
+            raise ValueError(
+                f"{name}: none of the {int(sel.sum())} {what} stamps has a finite pixel (all NaN or "
+                "infinite): they cannot train a model."
+            )
 
 
 def class_targets(classes, labels) -> np.ndarray:

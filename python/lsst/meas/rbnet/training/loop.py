@@ -221,6 +221,21 @@ class TrainConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}.")
         get_loss(self.loss, **dict(self.loss_params))  # checks the parameters now, not after an hour
+        for name in (
+            "learning_rate", "weight_decay", "warmup_fraction", "class_loss_weight", "min_delta",
+            "validation_fraction", "noise_std", "flux_jitter", "mask_fraction", "max_seconds",
+            "threshold_snr_min",
+        ):  # fmt: skip
+            v = getattr(self, name)
+            if v is None and name in ("max_seconds", "threshold_snr_min"):
+                continue
+            # NaN passes every comparison below (nan < 0 is False), so finiteness is checked first.
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {v!r}.")
+        if self.noise_std < 0 or self.flux_jitter < 0:
+            raise ValueError("TrainConfig: noise_std and flux_jitter must be >= 0.")
+        if self.max_seconds is not None and self.max_seconds < 0:
+            raise ValueError(f"TrainConfig.max_seconds must be >= 0, got {self.max_seconds}.")
         if not self.learning_rate > 0 or self.weight_decay < 0 or self.class_loss_weight < 0:
             raise ValueError(
                 "TrainConfig: learning_rate must be > 0, weight_decay and class_loss_weight >= 0."
