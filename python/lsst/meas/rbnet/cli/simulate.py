@@ -6,6 +6,7 @@ __all__ = ["simulate", "gallery"]
 import time
 
 import click
+import numpy as np
 
 
 def _parse_range(ctx, param, value):
@@ -70,20 +71,51 @@ def simulate():
 @click.option(
     "--variance/--no-variance", default=False, show_default=True, help="Also write variance planes."
 )
+@click.option(
+    "--survey",
+    type=click.Choice(["rubin", "ztf", "decam"], case_sensitive=False),
+    default=None,
+    help="Simulate with a survey preset (seeing, pixel scale, noise, sky, template depth, units, "
+    "edges, missing pixels, sign of negative detections); replaces --fwhm-range and --edge-fraction. "
+    "--size may then be the preset's alert cutout size (rubin 30, ztf 63, decam 63), even sizes too.",
+)
+@click.pass_context
 def stamps(
-    out, n, seed, size, real_fraction, fwhm_range, snr_range, edge_fraction, no_template_fraction, variance
+    ctx,
+    out,
+    n,
+    seed,
+    size,
+    real_fraction,
+    fwhm_range,
+    snr_range,
+    edge_fraction,
+    no_template_fraction,
+    variance,
+    survey,
 ):
     """Write N labelled triplet stamps to OUT (.npz, readable with np.load(allow_pickle=False)).
 
-    Keys: stamps (N, 3, S, S) float32 nJy in channel order difference, science,
-    template (NaN = no data); masks (N, 3, S, S) int32; id, label, source_class,
-    snr, flux, fwhm_science, fwhm_template and the other truth columns.
+    Keys: stamps (N, 3, S, S) float32 in channel order difference, science,
+    template (NaN = no data), in nJy or, with --survey, the preset's units;
+    masks (N, 3, S, S) int32; id, label, source_class, snr, flux,
+    fwhm_science, fwhm_template and the other truth columns. With --survey
+    an even --size (Rubin's 30x30 alert cutouts) is simulated one pixel
+    larger and cropped to [:S, :S], so the source stays at pixel (S // 2, S // 2).
     """
     from ..sim.io import write_stamps
     from ..sim.stamps import simulate_stamps
 
-    if size % 2 != 1:
-        raise click.BadParameter(f"--size must be odd, got {size}.")
+    if survey is None and size % 2 != 1:
+        raise click.BadParameter(f"--size must be odd (even sizes only with --survey), got {size}.")
+    if survey is not None:
+        for name in ("fwhm_range", "edge_fraction"):
+            if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+                option = "--" + name.replace("_", "-")
+                raise click.BadParameter(
+                    f"{option} cannot be combined with --survey {survey}: the preset sets it.",
+                    param_hint=option,
+                )
     start = time.perf_counter()
 
     def progress(done, total):
@@ -92,7 +124,7 @@ def stamps(
 
     result = simulate_stamps(
         n,
-        size,
+        size + 1 - size % 2,
         seed,
         real_fraction=real_fraction,
         fwhm_range=fwhm_range,
@@ -101,11 +133,21 @@ def stamps(
         no_template_fraction=no_template_fraction,
         with_variance=variance,
         progress=progress,
+        survey=survey,
     )
+    if size % 2 == 0:
+        # Cropping [:S, :S] keeps the centre pixel at S // 2, as in Rubin's even alert cutouts.
+        result.stamps = np.ascontiguousarray(result.stamps[:, :, :size, :size])
+        if result.masks is not None:
+            result.masks = np.ascontiguousarray(result.masks[:, :, :size, :size])
+        if result.variances is not None:
+            result.variances = np.ascontiguousarray(result.variances[:, :, :size, :size])
+        result.table.meta["stamp_size"] = size
     write_stamps(result, out)
     n_real = int((result.table["label"] == 1).sum())
+    preset = f", survey {survey} ({result.table.meta['units']})" if survey is not None else ""
     click.echo(
-        f"Wrote {n} stamps ({n_real} real, {n - n_real} bogus) of {size}x{size} px to {out} "
+        f"Wrote {n} stamps ({n_real} real, {n - n_real} bogus) of {size}x{size} px{preset} to {out} "
         f"in {time.perf_counter() - start:.1f} s."
     )
 
