@@ -112,7 +112,7 @@ def test_register_model_chain_order_and_errors(repo, package, tmp_path):
     assert butler.get(MODEL_DATASET_TYPE, collections="pretrained_models").version == "b2"
     with pytest.raises(RuntimeError, match="already exists"):
         register_model(butler, str(path), name="second")
-    with pytest.raises(ValueError, match="without '/'"):
+    with pytest.raises(ValueError, match="no '/'"):
         register_model(butler, str(path), name="a/b")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")

@@ -356,3 +356,153 @@ def test_case15_unreadable_npz_named(tmp_path):
             res = run_cli("train", "--data", trunc, "--out", tmp_path / "m.safetensors")
             assert res.exit_code != 0 and trunc.name in res.output, res.output
             assert "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------------------
+# Butler commands: names, kinds, failures, races (cases 3, 4, 11, 19)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def butler_repo(tmp_path_factory):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from rbnet_task_helpers import tiny_visit
+
+    from lsst.meas.rbnet.butler.repo import VisitWriter, create_repo
+
+    root = tmp_path_factory.mktemp("hard_repo") / "repo"
+    butler = create_repo(str(root))
+    VisitWriter(butler, run="sim/raw").write(tiny_visit(visit=1, detector=0, shape=(48, 48), n_sources=3))
+    return root
+
+
+def _collections(root):
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(root))
+    return sorted(b.registry.queryCollections())
+
+
+def _labels_csv(tmp_path, name="labels.csv"):
+    path = tmp_path / name
+    path.write_text("id,label\n1,1\n2,0\n")
+    return path
+
+
+@pytest.mark.parametrize("run", ["../../../x", "/abs", "a//b", "a,b", "a b", "..", "x/../y", ".hidden", ""])
+def test_case3_run_names_validated(butler_repo, tmp_path, run):
+    """Case 3: RUN names that escape the repository or break later are refused, saying what is allowed."""
+    before = _collections(butler_repo)
+    res = run_cli("ingest-labels", butler_repo, _labels_csv(tmp_path), "--run", run)
+    assert res.exit_code != 0 and "letters, digits" in res.output
+    assert _collections(butler_repo) == before
+    assert not (butler_repo.parent.parent / "x").exists() and not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.parametrize("name", ["a,b", "..", "a/b", " a", "", "-x"])
+def test_case3_model_names_validated(butler_repo, name):
+    before = _collections(butler_repo)
+    res = run_cli("register-model", butler_repo, "--name", name)
+    assert res.exit_code != 0 and "letters, digits" in res.output
+    assert _collections(butler_repo) == before
+
+
+def test_case3_good_names_accepted(butler_repo, tmp_path):
+    res = run_cli("ingest-labels", butler_repo, _labels_csv(tmp_path), "--run", "labels/2024-06_v1.2")
+    assert res.exit_code == 0, res.output
+
+
+def test_case4_failed_ingest_leaves_no_run(butler_repo, tmp_path):
+    """Case 4: a failed ingest-labels leaves no empty RUN behind; the retry with the same name works."""
+    before = _collections(butler_repo)
+    res = run_cli("ingest-labels", butler_repo, _labels_csv(tmp_path), "--run", "labels/retry", "--instrument", "NoSuch")
+    assert res.exit_code != 0 and "NoSuch" in res.output
+    assert _collections(butler_repo) == before
+    res = run_cli("ingest-labels", butler_repo, _labels_csv(tmp_path), "--run", "labels/retry")
+    assert res.exit_code == 0, res.output
+
+
+def test_case4_failed_register_leaves_no_run(butler_repo, monkeypatch):
+    """Case 4: register-model failing after the run was made removes it again."""
+    from lsst.daf.butler import Butler
+    from lsst.meas.rbnet.butler import repo as repo_module
+
+    before = _collections(butler_repo)
+
+    def failing_put(self, *args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(Butler, "put", failing_put, raising=False)
+    for cls in type(Butler.from_config(str(butler_repo))).__mro__:
+        if "put" in vars(cls):
+            monkeypatch.setattr(cls, "put", failing_put)
+    with pytest.raises(OSError, match="disk full"):
+        repo_module.register_model(str(butler_repo), make_package(version="f1"), name="failing")
+    assert _collections(butler_repo) == before
+    monkeypatch.undo()
+    repo_module.register_model(str(butler_repo), make_package(version="f1"), name="failing")
+    assert "pretrained_models/failing" in _collections(butler_repo)
+
+
+def _sequence_package(tmp_path):
+    from lsst.meas.rbnet.nn import registry
+
+    torch.manual_seed(0)
+    hp_vae = dict(in_channels=1, frame_size=20, latent_dim=4, hidden_channels=[4, 8])
+    hp_cls = dict(input_dim=4, hidden_size=8, head_hidden=8, dropout=0.0)
+    pkg = ModelPackage.from_modules(
+        "sequence",
+        {
+            "encoder": ("vae", hp_vae, registry.build("vae", **hp_vae).eval()),
+            "classifier": ("seq_gru", hp_cls, registry.build("seq_gru", **hp_cls).eval()),
+        },
+        contract=InputContract(stamp_size=21, channels=("science",)),
+        version="seq1",
+        extra={"frame_size": 20, "frame_channels": ["science"], "latent_columns": [0, 4]},
+    )
+    path = tmp_path / "seq.safetensors"
+    pkg.save(path)
+    return path
+
+
+def test_case11_sequence_package_kept_apart(butler_repo, tmp_path):
+    """Case 11: a sequence package is refused as pretrainedModelPackage and goes to its own type by default."""
+    from lsst.daf.butler import Butler
+
+    path = _sequence_package(tmp_path)
+    before = _collections(butler_repo)
+    res = run_cli("register-model", butler_repo, path, "--name", "seq-wrong", "--dataset-type", "pretrainedModelPackage")
+    assert res.exit_code != 0 and "sequence model" in res.output and "pretrainedSequenceModelPackage" in res.output
+    assert _collections(butler_repo) == before
+    res = run_cli("register-model", butler_repo, path, "--name", "seq-ok")
+    assert res.exit_code == 0 and "pretrainedSequenceModelPackage" in res.output, res.output
+    b = Butler.from_config(str(butler_repo))
+    assert not list(b.registry.queryDatasets("pretrainedModelPackage", collections="pretrained_models/seq-ok"))
+    # And a triplet package is refused as a sequence model.
+    triplet = tmp_path / "t.safetensors"
+    make_package(version="t9").save(triplet)
+    res = run_cli("register-model", butler_repo, triplet, "--name", "t-wrong", "--dataset-type", "pretrainedSequenceModelPackage")
+    assert res.exit_code != 0 and "triplet model" in res.output
+
+
+def test_case19_concurrent_registration_is_explained(butler_repo, tmp_path, monkeypatch):
+    """Case 19: a second process registering the same name at once gets a message, not a traceback."""
+    from lsst.meas.rbnet.butler import repo as repo_module
+
+    pkg = tmp_path / "p.safetensors"
+    make_package(version="c1").save(pkg)
+    assert run_cli("register-model", butler_repo, pkg, "--name", "race").exit_code == 0
+    before = _collections(butler_repo)
+    # The other process made the run between our check and our registration.
+    monkeypatch.setattr(repo_module, "_collection_exists", lambda butler, name: False)
+    res = run_cli("register-model", butler_repo, pkg, "--name", "race")
+    assert res.exit_code != 0 and "already exists" in res.output and "another process" in res.output
+    assert "Traceback" not in res.output and "ConflictingDefinitionError" not in res.output
+    assert _collections(butler_repo) == before
+    from lsst.daf.butler import Butler
+
+    b = Butler.from_config(str(butler_repo))
+    assert len(list(b.registry.queryDatasets("pretrainedModelPackage", collections="pretrained_models/race"))) == 1

@@ -47,9 +47,15 @@ __all__ = [
     "ingest_labels",
     "register_model",
     "model_run",
+    "validate_run_name",
+    "validate_model_name",
+    "SEQUENCE_MODEL_DATASET_TYPE",
+    "MODEL_DATASET_TYPES",
 ]
 
+import contextlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -69,8 +75,25 @@ DEFAULT_INSTRUMENT = "RBSim"
 #: Name of the model package dataset type (dimensionless, like meas_transiNet's).
 MODEL_DATASET_TYPE = "pretrainedModelPackage"
 
+#: Name of the sequence model package dataset type (the sequence task's connection).
+SEQUENCE_MODEL_DATASET_TYPE = "pretrainedSequenceModelPackage"
+
+#: The package kind each model dataset type holds: a task reading one kind cannot use the other.
+MODEL_DATASET_TYPES: dict[str, str] = {
+    MODEL_DATASET_TYPE: "triplet",
+    SEQUENCE_MODEL_DATASET_TYPE: "sequence",
+}
+
 #: CHAINED collection that holds every registered model run, newest first.
 PRETRAINED_MODELS_CHAIN = "pretrained_models"
+
+#: One component of a collection name: letters, digits and ``_ . + -``, not starting with
+#: ``. + -`` (so never ``..``), at most 100 characters.
+_NAME_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
+_NAME_RULE = (
+    "letters, digits and the characters _ . + - (each part 1 to 100 characters, not starting with "
+    ". + or -, no '..'; no spaces, commas or other characters)"
+)
 
 #: Labels table dataset type (dimensions: instrument).
 LABELS_DATASET_TYPE = "rbnet_labels"
@@ -533,6 +556,7 @@ def ingest_labels(
     ref : `lsst.daf.butler.DatasetRef`
         The dataset written.
     """
+    validate_run_name(run)
     butler = repo if isinstance(repo, Butler) else Butler.from_config(repo, writeable=True)
     source = repr(labels) if isinstance(labels, str) else "table"
     table = read_labels_file(labels) if isinstance(labels, str) else labels
@@ -542,11 +566,66 @@ def ingest_labels(
         if len(names) != 1:
             raise ValueError(f"The repository has instruments {names}; say which one the labels belong to.")
         instrument = names[0]
+    elif not list(butler.registry.queryDimensionRecords("instrument", dataId={"instrument": instrument})):
+        names = [r.name for r in butler.registry.queryDimensionRecords("instrument")]
+        raise ValueError(f"Instrument {instrument!r} is not in the repository; it has {names}.")
     butler.registry.registerDatasetType(
         DatasetType(dataset_type, ["instrument"], "ArrowAstropy", universe=butler.dimensions)
     )
-    butler.registry.registerCollection(run, CollectionType.RUN)
-    return butler.put(table, dataset_type, {"instrument": instrument}, run=run)
+    if _collection_exists(butler, run):
+        raise RuntimeError(f"Collection {run!r} already exists; choose another --run (labels are never overwritten).")
+    with _new_run(butler, run):
+        return butler.put(table, dataset_type, {"instrument": instrument}, run=run)
+
+
+def validate_run_name(run: Any, what: str = "RUN collection") -> str:
+    """Check a RUN collection name: parts separated by ``/``, each as `validate_model_name`.
+
+    Run names become folders of a file datastore, so ``..``, absolute names, empty parts
+    and characters that other tools split on (``,``, spaces) are refused.
+
+    Raises
+    ------
+    ValueError
+        Naming the value and the allowed characters.
+    """
+    if not isinstance(run, str):
+        raise ValueError(f"{what} name must be a string, got {run!r}.")
+    parts = run.split("/")
+    if any(not _NAME_COMPONENT.fullmatch(p) or ".." in p for p in parts) or len(run) > 400:
+        raise ValueError(
+            f"{what} name {run!r} is not allowed: use parts separated by '/' made of {_NAME_RULE}."
+        )
+    return run
+
+
+def validate_model_name(name: Any) -> str:
+    """Check a model name (one collection name part, no ``/``); see `validate_run_name`."""
+    if not isinstance(name, str) or not _NAME_COMPONENT.fullmatch(name) or ".." in name:
+        raise ValueError(f"Model name {name!r} is not allowed: use {_NAME_RULE}; no '/'.")
+    return name
+
+
+@contextlib.contextmanager
+def _new_run(butler: Butler, run: str):
+    """Register RUN ``run`` for the block; remove it again (with anything written) if the block fails.
+
+    A failure then leaves the registry as it was, and the name is not burnt. A run that
+    exists already (made by another process since it was checked) is refused, never reused.
+    """
+    from lsst.daf.butler import MissingCollectionError
+
+    if not butler.registry.registerCollection(run, CollectionType.RUN):
+        raise RuntimeError(
+            f"Collection {run!r} already exists (another process may have just made it); "
+            "nothing was written. Choose another name."
+        )
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(MissingCollectionError):
+            butler.removeRuns([run], unlink_from_chains=True)
+        raise
 
 
 def _collection_exists(butler: Butler, name: str) -> bool:
@@ -560,10 +639,8 @@ def _collection_exists(butler: Butler, name: str) -> bool:
 
 
 def model_run(name: str) -> str:
-    """RUN collection of a registered model: ``pretrained_models/<name>``."""
-    if not name or "/" in name or name != name.strip():
-        raise ValueError(f"Model name {name!r} must be a non-empty name without '/' or surrounding spaces.")
-    return f"{PRETRAINED_MODELS_CHAIN}/{name}"
+    """RUN collection of a registered model: ``pretrained_models/<name>`` (name checked)."""
+    return f"{PRETRAINED_MODELS_CHAIN}/{validate_model_name(name)}"
 
 
 def register_model(
@@ -571,7 +648,7 @@ def register_model(
     package: Any = None,
     *,
     name: str = "default",
-    dataset_type: str = MODEL_DATASET_TYPE,
+    dataset_type: str | None = None,
     chain: str = PRETRAINED_MODELS_CHAIN,
 ) -> Any:
     """Put a model package into ``pretrained_models/<name>`` and put that run first in the chain.
@@ -586,7 +663,11 @@ def register_model(
     name : `str`, optional
         Model name; the run is ``pretrained_models/<name>``, which must not exist yet.
     dataset_type : `str`, optional
-        Dataset type name (the reliability task's ``connections.pretrainedModel``).
+        Dataset type name: by default the one of the package's kind,
+        `MODEL_DATASET_TYPE` for a triplet package (the reliability task's
+        ``connections.pretrainedModel``) and `SEQUENCE_MODEL_DATASET_TYPE` for a
+        sequence package. One of those names with a package of the other kind is
+        refused (a task would fail on it later with a misleading message).
     chain : `str`, optional
         CHAINED collection that lists the model runs, newest first; pipelines find a
         model with ``-i pretrained_models`` (or ``-i pretrained_models/<name>`` for one).
@@ -601,7 +682,14 @@ def register_model(
     lsst.meas.rbnet.package.ModelPackageError
         If the file is not a valid model package.
     RuntimeError
-        If the repository does not know the model storage class, or the run exists.
+        If the repository does not know the model storage class, or the run exists
+        (also when another process registers the same name at the same time).
+    ValueError
+        If the name is not allowed or the package is of the wrong kind for the dataset type.
+
+    Notes
+    -----
+    A failure leaves the registry as it was: the run is removed again.
     """
     from ..package import ModelPackage
 
@@ -611,9 +699,20 @@ def register_model(
         from ..scoring import default_model_path
 
         package = default_model_path()
+    run = model_run(name)
+    validate_run_name(chain, "chain")
     if not isinstance(package, ModelPackage):
         package = ModelPackage.load(str(package))
-    run = model_run(name)
+    kind_types = {kind: t for t, kind in MODEL_DATASET_TYPES.items()}
+    if dataset_type is None:
+        dataset_type = kind_types[package.kind]
+    expected = MODEL_DATASET_TYPES.get(dataset_type)
+    if expected is not None and expected != package.kind:
+        raise ValueError(
+            f"Package {package.version!r} is a {package.kind} model; dataset type {dataset_type!r} holds "
+            f"{expected} models (the tasks reading it could not use it). Register it as "
+            f"{kind_types[package.kind]!r} (the default for its kind)."
+        )
     if _collection_exists(butler, run):
         raise RuntimeError(
             f"Collection {run!r} already exists; choose another --name (models are never overwritten)."
@@ -621,9 +720,17 @@ def register_model(
     butler.registry.registerDatasetType(
         DatasetType(dataset_type, [], MODEL_STORAGE_CLASS, universe=butler.dimensions)
     )
-    butler.registry.registerCollection(run, CollectionType.RUN)
-    ref = butler.put(package, dataset_type, {}, run=run)
-    butler.registry.registerCollection(chain, CollectionType.CHAINED)
-    children = [c for c in butler.registry.getCollectionChain(chain) if c != run]
-    butler.registry.setCollectionChain(chain, [run] + children)
+    from lsst.daf.butler.registry import ConflictingDefinitionError
+
+    with _new_run(butler, run):
+        try:
+            ref = butler.put(package, dataset_type, {}, run=run)
+        except ConflictingDefinitionError:
+            raise RuntimeError(
+                f"A model is already in {run!r} (another process registered the same name at the same "
+                "time); this one was not written. Choose another name."
+            ) from None
+        butler.registry.registerCollection(chain, CollectionType.CHAINED)
+        children = [c for c in butler.registry.getCollectionChain(chain) if c != run]
+        butler.registry.setCollectionChain(chain, [run] + children)
     return ref

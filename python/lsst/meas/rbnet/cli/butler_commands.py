@@ -10,20 +10,25 @@ import click
 @click.argument("repo")
 @click.argument("package", required=False)
 @click.option(
-    "--name", default="default", show_default=True, help="Model name: the run is pretrained_models/NAME."
+    "--name",
+    default="default",
+    show_default=True,
+    help="Model name: the run is pretrained_models/NAME. Letters, digits and _ . + - only.",
 )
 @click.option(
     "--dataset-type",
-    default="pretrainedModelPackage",
-    show_default=True,
-    help="Dataset type name (the reliability task's connections.pretrainedModel).",
+    default=None,
+    help="Dataset type name [default: pretrainedModelPackage for a triplet package (the reliability "
+    "task's connections.pretrainedModel), pretrainedSequenceModelPackage for a sequence package].",
 )
 def register_model(repo, package, name, dataset_type):
     """Put model PACKAGE (the shipped default model if omitted) into REPO.
 
     The package goes into the RUN collection pretrained_models/NAME, which is put first
     in the CHAINED collection pretrained_models; pipelines then find it with
-    '-i pretrained_models' (the newest model) or '-i pretrained_models/NAME'.
+    '-i pretrained_models' (the newest model) or '-i pretrained_models/NAME'. A package
+    of the wrong kind for the dataset type is refused; a failure leaves the repository
+    as it was.
     """
     from ..butler.repo import register_model as _register
     from ..package import ModelPackageError
@@ -38,7 +43,11 @@ def register_model(repo, package, name, dataset_type):
 @click.command("ingest-labels")
 @click.argument("repo")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--run", required=True, help="RUN collection for the labels, e.g. labels/2024-06.")
+@click.option(
+    "--run",
+    required=True,
+    help="New RUN collection for the labels, e.g. labels/2024-06 (parts of letters, digits, _ . + -).",
+)
 @click.option("--instrument", default=None, help="Instrument of the labels (default: the repo's only one).")
 @click.option("--dataset-type", default="rbnet_labels", show_default=True, help="Dataset type name.")
 def ingest_labels(repo, file, run, instrument, dataset_type):
@@ -51,7 +60,7 @@ def ingest_labels(repo, file, run, instrument, dataset_type):
 
     try:
         ref = _ingest(repo, file, run=run, instrument=instrument, dataset_type=dataset_type)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"Ingested {file} as {ref.datasetType.name} {ref.dataId.required} in run {ref.run}.")
 
