@@ -4,8 +4,11 @@
 `run` is tested on in-memory objects (every bad input of the reliability task has a
 test); each task is also run on a quantum of a small repository made with
 `lsst.daf.butler.tests.makeTestRepo` through `lsst.pipe.base.testUtils.runTestQuantum`.
-Images are 128x128 and the model is tiny and untrained: the tests check the plumbing,
-not the science.
+Most images are 128x128 and the model is tiny and untrained: those tests check the
+plumbing. The alignment tests use the shipped model on a mosaic of simulated triplets
+(`rbnet_task_helpers.aligned_scene`): ids in shuffled order, images whose origin is not
+(0, 0), real and bogus tiles side by side; each source's score must be the score of its
+own cutout, computed independently with `score_triplets`.
 """
 
 import math
@@ -18,7 +21,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from rbnet_task_helpers import tiny_package, tiny_visit  # noqa: E402
+from rbnet_task_helpers import (  # noqa: E402
+    aligned_scene,
+    assert_own_scores,
+    own_cutout_scores,
+    shipped_package,
+    tiny_package,
+    tiny_visit,
+    write_scene,
+)
 
 from lsst.meas.rbnet.flags import UNSCORABLE, SourceFlag  # noqa: E402
 from lsst.meas.rbnet.tasks.adapter import ImageArrays  # noqa: E402
@@ -226,14 +237,100 @@ def test_config_validation():
 
 
 # ----------------------------------------------------------------------
+# Alignment: the right score on the right source
+# ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return shipped_package()
+
+
+@pytest.fixture(scope="module")
+def scene(shipped):
+    return aligned_scene(shipped, seed=0)
+
+
+def test_scene_catches_permutations_and_shifts(scene, shipped):
+    """The premise of the alignment tests: a permutation or a dropped origin shift changes the scores."""
+    v = scene.visit
+    own = own_cutout_scores(scene, shipped)
+    ok = scene.scorable
+    assert (scene.x0, scene.y0) != (0, 0)
+    assert not np.all(np.diff(np.asarray(v.sources["id"])) > 0)
+    # Every scorable source's score differs from every other's.
+    assert np.diff(np.sort(own[ok])).min() > 1e-4
+    # Read at parent coordinates as if they were array indices, most sources land on a tile of
+    # the other class (or off the images).
+    shifted = own_cutout_scores(
+        scene, shipped, x=np.asarray(v.sources["x"]) + scene.x0, y=np.asarray(v.sources["y"]) + scene.y0
+    )
+    inside = np.isfinite(shifted) & ok
+    assert inside.sum() >= 4 and np.all(np.abs(shifted[inside] - own[inside]) > 0.5)
+
+
+def test_each_source_gets_its_own_score(scene, shipped):
+    v = scene.visit
+    result = _run(_task(doWriteCutouts=True), v, shipped)
+    assert_own_scores(result.reliability, scene, shipped)
+    cat = result.sourcesWithReliability
+    np.testing.assert_array_equal(cat["id"], v.sources["id"])
+    np.testing.assert_array_equal(cat["reliability"], result.reliability["score"])
+    np.testing.assert_array_equal(cat["x"], v.sources["x"])
+    # The written cutouts are the sources' own pixels too (difference, science, template).
+    S, h = scene.stamp_size, scene.stamp_size // 2
+    for i in np.flatnonzero(scene.scorable):
+        cx = int(np.floor(v.sources["x"][i] - scene.x0 + 0.5))
+        cy = int(np.floor(v.sources["y"][i] - scene.y0 + 0.5))
+        for k, img in enumerate((v.difference, v.science, v.template)):
+            np.testing.assert_array_equal(
+                result.cutouts["stamp"][i, k], img.image[cy - h : cy + h + 1, cx - h : cx + h + 1]
+            )
+    assert result.cutouts["stamp"].shape[2:] == (S, S)
+
+
+def test_row_order_of_the_input_is_kept(scene, shipped):
+    """Reordering the input rows reorders the outputs the same way and changes no score."""
+    v = scene.visit
+    base = _run(_task(), v, shipped).reliability
+    order = np.random.default_rng(5).permutation(len(v.sources))
+    again = _run(_task(), v, shipped, sources=v.sources[order]).reliability
+    np.testing.assert_array_equal(again["id"], np.asarray(v.sources["id"])[order])
+    np.testing.assert_allclose(again["score"], np.asarray(base["score"])[order], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(again["reliabilityFlags"], np.asarray(base["reliabilityFlags"])[order])
+
+
+def test_lsst_images_origin_is_used(scene, shipped):
+    """lsst.images sub-images carry the origin in their bounding box; the task reads it there."""
+    import lsst.images
+
+    from lsst.meas.rbnet.butler.images import make_masked_image
+
+    v = scene.visit
+    H, W = v.difference.image.shape
+    box = lsst.images.Box.factory[scene.y0 : scene.y0 + H, scene.x0 : scene.x0 + W]
+    images = {}
+    for name in ("science", "template", "difference"):
+        img = getattr(v, name)
+        full = np.zeros((scene.y0 + H, scene.x0 + W), np.float32)
+        full[scene.y0 :, scene.x0 :] = img.image
+        images[name] = make_masked_image(full, np.ones_like(full), np.zeros(full.shape, np.int32))[box]
+        assert images[name].bbox.x.start == scene.x0 and images[name].bbox.y.start == scene.y0
+    result = _task().run(sources=v.sources, pretrainedModel=shipped, **images)
+    assert_own_scores(result.reliability, scene, shipped)
+
+
+# ----------------------------------------------------------------------
 # Quanta in a test repository
 # ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, package):
+def repo(tmp_path_factory, package, scene, shipped):
     """Butlers on one test repository: ``rel`` (run test/rel: inputs and the model, for the
-    reliability quanta) and ``train`` (run test/train: inputs and labels, for the training ones).
+    reliability quanta), ``train`` (run test/train: inputs and labels, for the training ones)
+    and ``align`` (run test/align: the alignment scene, images with origin (x0, y0), and the
+    shipped model).
 
     makeQuantum looks for inputs in the Butler's own run, so each run holds its inputs.
     """
@@ -263,6 +360,8 @@ def repo(tmp_path_factory, package):
     train.write(tiny_visit(visit=1, detector=0, seed=1))
     train.write(tiny_visit(visit=2, detector=0, seed=2))
     ingest_labels(butler, train.labels(), run="test/train")
+    write_scene(butler, "test/align", scene, records_run="test/align-records")
+    butler.put(shipped, MODEL_DATASET_TYPE, {}, run="test/align")
     universe = butler.dimensions
     dims = ["instrument", "visit", "detector"]
     for name, d, sc in [
@@ -278,6 +377,7 @@ def repo(tmp_path_factory, package):
     return {
         "rel": Butler.from_config(root, writeable=True, run="test/rel"),
         "train": Butler.from_config(root, writeable=True, run="test/train"),
+        "align": Butler.from_config(root, writeable=True, run="test/align"),
     }
 
 
@@ -323,6 +423,28 @@ def test_reliability_quantum(repo):
     assert repo.get("dia_source_cutouts", did)["stamp"].shape[1:] == (3, 21, 21)
     result = task.run(**{k: kwargs[k] for k in kwargs})
     assertValidOutput(task, result)
+
+
+def test_reliability_quantum_gives_each_source_its_own_score(repo, scene, shipped):
+    """A quantum on images whose bounding box starts at (x0, y0) != (0, 0), ids shuffled."""
+    repo = repo["align"]
+    from lsst.pipe.base.testUtils import makeQuantum, runTestQuantum
+
+    task = ReliabilityTask(config=ReliabilityConfig())
+    did = _data_id(scene.visit.metadata["visit"])
+    io = {
+        name: did
+        for name in ("science", "template", "difference", "sources", "reliability", "sourcesWithReliability")
+    }
+    io["pretrainedModel"] = {}
+    science = repo.get("preliminary_visit_image", did)
+    assert (science.bbox.x.start, science.bbox.y.start) == (scene.x0, scene.y0)
+    runTestQuantum(task, repo, makeQuantum(task, repo, did, io), mockRun=False)
+    rel = repo.get("dia_source_reliability", did)
+    assert_own_scores(rel, scene, shipped)
+    cat = repo.get("dia_source_unstandardized_reliability", did)
+    np.testing.assert_array_equal(cat["id"], scene.visit.sources["id"])
+    np.testing.assert_array_equal(cat["reliability"], rel["score"])
 
 
 def test_model_package_name_must_match_the_run(repo):
