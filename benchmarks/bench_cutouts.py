@@ -4,9 +4,11 @@
 
 Three detector-sized float32 images (difference, science, template) with NaNs and
 mask bits, N random sources (some near or past the edges), S x S stamps. The
-round-1 functions are kept, frozen, in ``_cutouts_round1.py`` and are timed in the
-same run, interleaved with the current ones (each repeat runs every case once, so
-both see the same machine load). Cases:
+round-1 functions are taken from git history (``cutouts.py`` at ``--baseline-ref``,
+by default the last commit of round 1, loaded as a temporary module) and are timed in
+the same run, interleaved with the current ones (each repeat runs every case once, so
+both see the same machine load); without git or that commit the baseline is left out.
+Cases:
 
 (a)  a plain copy of the output bytes into a preallocated (N, 3, S, S) float32
      array (``np.copyto``): the memory-bound floor named by the targets;
@@ -53,8 +55,41 @@ from lsst.meas.rbnet import cutouts as round2
 from lsst.meas.rbnet.constants import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, mask_bits
 from lsst.meas.rbnet.contract import InputContract
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _cutouts_round1 as round1  # noqa: E402
+#: The last commit whose ``cutouts.py`` is round 1 (the baseline of the round-2 figures).
+ROUND1_REF = "20089efca2f7fcc6c97845dd75853140795f6cfc"
+
+
+def load_baseline(ref: str):
+    """``lsst.meas.rbnet.cutouts`` as it was at git commit ``ref``, as a throw-away module, or None.
+
+    The file is read with ``git show`` from the checkout this script lives in, its
+    package-relative imports made absolute, and imported from a temporary directory.
+    """
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{ref}:python/lsst/meas/rbnet/cutouts.py"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        print(f"No baseline: cannot read cutouts.py at {ref} from git ({err}).")
+        return None
+    text = text.replace("from .", "from lsst.meas.rbnet.")
+    path = os.path.join(tempfile.mkdtemp(prefix="rbnet_cutouts_baseline_"), "cutouts_baseline.py")
+    with open(path, "w") as f:
+        f.write(text)
+    spec = importlib.util.spec_from_file_location("cutouts_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 BAD_BITS = mask_bits(DEFAULT_BAD_MASK_PLANES)
 
@@ -246,7 +281,13 @@ def main():
     parser.add_argument(
         "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cutouts")
     )
+    parser.add_argument(
+        "--baseline-ref", default=ROUND1_REF, help="git commit whose cutouts.py is the round-1 baseline"
+    )
     args = parser.parse_args()
+    round1 = load_baseline(args.baseline_ref)
+    if round1 is None:
+        sys.exit("bench_cutouts.py compares with cutouts.py from git history; run it in a git checkout.")
 
     S = args.size
     images, masks, x, y = make_data((args.image, args.image), args.n)
