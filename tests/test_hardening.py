@@ -506,3 +506,137 @@ def test_case19_concurrent_registration_is_explained(butler_repo, tmp_path, monk
 
     b = Butler.from_config(str(butler_repo))
     assert len(list(b.registry.queryDatasets("pretrainedModelPackage", collections="pretrained_models/race"))) == 1
+
+
+# ---------------------------------------------------------------------------
+# Data loss: demo --overwrite (case 1), atomic writes (case 2), file modes (case 18),
+# dangling symlinks (case 17)
+# ---------------------------------------------------------------------------
+
+
+def test_case1_overwrite_refuses_a_folder_the_demo_did_not_make(tmp_path):
+    """Case 1: `rbnet demo DIR --overwrite` never deletes a DIR/repo of user files."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "thesis.tex").write_text("years of work")
+    (repo / "butler.yaml").write_text("a real repository of someone else's\n")
+    res = run_cli("demo", tmp_path, "--overwrite")
+    assert res.exit_code != 0 and "was not made by 'rbnet demo'" in res.output and "Nothing was deleted" in res.output
+    assert (repo / "thesis.tex").read_text() == "years of work"
+
+
+def test_case1_overwrite_deletes_a_demo_repo(tmp_path):
+    from lsst.meas.rbnet.cli.demo import DEMO_MARKER, _prepare_output
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "butler.yaml").write_text("x\n")
+    (repo / DEMO_MARKER).write_text("demo\n")
+    with pytest.raises(Exception, match="--overwrite"):
+        _prepare_output(tmp_path, False, console=False)
+    _prepare_output(tmp_path, True, console=False)
+    assert not repo.exists()
+
+
+def test_case1_demo_marks_its_repo(tmp_path):
+    from lsst.meas.rbnet.cli.demo import _create_demo_repo, _is_demo_repo
+
+    repo = tmp_path / "repo"
+    _create_demo_repo(repo)
+    assert _is_demo_repo(repo)
+
+
+@pytest.mark.parametrize("target_exists", [False, True])
+def test_case17_symlinked_repo_is_refused(tmp_path, target_exists):
+    """Case 17: DIR/repo a (dangling) symbolic link: a clear message, not OSError [Errno None]."""
+    target = tmp_path / "elsewhere"
+    if target_exists:
+        target.mkdir()
+        (target / "keep.txt").write_text("keep")
+    (tmp_path / "repo").symlink_to(target)
+    res = run_cli("demo", tmp_path, "--overwrite")
+    assert res.exit_code != 0 and "is a symbolic link" in res.output
+    assert ("does not exist" in res.output) != target_exists
+    assert "Errno" not in res.output
+    if target_exists:
+        assert (target / "keep.txt").read_text() == "keep"
+
+
+def test_case2_interrupted_write_keeps_the_old_file(tmp_path):
+    """Case 2: a writer interrupted half way leaves the old file whole and no temporary behind."""
+    from lsst.meas.rbnet.fileio import atomic_path
+
+    out = tmp_path / "v.npz"
+    np.savez(out, a=np.arange(10))
+    old = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(out) as tmp:
+            assert tmp.parent == out.parent and tmp.suffix == ".npz"
+            np.savez(tmp, a=np.arange(10**5))
+            with open(tmp, "r+b") as f:
+                f.truncate(100)  # half written
+            raise KeyboardInterrupt
+    assert out.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npz"]
+    with atomic_path(out) as tmp:
+        np.savez(tmp, a=np.arange(3))
+    assert np.load(out)["a"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npz"]
+
+
+def test_case2_package_and_plots_are_written_atomically(tmp_path, package, monkeypatch):
+    """Case 2: package files and plots go through the temporary-file-and-rename helper."""
+    from lsst.meas.rbnet.training import plots
+
+    path = tmp_path / "m.safetensors"
+    package.save(path)
+    old = path.read_bytes()
+
+    def broken_write(self, data):
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", broken_write)
+    with pytest.raises(KeyboardInterrupt):
+        make_package(seed=3).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == old and ModelPackage.load(path).digest == package.digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+    png = tmp_path / "roc.png"
+    plots.plot_roc({"m": (np.array([0.1, 0.9, 0.4, 0.7]), np.array([0, 1, 0, 1]))}, png)
+    good = png.read_bytes()
+
+    from matplotlib.figure import Figure
+
+    def broken_savefig(self, fname, **kw):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(KeyboardInterrupt):
+        plots.plot_roc({"m": (np.array([0.2, 0.8, 0.4, 0.7]), np.array([0, 1, 0, 1]))}, png)
+    assert png.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "roc.png"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_case18_written_files_honour_the_umask(tmp_path, package, umask, mode):
+    """Case 18: files written through the package (models, metrics, plots) get 0o666 less the umask."""
+    import os
+    import stat
+
+    from lsst.meas.rbnet.fileio import write_atomic
+    from lsst.meas.rbnet.training import plots
+
+    old = os.umask(umask)
+    try:
+        package.save(tmp_path / "m.safetensors")
+        write_atomic(tmp_path / "m.metrics.json", "{}\n")
+        plots.plot_roc({"m": (np.array([0.1, 0.9]), np.array([0, 1]))}, tmp_path / "roc.png")
+    finally:
+        os.umask(old)
+    for name in ("m.safetensors", "m.metrics.json", "roc.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name

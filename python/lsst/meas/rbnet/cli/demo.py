@@ -36,6 +36,8 @@ from typing import Any
 
 import click
 
+from ..fileio import atomic_path, write_atomic
+
 #: Collections the demo writes.
 SIM_RUN = "demo/sim"
 TRAIN_SIM_RUN = "demo/train-sim"
@@ -73,22 +75,65 @@ def pipeline_path(name: str) -> Path:
     return package_root() / "pipelines" / name
 
 
+#: File the demo writes into each repository it creates; ``--overwrite`` deletes only such folders.
+DEMO_MARKER = ".rbnet-demo-repo"
+
+
+def _is_demo_repo(repo: Path) -> bool:
+    """Whether ``repo`` is a Butler repository made by the demo (a real folder with our marker)."""
+    return (
+        not repo.is_symlink()
+        and repo.is_dir()
+        and (repo / DEMO_MARKER).is_file()
+        and (repo / "butler.yaml").is_file()
+    )
+
+
 def _prepare_output(directory, overwrite: bool, console):
-    """Console, output directory, fresh repo path and an empty pipetask log for a demo run."""
+    """Console, output directory, fresh repo path and an empty pipetask log for a demo run.
+
+    ``DIRECTORY/repo`` must not exist, or (with ``overwrite``) be a repository that an
+    earlier demo made; anything else there (user files, a symbolic link, a dangling one)
+    is refused and left alone.
+    """
     if console is None:
         from rich.console import Console
 
         console = Console()
-    outdir = Path(directory).resolve()
+    outdir = Path(directory).absolute()
+    if outdir.exists() and not outdir.is_dir():
+        raise click.ClickException(f"{outdir} exists and is not a folder.")
     repo = outdir / "repo"
+    if repo.is_symlink():
+        target = os.readlink(repo)
+        state = "" if repo.exists() else ", which does not exist"
+        raise click.ClickException(
+            f"{repo} is a symbolic link (to {target}{state}); the demo makes its own repository there. "
+            "Remove the link or choose another DIRECTORY."
+        )
     if repo.exists():
         if not overwrite:
             raise click.ClickException(f"{repo} exists; remove it or pass --overwrite.")
+        if not _is_demo_repo(repo):
+            raise click.ClickException(
+                f"{repo} was not made by 'rbnet demo' (no {DEMO_MARKER} file and butler.yaml in it); "
+                "--overwrite deletes only a demo's repository. Nothing was deleted: move it or choose "
+                "another DIRECTORY."
+            )
         shutil.rmtree(repo)
     outdir.mkdir(parents=True, exist_ok=True)
     log_path = outdir / "pipetask.log"
     log_path.write_text("")
     return console, outdir, repo, log_path
+
+
+def _create_demo_repo(repo: Path):
+    """Create the demo's repository and mark it as the demo's (see `_is_demo_repo`)."""
+    from ..butler.repo import create_repo
+
+    butler = create_repo(str(repo))
+    (repo / DEMO_MARKER).write_text("Made by 'rbnet demo'; 'rbnet demo --overwrite' may delete this folder.\n")
+    return butler
 
 
 def _echo(console, text: str = "", style: str | None = None) -> None:
@@ -312,14 +357,14 @@ def run_demo(
     """Run the demo (see the module docstring); return the summary written to ``summary.json``."""
     import astropy.table
 
-    from ..butler.repo import DEFAULT_INSTRUMENT, VisitWriter, create_repo, ingest_labels, register_model
+    from ..butler.repo import DEFAULT_INSTRUMENT, VisitWriter, ingest_labels, register_model
 
     console, outdir, repo, log_path = _prepare_output(directory, overwrite, console)
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
     console.rule("[bold]1. Butler repository")
-    butler = create_repo(str(repo))
+    butler = _create_demo_repo(repo)
     _echo(console, f"Created {repo} (SQLite registry; rbnet storage classes in butler.yaml).")
 
     console.rule("[bold]2. Simulated visits")
@@ -446,8 +491,9 @@ def run_demo(
     summary["timings_seconds"] = timings
     summary["repo"] = str(repo)
     _print_summary(summary, console, outdir, timings)
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    table.write(outdir / "scores.parquet", overwrite=True)
+    write_atomic(outdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    with atomic_path(outdir / "scores.parquet") as tmp:
+        table.write(tmp, overwrite=True)
     return summary
 
 
@@ -634,7 +680,6 @@ def run_sequence_demo(
     from ..butler.repo import (
         DEFAULT_INSTRUMENT,
         VisitWriter,
-        create_repo,
         ingest_labels,
         labels_table,
         register_model,
@@ -657,7 +702,7 @@ def run_sequence_demo(
             )
 
     console.rule("[bold]1. Butler repository and simulated series")
-    butler = create_repo(str(repo))
+    butler = _create_demo_repo(repo)
     _echo(console, f"Created {repo} (SQLite registry; rbnet storage classes in butler.yaml).")
     t0 = time.perf_counter()
     writer = VisitWriter(butler, run=SEQ_SIM_RUN)
@@ -842,8 +887,9 @@ def run_sequence_demo(
     summary["timings_seconds"] = timings
     summary["repo"] = str(repo)
     _print_sequence_summary(summary, console, outdir, timings)
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    objects.write(outdir / "objects.parquet", overwrite=True)
+    write_atomic(outdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    with atomic_path(outdir / "objects.parquet") as tmp:
+        objects.write(tmp, overwrite=True)
     return summary
 
 

@@ -187,8 +187,9 @@ def sequence_cv(
         data = result.to_dict()
         data["load_report"] = report.to_dict()
         data["command"] = " ".join(sys.argv)
-        with open(out, "w") as f:
-            json.dump(data, f, indent=1)
+        from ..fileio import write_atomic
+
+        write_atomic(out, json.dumps(data, indent=1))
         click.echo(f"Results: {out}")
 
 

@@ -30,6 +30,7 @@ import click
 
 from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, DIFFERENCE_ONLY
 from ..contract import NORMALIZATIONS
+from ..fileio import write_atomic
 from ._options import FINITE_FLOAT
 
 #: Losses offered on the command line (kept in sync with `training.losses.LOSSES`, checked in the tests).
@@ -507,7 +508,7 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
         "best_epoch": result.best_epoch,
         **results,
     }
-    metrics_path.write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    write_atomic(metrics_path, json.dumps(summary, indent=1, default=float) + "\n")
 
     console.print(metrics_table(columns, title="Test set" if eval_set is not None else "Validation set"))
     if any("per_class" in m for m in columns.values()):

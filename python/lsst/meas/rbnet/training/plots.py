@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_path
 from . import metrics as M
 
 
@@ -33,7 +34,9 @@ def _figure(figsize=(6.0, 4.5), layout: str | None = "constrained"):
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    # Through a temporary file: an interrupted run leaves the old plot, not half a PNG.
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     return path
 
 
