@@ -23,6 +23,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "sequence-cv": ("sequence", "sequence_cv", "k-fold evaluation of multi-visit sequence models on saved latents."),
     "train-sequence": ("sequence", "train_sequence", "Train the VAE + sequence model from frame sequences into one package."),
     "configure-repo": ("butler_commands", "configure_repo", "Teach an existing Butler repo this package's storage classes."),
+    "score-alerts": ("alerts", "score_alerts", "Score ZTF/Rubin alert packets and broker Parquet exports; one row per alert."),
 }
 
 
