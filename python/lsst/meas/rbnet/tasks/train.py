@@ -13,6 +13,17 @@ adding ``C`` to the inputs of the reliability pipeline (``-i C,...``), or by
 registering it under ``pretrained_models/<name>`` with ``rbnet register-model``. The
 training and the reliability pipelines must stay separate pipelines: a prerequisite
 input cannot be made by the same pipeline.
+
+Fine-tuning (``initFromPretrained``): the task also takes a model package as a
+dimensionless prerequisite input found by collection (``pretrainedModel``, dataset
+type ``pretrainedModelPackage``, e.g. from ``pretrained_models/default``), starts
+from its weights and trains with ``fineTuneLearningRate``. The package fixes the
+input contract and the architecture: ``stampSize``, ``channels``, ``normalization``,
+``architecture``, ``widths`` and ``hidden`` are then ignored (a warning is logged
+for each that differs). The output must then be another dataset type than the
+input model (``connections.model``, e.g. ``rbnetFineTunedModelPackage``), since a
+quantum cannot make its own prerequisite; the reliability task reads it with
+``connections.pretrainedModel`` set to that name. See ``doc/fine-tuning.md``.
 """
 
 from __future__ import annotations
@@ -64,12 +75,21 @@ class TrainTripletConnections(pipeBase.PipelineTaskConnections, dimensions=()):
         storageClass="Plot",
         dimensions=(),
     )
+    pretrainedModel = cT.PrerequisiteInput(
+        doc="Trained model package to fine-tune from (only with config.initFromPretrained), found by "
+        "collection, e.g. pretrained_models/<name>.",
+        name="pretrainedModelPackage",
+        storageClass="RBNetModelPackage",
+        dimensions=(),
+    )
 
     def __init__(self, *, config=None):
         super().__init__(config=config)
         if config is not None and not config.doPlots:
             del self.rocPlot
             del self.historyPlot
+        if config is not None and not config.initFromPretrained:
+            del self.pretrainedModel
 
 
 class TrainTripletConfig(pipeBase.PipelineTaskConfig, pipelineConnections=TrainTripletConnections):
@@ -115,9 +135,41 @@ class TrainTripletConfig(pipeBase.PipelineTaskConfig, pipelineConnections=TrainT
         doc="reliabilityVersion of the trained package (1 to 7 characters).", default="trained"
     )
     doPlots = pexConfig.Field[bool](doc="Write the ROC and history plots.", default=True)
+    initFromPretrained = pexConfig.Field[bool](
+        doc="Fine-tune: start from the weights of the model package found by collection (the "
+        "pretrainedModel prerequisite input, e.g. pretrained_models/default) instead of a random "
+        "initialisation. Its input contract and architecture are used (stampSize, channels, "
+        "normalization, architecture, widths and hidden are ignored) and learningRate is replaced by "
+        "fineTuneLearningRate. connections.model must then name another dataset type than "
+        "connections.pretrainedModel.",
+        default=False,
+    )
+    fineTuneLearningRate = pexConfig.Field[float](
+        doc="Peak AdamW learning rate with initFromPretrained (a tenth of the from-scratch default, so "
+        "a few hundred labels refine the trained features rather than overwrite them).",
+        default=3e-4,
+    )
+    freezeFeatures = pexConfig.Field[bool](
+        doc="With initFromPretrained: keep the package's convolutional features fixed and train only "
+        "the head.",
+        default=False,
+    )
 
     def validate(self):
         super().validate()
+        if self.freezeFeatures and not self.initFromPretrained:
+            raise pexConfig.FieldValidationError(
+                TrainTripletConfig.freezeFeatures, self, "needs initFromPretrained (features to keep)"
+            )
+        if self.initFromPretrained and self.connections.model == self.connections.pretrainedModel:
+            raise pexConfig.FieldValidationError(
+                TrainTripletConfig.initFromPretrained,
+                self,
+                f"the fine-tuned model (connections.model) and the model it starts from "
+                f"(connections.pretrainedModel) are both {self.connections.model!r}; a quantum cannot make "
+                "its own prerequisite input. Set connections.model to another name, e.g. "
+                "'rbnetFineTunedModelPackage'",
+            )
         if not 1 <= len(self.version) <= 7:
             raise pexConfig.FieldValidationError(
                 TrainTripletConfig.version, self, "must have 1 to 7 characters"
@@ -183,11 +235,63 @@ class TrainTripletTask(pipeBase.PipelineTask):
             "inputs": [str(ref.dataId.required) for ref in inputRefs.cutouts],
             "collections": sorted({ref.run for ref in inputRefs.cutouts}),
         }
+        if self.config.initFromPretrained:
+            ref = inputRefs.pretrainedModel
+            provenance["init_dataset"] = {
+                "datasetType": ref.datasetType.name,
+                "run": ref.run,
+                "id": str(ref.id),
+            }
         outputs = self.run(**inputs, provenance=provenance)
         butlerQC.put(outputs, outputRefs)
 
+    def _init_settings(self, package):
+        """Architecture and hyperparameters of the init package, or None when not fine-tuning.
+
+        Logs a warning for every configured contract or architecture field that the package
+        overrides, so a config written for training from scratch does not silently mislead.
+        """
+        if not self.config.initFromPretrained:
+            return None
+        if package is None:
+            raise ValueError(
+                "config.initFromPretrained is set but no model package was given to start from "
+                "(the pretrainedModel input, e.g. from pretrained_models/default)."
+            )
+        from ..training.loop import load_init_package
+
+        package, name = load_init_package(package)
+        spec = package.components["classifier"]
+        hp = spec.hyperparameters
+        config = self.config
+        package_values = {
+            "stampSize": package.contract.stamp_size,
+            "channels": list(package.contract.channels),
+            "normalization": package.contract.normalization,
+            "architecture": spec.architecture,
+            "widths": list(hp.get("widths", [])),
+            "hidden": hp.get("hidden", 0),
+        }
+        for field, value in package_values.items():
+            mine = getattr(config, field)
+            mine = list(mine) if field in ("channels", "widths") else mine
+            # Fields left at "use the architecture's default" say nothing to contradict.
+            if field in ("widths", "hidden") and not mine:
+                continue
+            if mine != value:
+                self.log.warning(
+                    "config.%s = %r is ignored: fine-tuning keeps the %s's %r.", field, mine, name, value
+                )
+        return {
+            "architecture": spec.architecture,
+            "hyperparameters": {
+                k: v for k, v in hp.items() if k not in ("in_channels", "stamp_size", "n_classes")
+            },
+            "class_head": bool(hp.get("n_classes")),
+        }
+
     @timeMethod
-    def run(self, cutouts, provenance=None):
+    def run(self, cutouts, provenance=None, pretrainedModel=None):
         """Train on the labelled sources of all the given cutout tables.
 
         Parameters
@@ -196,6 +300,8 @@ class TrainTripletTask(pipeBase.PipelineTask):
             Tables from `LabelledCutoutsTask` (``stamp``, ``label``, ``source_class``, ``snr``).
         provenance : `dict`, optional
             Recorded in the package.
+        pretrainedModel : `~lsst.meas.rbnet.package.ModelPackage`, optional
+            With ``initFromPretrained`` (required then): the package to start from.
 
         Returns
         -------
@@ -206,12 +312,26 @@ class TrainTripletTask(pipeBase.PipelineTask):
         Raises
         ------
         ValueError
-            If there are no labelled stamps, only one class, or stamps smaller than ``stampSize``.
+            If there are no labelled stamps, only one class, or stamps smaller than ``stampSize``
+            (the init package's stamp size with ``initFromPretrained``), or no init package is given
+            with ``initFromPretrained``.
         """
         from ..contract import InputContract
         from ..training import TrainConfig, train_triplet_model
 
         config = self.config
+        init = self._init_settings(pretrainedModel)
+        if init is None:
+            contract = InputContract(
+                stamp_size=config.stampSize,
+                channels=tuple(config.channels),
+                normalization=config.normalization,
+            )
+            size_source = "config.stampSize"
+        else:
+            contract = pretrainedModel.contract
+            size_source = f"the stamp size of the init model package {pretrainedModel.version!r}"
+        stamp_size = contract.stamp_size
         tables = [t for t in cutouts if len(t)]
         if not tables:
             raise ValueError(
@@ -223,11 +343,11 @@ class TrainTripletTask(pipeBase.PipelineTask):
                 f"The labelled cutouts have different stamp shapes {sorted(sizes)}; remake them."
             )
         shape = sizes.pop()
-        if shape[0] != len(CHANNEL_ORDER) or shape[1] < config.stampSize:
+        if shape[0] != len(CHANNEL_ORDER) or shape[1] < stamp_size:
             raise ValueError(
                 f"The labelled cutouts have stamps of shape {shape}; need {len(CHANNEL_ORDER)} channels "
                 f"of at "
-                f"least {config.stampSize} pixels (config.stampSize)."
+                f"least {stamp_size} pixels ({size_source})."
             )
         n_total = sum(len(t) for t in tables)
         stamps = np.empty((n_total, *shape), dtype=np.float32)
@@ -244,12 +364,10 @@ class TrainTripletTask(pipeBase.PipelineTask):
             k += m
         keep = labels >= 0
         stamps, labels, classes, snr = stamps[keep], labels[keep], classes[keep], snr[keep]
-        if shape[1] != config.stampSize:
+        if shape[1] != stamp_size:
             # Crop the centre: the cutouts' centre pixel is at index S // 2 for any odd S.
-            off = (shape[1] - config.stampSize) // 2
-            stamps = np.ascontiguousarray(
-                stamps[:, :, off : off + config.stampSize, off : off + config.stampSize]
-            )
+            off = (shape[1] - stamp_size) // 2
+            stamps = np.ascontiguousarray(stamps[:, :, off : off + stamp_size, off : off + stamp_size])
         n_real = int(np.count_nonzero(labels == REAL))
         self.log.info(
             "Training on %d labelled stamps (%d real, %d bogus).", len(labels), n_real, len(labels) - n_real
@@ -260,17 +378,17 @@ class TrainTripletTask(pipeBase.PipelineTask):
         if config.hidden:
             hyper["hidden"] = int(config.hidden)
         use_classes = config.classLossWeight > 0 and bool(np.all(classes != ""))
+        architecture = config.architecture
+        if init is not None:
+            architecture, hyper = init["architecture"], init["hyperparameters"]
+            use_classes = use_classes and init["class_head"]
         train_config = TrainConfig(
-            contract=InputContract(
-                stamp_size=config.stampSize,
-                channels=tuple(config.channels),
-                normalization=config.normalization,
-            ),
-            architecture=config.architecture,
+            contract=contract,
+            architecture=architecture,
             hyperparameters=hyper,
             epochs=config.epochs,
             batch_size=config.batchSize,
-            learning_rate=config.learningRate,
+            learning_rate=config.learningRate if init is None else config.fineTuneLearningRate,
             loss=config.loss,
             class_loss_weight=config.classLossWeight if use_classes else 0.0,
             patience=config.patience,
@@ -281,6 +399,7 @@ class TrainTripletTask(pipeBase.PipelineTask):
             num_threads=config.numThreads or None,
             max_seconds=config.maxSeconds or None,
             version=config.version,
+            freeze_features=config.freezeFeatures,
         )
         result = train_triplet_model(
             stamps,
@@ -289,6 +408,7 @@ class TrainTripletTask(pipeBase.PipelineTask):
             snr=snr,
             config=train_config,
             provenance=dict(provenance or {}, task=self._DefaultName),
+            init=pretrainedModel if init is not None else None,
         )
         metrics = {
             "metrics": result.metrics,
@@ -300,6 +420,8 @@ class TrainTripletTask(pipeBase.PipelineTask):
             "n_bogus": int(len(labels) - n_real),
             "version": result.package.version,
         }
+        if init is not None:
+            metrics["init"] = result.package.provenance["init"]
         struct = pipeBase.Struct(model=result.package, metrics=_plain(metrics))
         if config.doPlots:
             struct.rocPlot, struct.historyPlot = training_figures(result)
