@@ -14,6 +14,7 @@ __all__ = [
     "own_cutout_scores",
     "assert_own_scores",
     "write_scene",
+    "labels_into_run",
 ]
 
 import dataclasses
@@ -360,3 +361,17 @@ def write_scene(butler, run, scene, records_run=None, template_shift=(0, 0)):
     butler.put(difference, "difference_image", data_id, run=run)
     butler.put(sources_table(v.sources), "dia_source_unstandardized", data_id, run=run)
     return data_id
+
+
+def labels_into_run(butler, labels, run, instrument=None):
+    """Ingest labels with `ingest_labels` and copy them into an existing ``run``.
+
+    `lsst.pipe.base.testUtils.makeQuantum` finds inputs only in the Butler's own run, but
+    `ingest_labels` writes only into a new run (labels are never overwritten): ingest into
+    ``<run>-labels`` and put the dataset read back into ``run``.
+    """
+    from lsst.meas.rbnet.butler.repo import LABELS_DATASET_TYPE, ingest_labels
+
+    ref = ingest_labels(butler, labels, run=f"{run}-labels", instrument=instrument)
+    butler.put(butler.get(ref), LABELS_DATASET_TYPE, ref.dataId, run=run)
+    return ref

@@ -406,6 +406,105 @@ def test_normalisation_degenerate_stamps():
     assert normalize_stamps(buf, "robust", out=buf) is buf
 
 
+# ----------------------------------------------------------------------
+# Golden values of the default normalisation, derived by hand from the formula in
+# `normalize_stamps` / `contract.NORMALIZATIONS`:
+#     y = asinh((x - median) / (a * 1.4826 * MAD)), untrusted pixels -> fill_value,
+#     MAD == 0 -> population std of the finite pixels, then 1.
+# Each stamp's pixel values are chosen so that the median and MAD are known exactly.
+# ----------------------------------------------------------------------
+
+
+def _ramp(n_values, size=21, seed=0):
+    """A size x size stamp holding the values 0 .. n_values - 1 (then NaN) in a shuffled order."""
+    values = np.full(size * size, np.nan, dtype=np.float32)
+    values[:n_values] = np.arange(n_values, dtype=np.float32)
+    return np.random.default_rng(seed).permutation(values).reshape(size, size)
+
+
+def _golden_contract(softening, fill):
+    return InputContract(stamp_size=21, channels=("difference",), asinh_softening=softening, fill_value=fill)
+
+
+def _shipped_contract():
+    from lsst.meas.rbnet.package import ModelPackage
+    from lsst.meas.rbnet.scoring import default_model_path
+
+    return ModelPackage.load(default_model_path()).contract
+
+
+@pytest.mark.parametrize("which", ["default", "other", "shipped"])
+def test_robust_asinh_golden_values(which):
+    source = {"default": InputContract(), "other": _golden_contract(1.5, -4.0), "shipped": _shipped_contract()}
+    assert source[which].normalization == "robust_asinh"
+    softening, fill = source[which].asinh_softening, source[which].fill_value
+    c = _golden_contract(softening, fill)
+    stamps = []
+    # 0. The values 0..440: median 220; |x - 220| is 0, 1, 1, 2, 2, ..., 220, 220, whose
+    #    middle (221st) value is 110.
+    stamps.append(_ramp(441, seed=1))
+    # 1. NaN: the values 0..399 and 41 NaN: median (199 + 200) / 2 = 199.5; |x - 199.5| is
+    #    0.5, 0.5, 1.5, 1.5, ..., 199.5, 199.5, whose middle two (200th, 201st) are 99.5 and 100.5: MAD 100.
+    stamps.append(_ramp(400, seed=2))
+    # 2. Constant: median 7, MAD 0, std 0 -> sigma 1; every pixel 0.
+    stamps.append(np.full((21, 21), 7.0, np.float32))
+    # 3. Saturated: 300 pixels at the saturation level 65535 and 141 at 0..140: median 65535,
+    #    MAD 0, so sigma is the population std of all 441 pixels; one more pixel is +inf (untrusted).
+    sat = np.full(441, 65535.0, np.float32)
+    sat[:141] = np.arange(141)
+    sat = np.random.default_rng(3).permutation(sat).reshape(21, 21)
+    inf_at = tuple(np.argwhere(sat == 65535.0)[0])
+    sat[inf_at] = np.inf
+    stamps.append(sat)
+    # 4. Every pixel NaN: all fill.
+    stamps.append(np.full((21, 21), np.nan, np.float32))
+    st = np.stack(stamps)[:, None]
+
+    out = normalize_stamps(st.copy(), c)
+
+    def expect(x, median, sigma):
+        return np.where(np.isfinite(x), np.arcsinh((x.astype(np.float64) - median) / (softening * sigma)), fill)
+
+    np.testing.assert_allclose(out[0, 0], expect(st[0, 0], 220.0, 1.4826 * 110.0), rtol=1e-5, atol=1e-6)
+    # A hand-checked pixel: the maximum, 440, maps to asinh(220 / (a * 1.4826 * 110)).
+    assert out[0, 0][st[0, 0] == 440.0][0] == pytest.approx(math.asinh(220.0 / (softening * 163.086)), rel=1e-5)
+    np.testing.assert_allclose(out[1, 0], expect(st[1, 0], 199.5, 1.4826 * 100.0), rtol=1e-5, atol=1e-6)
+    assert np.all(out[1, 0][np.isnan(st[1, 0])] == fill) and np.count_nonzero(out[1, 0] == fill) >= 41
+    np.testing.assert_array_equal(out[2, 0], np.zeros((21, 21), np.float32))
+    # Population std of 440 finite pixels: 299 at 65535 and 0..140 (the +inf pixel is not counted).
+    finite = np.concatenate([np.full(299, 65535.0), np.arange(141.0)])
+    sigma_sat = math.sqrt(np.mean((finite - finite.mean()) ** 2))
+    np.testing.assert_allclose(out[3, 0], expect(st[3, 0], 65535.0, sigma_sat), rtol=1e-5, atol=1e-5)
+    assert out[3, 0][inf_at] == fill
+    assert out[3, 0][st[3, 0] == 0.0][0] == pytest.approx(math.asinh(-65535.0 / (softening * sigma_sat)), rel=1e-5)
+    np.testing.assert_array_equal(out[4, 0], np.full((21, 21), fill, np.float32))
+    # The scorer's path (prepare_stamps) gives the same numbers.
+    prepared, _ = prepare_stamps(st, c)
+    np.testing.assert_array_equal(prepared, out)
+
+
+def test_robust_asinh_golden_values_on_the_stats_grid():
+    """Above 32 pixels the statistics come from the documented sub-grid (every 2nd pixel for 41x41,
+    through the centre pixel 20): grid pixels hold 0..440, off-grid pixels 1e6, which must not count."""
+    st = np.full((41, 41), 1e6, np.float32)
+    gr, gc = stats_pixel_grid(41)
+    assert gr == slice(0, None, 2) and gc == slice(0, None, 2)
+    st[gr, gc] = _ramp(441, seed=4)
+    out = normalize_stamps(st[None, None].copy(), "robust_asinh")  # softening 3, fill 0
+    expected = np.arcsinh((st.astype(np.float64) - 220.0) / (3.0 * 1.4826 * 110.0))
+    np.testing.assert_allclose(out[0, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_default_contract_is_the_documented_robust_asinh():
+    from lsst.meas.rbnet.contract import NORMALIZATIONS
+
+    assert InputContract().normalization == "robust_asinh" == NORMALIZATIONS[0]
+    assert InputContract().asinh_softening == 3.0 and InputContract().fill_value == 0.0
+    # A normalisation given by name uses softening 3 and fill 0, as documented.
+    st = _ramp(441, seed=5)[None, None]
+    np.testing.assert_array_equal(normalize_stamps(st, "robust_asinh"), normalize_stamps(st, InputContract(21)))
+
+
 def test_prepare_stamps_selection_and_flags():
     rng = np.random.default_rng(13)
     st = _stamps(rng, n=5, c=3, s=31)
@@ -445,9 +544,21 @@ def test_prepare_stamps_sizes():
         x, f = prepare_stamps(rng.normal(size=(2, 3, s, s)), c)
         assert x.shape == (2, 3, 31, 31) and np.isfinite(x).all()
         assert bool(f[0] & F.RESIZED) == (s != 31)
-    # A stamp padded to the model size equals extracting at that size and NaN-masking.
-    x30, _ = prepare_stamps(rng.normal(size=(2, 3, 30, 30)), c)
-    assert x30.shape == (2, 3, 31, 31)
+    # A stamp padded to the model size equals extracting at that size and NaN-masking the
+    # pixels the smaller stamp lacks (its centre pixel 15 stays at 15: row and column 30 are new).
+    images = [rng.normal(size=(64, 64)).astype(np.float32) for _ in range(3)]
+    images[0][30, 30] += 40.0
+    cx = cy = np.array([30.2])
+    small = extract_cutouts(images, cx, cy, 30).stamps
+    big = extract_cutouts(images, cx, cy, 31).stamps
+    np.testing.assert_array_equal(big[:, :, :30, :30], small)
+    big[:, :, 30, :] = np.nan
+    big[:, :, :, 30] = np.nan
+    x30, f30 = prepare_stamps(small, c)
+    x31, f31 = prepare_stamps(big, c)
+    assert x30.shape == (1, 3, 31, 31) and f30[0] & F.RESIZED and not f31[0] & F.RESIZED
+    np.testing.assert_array_equal(x30, x31)
+    assert np.all(x30[:, :, 30, :] == c.fill_value) and x30[0, 0, 15, 15] > 1
 
 
 def test_iter_batches_equal_one_big_prepare():

@@ -587,8 +587,6 @@ def repo(tmp_path_factory, package):
     from lsst.daf.butler.tests import makeTestRepo
 
     from lsst.meas.rbnet.butler.config import butler_seed_config
-    from lsst.meas.rbnet.butler.repo import ingest_labels
-
     root = str(tmp_path_factory.mktemp("sequence_repo"))
     config = butler_seed_config()
     config["datastore", "cls"] = "lsst.daf.butler.datastores.fileDatastore.FileDatastore"
@@ -602,7 +600,10 @@ def repo(tmp_path_factory, package):
     register_sequence_dataset_types(butler)
     ra, dec = _field(12, seed=1)
     train_ids, labels = write_series(butler, "test/train", ra, dec, 4, first_visit=1)
-    ingest_labels(butler, labels, run="test/train", instrument=INSTRUMENT)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from rbnet_task_helpers import labels_into_run
+
+    labels_into_run(butler, labels, "test/train", instrument=INSTRUMENT)
     ra0, dec0, pixels = _boundary()
     sra = ra0 + np.arange(6) * 10.0 / 3600.0
     sdec = dec0 + np.array([-3.0, -1.0, -0.2, 0.2, 1.0, 3.0]) / 3600.0

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from rbnet_task_helpers import (  # noqa: E402
     aligned_scene,
     assert_own_scores,
+    labels_into_run,
     own_cutout_scores,
     shipped_package,
     tiny_package,
@@ -338,7 +339,7 @@ def repo(tmp_path_factory, package, scene, shipped):
     from lsst.daf.butler.tests import makeTestRepo
 
     from lsst.meas.rbnet.butler.config import butler_seed_config
-    from lsst.meas.rbnet.butler.repo import MODEL_DATASET_TYPE, VisitWriter, ingest_labels
+    from lsst.meas.rbnet.butler.repo import MODEL_DATASET_TYPE, VisitWriter
 
     root = str(tmp_path_factory.mktemp("task_repo"))
     config = butler_seed_config()
@@ -355,11 +356,12 @@ def repo(tmp_path_factory, package, scene, shipped):
     bad = tiny_visit(visit=3, detector=0, seed=3)
     bad.sources["id"][1] = bad.sources["id"][0]
     rel.write(bad)
+    rel.write(tiny_visit(visit=4, detector=0, seed=4, n_sources=40))  # for the failures mid-quantum
     butler.put(package, MODEL_DATASET_TYPE, {}, run="test/rel")
     train = VisitWriter(butler, run="test/train")
     train.write(tiny_visit(visit=1, detector=0, seed=1))
     train.write(tiny_visit(visit=2, detector=0, seed=2))
-    ingest_labels(butler, train.labels(), run="test/train")
+    labels_into_run(butler, train.labels(), "test/train")
     write_scene(butler, "test/align", scene, records_run="test/align-records")
     butler.put(shipped, MODEL_DATASET_TYPE, {}, run="test/align")
     universe = butler.dimensions
@@ -481,6 +483,55 @@ def test_failed_quantum_writes_nothing(repo):
     # makeQuantum registers the output refs up front; no file may have been written for them.
     outputs = [ref for refs in quantum.outputs.values() for ref in refs]
     assert len(outputs) == 2
+    assert not any(repo.stored(ref) for ref in outputs)
+
+
+class InjectedFailure(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("where", ["scoring", "cutouts"])
+def test_failure_in_the_middle_of_a_quantum_writes_nothing(repo, monkeypatch, where):
+    """A failure after part of the work is done (some batches scored; or all scores computed and
+    the cutouts being made) leaves no output at all, not the outputs computed so far."""
+    repo = repo["rel"]
+    from lsst.pipe.base.testUtils import makeQuantum, runTestQuantum
+
+    import lsst.meas.rbnet.cutouts as cutouts
+
+    done = []
+    if where == "scoring":
+        real_iter = cutouts.iter_cutout_batches
+
+        def failing_iter(*args, **kwargs):
+            for batch in real_iter(*args, **kwargs):
+                if len(done) == 3:
+                    raise InjectedFailure("in the middle of scoring")
+                done.append(batch[0])
+                yield batch
+
+        monkeypatch.setattr(cutouts, "iter_cutout_batches", failing_iter)
+    else:
+
+        def failing_extract(*args, **kwargs):
+            done.append("scored")
+            raise InjectedFailure("while making the cutouts")
+
+        monkeypatch.setattr(cutouts, "extract_cutouts", failing_extract)
+    config = ReliabilityConfig()
+    config.batchSize = 5  # 40 sources: 8 batches, the 4th fails
+    config.doWriteCutouts = True
+    task = ReliabilityTask(config=config)
+    did = _data_id(4)
+    names = ("science", "template", "difference", "sources", "reliability", "sourcesWithReliability", "cutouts")
+    io = {name: did for name in names}
+    io["pretrainedModel"] = {}
+    quantum = makeQuantum(task, repo, did, io)
+    with pytest.raises(InjectedFailure):
+        runTestQuantum(task, repo, quantum, mockRun=False)
+    assert len(done) == (3 if where == "scoring" else 1)
+    outputs = [ref for refs in quantum.outputs.values() for ref in refs]
+    assert len(outputs) == 3
     assert not any(repo.stored(ref) for ref in outputs)
 
 

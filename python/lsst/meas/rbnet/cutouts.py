@@ -1348,14 +1348,26 @@ def normalize_stamps(stamps: np.ndarray, contract, out: np.ndarray | None = None
 
     Notes
     -----
+    The default, ``"robust_asinh"`` with softening ``a`` (the contract's
+    ``asinh_softening``) and fill value ``f``, maps each pixel ``x`` of a stamp
+    channel to::
+
+        y = asinh((x - median) / (a * sigma))   if x is finite
+        y = f                                   otherwise (NaN, +-inf)
+
+    ``"robust"`` is ``(x - median) / sigma`` (``a = 1``, no asinh).
     Statistics are per stamp and channel, over its finite pixels on the grid of
     `stats_pixel_grid` (every pixel up to 32x32; above, a regular sub-grid
     through the centre pixel with at most 32 pixels per axis): ``median`` and
-    ``sigma = 1.4826 * MAD``. If that grid has no finite pixel, all finite
-    pixels are used. If ``MAD == 0`` (or undefined), ``sigma`` is the standard
-    deviation of all finite pixels, and 1 if that is 0 or undefined; the median
-    of an all-bad channel is taken as 0. ``"unit"`` divides by the L2 norm of all
-    finite pixels (1 if that is 0). Work is done in cache-sized chunks of stamps.
+    ``sigma = 1.4826 * MAD`` with ``MAD = median(|x - median|)``; the median of
+    an even number of values is the mean of the two middle ones. If that grid
+    has no finite pixel, all finite pixels are used. If ``MAD == 0`` (or
+    undefined), ``sigma`` is the population standard deviation (divided by the
+    number of pixels) of all finite pixels of the stamp channel, and 1 if that
+    is 0 or undefined; the median of an all-bad channel is taken as 0, so such a
+    channel is all ``f``. Arithmetic is float32. ``"unit"`` divides by the L2 norm
+    of all finite pixels (1 if that is 0). Work is done in cache-sized chunks of
+    stamps.
     """
     norm, soft, fill = _norm_params(contract)
     stamps = np.asarray(stamps)
