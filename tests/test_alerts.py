@@ -78,9 +78,11 @@ ZTF_PRV_FIELDS = [
 ]
 
 
-def ztf_schema(n_extra: int = 0) -> dict:
-    """The ZTF alert schema (``n_extra`` more float fields per candidate make decoding as costly as real ones)."""
+def ztf_schema(n_extra: int = 0, n_prv_extra: int = 0) -> dict:
+    """The ZTF alert schema; ``n_extra`` (``n_prv_extra``) more float fields per candidate (previous
+    candidate) make decoding as costly as with the real schema (about 100 and 57 fields)."""
     extra = [_nullable(f"extra{i}", "float") for i in range(n_extra)]
+    prv_extra = [_nullable(f"extra{i}", "float") for i in range(n_prv_extra)]
     return {
         "namespace": "ztf",
         "type": "record",
@@ -96,7 +98,7 @@ def ztf_schema(n_extra: int = 0) -> dict:
                                            "fields": ZTF_CANDIDATE_FIELDS + extra}},
             {"name": "prv_candidates", "type": [{"type": "array", "items": {
                 "type": "record", "name": "prv_candidate", "namespace": "ztf.alert",
-                "fields": ZTF_PRV_FIELDS + extra}}, "null"]},
+                "fields": ZTF_PRV_FIELDS + prv_extra}}, "null"]},
             {"name": "cutoutScience", "type": [{"type": "record", "name": "cutout", "namespace": "ztf.alert",
                                                 "fields": [{"name": "fileName", "type": "string"},
                                                            {"name": "stampData", "type": "bytes"}]}, "null"]},
@@ -113,8 +115,8 @@ def ztf_fits(image: np.ndarray) -> bytes:
     return gzip.compress(buf.getvalue())
 
 
-def ztf_record(i: int, science, template, difference, *, n_extra=0, n_prv=3, xpos=500.0, ypos=600.0,
-               rb=0.7, drb=0.9, encode=ztf_fits) -> dict:  # fmt: skip
+def ztf_record(i: int, science, template, difference, *, n_extra=0, n_prv_extra=0, n_prv=3, xpos=500.0,
+               ypos=600.0, rb=0.7, drb=0.9, encode=ztf_fits) -> dict:  # fmt: skip
     candid = 2_000_000_000_000_000 + i
     cand = {f["name"]: None for f in ZTF_CANDIDATE_FIELDS}
     cand.update(jd=2460000.5 + i, fid=1 + i % 2, pid=10 * i, programid=1, candid=candid,
@@ -122,7 +124,7 @@ def ztf_record(i: int, science, template, difference, *, n_extra=0, n_prv=3, xpo
                 sigmapsf=0.1, rb=rb, drb=drb, drbversion="d6_m7")  # fmt: skip
     cand.update({f"extra{k}": float(k) for k in range(n_extra)})
     prv = [dict({"jd": 2459990.5 + k, "fid": 1, "candid": None, "magpsf": 19.5, "sigmapsf": 0.2, "rb": 0.5,
-                 "isdiffpos": "t"}, **{f"extra{k2}": 1.0 for k2 in range(n_extra)}) for k in range(n_prv)]  # fmt: skip
+                 "isdiffpos": "t"}, **{f"extra{k2}": 1.0 for k2 in range(n_prv_extra)}) for k in range(n_prv)]  # fmt: skip
 
     def cutout(name, img):
         return None if img is None else {"fileName": f"candid{candid}_{name}.fits.gz",
@@ -141,9 +143,9 @@ def ztf_record(i: int, science, template, difference, *, n_extra=0, n_prv=3, xpo
     }
 
 
-def write_ztf(path, records, codec="deflate", sync_interval=16000, n_extra=0) -> None:
+def write_ztf(path, records, codec="deflate", sync_interval=16000, n_extra=0, n_prv_extra=0) -> None:
     with open(path, "wb") as fo:
-        fastavro.writer(fo, fastavro.parse_schema(ztf_schema(n_extra)), records, codec=codec,
+        fastavro.writer(fo, fastavro.parse_schema(ztf_schema(n_extra, n_prv_extra)), records, codec=codec,
                         sync_interval=sync_interval)  # fmt: skip
 
 

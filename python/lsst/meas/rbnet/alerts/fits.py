@@ -18,7 +18,7 @@ from __future__ import annotations
 __all__ = ["CutoutError", "decode_cutout", "read_fits_image", "read_fits_image_astropy"]
 
 import io
-import re
+import math
 import zlib
 
 import numpy as np
@@ -26,9 +26,10 @@ import numpy as np
 _BLOCK = 2880
 _CARD = 80
 _GZIP_MAGIC = b"\x1f\x8b"
-_END = re.compile(rb"END {77}")
-#: Keywords the lean reader needs; a value is everything after "= " up to a comment.
-_KEYS = re.compile(rb"(SIMPLE|XTENSION|BITPIX|NAXIS\d*|BSCALE|BZERO|BLANK|BUNIT|ZIMAGE|GROUPS|PCOUNT|GCOUNT)\s*= ")
+_END_CARD = b"END" + b" " * 77
+#: Optional keywords the lean reader looks for (the mandatory ones sit at fixed cards).
+_OPTIONAL = {k.ljust(8).encode() + b"=": k for k in ("BSCALE", "BZERO", "BLANK", "BUNIT", "ZIMAGE", "GROUPS",
+                                                     "PCOUNT", "GCOUNT")}  # fmt: skip
 _DTYPES = {8: np.dtype("u1"), 16: np.dtype(">i2"), 32: np.dtype(">i4"), 64: np.dtype(">i8"),
            -32: np.dtype(">f4"), -64: np.dtype(">f8")}  # fmt: skip
 
@@ -58,28 +59,47 @@ def _value(raw: bytes):
         return float(text.replace("D", "E"))
 
 
-def _header(buf: memoryview | bytes, start: int) -> tuple[dict, int]:
-    """Keywords of the header starting at ``start`` and the offset of its data."""
-    pos = start
-    n = len(buf)
-    while True:
-        m = _END.search(buf, pos)
-        if m is None:
-            raise CutoutError("no END card: not a FITS header or a truncated one")
-        if (m.start() - start) % _CARD == 0:
-            end = m.start()
-            break
-        pos = m.start() + 1
+def _find_card(buf: bytes, key: bytes, start: int, end: int) -> int:
+    """Offset of the card starting with ``key`` in ``buf[start:end]`` (card-aligned), or -1."""
+    pos = buf.find(key, start, end)
+    while pos != -1 and (pos - start) % _CARD:
+        pos = buf.find(key, pos + 1, end)
+    return pos
+
+
+def _header(buf: bytes, start: int) -> tuple[dict, int]:
+    """Keywords of the header starting at ``start`` and the offset of its data.
+
+    The mandatory keywords are read where the FITS standard puts them (card 0
+    ``SIMPLE`` or ``XTENSION``, card 1 ``BITPIX``, card 2 ``NAXIS``, then
+    ``NAXISn``); of the other cards only the keyword is looked at, and only
+    the few the reader needs are parsed.
+    """
+    end = _find_card(buf, _END_CARD, start, len(buf))
+    if end == -1:
+        raise CutoutError("no END card: not a FITS header or a truncated one")
     keys = {}
-    for k in _KEYS.finditer(buf, start, end):
-        if (k.start() - start) % _CARD:
-            continue  # the pattern matched inside a value or a comment, not at a card's start
-        card_end = k.start() + _CARD
-        name = k.group(1).decode()
-        if name not in keys:
-            keys[name] = _value(bytes(buf[k.end() : card_end]))
+    first = buf[start : start + 8]
+    if first == b"XTENSION":
+        keys["XTENSION"] = _value(buf[start + 10 : start + _CARD])
+    elif first != b"SIMPLE  ":
+        raise _Unsupported
+    if buf[start + 80 : start + 88] != b"BITPIX  " or buf[start + 160 : start + 168] != b"NAXIS   ":
+        raise _Unsupported  # not in the standard's order: leave it to astropy
+    keys["BITPIX"] = int(buf[start + 90 : start + 110])
+    naxis = int(buf[start + 170 : start + 190])
+    keys["NAXIS"] = naxis
+    for i in range(1, naxis + 1):
+        card = start + (2 + i) * _CARD
+        if buf[card : card + 8] != f"NAXIS{i}".ljust(8).encode():
+            raise _Unsupported
+        keys[f"NAXIS{i}"] = int(buf[card + 10 : card + 30])
+    for pos in range(start + (3 + naxis) * _CARD, end, _CARD):
+        name = _OPTIONAL.get(buf[pos : pos + 9])
+        if name is not None and name not in keys:
+            keys[name] = _value(buf[pos + 10 : pos + _CARD])
     data = start + -(-(end + _CARD - start) // _BLOCK) * _BLOCK
-    if data > n and keys.get("NAXIS", 0):
+    if data > len(buf) and naxis:
         raise CutoutError("the FITS file ends inside a header")
     return keys, data
 
@@ -106,8 +126,8 @@ def read_fits_image(data: bytes) -> tuple[np.ndarray, str | None]:
     CutoutError
         If no 2-d image can be read.
     """
-    buf = memoryview(data)
-    if bytes(buf[:9]) != b"SIMPLE  =":
+    buf = bytes(data)
+    if buf[:9] != b"SIMPLE  =":
         raise CutoutError("not a FITS file (no SIMPLE card)")
     start = 0
     try:
@@ -120,7 +140,7 @@ def read_fits_image(data: bytes) -> tuple[np.ndarray, str | None]:
                 raise CutoutError(f"BITPIX {bitpix!r} is not a FITS data type")
             naxis = int(keys.get("NAXIS", 0))
             shape = [int(keys.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1)]
-            size = int(np.prod(shape)) if shape else 0
+            size = math.prod(shape) if shape else 0
             xtension = keys.get("XTENSION")
             if size and (xtension is None or xtension == "IMAGE"):
                 return _finish(buf, off, shape, bitpix, keys), keys.get("BUNIT")
@@ -136,7 +156,7 @@ def read_fits_image(data: bytes) -> tuple[np.ndarray, str | None]:
 
 def _finish(buf, off: int, shape: list[int], bitpix: int, keys: dict) -> np.ndarray:
     dt = _DTYPES[bitpix]
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     if off + size * dt.itemsize > len(buf):
         raise CutoutError(f"the FITS data are truncated ({len(buf) - off} of {size * dt.itemsize} bytes)")
     arr = np.frombuffer(buf, dtype=dt, count=size, offset=off).reshape(shape)

@@ -57,13 +57,16 @@ def _progress(console, total):
               help="Alerts decoded and scored at once; bounds the memory used.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--symmetry", is_flag=True, help="Average over the 8 rotations/flips of each stamp (8x slower).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Torch threads for the network; the reader decodes the next batch in another thread, "
+              "and one network thread keeps up with it.")
 @click.option("--cutout-size", "cutout_sizes", multiple=True, metavar="SURVEY=PIXELS",
               help="Cutout size of a survey's stacks instead of its own (ztf=63, rubin=30); repeatable.")
 @click.option("--fits-reader", type=click.Choice(["lean", "astropy"]), default="lean", show_default=True,
               help="FITS decoder of the cutouts (same pixels; lean is faster).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def score_alerts(paths, out, model, compare, limit, batch_size, device, symmetry, cutout_sizes, fits_reader,
-                 no_progress):  # fmt: skip
+def score_alerts(paths, out, model, compare, limit, batch_size, device, symmetry, threads, cutout_sizes,
+                 fits_reader, no_progress):  # fmt: skip
     """Score alert packets: PATHS are files (Avro, Confluent messages, Parquet, tar), directories or globs."""
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -87,7 +90,7 @@ def score_alerts(paths, out, model, compare, limit, batch_size, device, symmetry
     try:
         scored = iter_scored_batches(
             list(paths), model, device=device, batch_size=batch_size, limit=limit, symmetry=symmetry,
-            lean_fits=fits_reader == "lean", cutout_sizes=sizes, files=files,
+            lean_fits=fits_reader == "lean", cutout_sizes=sizes, files=files, num_threads=threads,
         )  # fmt: skip
         with AlertTableWriter(out, output_columns(surveys)) as writer:
             progress = None if no_progress else _progress(console, limit)
