@@ -29,6 +29,7 @@ __all__ = [
     "CPU_CHUNK_PIXELS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MODEL_FILENAME",
+    "PIPELINE_BATCH",
     "ScoreResult",
     "Scorer",
     "autocast_dtype",
@@ -48,6 +49,7 @@ import itertools
 import json
 import math
 import os
+import queue
 import re
 import threading
 from collections.abc import Sequence
@@ -75,6 +77,10 @@ DEFAULT_BATCH_SIZE: int = 1024
 #: triplet_cnn on 31x31 stamps 1.7 times faster in chunks of 128 than whole, braai_like on
 #: 63x63 stamps 2 times faster in chunks of 32; both sit at about 2**17 pixels (`cpu_network_chunk`).
 CPU_CHUNK_PIXELS: int = 1 << 17
+
+#: On the CPU, `Scorer.score_images` cuts stamps in batches of at most this many sources, the
+#: next batch in a background thread while the network scores the current one.
+PIPELINE_BATCH: int = 256
 
 #: Accepted forms of the ``device`` argument (for error messages).
 _DEVICE_FORMS = "'auto', 'cpu', 'cuda' or 'cuda:N' (N a CUDA device index)"
@@ -531,21 +537,28 @@ class Scorer:
             Row-aligned with ``x`` and ``y``. Peak memory grows with the batch
             size, not with N (beyond the (N,) outputs).
         """
+        n = int(np.size(x))
+        # With more than one batch, the next batch is cut and normalised in a background thread
+        # while the network scores this one (numpy and torch both release the GIL), so the cost
+        # of a detector approaches that of the network alone. On the CPU, where the network
+        # takes small chunks anyway, batches of `PIPELINE_BATCH` start that overlap early.
+        cut = self.batch_size if self.device.type != "cpu" else min(self.batch_size, PIPELINE_BATCH)
+        ahead = n > cut
         batches = cutouts.iter_cutout_batches(
             images,
             x,
             y,
             self.contract,
-            self.batch_size,
+            cut,
             masks=masks,
             bad_mask_bits=bad_mask_bits,
             max_bad_fraction=max_bad_fraction,
             channel_axis_order=channel_axis_order,
-            # _score_batches copies or scores each batch before asking for the next.
-            reuse_buffer=True,
+            # In one thread _score_batches scores each batch before asking for the next, so one
+            # buffer serves them all; cut ahead in another thread, every batch needs its own.
+            reuse_buffer=not ahead,
         )
-        n = int(np.size(x))
-        return self._score_batches(n, batches)
+        return self._score_batches(n, _in_background(batches) if ahead else batches)
 
     def score_channels(self, channels: dict[str, np.ndarray], flags: np.ndarray | None = None) -> ScoreResult:
         """Score stamps given as one (N, H, W) array per channel name (the contract's channels).
@@ -576,6 +589,56 @@ class Scorer:
                 yield sl, xb, fb
 
         return self._score_batches(n, batches())
+
+
+class _Failed:
+    """An exception raised in `_in_background`'s thread, carried to the consumer."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _in_background(iterable, depth: int = 1):
+    """Iterate ``iterable`` in a daemon thread, at most ``depth`` items ahead of the consumer.
+
+    The producer's exceptions are raised in the consumer; a consumer that stops early
+    (or fails) stops the producer at its next item.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if not put(item):
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(_Failed(err))
+            return
+        put(done)
+
+    thread = threading.Thread(target=produce, name="rbnet-cutouts", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
 
 
 def _check_stamp_shape(hw: Sequence[int], what: str) -> None:
