@@ -65,8 +65,10 @@ from lsst.meas.rbnet.sim import simulate_stamps  # noqa: E402
 DIF, SCI, TMP = (CHANNEL_ORDER.index(c) for c in ("difference", "science", "template"))
 
 
-def make_ztf(path: Path, n: int, distinct: int, extra: int, prv_extra: int, history: int, seed: int) -> list[bytes]:
-    """ZTF-layout container file of ``n`` alerts; returns the encoded difference cutouts (for the FITS test)."""
+def make_ztf(
+    path: Path, n: int, distinct: int, extra: int, prv_extra: int, history: int, seed: int
+) -> list[bytes]:
+    """A ZTF-layout container file of ``n`` alerts; returns the encoded difference cutouts."""
     stamps = simulate_stamps(distinct, stamp_size=63, seed=seed).stamps
     stamps[:, SCI] += 300.0
     stamps[:, TMP] += 280.0
@@ -154,7 +156,9 @@ def run_score(paths, batch_size, limit=None, prefetch=True, cpu_key=None) -> tup
     t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     scored = 0
-    for _, t in iter_scored_batches(paths, batch_size=batch_size, limit=limit, device="cpu", prefetch=prefetch):
+    for _, t in iter_scored_batches(
+        paths, batch_size=batch_size, limit=limit, device="cpu", prefetch=prefetch
+    ):
         n += len(t)
         scored += int(np.isfinite(np.asarray(t["score"])).sum())
     if cpu_key:
@@ -181,19 +185,32 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the reader uses another core)")
-    ap.add_argument("--ztf-extra", type=int, default=80, help="extra float fields per ZTF candidate (102 in all)")
-    ap.add_argument("--ztf-prv-extra", type=int, default=50, help="extra fields per previous candidate (57 in all)")
+    ap.add_argument(
+        "--ztf-extra", type=int, default=80, help="extra float fields per ZTF candidate (102 in all)"
+    )
+    ap.add_argument(
+        "--ztf-prv-extra", type=int, default=50, help="extra fields per previous candidate (57 in all)"
+    )
     ap.add_argument("--history", type=int, default=10, help="previous detections per alert (both layouts)")
     ap.add_argument("--ztf-files", type=int, default=0, help="also time N single-alert ZTF files")
     ap.add_argument("--out", default=str(RESULTS / "alerts"))
+    ap.add_argument("--rewrite-md", action="store_true", help="only rewrite OUT.md from OUT.json")
     args = ap.parse_args()
+    if args.rewrite_md:
+        write(json.loads(Path(args.out).with_suffix(".json").read_text()), Path(args.out))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/bench_alerts.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()},  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_start": os.getloadavg(),
+        },
         "n": args.n,
         "batch_size": args.batch_size,
         "layouts": {},
@@ -205,15 +222,21 @@ def main() -> None:
         t0 = time.perf_counter()
         files = {"ztf": tmp / "ztf.avro", "rubin": tmp / "rubin.avro"}
         cut = {
-            "ztf": make_ztf(files["ztf"], args.n, args.distinct, args.ztf_extra, args.ztf_prv_extra, args.history, seed=1),
+            "ztf": make_ztf(
+                files["ztf"], args.n, args.distinct, args.ztf_extra, args.ztf_prv_extra, args.history, seed=1
+            ),
             "rubin": make_rubin(files["rubin"], args.n, args.distinct, args.history, seed=2),
         }
         inputs = {"ztf": [files["ztf"]], "rubin": [files["rubin"]]}
         if args.ztf_files:
-            make_ztf_files(tmp / "ztf_files", args.ztf_files, files["ztf"], args.ztf_extra, args.ztf_prv_extra)
+            make_ztf_files(
+                tmp / "ztf_files", args.ztf_files, files["ztf"], args.ztf_extra, args.ztf_prv_extra
+            )
             inputs["ztf (one file per alert)"] = [tmp / "ztf_files"]
-        print(f"wrote the files in {time.perf_counter() - t0:.1f} s: "
-              + ", ".join(f"{k} {v.stat().st_size / 1e6:.0f} MB" for k, v in files.items()))  # fmt: skip
+        print(
+            f"wrote the files in {time.perf_counter() - t0:.1f} s: "
+            + ", ".join(f"{k} {v.stat().st_size / 1e6:.0f} MB" for k, v in files.items())
+        )
         # Warm up (imports, schema parsing, first network call) outside the timings.
         run_score(inputs["ztf"], args.batch_size, limit=args.batch_size)
         run_score(inputs["rubin"], args.batch_size, limit=args.batch_size)
@@ -226,8 +249,11 @@ def main() -> None:
                 seq.append(t1)
                 n2, t2, scored = run_score(paths, args.batch_size, prefetch=True)
                 both.append(t2)
-                print(f"{name} round {r + 1}: decode {n / t:,.0f} alerts/s, decode+score {n2 / t2:,.0f} alerts/s "
-                      f"(one thread: {n / t1:,.0f}; {scored} scored), load {os.getloadavg()[0]:.1f}")  # fmt: skip
+                print(
+                    f"{name} round {r + 1}: decode {n / t:,.0f} alerts/s, decode+score "
+                    f"{n2 / t2:,.0f} alerts/s (one thread: {n / t1:,.0f}; {scored} scored), "
+                    f"load {os.getloadavg()[0]:.1f}"
+                )
             td, tb = statistics.median(dec), statistics.median(both)
             entry = {
                 "alerts": n,
@@ -263,82 +289,123 @@ def main() -> None:
     write(results, Path(args.out))
 
 
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def write(results: dict, out: Path) -> None:
+    """Write ``results`` as ``out``.json and ``out``.md."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     L = results["layouts"]
+    m = results["machine"]
     lines = [
         "# Alert decoding and scoring throughput",
         "",
         f"`{results['command']}` on {results['date']}: {results['n']:,} alerts per file, batches of "
         f"{results['batch_size']}, the shipped model (`{results['model_version']}`) on the CPU with "
-        f"{results['machine']['torch_threads']} torch threads, {results['machine']['cpus']} cores. The machine was "
-        f"shared with other jobs (load average {results['machine']['loadavg_start'][0]:.1f} at the start, "
-        f"{results['machine']['loadavg_end'][0]:.1f} at the end): the absolute rates move with the load; both "
-        "figures of each layout come from the same run, measured back to back in each round.",
+        f"{m['torch_threads']} torch thread(s), {m['cpus']} cores. The machine was shared with other jobs "
+        f"(load average {m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end): "
+        "absolute rates move with the load; both figures of a layout come from the same run, measured "
+        "back to back in each round.",
         "",
-        "| layout | decoded (alerts/s) | decoded + scored (alerts/s) | time scoring adds / decoding time | target | decoded + scored in one thread (alerts/s) | added / decoding, one thread |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        _row(
+            "layout",
+            "decoded (alerts/s)",
+            "decoded + scored (alerts/s)",
+            "time scoring adds / decoding",
+            "target",
+            "one thread: decoded + scored (alerts/s)",
+            "one thread: adds / decoding",
+        ),
+        _row("---", "---:", "---:", "---:", "---", "---:", "---:"),
     ]
     for name, e in L.items():
         ok = e["decode_score_rate_median"] >= 500 and e["scoring_over_decoding"] <= 0.5
         lines.append(
-            f"| {name} | {e['decode_rate_median']:,.0f} (best {e['decode_rate_best']:,.0f}) | "
-            f"{e['decode_score_rate_median']:,.0f} (best {e['decode_score_rate_best']:,.0f}) | "
-            f"{e['scoring_over_decoding']:.2f} | {'met' if ok else 'NOT met'} (>= 500/s scored, <= 0.5) | "
-            f"{e['decode_score_sequential_rate_median']:,.0f} | {e['scoring_over_decoding_sequential']:.2f} |"
+            _row(
+                name,
+                f"{e['decode_rate_median']:,.0f} (best {e['decode_rate_best']:,.0f})",
+                f"{e['decode_score_rate_median']:,.0f} (best {e['decode_score_rate_best']:,.0f})",
+                f"{e['scoring_over_decoding']:.2f}",
+                f"{'met' if ok else 'NOT met'} (>= 500/s, <= 0.5)",
+                f"{e['decode_score_sequential_rate_median']:,.0f}",
+                f"{e['scoring_over_decoding_sequential']:.2f}",
+            )
         )
     lines += [
         "",
-        "Medians over the rounds (best in brackets). Target: at least 500 alerts/s decoded and scored (Rubin sends",
-        "about 10,000 alerts per visit every 30-40 s), and scoring adding no more than half the decoding time.",
-        "`iter_scored_batches` (and `rbnet score-alerts`) decodes the next batch in a background thread while the",
-        "network scores the current one (torch releases the GIL), so on two cores scoring mostly overlaps decoding;",
-        "the last two columns are the same work in one thread (`prefetch=False`), measured in the same rounds.",
+        "Medians over the rounds (best in brackets). Target: at least 500 alerts/s decoded and scored",
+        "(Rubin sends about 10,000 alerts per visit every 30-40 s), with scoring adding no more than half",
+        "the decoding time. `iter_scored_batches` (and `rbnet score-alerts`) decodes the next batch in a",
+        "background thread while the network scores the current one (torch releases the GIL), so with a",
+        "free second core scoring overlaps decoding; the last two columns are the same work in one thread",
+        "(`prefetch=False`), measured in the same rounds.",
         "",
         "## CPU time per alert",
         "",
-        "| layout | decoding (ms CPU / alert) | scoring (ms CPU / alert) | scoring / decoding | alerts/s on two idle cores, pipelined (estimate) |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {name} | {e['cpu_decode_ms']:.2f} | {e['cpu_score_ms']:.2f} | {e['cpu_score_ms'] / e['cpu_decode_ms']:.2f} | "
-          f"{1e3 / max(e['cpu_decode_ms'], e['cpu_score_ms']):,.0f} |" for name, e in L.items()],
+        _row(
+            "layout",
+            "decoding (ms CPU / alert)",
+            "scoring (ms CPU / alert)",
+            "scoring / decoding",
+            "alerts/s with two idle cores, pipelined (estimate)",
+        ),
+        _row("---", "---:", "---:", "---:", "---:"),
+    ]
+    for name, e in L.items():
+        d, c = e["cpu_decode_ms"], e["cpu_score_ms"]
+        lines.append(_row(name, f"{d:.2f}", f"{c:.2f}", f"{c / d:.2f}", f"{1e3 / max(d, c):,.0f}"))
+    lines += [
         "",
-        "CPU seconds of the process per alert (best round; one thread, `prefetch=False`), scoring = decode+score minus",
-        "decode. These depend much less on the other jobs than wall time. The last column is an estimate, not a",
-        "measurement: with the reader thread on one core and the network on the other, a run takes about the",
-        "larger of the two.",
+        "CPU seconds of the process per alert (best round, one thread, `prefetch=False`); scoring is",
+        "decode+score minus decode. CPU time depends much less on the other jobs than wall time does. The",
+        "last column is an estimate, not a measurement: with the reader on one core and the network on the",
+        "other, a run takes about the larger of the two.",
         "",
         "## FITS cutouts: lean reader vs astropy",
         "",
-        "| layout | lean (us/cutout) | astropy (us/cutout) | astropy / lean | same pixels | decode-only alerts/s, lean vs astropy (2,000 alerts) |",
-        "|---|---:|---:|---:|---|---|",
+        _row(
+            "layout",
+            "lean (us/cutout)",
+            "astropy (us/cutout)",
+            "astropy / lean",
+            "same pixels",
+            "decode-only alerts/s, lean vs astropy (2,000 alerts)",
+        ),
+        _row("---", "---:", "---:", "---:", "---", "---"),
     ]
     for name, e in L.items():
-        if "fits" not in e:
-            continue
-        f = e["fits"]
-        lines.append(
-            f"| {name} | {f['lean'] * 1e6:.0f} | {f['astropy'] * 1e6:.0f} | {f['speedup']:.1f} | "
-            f"{'yes' if f['identical'] else 'NO'} | {e['decode_rate_lean_2000']:,.0f} vs "
-            f"{e['decode_rate_astropy_2000']:,.0f} |"
-        )
+        if "fits" in e:
+            f = e["fits"]
+            lines.append(
+                _row(
+                    name,
+                    f"{f['lean'] * 1e6:.0f}",
+                    f"{f['astropy'] * 1e6:.0f}",
+                    f"{f['speedup']:.1f}",
+                    "yes" if f["identical"] else "NO",
+                    f"{e['decode_rate_lean_2000']:,.0f} vs {e['decode_rate_astropy_2000']:,.0f}",
+                )
+            )
     lines += [
         "",
-        "Per cutout, including gzip decompression (ZTF); best of the rounds over 300 cutouts. The lean reader is the",
-        "default (`lean_fits=True`, `--fits-reader lean`); anything it does not handle goes to astropy.",
+        "Per cutout, gzip decompression included (ZTF); best of the rounds over 300 cutouts. The lean",
+        "reader is the default (`lean_fits=True`, `--fits-reader lean`); what it does not handle goes to",
+        "astropy.",
         "",
         "## Memory",
         "",
-        "| layout | peak traced allocation, 2,000 alerts (MB) | all alerts (MB) |",
-        "|---|---:|---:|",
+        _row("layout", "peak traced allocation, 2,000 alerts (MB)", "all alerts (MB)"),
+        _row("---", "---:", "---:"),
     ]
     for name, e in L.items():
         if "peak_MB_all" in e:
-            lines.append(f"| {name} | {e['peak_MB_2000']:.0f} | {e['peak_MB_all']:.0f} |")
+            lines.append(_row(name, f"{e['peak_MB_2000']:.0f}", f"{e['peak_MB_all']:.0f}"))
     lines += [
         "",
-        "`tracemalloc` peak while decoding (numpy and Python allocations): it follows the batch size, not the",
-        "number of alerts.",
+        "`tracemalloc` peak while decoding (numpy and Python allocations): it follows the batch size,",
+        "not the number of alerts.",
         "",
     ]
     out.with_suffix(".md").write_text("\n".join(lines))

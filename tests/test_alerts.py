@@ -50,7 +50,11 @@ ZTF_CANDIDATE_FIELDS = [
     _nullable("diffmaglim", "float", "Expected 5-sigma mag limit in difference image"),
     {"name": "programid", "type": "int"},
     {"name": "candid", "type": "long", "doc": "Candidate ID from operations DB"},
-    {"name": "isdiffpos", "type": "string", "doc": "t or 1 => candidate is from positive (sci minus ref) subtraction"},
+    {
+        "name": "isdiffpos",
+        "type": "string",
+        "doc": "t or 1 => candidate is from positive (sci minus ref) subtraction",
+    },
     _nullable("tblid", "long"),
     _nullable("rcid", "int"),
     _nullable("field", "int"),
@@ -94,18 +98,49 @@ def ztf_schema(n_extra: int = 0, n_prv_extra: int = 0) -> dict:
             {"name": "publisher", "type": "string"},
             {"name": "objectId", "type": "string"},
             {"name": "candid", "type": "long"},
-            {"name": "candidate", "type": {"type": "record", "name": "candidate", "namespace": "ztf.alert",
-                                           "fields": ZTF_CANDIDATE_FIELDS + extra}},
-            {"name": "prv_candidates", "type": [{"type": "array", "items": {
-                "type": "record", "name": "prv_candidate", "namespace": "ztf.alert",
-                "fields": ZTF_PRV_FIELDS + prv_extra}}, "null"]},
-            {"name": "cutoutScience", "type": [{"type": "record", "name": "cutout", "namespace": "ztf.alert",
-                                                "fields": [{"name": "fileName", "type": "string"},
-                                                           {"name": "stampData", "type": "bytes"}]}, "null"]},
+            {
+                "name": "candidate",
+                "type": {
+                    "type": "record",
+                    "name": "candidate",
+                    "namespace": "ztf.alert",
+                    "fields": ZTF_CANDIDATE_FIELDS + extra,
+                },
+            },
+            {
+                "name": "prv_candidates",
+                "type": [
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "record",
+                            "name": "prv_candidate",
+                            "namespace": "ztf.alert",
+                            "fields": ZTF_PRV_FIELDS + prv_extra,
+                        },
+                    },
+                    "null",
+                ],
+            },
+            {
+                "name": "cutoutScience",
+                "type": [
+                    {
+                        "type": "record",
+                        "name": "cutout",
+                        "namespace": "ztf.alert",
+                        "fields": [
+                            {"name": "fileName", "type": "string"},
+                            {"name": "stampData", "type": "bytes"},
+                        ],
+                    },
+                    "null",
+                ],
+            },
             {"name": "cutoutTemplate", "type": ["ztf.alert.cutout", "null"]},
             {"name": "cutoutDifference", "type": ["ztf.alert.cutout", "null"]},
         ],
-    }  # fmt: skip
+    }
 
 
 def ztf_fits(image: np.ndarray) -> bytes:
@@ -115,20 +150,66 @@ def ztf_fits(image: np.ndarray) -> bytes:
     return gzip.compress(buf.getvalue())
 
 
-def ztf_record(i: int, science, template, difference, *, n_extra=0, n_prv_extra=0, n_prv=3, xpos=500.0,
-               ypos=600.0, rb=0.7, drb=0.9, encode=ztf_fits) -> dict:  # fmt: skip
+def ztf_record(
+    i: int,
+    science,
+    template,
+    difference,
+    *,
+    n_extra=0,
+    n_prv_extra=0,
+    n_prv=3,
+    xpos=500.0,
+    ypos=600.0,
+    rb=0.7,
+    drb=0.9,
+    encode=ztf_fits,
+) -> dict:
     candid = 2_000_000_000_000_000 + i
     cand = {f["name"]: None for f in ZTF_CANDIDATE_FIELDS}
-    cand.update(jd=2460000.5 + i, fid=1 + i % 2, pid=10 * i, programid=1, candid=candid,
-                isdiffpos="t" if i % 3 else "f", xpos=xpos, ypos=ypos, ra=10.0, dec=-5.0, magpsf=19.0,
-                sigmapsf=0.1, rb=rb, drb=drb, drbversion="d6_m7")  # fmt: skip
+    cand.update(
+        jd=2460000.5 + i,
+        fid=1 + i % 2,
+        pid=10 * i,
+        programid=1,
+        candid=candid,
+        isdiffpos="t" if i % 3 else "f",
+        xpos=xpos,
+        ypos=ypos,
+        ra=10.0,
+        dec=-5.0,
+        magpsf=19.0,
+        sigmapsf=0.1,
+        rb=rb,
+        drb=drb,
+        drbversion="d6_m7",
+    )
     cand.update({f"extra{k}": float(k) for k in range(n_extra)})
-    prv = [dict({"jd": 2459990.5 + k, "fid": 1, "candid": None, "magpsf": 19.5, "sigmapsf": 0.2, "rb": 0.5,
-                 "isdiffpos": "t"}, **{f"extra{k2}": 1.0 for k2 in range(n_prv_extra)}) for k in range(n_prv)]  # fmt: skip
+    prv = [
+        dict(
+            {
+                "jd": 2459990.5 + k,
+                "fid": 1,
+                "candid": None,
+                "magpsf": 19.5,
+                "sigmapsf": 0.2,
+                "rb": 0.5,
+                "isdiffpos": "t",
+            },
+            **{f"extra{k2}": 1.0 for k2 in range(n_prv_extra)},
+        )
+        for k in range(n_prv)
+    ]
 
     def cutout(name, img):
-        return None if img is None else {"fileName": f"candid{candid}_{name}.fits.gz",
-                                         "stampData": img if isinstance(img, bytes) else encode(img)}  # fmt: skip
+        return (
+            None
+            if img is None
+            else {
+                "fileName": f"candid{candid}_{name}.fits.gz",
+                "stampData": img if isinstance(img, bytes) else encode(img),
+            }
+        )
 
     return {
         "schemavsn": "3.3",
@@ -145,8 +226,13 @@ def ztf_record(i: int, science, template, difference, *, n_extra=0, n_prv_extra=
 
 def write_ztf(path, records, codec="deflate", sync_interval=16000, n_extra=0, n_prv_extra=0) -> None:
     with open(path, "wb") as fo:
-        fastavro.writer(fo, fastavro.parse_schema(ztf_schema(n_extra, n_prv_extra)), records, codec=codec,
-                        sync_interval=sync_interval)  # fmt: skip
+        fastavro.writer(
+            fo,
+            fastavro.parse_schema(ztf_schema(n_extra, n_prv_extra)),
+            records,
+            codec=codec,
+            sync_interval=sync_interval,
+        )
 
 
 # ----------------------------------------------------------------------
@@ -160,7 +246,9 @@ def rubin_schema(version: str = "latest"):
     if version == "latest":
         return lap.Schema.from_file()
     major, minor = version.split(".")
-    return lap.Schema.from_file(f"{lap.get_schema_path(int(major), int(minor))}/lsst.v{major}_{minor}.alert.avsc")
+    return lap.Schema.from_file(
+        f"{lap.get_schema_path(int(major), int(minor))}/lsst.v{major}_{minor}.alert.avsc"
+    )
 
 
 def _default(typ, named):
@@ -170,8 +258,16 @@ def _default(typ, named):
     if isinstance(typ, str):
         if typ in named:
             return _default(named[typ], named)
-        return {"boolean": False, "int": 0, "long": 0, "float": 0.0, "double": 0.0, "string": "",
-                "bytes": b"", "null": None}[typ]  # fmt: skip
+        return {
+            "boolean": False,
+            "int": 0,
+            "long": 0,
+            "float": 0.0,
+            "double": 0.0,
+            "string": "",
+            "bytes": b"",
+            "null": None,
+        }[typ]
     t = typ["type"]
     if t == "record":
         named[typ["name"]] = typ
@@ -196,8 +292,9 @@ def rubin_fits(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def rubin_record(schema, i, science, template, difference, *, reliability=0.8, x=1000.0, y=1000.0,
-                 encode=rubin_fits) -> dict:  # fmt: skip
+def rubin_record(
+    schema, i, science, template, difference, *, reliability=0.8, x=1000.0, y=1000.0, encode=rubin_fits
+) -> dict:
     rec = _default(copy.deepcopy(schema.definition), {})
     src_id = 170_000_000_000_000_000 + i
     src = rec["diaSource"]
@@ -208,7 +305,11 @@ def rubin_record(schema, i, science, template, difference, *, reliability=0.8, x
         rec["diaSourceId"] = src_id
     if "alertId" in rec:
         rec["alertId"] = src_id
-    for field, img in (("cutoutScience", science), ("cutoutTemplate", template), ("cutoutDifference", difference)):
+    for field, img in (
+        ("cutoutScience", science),
+        ("cutoutTemplate", template),
+        ("cutoutDifference", difference),
+    ):
         if field in rec:
             rec[field] = None if img is None else (img if isinstance(img, bytes) else encode(img))
     return rec
@@ -288,7 +389,9 @@ def test_lean_fits_reader_matches_astropy():
         lean, lean_unit = decode_cutout(data)
         ref, ref_unit = decode_cutout(data, lean=False)
         assert lean.shape == ref.shape, name
-        np.testing.assert_array_equal(np.asarray(lean, dtype=np.float64), np.asarray(ref, dtype=np.float64), name)
+        np.testing.assert_array_equal(
+            np.asarray(lean, dtype=np.float64), np.asarray(ref, dtype=np.float64), name
+        )
         assert lean_unit == ref_unit, name
     lean, _ = decode_cutout(cases["int16 scaled with BLANK"])
     assert np.isnan(lean[0, 0]) and lean[0, 1] == ints[0, 1] * 0.5 + 10.0
@@ -344,7 +447,9 @@ def test_mixed_inputs_files_directories_globs_in_order(tmp_path, sim63, sim30):
     msgs = tmp_path / "msgs"
     msgs.mkdir()
     for k in range(2):
-        (msgs / f"m{k}.bin").write_bytes(confluent(schema, rubin_record(schema, k, *sim30[k, [SCI, TMP, DIF]])))
+        (msgs / f"m{k}.bin").write_bytes(
+            confluent(schema, rubin_record(schema, k, *sim30[k, [SCI, TMP, DIF]]))
+        )
     single = tmp_path / "one.avro"
     write_ztf(single, ztf_records(sim63[5:6], start=5))
     batches = read_all([str(d), str(msgs / "*.bin"), str(single)], batch_size=100)
@@ -420,14 +525,25 @@ def test_parquet_fink_ztf_layout_by_row_groups(tmp_path, sim63):
 def test_parquet_rubin_layout(tmp_path, sim30):
     schema = rubin_schema()
     recs = [rubin_record(schema, i, *sim30[i, [SCI, TMP, DIF]], reliability=0.5) for i in range(3)]
-    table = pa.table({
-        "diaSource": [{"diaSourceId": r["diaSource"]["diaSourceId"], "diaObjectId": r["diaSource"]["diaObjectId"],
-                       "reliability": 0.5, "x": 10.0, "y": 10.0, "ra": 1.0} for r in recs],
-        "cutoutScience": [r["cutoutScience"] for r in recs],
-        "cutoutTemplate": [r["cutoutTemplate"] for r in recs],
-        "cutoutDifference": [r["cutoutDifference"] for r in recs],
-        "finkclass": ["Unknown"] * 3,
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "diaSource": [
+                {
+                    "diaSourceId": r["diaSource"]["diaSourceId"],
+                    "diaObjectId": r["diaSource"]["diaObjectId"],
+                    "reliability": 0.5,
+                    "x": 10.0,
+                    "y": 10.0,
+                    "ra": 1.0,
+                }
+                for r in recs
+            ],
+            "cutoutScience": [r["cutoutScience"] for r in recs],
+            "cutoutTemplate": [r["cutoutTemplate"] for r in recs],
+            "cutoutDifference": [r["cutoutDifference"] for r in recs],
+            "finkclass": ["Unknown"] * 3,
+        }
+    )
     path = tmp_path / "rubin.parquet"
     pq.write_table(table, path)
     (b,) = read_all(path)
@@ -588,8 +704,14 @@ def test_missing_undecodable_and_wrong_shape_cutouts(tmp_path, sim63):
     write_ztf(path, recs)
     t = score_alerts(path)
     assert len(t) == 8
-    expect = {1: AlertFlag.MISSING_CUTOUT, 2: AlertFlag.BAD_CUTOUT, 3: AlertFlag.BAD_CUTOUT,
-              4: AlertFlag.WRONG_SHAPE, 5: AlertFlag.WRONG_SHAPE, 6: AlertFlag.NO_VALID_PIXELS}  # fmt: skip
+    expect = {
+        1: AlertFlag.MISSING_CUTOUT,
+        2: AlertFlag.BAD_CUTOUT,
+        3: AlertFlag.BAD_CUTOUT,
+        4: AlertFlag.WRONG_SHAPE,
+        5: AlertFlag.WRONG_SHAPE,
+        6: AlertFlag.NO_VALID_PIXELS,
+    }
     for row, bit in expect.items():
         assert t["flags"][row] & bit, (row, t["flagNames"][row])
         assert t["flags"][row] & AlertFlag.NOT_SCORED and np.isnan(t["score"][row])
@@ -609,8 +731,11 @@ def test_unknown_schema_version_and_unreadable_files(tmp_path, sim30):
     text.write_text("this is not an alert file\n" * 10)
     other = tmp_path / "other.avro"  # an Avro file of some other kind of record
     with open(other, "wb") as fo:
-        fastavro.writer(fo, {"type": "record", "name": "thing", "fields": [{"name": "a", "type": "int"}]},
-                        [{"a": 1}, {"a": 2}])  # fmt: skip
+        fastavro.writer(
+            fo,
+            {"type": "record", "name": "thing", "fields": [{"name": "a", "type": "int"}]},
+            [{"a": 1}, {"a": 2}],
+        )
     paths = []
     for name, data in (("good.bin", good), ("unknown.bin", unknown), ("cut.bin", truncated)):
         (tmp_path / name).write_bytes(data)
@@ -688,12 +813,25 @@ def test_score_alerts_command(tmp_path, sim63, sim30, ext):
     junk.write_bytes(b"Obj\x01" + b"\x02" * 10)
     out = tmp_path / f"scores.{ext}"
     res = CliRunner().invoke(
-        main, ["score-alerts", str(ztf), str(junk), str(rubin), "--out", str(out), "--batch-size", "2", "--compare"]
+        main,
+        [
+            "score-alerts",
+            str(ztf),
+            str(junk),
+            str(rubin),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--compare",
+        ],
     )
     assert res.exit_code == 0, res.output
     t = _read_table(out)
     assert len(t) == 9
-    assert [str(s) for s in t["survey"]][:5] == ["ztf"] * 5 and [str(s) for s in t["survey"]][6:] == ["rubin"] * 3
+    assert [str(s) for s in t["survey"]][:5] == ["ztf"] * 5 and [str(s) for s in t["survey"]][6:] == [
+        "rubin"
+    ] * 3
     assert {"ztf_drb", "ztf_rb", "rubin_reliability", "modelVersion", "flagNames"} <= set(t.colnames)
     assert np.isfinite(np.asarray(t["score"], dtype=float)[[0, 1, 2, 3, 4, 6, 7, 8]]).all()
     assert np.isnan(float(t["score"][5])) and int(t["flags"][5]) & AlertFlag.NOT_SCORED
@@ -776,7 +914,9 @@ def test_real_rubin_cutouts_round_trip(tmp_path, name):
     recs = []
     for i in range(n):
         h, w = int(d["orig_h"][i]), int(d["orig_w"][i])
-        rec = rubin_record(schema, i, *(trip[i, k, :h, :w] for k in range(3)), reliability=float(d["score"][i]))
+        rec = rubin_record(
+            schema, i, *(trip[i, k, :h, :w] for k in range(3)), reliability=float(d["score"][i])
+        )
         rec["diaSource"]["diaSourceId"] = int(d["alert_id"][i])
         recs.append(rec)
     path = tmp_path / "real.avro"

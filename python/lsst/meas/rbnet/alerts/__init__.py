@@ -18,7 +18,13 @@ from .batch import DEFAULT_ALERT_BATCH_SIZE, AlertBatch, iter_alert_batches  # n
 from .fits import CutoutError, decode_cutout  # noqa: F401
 from .flags import CUTOUT_PROBLEMS, RECORD_PROBLEMS, AlertFlag, describe_alert_flags  # noqa: F401
 from .output import AlertTableWriter  # noqa: F401
-from .score import compare_with_survey, iter_scored_batches, output_columns, score_alerts, score_batch  # noqa: F401
+from .score import (
+    compare_with_survey,
+    iter_scored_batches,
+    output_columns,
+    score_alerts,
+    score_batch,
+)  # noqa: F401
 from .sources import iter_messages  # noqa: F401
 from .surveys import SURVEYS, SurveySpec  # noqa: F401
 

@@ -225,7 +225,9 @@ class _Decoder:
     """Decodes records of one writer schema into `RawAlert` rows."""
 
     def __init__(self, writer_schema: dict, source_hint: str = ""):
-        fields = [f["name"] for f in writer_schema.get("fields", [])] if isinstance(writer_schema, dict) else []
+        fields = (
+            [f["name"] for f in writer_schema.get("fields", [])] if isinstance(writer_schema, dict) else []
+        )
         self.layout = layout_of_fields(fields)
         self.spec = None
         if self.layout is not None:

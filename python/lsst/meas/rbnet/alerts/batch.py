@@ -229,8 +229,14 @@ class _Builder:
 def _check_positive(name: str, value, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_none else 1):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_none else 'positive'} integer, got {value!r}.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < (0 if allow_none else 1)
+    ):
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_none else 'positive'} integer, got {value!r}."
+        )
     return int(value)
 
 

@@ -28,10 +28,18 @@ _CARD = 80
 _GZIP_MAGIC = b"\x1f\x8b"
 _END_CARD = b"END" + b" " * 77
 #: Optional keywords the lean reader looks for (the mandatory ones sit at fixed cards).
-_OPTIONAL = {k.ljust(8).encode() + b"=": k for k in ("BSCALE", "BZERO", "BLANK", "BUNIT", "ZIMAGE", "GROUPS",
-                                                     "PCOUNT", "GCOUNT")}  # fmt: skip
-_DTYPES = {8: np.dtype("u1"), 16: np.dtype(">i2"), 32: np.dtype(">i4"), 64: np.dtype(">i8"),
-           -32: np.dtype(">f4"), -64: np.dtype(">f8")}  # fmt: skip
+_OPTIONAL = {
+    k.ljust(8).encode() + b"=": k
+    for k in ("BSCALE", "BZERO", "BLANK", "BUNIT", "ZIMAGE", "GROUPS", "PCOUNT", "GCOUNT")
+}
+_DTYPES = {
+    8: np.dtype("u1"),
+    16: np.dtype(">i2"),
+    32: np.dtype(">i4"),
+    64: np.dtype(">i8"),
+    -32: np.dtype(">f4"),
+    -64: np.dtype(">f8"),
+}
 
 
 class CutoutError(ValueError):

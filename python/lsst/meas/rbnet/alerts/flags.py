@@ -55,7 +55,9 @@ class AlertFlag(enum.IntFlag):
 
 
 #: Bits meaning nothing of the alert could be decoded.
-RECORD_PROBLEMS = AlertFlag.CORRUPT_RECORD | AlertFlag.TRUNCATED | AlertFlag.UNKNOWN_SCHEMA | AlertFlag.UNREADABLE_FILE
+RECORD_PROBLEMS = (
+    AlertFlag.CORRUPT_RECORD | AlertFlag.TRUNCATED | AlertFlag.UNKNOWN_SCHEMA | AlertFlag.UNREADABLE_FILE
+)
 
 #: Bits meaning at least one cutout could not be used (which one is in `AlertBatch.cutout_ok`).
 CUTOUT_PROBLEMS = AlertFlag.MISSING_CUTOUT | AlertFlag.BAD_CUTOUT | AlertFlag.WRONG_SHAPE

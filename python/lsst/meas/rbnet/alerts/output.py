@@ -20,8 +20,13 @@ from astropy.table import Table
 from .score import conform
 
 #: File extension -> format.
-OUTPUT_FORMATS: dict[str, str] = {".parquet": "parquet", ".parq": "parquet", ".pq": "parquet",
-                                  ".csv": "csv", ".ecsv": "ecsv"}  # fmt: skip
+OUTPUT_FORMATS: dict[str, str] = {
+    ".parquet": "parquet",
+    ".parq": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".ecsv": "ecsv",
+}
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -88,7 +93,9 @@ class AlertTableWriter:
         if self.format in ("parquet", "csv"):
             import pyarrow as pa
 
-            arrays = [pa.array(np.asarray(table[n]), type=self._schema.field(n).type) for n, _ in self.columns]
+            arrays = [
+                pa.array(np.asarray(table[n]), type=self._schema.field(n).type) for n, _ in self.columns
+            ]
             self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
             return
         buf = io.StringIO()

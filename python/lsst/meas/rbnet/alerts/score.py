@@ -202,7 +202,15 @@ def compare_with_survey(summary: AlertScoreSummary, threshold: float = 0.5) -> l
         n_real = int(labels.sum())
         auc = roc_auc(ours, labels) if 0 < n_real < labels.size else math.nan
         agree = float(np.mean((ours >= threshold) == (theirs >= threshold))) if labels.size else math.nan
-        rows.append({"survey": survey, "n": int(labels.size), "survey_real": n_real, "roc_auc": auc, "agreement": agree})
+        rows.append(
+            {
+                "survey": survey,
+                "n": int(labels.size),
+                "survey_real": n_real,
+                "roc_auc": auc,
+                "agreement": agree,
+            }
+        )
     return rows
 
 
@@ -254,7 +262,9 @@ def iter_scored_batches(
     paths = list(paths)
     if files is None:
         files = expand_inputs(paths)
-    scorer = load_scorer(model, device=device, batch_size=batch_size, symmetry=symmetry, num_threads=num_threads)
+    scorer = load_scorer(
+        model, device=device, batch_size=batch_size, symmetry=symmetry, num_threads=num_threads
+    )
     raws = iter_raw_alerts(paths, batch_size=batch_size, files=files)
     batches = batches_from_raw(raws, batch_size, limit, lean_fits, cutout_sizes)
     for batch in _prefetched(batches) if prefetch else batches:
@@ -329,7 +339,9 @@ def score_alerts(paths, model=None, **kwargs) -> Table:
     surveys = set()
     for t in tables:
         surveys.update(str(s) for s in np.unique(np.asarray(t["survey"])))
-    return conform(vstack(tables, metadata_conflicts="silent") if tables else Table(), output_columns(surveys))
+    return conform(
+        vstack(tables, metadata_conflicts="silent") if tables else Table(), output_columns(surveys)
+    )
 
 
 def conform(table: Table, columns: list[tuple[str, type | str]]) -> Table:

@@ -140,7 +140,9 @@ def _iter_stream(fo: IO[bytes], kind: str | None, source: str, batch_size: int, 
                     sub = sniff_format(data[:512])
                     if sub in (None, "tar"):
                         continue  # a README or checksum file inside the archive
-                    yield from _iter_stream(io.BytesIO(data), sub, f"{source}:{member.name}", batch_size, False)
+                    yield from _iter_stream(
+                        io.BytesIO(data), sub, f"{source}:{member.name}", batch_size, False
+                    )
         except (tarfile.TarError, EOFError, OSError):
             yield failure(AlertFlag.TRUNCATED, source)
     elif explicit:
@@ -175,4 +177,3 @@ def iter_messages(messages: Iterable[bytes], source: str = "message") -> Iterato
             yield from _iter_stream(io.BytesIO(data), kind, f"{source}[{i}]", 1024, True)
         else:
             yield failure(AlertFlag.UNREADABLE_FILE, f"{source}[{i}]")
-

@@ -191,5 +191,12 @@ def to_raw_alert(spec: SurveySpec, rec: dict, source: str) -> RawAlert:
         scores = {f: _float(src.get(f)) for f in spec.score_fields}
         position = (src.get("x"), src.get("y"))
     return RawAlert(
-        spec.name, -1 if alert_id is None else int(alert_id), str(object_id), scores, cutouts, position, 0, source
+        spec.name,
+        -1 if alert_id is None else int(alert_id),
+        str(object_id),
+        scores,
+        cutouts,
+        position,
+        0,
+        source,
     )

@@ -21,13 +21,22 @@ def _parse_sizes(values) -> dict[str, int]:
     for v in values:
         name, sep, size = v.partition("=")
         if not sep or not size.strip().isdigit():
-            raise click.BadParameter(f"expected SURVEY=PIXELS (e.g. rubin=93), got {v!r}", param_hint="--cutout-size")
+            raise click.BadParameter(
+                f"expected SURVEY=PIXELS (e.g. rubin=93), got {v!r}", param_hint="--cutout-size"
+            )
         sizes[name.strip()] = int(size)
     return sizes
 
 
 def _progress(console, total):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
@@ -46,27 +55,74 @@ def _progress(console, total):
 
 @click.command("score-alerts")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Output table: .parquet, .csv or .ecsv.")
-@click.option("--model", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Triplet model package (.safetensors); default: the shipped default model.")
-@click.option("--compare", is_flag=True,
-              help="Print ROC-AUC and agreement at 0.5 against each survey's own score (ZTF drb/rb, Rubin reliability).")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output table: .parquet, .csv or .ecsv.",
+)
+@click.option(
+    "--model",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Triplet model package (.safetensors); default: the shipped default model.",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Print ROC-AUC and agreement at 0.5 against each survey's own score (ZTF drb/rb, Rubin "
+    "reliability).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many alerts.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Alerts decoded and scored at once; bounds the memory used.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Alerts decoded and scored at once; bounds the memory used.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--symmetry", is_flag=True, help="Average over the 8 rotations/flips of each stamp (8x slower).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Torch threads for the network; the reader decodes the next batch in another thread, "
-              "and one network thread keeps up with it.")
-@click.option("--cutout-size", "cutout_sizes", multiple=True, metavar="SURVEY=PIXELS",
-              help="Cutout size of a survey's stacks instead of its own (ztf=63, rubin=30); repeatable.")
-@click.option("--fits-reader", type=click.Choice(["lean", "astropy"]), default="lean", show_default=True,
-              help="FITS decoder of the cutouts (same pixels; lean is faster).")
+@click.option(
+    "--symmetry", is_flag=True, help="Average over the 8 rotations/flips of each stamp (8x slower)."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Torch threads for the network; the reader decodes the next batch in another thread, "
+    "and one network thread keeps up with it.",
+)
+@click.option(
+    "--cutout-size",
+    "cutout_sizes",
+    multiple=True,
+    metavar="SURVEY=PIXELS",
+    help="Cutout size of a survey's stacks instead of its own (ztf=63, rubin=30); repeatable.",
+)
+@click.option(
+    "--fits-reader",
+    type=click.Choice(["lean", "astropy"]),
+    default="lean",
+    show_default=True,
+    help="FITS decoder of the cutouts (same pixels; lean is faster).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def score_alerts(paths, out, model, compare, limit, batch_size, device, symmetry, threads, cutout_sizes,
-                 fits_reader, no_progress):  # fmt: skip
+def score_alerts(
+    paths,
+    out,
+    model,
+    compare,
+    limit,
+    batch_size,
+    device,
+    symmetry,
+    threads,
+    cutout_sizes,
+    fits_reader,
+    no_progress,
+):
     """Score alert packets: PATHS are files (Avro, Confluent messages, Parquet, tar), directories or globs."""
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -89,9 +145,17 @@ def score_alerts(paths, out, model, compare, limit, batch_size, device, symmetry
     start = time.perf_counter()
     try:
         scored = iter_scored_batches(
-            list(paths), model, device=device, batch_size=batch_size, limit=limit, symmetry=symmetry,
-            lean_fits=fits_reader == "lean", cutout_sizes=sizes, files=files, num_threads=threads,
-        )  # fmt: skip
+            list(paths),
+            model,
+            device=device,
+            batch_size=batch_size,
+            limit=limit,
+            symmetry=symmetry,
+            lean_fits=fits_reader == "lean",
+            cutout_sizes=sizes,
+            files=files,
+            num_threads=threads,
+        )
         with AlertTableWriter(out, output_columns(surveys)) as writer:
             progress = None if no_progress else _progress(console, limit)
             task = None
@@ -125,7 +189,13 @@ def score_alerts(paths, out, model, compare, limit, batch_size, device, symmetry
         for col in ("survey", "alerts compared", "survey score >= 0.5", "ROC-AUC", "agreement at 0.5"):
             table.add_column(col, justify="right")
         for r in rows:
-            table.add_row(r["survey"], str(r["n"]), str(r["survey_real"]), f"{r['roc_auc']:.3f}", f"{r['agreement']:.3f}")
+            table.add_row(
+                r["survey"],
+                str(r["n"]),
+                str(r["survey_real"]),
+                f"{r['roc_auc']:.3f}",
+                f"{r['agreement']:.3f}",
+            )
         Console(width=120).print(table) if rows else click.echo("no alert had both scores")
     if summary.n_scored == 0:
         raise click.ClickException(f"no alert could be scored ({summary.n_alerts} read); see the flags above")
