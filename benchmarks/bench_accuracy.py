@@ -69,7 +69,7 @@ TARGETS = {
 }
 
 
-def simulate(n, seed, stamp_size, cache=None):
+def simulate(n, seed, stamp_size, cache=None, survey=None):
     """Raw stamps, mask planes, labels, classes and SNR from the simulator (or an npz cache of them)."""
     from lsst.meas.rbnet.training.data import load_npz
 
@@ -79,7 +79,7 @@ def simulate(n, seed, stamp_size, cache=None):
     from lsst.meas.rbnet.sim import simulate_stamps
 
     t0 = time.perf_counter()
-    sim = simulate_stamps(n, stamp_size=stamp_size, seed=seed, with_masks=True)
+    sim = simulate_stamps(n, stamp_size=stamp_size, seed=seed, with_masks=True, survey=survey)
     print(f"simulated {n} stamps (seed {seed}, {stamp_size}x{stamp_size}) in {time.perf_counter() - t0:.0f} s")
     out = (
         sim.stamps,
@@ -189,6 +189,10 @@ def main(argv=None):
     parser.add_argument("--visit-seed", type=int, default=VISIT_SEED, help="Seed of the first test visit.")
     parser.add_argument("--compare", action="append", default=[],
                         help="Another model package to evaluate on the visits side by side (repeatable).")
+    parser.add_argument("--surveys", default="rubin,ztf,decam",
+                        help="Survey presets with a held-out set of their own at their alert cutout size "
+                             "(comma-separated; 'none' for none).")
+    parser.add_argument("--survey-n", type=int, default=10000, help="Test sources per survey preset.")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "accuracy"),
                         help="Result path without suffix (.json and .md are written).")
     args = parser.parse_args(argv)
@@ -234,6 +238,27 @@ def main(argv=None):
         if name == "CNN":
             p_cnn, ok_cnn = p, ok
 
+    surveys = [] if args.surveys.lower() == "none" else [v.strip() for v in args.surveys.split(",") if v.strip()]
+    if surveys:
+        from lsst.meas.rbnet.sim.surveys import get_survey
+
+        for k, name in enumerate(surveys):
+            preset = get_survey(name)
+            size = max(preset.simulation_size, 21)
+            st, ms, lab, cls_, sn = simulate(args.survey_n, args.seed + 100 + k, size, survey=preset.name)
+            for label, x in ((f"CNN [{preset.name}]", st), (f"CNN [{preset.name}, pipeline masks]",
+                                                             blank_masked(st, ms))):
+                t0 = time.perf_counter()
+                p = score_triplets(x[:, 1], x[:, 2], x[:, 0], model=model_path, device="cpu")
+                ok = np.isfinite(p)
+                m = evaluate_scores(p[ok], lab[ok], classes=cls_[ok], snr=sn[ok], thresholds=thresholds)
+                m["n_unscored"] = int((~ok).sum())
+                m["seconds"] = time.perf_counter() - t0
+                m["stamp_size"] = size
+                results[label] = m
+                print(f"{label}: {size}x{size}, scored {ok.sum()} of {len(p)}, AUC {m['roc_auc']:.5f}")
+            del st, ms
+
     if args.baseline_n > 0:
         bst, _, blab, _, _ = simulate(args.baseline_n, args.baseline_seed, package.contract.stamp_size, args.baseline_data)
         xb, _ = prepare_stamps(bst, package.contract)
@@ -254,7 +279,7 @@ def main(argv=None):
     checks = {}
     b = results.get("baseline")
     b99 = ((b or {}).get("completeness_at_purity_snr") or {}).get("0.99") or 0
-    for name in ("CNN", "CNN (pipeline masks)"):
+    for name in ["CNN", "CNN (pipeline masks)"] + [k for k in results if k.startswith("CNN [")]:
         m = results[name]
         c99 = (m.get("completeness_at_purity_snr") or {}).get("0.99")
         checks[f"{name}: ROC-AUC >= 0.99"] = m["roc_auc"] >= TARGETS["roc_auc"]

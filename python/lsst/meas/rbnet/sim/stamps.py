@@ -303,7 +303,7 @@ def simulate_stamps(
         chunk_masks = np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1)
         chunk_var = np.stack([obs.variance_difference, obs.variance_science, obs.variance_template], axis=1)
         truth["nan_block"] = _cut_nan_blocks(rng, chunk, chunk_masks, chunk_var, nan_block_fraction)
-        truth["sky_level"] = _present(rng, chunk, truth["detection_sign"], preset)
+        truth["sky_level"] = _present(rng, chunk, chunk_masks, chunk_var, truth["detection_sign"], preset)
         stamps[start:stop] = chunk
         if masks is not None:
             masks[start:stop] = chunk_masks
@@ -320,13 +320,17 @@ def simulate_stamps(
     table["source_class"] = classes_all.astype(str)
     for name, parts in columns.items():
         table[name] = np.concatenate(parts) if parts else np.zeros(0)
+    units = preset.units if preset is not None else "nJy"
+    if preset is not None and preset.nJy_per_unit != 1.0:
+        for name in ("flux", "host_flux", "sky_noise", "sky_noise_template", "sky_noise_difference"):
+            table[name] = table[name] / preset.nJy_per_unit
     table["detection_sign"] = table["detection_sign"].astype(np.int8)
     table["nan_block"] = table["nan_block"].astype(bool)
     table["snr"].description = "True PSF-optimal |S/N| of the object in the difference image"
-    table["flux"].unit = "nJy"
     table["flux"].description = "PSF flux of the object in the noiseless difference image (signed)"
-    for name in ("sky_noise", "sky_noise_template", "sky_noise_difference", "host_flux"):
-        table[name].unit = "nJy"
+    table["flux"].unit = units
+    for name in ("sky_noise", "sky_noise_template", "sky_noise_difference", "host_flux", "sky_level"):
+        table[name].unit = units
     for name in ("fwhm_science", "fwhm_template", "x_offset", "y_offset"):
         table[name].unit = "pix"
     table.meta.update(
@@ -335,7 +339,7 @@ def simulate_stamps(
             "stamp_size": stamp_size,
             "seed": seed,
             "pixel_scale": pixel_scale,
-            "units": preset.units if preset is not None else "nJy",
+            "units": units,
             "survey": preset.name if preset is not None else "generic",
         }
     )
@@ -473,13 +477,20 @@ def _cut_nan_blocks(rng, stamps, masks, variances, fraction):
     # (chip gap, masked amplifier region; sometimes over the source), or a rectangle
     # missing in the science or the template, and so in the difference. In place;
     # returns which stamps were cut (m,) bool.
+    # Blocks keep off the central 5x5 pixels: a detection whose own pixels are
+    # missing is not made by a pipeline (saturated cores and chip edges, which
+    # are, come from their own classes).
     m, _, h, w = stamps.shape
     cut = rng.random(m) < fraction
+    centre = np.zeros((h, w), bool)
+    centre[h // 2 - 2 : h // 2 + 3, w // 2 - 2 : w // 2 + 3] = True
     for i in np.flatnonzero(cut):
         block = np.zeros((h, w), bool)
         if rng.random() < 0.6:
             width = int(rng.integers(2, max(3, h // 3)))
             start = int(rng.integers(0, h - width))
+            if start <= h // 2 + 2 and start + width >= h // 2 - 2:
+                start = (h // 2 + 3) if rng.random() < 0.5 else max(0, h // 2 - 2 - width)
             if rng.random() < 0.5:
                 block[start : start + width, :] = True
             else:
@@ -490,6 +501,7 @@ def _cut_nan_blocks(rng, stamps, masks, variances, fraction):
             y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
             block[y0 : y0 + bh, x0 : x0 + bw] = True
             planes = [0, 1] if rng.random() < 0.5 else [0, 2]
+        block &= ~centre
         for c in planes:
             stamps[i, c][block] = np.nan
             variances[i, c][block] = np.nan
@@ -497,13 +509,24 @@ def _cut_nan_blocks(rng, stamps, masks, variances, fraction):
     return cut
 
 
-def _present(rng, stamps, detection_sign, preset):
+def _present(rng, stamps, masks, variances, detection_sign, preset):
     # The survey's presentation of its cutouts: the sky left in the science and
     # template planes, and the sign of negative detections. In place; returns the
     # science sky level (m,).
     m = len(stamps)
     if preset is None:
         return np.zeros(m)
+    if preset.saturated_as_nan and masks is not None:
+        # Saturated pixels (and their bleed trails) are blanked in every plane.
+        sat = (masks[:, 1] & (1 << MASK_PLANES["SAT"])) != 0
+        if sat.any():
+            stamps[np.broadcast_to(sat[:, None], stamps.shape)] = np.nan
+            for c in range(3):
+                masks[:, c][sat] |= 1 << MASK_PLANES["NO_DATA"]
+    if preset.nJy_per_unit != 1.0:
+        stamps /= np.float32(preset.nJy_per_unit)
+        if variances is not None:
+            variances /= np.float32(preset.nJy_per_unit**2)
     lo, hi = preset.sky_level_range
     sky = np.zeros(m) if hi <= 0 else np.exp(rng.uniform(np.log(max(lo, 1e-3)), np.log(hi), m))
     if hi > 0:

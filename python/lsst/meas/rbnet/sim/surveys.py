@@ -82,6 +82,13 @@ class SurveyPreset:
         region) somewhere in the stamp.
     edge_fraction : `float`
         Fraction of cutouts that reach past a chip edge.
+    saturated_as_nan : `bool`
+        True when saturated pixels are blanked (NaN) in the cutouts, as ZTF does.
+    nJy_per_unit : `float`
+        Flux of one survey unit in nJy (``10**(-0.4 * (ZP - 31.4))`` for a zero
+        point ZP of the survey's pixel units). Scenes are made in nJy, so stars
+        and galaxies have their true brightness against the survey's noise;
+        the cutouts are then given in the survey's units.
     """
 
     name: str
@@ -105,6 +112,8 @@ class SurveyPreset:
     kernel_error_sigma: float
     nan_block_fraction: float
     edge_fraction: float
+    saturated_as_nan: bool = False
+    nJy_per_unit: float = 1.0
 
     @property
     def simulation_size(self) -> int:
@@ -160,6 +169,8 @@ SURVEYS: dict[str, SurveyPreset] = {
         kernel_error_sigma=0.015,
         nan_block_fraction=0.12,
         edge_fraction=0.04,
+        saturated_as_nan=True,
+        nJy_per_unit=150.0,  # zero point about 25.96 mag for DN of a 30 s exposure
     ),
     "decam": SurveyPreset(
         name="decam",
@@ -183,6 +194,7 @@ SURVEYS: dict[str, SurveyPreset] = {
         kernel_error_sigma=0.012,
         nan_block_fraction=0.05,
         edge_fraction=0.03,
+        nJy_per_unit=8.0,  # zero point about 29.1 mag for counts of a 90 s exposure
     ),
 }
 
@@ -230,8 +242,10 @@ def sample_survey_conditions(rng: np.random.Generator, n: int, preset: SurveyPre
         wing_ratio=rng.uniform(1.8, 3.0, n),
         ellipticity=np.clip(rng.normal(0, preset.ellipticity_sigma / 2, n), -0.1, 0.1),
     )
-    sky = np.exp(rng.uniform(np.log(preset.sky_sigma_range[0]), np.log(preset.sky_sigma_range[1]), n))
-    gain = rng.uniform(*preset.gain_range, n)
+    # Noise and gain in nJy (the scene's unit); the cutouts are converted to survey units at the end.
+    k = preset.nJy_per_unit
+    sky = k * np.exp(rng.uniform(np.log(preset.sky_sigma_range[0]), np.log(preset.sky_sigma_range[1]), n))
+    gain = k * rng.uniform(*preset.gain_range, n)
     depth = rng.uniform(*preset.template_depth_range, n)
     # The template's noise per exposure is like the science image's, sqrt(depth) lower in the coadd.
     sky_t = sky * np.exp(rng.normal(0, 0.2, n)) / np.sqrt(depth)
