@@ -123,7 +123,7 @@ def _load_data(files, n_simulate, sim_seed, contract, mask_fraction, seed, conso
     return data, sources
 
 
-#: Options fixed by the package under ``--init``: option name -> how to read the package's value.
+#: Options (parameter names) whose values the ``--init`` package fixes: its contract and architecture.
 _INIT_FIXED = ("channels", "stamp_size", "normalization", "architecture", "widths")
 
 
