@@ -357,13 +357,21 @@ def test_default_model(monkeypatch, tmp_path, package):
     assert load_scorer(device="cpu").version == "t1"
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_scorer(tmp_path / "nowhere.safetensors", device="cpu")
-    assert scoring.DEFAULT_MODEL_FILENAME in str(scoring.__dict__["DEFAULT_MODEL_FILENAME"])
+    # score_triplets without a model scores with the default package.
+    st = np.random.default_rng(1).normal(size=(4, 3, 31, 31)).astype(np.float32)
+    np.testing.assert_array_equal(
+        score_triplets(st[:, 1], st[:, 2], st[:, 0], device="cpu"),
+        score_triplets(st[:, 1], st[:, 2], st[:, 0], model=package, device="cpu"),
+    )
     scoring.clear_scorer_cache()
 
 
 def test_default_model_path_is_in_package():
     path = scoring.default_model_path()
-    assert path.name == "rbnet-default.safetensors" and path.parent.name == "data"
+    assert path.name == scoring.DEFAULT_MODEL_FILENAME == "rbnet-default.safetensors"
+    assert path.parent.name == "data" and path.parent.parent.name == "rbnet"
+    # It is installed and is a triplet package the scorer loads.
+    assert path.is_file() and ModelPackage.load(path).kind == "triplet"
 
 
 def test_empty_inputs(scorer):

@@ -428,7 +428,10 @@ def test_sequence_package_round_trip(tiny_package, tmp_path):
     assert package.components["encoder"].architecture == "vae"
     assert package.contract.stamp_size == 29 and package.contract.channels == ("science",)
     assert package.extra["frame_size"] == 28 and package.temperature > 0
-    assert "roc_auc" in metrics or metrics["n_eval"] > 0
+    # A quarter of the 24 objects, stratified, is held out and evaluated (both classes, so an AUC).
+    assert metrics["evaluated_on"] == "held-out test objects"
+    assert metrics["n_eval"] == package.provenance["n_test_objects"] == 6
+    assert package.provenance["n_train_objects"] == 18
     path = tmp_path / "seq.safetensors"
     package.save(path)
     loaded = ModelPackage.load(path)
@@ -441,6 +444,14 @@ def test_sequence_package_round_trip(tiny_package, tmp_path):
     assert p1.shape == (25,) and p1.dtype == np.float32
     assert np.isnan(p1[-1]) and np.all((p1[:-1] >= 0) & (p1[:-1] <= 1))
     np.testing.assert_allclose(p1, p2, atol=1e-6)
+    # The recorded held-out metrics are those of the package's own scores on the held-out objects.
+    from lsst.meas.rbnet.sequence.train import stratified_split
+    from lsst.meas.rbnet.training.metrics import accuracy, roc_auc
+
+    _, held = stratified_split(fr.labels, 0.25, np.random.default_rng(package.provenance["seed"]))
+    assert len(held) == 6 and 0 < fr.labels[held].sum() < 6
+    assert metrics["roc_auc"] == pytest.approx(roc_auc(p1[held], fr.labels[held]), abs=1e-9)
+    assert metrics["accuracy"] == pytest.approx(accuracy(p1[held], fr.labels[held], 0.5), abs=1e-9)
     # Chunked streaming gives the same scores; 29-pixel stamps are cut to the 28-pixel frames.
     small = SequenceScorer(loaded, chunk_frames=7, encode_batch=5)
     np.testing.assert_allclose(small.score(fr.frames, offsets, fr.times), p1, atol=1e-4)

@@ -275,7 +275,9 @@ def test_tiny_model_learns_and_scores_through_score_triplets(trained, tmp_path):
     assert pkg.version == "test1" and pkg.contract == CONTRACT
     assert {t["name"] for t in pkg.thresholds} == {"default", "purity95", "purity99"}
     assert pkg.classes and pkg.provenance["seed"] == 0 and "git_commit" in pkg.provenance
-    assert len(result.history) >= 1 and result.metrics["roc_auc"] > 0.9
+    # Margins: these easy stamps are learnt perfectly (ROC-AUC 1.0); untrained networks score
+    # them at 0.3-0.7 and one trained on shuffled labels at about 0.66, accuracy below 0.5.
+    assert len(result.history) >= 1 and result.metrics["roc_auc"] > 0.98
     path = tmp_path / "tiny.safetensors"
     pkg.save(path)
     loaded = ModelPackage.load(path)
@@ -283,8 +285,8 @@ def test_tiny_model_learns_and_scores_through_score_triplets(trained, tmp_path):
     stamps, labels, _, _ = easy_stamps(400, seed=11)
     scores = score_triplets(stamps[:, 1], stamps[:, 2], stamps[:, 0], model=path, device="cpu")
     assert scores.shape == (400,) and np.isfinite(scores).all()
-    assert M.roc_auc(scores, labels) > 0.9
-    assert M.accuracy(scores, labels, loaded.threshold("default")) > 0.8
+    assert M.roc_auc(scores, labels) > 0.98
+    assert M.accuracy(scores, labels, loaded.threshold("default")) > 0.95
     json.dumps(result.metrics)  # JSON-serialisable
 
 
@@ -343,7 +345,8 @@ def test_cross_validation_reports_mean_and_std():
     assert res["k"] == 2 and len(res["folds"]) == 2
     assert sum(f["n"] for f in res["folds"]) == 300
     auc = res["summary"]["roc_auc"]
-    assert auc["n"] == 2 and 0 <= auc["std"] and auc["mean"] > 0.7
+    # One epoch per fold already separates these stamps (about 0.997); untrained nets give 0.3-0.7.
+    assert auc["n"] == 2 and 0 <= auc["std"] and auc["mean"] > 0.95
     json.dumps(res)
 
 
@@ -361,7 +364,8 @@ def test_logistic_baseline_learns_easy_stamps():
     base = LogisticBaseline(max_iter=100).fit(x, labels)
     p = base.predict_proba(xt)
     assert p.shape == (300,) and (0 <= p).all() and (p <= 1).all()
-    assert M.roc_auc(p, test[1]) > 0.9
+    # Perfect on these stamps (1.0); fitted on shuffled labels it gives about 0.5.
+    assert M.roc_auc(p, test[1]) > 0.98
     with pytest.raises(RuntimeError, match="not fitted"):
         LogisticBaseline().decision_function(xt)
 
@@ -393,7 +397,7 @@ def test_rbnet_train_cli_end_to_end(tmp_path):
     assert pkg.version == "cli1" and pkg.contract.stamp_size == SIZE
     assert "rbnet train" in pkg.provenance["command"] and str(tmp_path) not in json.dumps(pkg.provenance)
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
-    assert metrics["test"]["cnn"]["roc_auc"] > 0.9 and "baseline" in metrics["test"]
+    assert metrics["test"]["cnn"]["roc_auc"] > 0.98 and "baseline" in metrics["test"]
     pngs = sorted(p.name for p in plots.glob("*.png"))
     assert "roc.png" in pngs and "reliability.png" in pngs and "scores_per_class.png" in pngs
     # A bad argument is a clear error, not a traceback.
