@@ -313,7 +313,9 @@ def test_case10_bad_labels_refused(tmp_path):
     assert res.exit_code != 0 and "l.npz" in res.output and "labels must be 0" in res.output
 
 
-@pytest.mark.parametrize("option", ["--class-weight", "--lr", "--noise-std", "--val-fraction", "--max-minutes"])
+@pytest.mark.parametrize(
+    "option", ["--class-weight", "--lr", "--noise-std", "--val-fraction", "--max-minutes", "--mask-fraction"]
+)
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_case10_non_finite_options_refused(tmp_path, option, value):
     """Case 10: --class-weight nan (and other non-finite numbers) are refused before any work."""
@@ -321,7 +323,7 @@ def test_case10_non_finite_options_refused(tmp_path, option, value):
     data = _write_stamps(tmp_path / "ok.npz", st, lab)
     res = run_cli("train", "--data", data, "--out", tmp_path / "m.safetensors", option, value)
     assert res.exit_code != 0
-    assert option in res.output and "finite" in res.output
+    assert option in res.output and ("finite" in res.output or "not in the range" in res.output)
     assert "read 60 stamps" not in res.output
 
 
@@ -640,3 +642,40 @@ def test_case18_written_files_honour_the_umask(tmp_path, package, umask, mode):
         os.umask(old)
     for name in ("m.safetensors", "m.metrics.json", "roc.png"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_case16_train_sequence_checks_out_first(tmp_path, monkeypatch):
+    """Case 16: train-sequence --out in a missing folder fails before any simulation or training."""
+    import lsst.meas.rbnet.sim as sim
+
+    monkeypatch.setattr(sim, "simulate_sequences", lambda *a, **k: pytest.fail("simulated before checking --out"))
+    res = run_cli("train-sequence", "--out", tmp_path / "nodir" / "s.safetensors", "--n-objects", 20)
+    assert res.exit_code != 0 and "--out" in res.output and "does not exist" in res.output
+    res = run_cli("train-sequence", "--out", tmp_path, "--n-objects", 20)
+    assert res.exit_code != 0 and "is a directory" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--n-objects", "0"], "--n-objects"),
+        (["--n-objects", "-5"], "--n-objects"),
+        (["--frame-size", "0"], "--frame-size"),
+        (["--vae-epochs", "0"], "--vae-epochs"),
+        (["--test-fraction", "nan"], "--test-fraction"),
+        (["--test-fraction", "1"], "--test-fraction"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
+def test_case16_train_sequence_options_checked(tmp_path, args, option):
+    res = run_cli("train-sequence", "--out", tmp_path / "s.safetensors", *args)
+    assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output
+
+
+def test_case16_sequence_cv_checks_outputs_first(tmp_path):
+    lat = tmp_path / "lat"
+    lat.mkdir()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("object_id,label\n")
+    res = run_cli("sequence-cv", "--latents", lat, "--labels", labels, "--out", tmp_path / "no" / "r.json")
+    assert res.exit_code != 0 and "--out" in res.output and "does not exist" in res.output

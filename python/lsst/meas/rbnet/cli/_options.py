@@ -1,7 +1,7 @@
 # This file is part of meas_rbnet.
 """Option types shared by the ``rbnet`` commands."""
 
-__all__ = ["FINITE_FLOAT", "FiniteFloat"]
+__all__ = ["FINITE_FLOAT", "FiniteFloat", "FiniteFloatRange"]
 
 import math
 
@@ -27,3 +27,13 @@ class FiniteFloat(click.ParamType):
 
 #: The shared instance.
 FINITE_FLOAT = FiniteFloat()
+
+
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses NaN (which passes every range comparison) and infinities."""
+
+    def convert(self, value, param, ctx):
+        f = super().convert(value, param, ctx)
+        if not math.isfinite(f):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return f

@@ -10,6 +10,8 @@ import time
 
 import click
 
+from ._options import FiniteFloatRange
+
 #: Default wall-time budget of ``sequence-cv`` (seconds): 5 folds must fit in 30 minutes.
 DEFAULT_CV_BUDGET = 1500.0
 
@@ -75,13 +77,18 @@ def _threads(n: int | None) -> None:
     "--time-budget",
     default=DEFAULT_CV_BUDGET,
     show_default=True,
-    type=float,
+    type=FiniteFloatRange(min=0, min_open=True),
     help="Wall seconds for all fits together; each fit stops at its share and keeps its best epoch.",
 )
 @click.option(
-    "--max-epochs", default=None, type=int, help="Upper bound on epochs per fit (default: the models')."
+    "--max-epochs",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Upper bound on epochs per fit (default: the models').",
 )
-@click.option("--threads", default=None, type=int, help="Torch CPU threads (default 1; see the docs).")
+@click.option(
+    "--threads", default=None, type=click.IntRange(min=1), help="Torch CPU threads (default 1; see the docs)."
+)
 @click.option(
     "--workers",
     default=None,
@@ -120,8 +127,13 @@ def sequence_cv(
     from ..sequence.cv import cross_validate, default_workers, plot_roc, resolve_model
     from ..sequence.latents import read_latent_dir
 
+    from ..fileio import check_output_path
+
     names = [m.strip() for m in models.split(",") if m.strip()]
     try:
+        for path, option in ((plot, "--plot"), (out, "--out")):
+            if path:
+                check_output_path(path, option)
         for m in names:
             resolve_model(m)
         latents, report = read_latent_dir(
@@ -219,9 +231,13 @@ def _parse_range(text: str) -> tuple[int, int]:
     type=click.Path(exists=True, dir_okay=False),
     help="A saved SequenceSet (.npz from the simulator); default: simulate one.",
 )
-@click.option("--n-objects", default=400, show_default=True, type=int, help="Objects to simulate.")
+@click.option(
+    "--n-objects", default=400, show_default=True, type=click.IntRange(min=10), help="Objects to simulate."
+)
 @click.option("--n-visits", default="5:60", show_default=True, help="Visits per object to simulate, LO:HI.")
-@click.option("--frame-size", default=28, show_default=True, type=int, help="Frame side (pixels).")
+@click.option(
+    "--frame-size", default=28, show_default=True, type=click.IntRange(8, 101), help="Frame side (pixels)."
+)
 @click.option(
     "--channels",
     type=click.Choice(["science", "difference", "triplet"]),
@@ -229,23 +245,25 @@ def _parse_range(text: str) -> tuple[int, int]:
     show_default=True,
     help="Frame channels the model reads (the paper: science).",
 )
-@click.option("--latent-dim", default=36, show_default=True, type=int, help="VAE latent size.")
-@click.option("--vae-epochs", default=8, show_default=True, type=int)
+@click.option("--latent-dim", default=36, show_default=True, type=click.IntRange(1, 1024), help="VAE latent size.")
+@click.option("--vae-epochs", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--vae-max-frames",
     default=60000,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=0),
     help="Train the VAE on at most this many frames (0: all).",
 )
 @click.option("--model", default="bigru", show_default=True, help="bigru, gru, lstm or conv1d.")
 @click.option("--loss", type=click.Choice(["bce", "bce+tversky"]), default="bce", show_default=True)
-@click.option("--max-epochs", default=40, show_default=True, type=int, help="Classifier epochs at most.")
+@click.option(
+    "--max-epochs", default=40, show_default=True, type=click.IntRange(min=1), help="Classifier epochs at most."
+)
 @click.option(
     "--test-fraction",
     default=0.2,
     show_default=True,
-    type=float,
+    type=FiniteFloatRange(0, 1, max_open=True),
     help="Objects held out to measure the package's metrics.",
 )
 @click.option(
@@ -266,7 +284,9 @@ def _parse_range(text: str) -> tuple[int, int]:
     help="Triplet model package for --visit-scores (default: the shipped model).",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--threads", default=None, type=int, help="Torch CPU threads (default 1; see the docs).")
+@click.option(
+    "--threads", default=None, type=click.IntRange(min=1), help="Torch CPU threads (default 1; see the docs)."
+)
 def train_sequence(
     out_path,
     input_path,
@@ -304,7 +324,11 @@ def train_sequence(
         train_sequence_package,
     )
 
+    from ..fileio import check_output_path
+
     try:
+        # Before any work: a bad output path must not be found only after the training.
+        check_output_path(out_path, "--out")
         validate_version_string(version)
         arch = resolve_model(model)
     except ValueError as err:

@@ -31,7 +31,7 @@ import click
 from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, DIFFERENCE_ONLY
 from ..contract import NORMALIZATIONS
 from ..fileio import write_atomic
-from ._options import FINITE_FLOAT
+from ._options import FINITE_FLOAT, FiniteFloatRange
 
 #: Losses offered on the command line (kept in sync with `training.losses.LOSSES`, checked in the tests).
 _LOSSES = ("bce", "focal", "tversky", "bce+tversky")
@@ -309,7 +309,7 @@ def _gallery(plots, test, probs, snr_min):
 @click.option("--class-weight", type=FINITE_FLOAT, default=0.2, show_default=True,
               help="Weight of the artifact-class head loss (0: no class head).")
 @click.option("--noise-std", type=FINITE_FLOAT, default=0.0, show_default=True, help="Augmentation: added noise.")
-@click.option("--mask-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--mask-fraction", type=FiniteFloatRange(0, 1), default=0.5, show_default=True,
               help="Fraction of stamps whose bad-mask pixels are blanked as the pipeline does (needs masks).")
 @click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True, help="Early stopping.")
 @click.option("--val-fraction", type=FINITE_FLOAT, default=0.1, show_default=True)
