@@ -1,0 +1,163 @@
+# This file is part of meas_rbnet.
+"""Survey presets of the simulator and the label policy it follows (doc/label-policy.md)."""
+
+import numpy as np
+import pytest
+
+from lsst.meas.rbnet.constants import MASK_PLANES
+from lsst.meas.rbnet.sim import simulate_stamps
+from lsst.meas.rbnet.sim.labelled import (
+    POOR_REGISTRATION_RANGE,
+    star_psf_mismatch,
+    star_template_offsets,
+)
+from lsst.meas.rbnet.sim.surveys import SURVEYS, get_survey
+
+DIFF, SCI, TMPL = 0, 1, 2
+
+
+def _robust_sigma(a):
+    a = a[np.isfinite(a)]
+    return 1.4826 * np.median(np.abs(a - np.median(a))) if a.size else np.nan
+
+
+def test_unknown_survey_is_refused_with_the_known_names():
+    with pytest.raises(ValueError, match="decam.*rubin.*ztf"):
+        get_survey("hsc")
+    with pytest.raises(ValueError, match="Unknown survey"):
+        simulate_stamps(4, 21, survey="hsc")
+
+
+@pytest.mark.parametrize("name", sorted(SURVEYS))
+def test_preset_units_noise_and_sky(name):
+    preset = get_survey(name)
+    st = simulate_stamps(256, 31, seed=11, survey=name, class_fractions={"real_new": 1})
+    assert st.table.meta["survey"] == name
+    assert st.table.meta["units"] == preset.units
+    assert st.table.meta["pixel_scale"] == preset.pixel_scale
+    # The science background noise, measured on the pixels, lies in the preset's range (survey units).
+    lo, hi = preset.sky_sigma_range
+    noise = np.array([_robust_sigma(s[SCI][:8]) for s in st.stamps])
+    assert lo * 0.7 < np.nanmedian(noise) < hi * 1.3
+    # The template is a deeper coadd: less noisy than the science image.
+    tnoise = np.array([_robust_sigma(s[TMPL][:8]) for s in st.stamps])
+    assert np.nanmedian(tnoise) < 0.7 * np.nanmedian(noise)
+    # Sky left in the science and template cutouts only where the survey leaves it.
+    sky = np.nanmedian(st.stamps[:, SCI], axis=(1, 2))
+    if preset.sky_level_range[1] > 0:
+        assert np.nanmedian(sky) > preset.sky_level_range[0]
+        assert np.all(np.asarray(st.table["sky_level"]) > 0)
+    else:
+        assert abs(np.nanmedian(sky)) < 0.5 * np.nanmedian(noise)
+    # Seeing in pixels follows the pixel scale.
+    fwhm_arcsec = np.median(st.table["fwhm_science"]) * preset.pixel_scale
+    assert 0.6 * preset.seeing_median < fwhm_arcsec < 1.6 * preset.seeing_median
+
+
+def test_ztf_stars_are_not_hundreds_of_sigma():
+    # The scene is made in nJy and converted to DN: a 63x63 ZTF cutout holds a few
+    # field sources, not a sky full of saturated stars.
+    st = simulate_stamps(64, 63, seed=3, survey="ztf", class_fractions={"real_new": 1})
+    noise = np.median([_robust_sigma(s[SCI]) for s in st.stamps])
+    sky = np.nanmedian(st.stamps[:, SCI], axis=(1, 2))
+    bright = (st.stamps[:, SCI] - sky[:, None, None]) > 20 * noise
+    assert np.median(bright.mean(axis=(1, 2))) < 0.02
+
+
+@pytest.mark.parametrize("name, flipped", [("ztf", True), ("rubin", False), ("decam", False)])
+def test_negative_detections_follow_the_survey_convention(name, flipped):
+    st = simulate_stamps(128, 31, seed=5, survey=name, class_fractions={"real_fainter": 1}, nan_block_fraction=0)
+    assert np.all(np.asarray(st.table["detection_sign"]) == -1)
+    centre = np.nanmean(st.stamps[:, DIFF, 14:17, 14:17], axis=(1, 2))
+    positive = np.mean(centre > 0)
+    if flipped:
+        assert positive > 0.9
+    else:
+        assert positive < 0.1
+
+
+def test_template_offsets_are_shared_by_constant_and_variable_stars():
+    rng = np.random.default_rng(1)
+    dx, dy = star_template_offsets(rng, 20000)
+    shift = np.hypot(dx, dy)
+    # Half of all stars are visibly misregistered, the rest well registered.
+    assert 0.4 < np.mean(shift >= POOR_REGISTRATION_RANGE[0]) < 0.6
+    dxd, dyd = star_template_offsets(rng, 5000, detectable=True)
+    shift_d = np.hypot(dxd, dyd)
+    assert shift_d.min() >= POOR_REGISTRATION_RANGE[0] - 1e-12
+    # The detectable branch is the same distribution as the visible part of the full one.
+    visible = shift[shift >= POOR_REGISTRATION_RANGE[0]]
+    assert abs(np.median(visible) - np.median(shift_d)) < 0.05
+    fx, fy = star_psf_mismatch(rng, 20000)
+    assert 0.25 < np.mean(np.abs(fx - 1) > 0.02) < 0.45
+
+
+def test_variable_stars_carry_subtraction_residuals_like_artifacts(monkeypatch):
+    # Label policy: a brightening star whose difference shows a dipole on top of its
+    # net flux is real. Such stars must be common in the training set: compare with
+    # the same simulation where variable stars get a perfect subtraction.
+    from lsst.meas.rbnet.sim import labelled
+
+    def negative_lobes():
+        st = simulate_stamps(
+            300, 31, seed=7, survey="rubin", class_fractions={"real_brighter": 1}, nan_block_fraction=0
+        )
+        core = st.stamps[:, DIFF, 11:20, 11:20]
+        sigma = np.asarray(st.table["sky_noise_difference"])
+        net = np.nansum(core, axis=(1, 2))
+        # The change is real: the net flux is positive for (almost) every one of them...
+        assert np.mean(net > 0) > 0.95
+        # ...while some also show a strong negative lobe of misregistration or PSF mismatch.
+        return np.mean(np.nanmin(core, axis=(1, 2)) < -5 * sigma)
+
+    with_residuals = negative_lobes()
+    monkeypatch.setattr(labelled, "star_template_offsets", lambda rng, n, detectable=False: (np.zeros(n),) * 2)
+    monkeypatch.setattr(labelled, "star_psf_mismatch", lambda rng, n, detectable=False: (np.ones(n),) * 2)
+    perfect = negative_lobes()
+    assert with_residuals > 0.1
+    assert with_residuals > 2.5 * perfect
+
+
+def test_nan_blocks_keep_off_the_detection_and_are_flagged_in_masks():
+    st = simulate_stamps(400, 31, seed=9, class_fractions={"real_new": 1, "cosmic_ray": 1}, nan_block_fraction=0.5)
+    cut = np.asarray(st.table["nan_block"])
+    assert 0.4 < cut.mean() < 0.6
+    nan = np.isnan(st.stamps)
+    assert nan[cut].any(axis=(1, 2, 3)).all()
+    near_edge = np.asarray(st.table["near_edge"])
+    centre_nan = nan[:, :, 13:18, 13:18].any(axis=(1, 2, 3))
+    assert not (centre_nan & cut & ~near_edge).any()
+    nodata = (st.masks & (1 << MASK_PLANES["NO_DATA"])) != 0
+    assert np.array_equal(nan, nodata)
+
+
+def test_ztf_saturated_cores_are_blank():
+    st = simulate_stamps(64, 31, seed=2, survey="ztf", class_fractions={"saturated_star": 1})
+    centre = st.stamps[:, :, 15, 15]
+    assert np.isnan(centre).all()
+
+
+def test_template_noise_is_correlated_like_a_coadd():
+    from lsst.meas.rbnet.sim.imaging import add_template_noise
+    from lsst.meas.rbnet.sim.surveys import sample_survey_conditions
+
+    def neighbour_correlation(smoothing):
+        cond = sample_survey_conditions(np.random.default_rng(0), 8, get_survey("ztf"))
+        cond.template_noise_smoothing = np.full(8, smoothing)
+        noisy, var = add_template_noise(np.zeros((8, 64, 64), np.float32), cond, np.random.default_rng(1))
+        t = noisy / np.sqrt(var)
+        a, b = t[:, :, :-1].ravel(), t[:, :, 1:].ravel()
+        return np.corrcoef(a, b)[0, 1], t.std()
+
+    corr, std = neighbour_correlation(0.7)
+    assert corr > 0.3
+    # The per-pixel variance stays what the variance plane says.
+    assert abs(std - 1) < 0.05
+    corr, std = neighbour_correlation(0.0)
+    assert abs(corr) < 0.05 and abs(std - 1) < 0.05
+
+
+def test_presets_are_reproducible():
+    a = simulate_stamps(40, 31, seed=8, survey="ztf")
+    b = simulate_stamps(40, 31, seed=8, survey="ztf")
+    np.testing.assert_array_equal(a.stamps, b.stamps)
