@@ -679,3 +679,87 @@ def test_case16_sequence_cv_checks_outputs_first(tmp_path):
     labels.write_text("object_id,label\n")
     res = run_cli("sequence-cv", "--latents", lat, "--labels", labels, "--out", tmp_path / "no" / "r.json")
     assert res.exit_code != 0 and "--out" in res.output and "does not exist" in res.output
+
+
+# ---------------------------------------------------------------------------
+# rbnet simulate (cases 12, 13, 14, and its progress bar of case 23)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, fraction, real", [(20, 0.1, 2), (5, 0.5, 3), (7, 0.0, 0), (7, 1.0, 7), (30, 1 / 3, 10)])
+def test_case12_real_fraction_met(tmp_path, n, fraction, real):
+    """Case 12: --real-fraction is met (rounded half up), and a rounding is said."""
+    out = tmp_path / "s.npz"
+    res = run_cli("simulate", "stamps", out, "--n", n, "--real-fraction", fraction, "--size", 21)
+    assert res.exit_code == 0, res.output
+    labels = np.load(out)["label"]
+    assert len(labels) == n and int(labels.sum()) == real
+    assert f"{real} real, {n - real} bogus" in res.output
+    assert ("rounded to" in res.output) == (not np.isclose(n * fraction, real))
+
+
+def test_case12_sequences_real_fraction_met(tmp_path):
+    out = tmp_path / "q.npz"
+    res = run_cli("simulate", "sequences", out, "--n-objects", 10, "--real-fraction", 0.1, "--n-visits", "2,3",
+                  "--frame-size", 15)
+    assert res.exit_code == 0, res.output
+    assert int(np.load(out)["label"].sum()) == 1
+
+
+@pytest.mark.parametrize("cmd", [["simulate", "stamps", "x.npz"], ["gallery", "g.png"], ["simulate", "visit-stamps", "v.npz"]])
+def test_case13_tiny_sizes_refused(tmp_path, cmd):
+    """Case 13: --size 3 is refused with the accepted range, not a numpy traceback."""
+    cmd = cmd[:-1] + [tmp_path / cmd[-1]]
+    res = run_cli(*cmd, "--size", 3)
+    assert res.exit_code == 2 and "--size" in res.output and "x>=11" in res.output
+
+
+@pytest.mark.parametrize("option, value", [("--real-fraction", "nan"), ("--edge-fraction", "nan"),
+                                           ("--snr-range", "5,nan"), ("--fwhm-range", "3,1")])
+def test_case13_more_simulate_options_checked(tmp_path, option, value):
+    res = run_cli("simulate", "stamps", tmp_path / "x.npz", "--n", 5, option, value)
+    assert res.exit_code == 2 and option in res.output and not (tmp_path / "x.npz").exists()
+
+
+def test_case14_written_file_is_named(tmp_path):
+    """Case 14: OUT without .npz: the message names the file really written (OUT.npz)."""
+    res = run_cli("simulate", "stamps", tmp_path / "noext", "--n", 4, "--size", 21)
+    assert res.exit_code == 0 and str(tmp_path / "noext.npz") in res.output
+    assert (tmp_path / "noext.npz").exists() and not (tmp_path / "noext").exists()
+    res = run_cli("simulate", "stamps", tmp_path / "nodir" / "x.npz", "--n", 4, "--size", 21)
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_case2_simulate_interrupted_keeps_old_file(tmp_path, monkeypatch):
+    """Case 2: `rbnet simulate stamps v.npz` interrupted while writing keeps the good v.npz."""
+    import lsst.meas.rbnet.sim.io as sim_io
+
+    out = tmp_path / "v.npz"
+    assert run_cli("simulate", "stamps", out, "--n", 6, "--size", 21).exit_code == 0
+    good = out.read_bytes()
+    real = np.savez_compressed
+
+    def interrupted(path, **arrays):
+        real(path, **arrays)
+        with open(path, "r+b") as f:
+            f.truncate(50)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sim_io.np, "savez_compressed", interrupted)
+    # click turns the interruption into "Aborted!" and exit code 1.
+    res = run_cli("simulate", "stamps", out, "--n", 8, "--size", 21, "--seed", 5)
+    assert res.exit_code == 1 and "Aborted" in res.output
+    monkeypatch.undo()
+    assert out.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["v.npz"]
+
+
+def test_case23_simulate_shows_a_progress_bar(tmp_path, monkeypatch):
+    """Case 23: rbnet simulate drives a rich progress bar, as rbnet train does."""
+    from rich.progress import Progress
+
+    updates = []
+    real = Progress.update
+    monkeypatch.setattr(Progress, "update", lambda self, task, **kw: updates.append(kw) or real(self, task, **kw))
+    assert run_cli("simulate", "stamps", tmp_path / "s.npz", "--n", 300, "--size", 21).exit_code == 0
+    assert updates and updates[-1]["completed"] == 300

@@ -102,5 +102,5 @@ def test_cli_writes_the_keys_of_simulate_stamps(tmp_path):
     loaded = load_npz(visits)
     np.testing.assert_array_equal(loaded["stamps"], direct.stamps)
     np.testing.assert_array_equal(loaded["labels"], np.asarray(direct.table["label"]))
-    res = runner.invoke(main, ["simulate", "visit-stamps", str(visits), "--size", "10"])
+    res = runner.invoke(main, ["simulate", "visit-stamps", str(visits), "--size", "12"])
     assert res.exit_code != 0 and "--size must be odd" in res.output

@@ -3,10 +3,43 @@
 
 __all__ = ["simulate", "gallery"]
 
+import contextlib
+import math
 import time
+from pathlib import Path
 
 import click
 import numpy as np
+
+from ..fileio import atomic_path
+from ._options import FiniteFloatRange
+
+#: Smallest stamp side the simulator accepts (pixels): the seeing FWHM reaches 6 pixels and
+#: chip edges are placed 2 to S/2 - 1 pixels from the centre.
+MIN_SIM_STAMP_SIZE = 11
+
+
+def _parse_shape(shape: str) -> tuple[int, int]:
+    """HEIGHT,WIDTH of ``--shape``, each at least 64 pixels."""
+    try:
+        height, width = (int(v) for v in shape.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHT,WIDTH, got {shape!r}", param_hint="--shape") from None
+    if min(height, width) < 64:
+        raise click.BadParameter(f"a detector of at least 64x64 pixels, got {shape!r}", param_hint="--shape")
+    return height, width
+
+
+def _check_ranges(**ranges) -> None:
+    """LO,HI options: finite, positive, LO <= HI."""
+    for name, value in ranges.items():
+        if value is None:
+            continue
+        lo, hi = value
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+            raise click.BadParameter(
+                f"expected finite 0 < LO <= HI, got {lo:g},{hi:g}", param_hint="--" + name.replace("_", "-")
+            )
 
 
 def _parse_range(ctx, param, value):
@@ -17,6 +50,69 @@ def _parse_range(ctx, param, value):
     except ValueError:
         raise click.BadParameter(f"expected LO,HI (two numbers), got {value!r}") from None
     return (lo, hi)
+
+
+def _output(out: str, npz: bool = True) -> Path:
+    """OUT checked before any work (its folder exists and is writable).
+
+    With ``npz`` the file numpy really writes: ``.npz`` appended to a name without it
+    (numpy does so silently; the messages name the real file).
+    """
+    from ..fileio import check_output_path
+
+    path = Path(out)
+    if npz and path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    try:
+        return check_output_path(path, "OUT")
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="OUT") from None
+
+
+def _class_fractions(n: int, real_fraction: float) -> tuple[dict[str, int], int]:
+    """Counts per class (as weights for the simulator) giving round(n * real_fraction) real examples.
+
+    The simulator rounds each of its 15 classes separately, which can lose the fraction
+    altogether for small N (--n 20 --real-fraction 0.1 gave no real example): here the
+    real and bogus totals are rounded first (half up), then shared equally by the classes
+    of each kind (largest remainder).
+    """
+    from ..constants import ARTIFACT_CLASSES, REAL_CLASSES
+
+    n_real = int(math.floor(n * real_fraction + 0.5))
+    counts: dict[str, int] = {}
+    for names, total in ((REAL_CLASSES, n_real), (ARTIFACT_CLASSES, n - n_real)):
+        base, extra = divmod(total, len(names))
+        counts.update({c: base + (i < extra) for i, c in enumerate(names)})
+    return counts, n_real
+
+
+def _say_rounding(n: int, real_fraction: float, n_real: int, what: str) -> None:
+    if not math.isclose(n * real_fraction, n_real):
+        click.echo(
+            f"--real-fraction {real_fraction:g} of {n} {what} is {n * real_fraction:g}: rounded to "
+            f"{n_real} real and {n - n_real} bogus (fraction {n_real / n:.3g}).",
+            err=True,
+        )
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str, total: int, unit: str):
+    """A rich progress bar on stderr (as `rbnet train` shows); yields a ``progress(done, total)`` callback."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done, total_: bar.update(task, completed=done, total=total_)
 
 
 @click.group()
@@ -31,14 +127,18 @@ def simulate():
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
-    "--size", type=click.IntRange(min=3), default=51, show_default=True, help="Stamp side in pixels (odd)."
+    "--size",
+    type=click.IntRange(min=MIN_SIM_STAMP_SIZE),
+    default=51,
+    show_default=True,
+    help="Stamp side in pixels (odd).",
 )
 @click.option(
     "--real-fraction",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.5,
     show_default=True,
-    help="Fraction of real examples.",
+    help="Fraction of real examples (N times it, rounded half up; the rounding is reported).",
 )
 @click.option(
     "--fwhm-range",
@@ -56,14 +156,14 @@ def simulate():
 )
 @click.option(
     "--edge-fraction",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.03,
     show_default=True,
     help="Fraction of examples near a chip edge.",
 )
 @click.option(
     "--no-template-fraction",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.0,
     show_default=True,
     help="Fraction of examples whose template lacks data over part of the stamp.",
@@ -94,7 +194,8 @@ def stamps(
     variance,
     survey,
 ):
-    """Write N labelled triplet stamps to OUT (.npz, readable with np.load(allow_pickle=False)).
+    """Write N labelled triplet stamps to OUT (.npz, readable with np.load(allow_pickle=False);
+    ".npz" is appended to a name without it).
 
     Keys: stamps (N, 3, S, S) float32 in channel order difference, science,
     template (NaN = no data), in nJy or, with --survey, the preset's units;
@@ -116,25 +217,25 @@ def stamps(
                     f"{option} cannot be combined with --survey {survey}: the preset sets it.",
                     param_hint=option,
                 )
+    out = _output(out)
+    _check_ranges(fwhm_range=fwhm_range, snr_range=snr_range)
+    fractions, n_real = _class_fractions(n, real_fraction)
+    _say_rounding(n, real_fraction, n_real, "stamps")
     start = time.perf_counter()
-
-    def progress(done, total):
-        if done == total or done % (20 * 256) < 256:
-            click.echo(f"  {done}/{total} stamps ({time.perf_counter() - start:.1f} s)", err=True)
-
-    result = simulate_stamps(
-        n,
-        size + 1 - size % 2,
-        seed,
-        real_fraction=real_fraction,
-        fwhm_range=fwhm_range,
-        snr_range=snr_range,
-        edge_fraction=edge_fraction,
-        no_template_fraction=no_template_fraction,
-        with_variance=variance,
-        progress=progress,
-        survey=survey,
-    )
+    with _progress_bar("simulating", n, "stamps") as progress:
+        result = simulate_stamps(
+            n,
+            size + 1 - size % 2,
+            seed,
+            class_fractions=fractions,
+            fwhm_range=fwhm_range,
+            snr_range=snr_range,
+            edge_fraction=edge_fraction,
+            no_template_fraction=no_template_fraction,
+            with_variance=variance,
+            progress=progress,
+            survey=survey,
+        )
     if size % 2 == 0:
         # Cropping [:S, :S] keeps the centre pixel at S // 2, as in Rubin's even alert cutouts.
         result.stamps = np.ascontiguousarray(result.stamps[:, :, :size, :size])
@@ -143,7 +244,8 @@ def stamps(
         if result.variances is not None:
             result.variances = np.ascontiguousarray(result.variances[:, :, :size, :size])
         result.table.meta["stamp_size"] = size
-    write_stamps(result, out)
+    with atomic_path(out) as tmp:
+        write_stamps(result, tmp)
     n_real = int((result.table["label"] == 1).sum())
     preset = f", survey {survey} ({result.table.meta['units']})" if survey is not None else ""
     click.echo(
@@ -163,7 +265,11 @@ def stamps(
     help="Number of visits (seeds FIRST-SEED, FIRST-SEED+1, ...).",
 )
 @click.option(
-    "--size", type=click.IntRange(min=3), default=51, show_default=True, help="Stamp side in pixels (odd)."
+    "--size",
+    type=click.IntRange(min=MIN_SIM_STAMP_SIZE),
+    default=51,
+    show_default=True,
+    help="Stamp side in pixels (odd).",
 )
 @click.option("--shape", default="1024,1024", show_default=True, help="Detector HEIGHT,WIDTH in pixels.")
 @click.option(
@@ -185,23 +291,19 @@ def visit_stamps(out, first_seed, visits, size, shape, n_sources):
 
     if size % 2 != 1:
         raise click.BadParameter(f"--size must be odd, got {size}.")
-    try:
-        height, width = (int(v) for v in shape.split(","))
-    except ValueError:
-        raise click.BadParameter(f"--shape: expected HEIGHT,WIDTH, got {shape!r}") from None
+    out = _output(out)
+    height, width = _parse_shape(shape)
     start = time.perf_counter()
-
-    def progress(done, total):
-        click.echo(f"  {done}/{total} visits ({time.perf_counter() - start:.1f} s)", err=True)
-
-    result = simulate_visit_stamps(
-        range(first_seed, first_seed + visits),
-        shape=(height, width),
-        n_sources=n_sources,
-        stamp_size=size,
-        progress=progress,
-    )
-    write_stamps(result, out)
+    with _progress_bar("simulating", visits, "visits") as progress:
+        result = simulate_visit_stamps(
+            range(first_seed, first_seed + visits),
+            shape=(height, width),
+            n_sources=n_sources,
+            stamp_size=size,
+            progress=progress,
+        )
+    with atomic_path(out) as tmp:
+        write_stamps(result, tmp)
     n = len(result)
     n_real = int((result.table["label"] == 1).sum())
     click.echo(
@@ -221,17 +323,31 @@ def visit_stamps(out, first_seed, visits, size, shape, n_sources):
     show_default=True,
     help="Number of labelled objects.",
 )
-@click.option("--real-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option(
-    "--fwhm-science", type=float, default=None, help="Science seeing FWHM (pixels); drawn by default."
+    "--real-fraction",
+    type=FiniteFloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Fraction of real objects (rounded half up; the rounding is reported).",
 )
-@click.option("--fwhm-template", type=float, default=None, help="Template FWHM (pixels); drawn by default.")
+@click.option(
+    "--fwhm-science",
+    type=FiniteFloatRange(min=0.5, max=50),
+    default=None,
+    help="Science seeing FWHM (pixels); drawn by default.",
+)
+@click.option(
+    "--fwhm-template",
+    type=FiniteFloatRange(min=0.5, max=50),
+    default=None,
+    help="Template FWHM (pixels); drawn by default.",
+)
 @click.option("--visit", type=int, default=None, help="Visit id (default 2026010100000 + seed).")
 @click.option("--detector", type=int, default=0, show_default=True, help="Detector id.")
 @click.option("--band", type=click.Choice(["u", "g", "r", "i", "z", "y"]), default="r", show_default=True)
 @click.option(
     "--template-coverage",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.0,
     show_default=True,
     help="Fraction of the detector without template data.",
@@ -265,16 +381,20 @@ def visit(
     """
     from ..sim.visit import simulate_visit
 
-    try:
-        height, width = (int(v) for v in shape.split(","))
-    except ValueError:
-        raise click.BadParameter(f"--shape expects HEIGHT,WIDTH, got {shape!r}") from None
+    height, width = _parse_shape(shape)
+    if preview:
+        preview = _output(preview, npz=False)
+    fractions = None
+    if n_sources:
+        fractions, n_real = _class_fractions(n_sources, real_fraction)
+        _say_rounding(n_sources, real_fraction, n_real, "objects")
     start = time.perf_counter()
     result = simulate_visit(
         seed,
         (height, width),
         n_sources=n_sources,
         real_fraction=real_fraction,
+        class_fractions=fractions,
         fwhm_science=fwhm_science,
         fwhm_template=fwhm_template,
         visit=visit,
@@ -292,7 +412,8 @@ def visit(
     if preview:
         from ..sim.gallery import make_visit_preview
 
-        make_visit_preview(result, preview)
+        with atomic_path(preview) as tmp:
+            make_visit_preview(result, tmp)
         click.echo(f"Wrote preview {preview}.")
 
 
@@ -308,24 +429,40 @@ def visit(
     callback=_parse_range,
     help="Range of the number of visits per object, LO,HI.",
 )
-@click.option("--real-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option(
+    "--real-fraction",
+    type=FiniteFloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Fraction of real objects (rounded half up; the rounding is reported).",
+)
 def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
-    """Write multi-visit cutout sequences of N objects to OUT (.npz, no pickle).
+    """Write multi-visit cutout sequences of N objects to OUT (.npz, no pickle; ".npz" is appended to a
+    name without it).
 
     Keys: frames (sum T, C, F, F) float32, offsets (N + 1,), times (sum T,) MJD,
     label, source_class, kind, object_id, plus per-frame fwhm and snr.
     """
     from ..sim.sequences import simulate_sequences
 
+    out = _output(out)
+    lo, hi = n_visits
+    if not (lo == int(lo) and hi == int(hi) and 1 <= lo <= hi):
+        raise click.BadParameter(f"expected whole numbers 1 <= LO <= HI, got {lo:g},{hi:g}.", param_hint="--n-visits")
+    fractions, n_real = _class_fractions(n_objects, real_fraction)
+    _say_rounding(n_objects, real_fraction, n_real, "objects")
     start = time.perf_counter()
-    result = simulate_sequences(
-        n_objects,
-        seed,
-        frame_size=frame_size,
-        n_visits=(int(n_visits[0]), int(n_visits[1])),
-        real_fraction=real_fraction,
-    )
-    result.save(out)
+    with _progress_bar("simulating", n_objects, "objects") as progress:
+        result = simulate_sequences(
+            n_objects,
+            seed,
+            frame_size=frame_size,
+            n_visits=(int(lo), int(hi)),
+            class_fractions=fractions,
+            progress=progress,
+        )
+    with atomic_path(out) as tmp:
+        result.save(tmp)
     click.echo(
         f"Wrote {n_objects} sequences ({len(result.times)} frames) to {out} "
         f"in {time.perf_counter() - start:.1f} s."
@@ -343,11 +480,17 @@ def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
     help="Examples shown per class.",
 )
 @click.option(
-    "--size", type=click.IntRange(min=3), default=51, show_default=True, help="Stamp side (pixels)."
+    "--size",
+    type=click.IntRange(min=MIN_SIM_STAMP_SIZE),
+    default=51,
+    show_default=True,
+    help="Stamp side (pixels).",
 )
 def gallery(out, seed, n_per_class, size):
     """Plot simulated examples of every class (one row per class) to OUT (PNG)."""
     from ..sim.gallery import make_gallery
 
-    make_gallery(out, seed=seed, n_per_class=n_per_class, stamp_size=size)
+    out = _output(out, npz=False)
+    with atomic_path(out) as tmp:
+        make_gallery(tmp, seed=seed, n_per_class=n_per_class, stamp_size=size)
     click.echo(f"Wrote {out}.")
