@@ -56,6 +56,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import test_alerts as fixtures  # noqa: E402  (the tests' alert writers)
 import torch  # noqa: E402
+from lsst.alert.packet import get_latest_schema_version  # noqa: E402
 from lsst.meas.rbnet.alerts import iter_alert_batches, iter_scored_batches  # noqa: E402
 from lsst.meas.rbnet.alerts.fits import decode_cutout  # noqa: E402
 from lsst.meas.rbnet.constants import CHANNEL_ORDER  # noqa: E402
@@ -213,6 +214,13 @@ def main() -> None:
         },
         "n": args.n,
         "batch_size": args.batch_size,
+        "alerts": {
+            "distinct_triplets": args.distinct,
+            "history": args.history,
+            "ztf_candidate_fields": len(fixtures.ZTF_CANDIDATE_FIELDS) + args.ztf_extra,
+            "ztf_prv_candidate_fields": len(fixtures.ZTF_PRV_FIELDS) + args.ztf_prv_extra,
+            "rubin_schema": "{}.{}".format(*get_latest_schema_version()),
+        },
         "layouts": {},
     }
     scorer = load_scorer(None, device="cpu", batch_size=args.batch_size)
@@ -289,6 +297,19 @@ def main() -> None:
     write(results, Path(args.out))
 
 
+def _alerts_text(a: dict | None) -> list[str]:
+    if not a:
+        return []
+    return [
+        f"Alerts: {a['distinct_triplets']} distinct simulated triplets, repeated; each alert carries "
+        f"{a['history']} previous detections (ZTF `prv_candidates`, Rubin `prvDiaSources`), which the reader "
+        f"skips but must walk; ZTF candidates have {a['ztf_candidate_fields']} fields and previous candidates "
+        f"{a['ztf_prv_candidate_fields']} (as in ZTF's schema); Rubin alerts use `lsst-alert-packet`'s "
+        f"schema {a['rubin_schema']}.",
+        "",
+    ]
+
+
 def _row(*cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -309,6 +330,9 @@ def write(results: dict, out: Path) -> None:
         "absolute rates move with the load; both figures of a layout come from the same run, measured "
         "back to back in each round.",
         "",
+        *_alerts_text(results.get("alerts")),
+    ]
+    lines += [
         _row(
             "layout",
             "decoded (alerts/s)",
@@ -340,7 +364,9 @@ def write(results: dict, out: Path) -> None:
         "the decoding time. `iter_scored_batches` (and `rbnet score-alerts`) decodes the next batch in a",
         "background thread while the network scores the current one (torch releases the GIL), so with a",
         "free second core scoring overlaps decoding; the last two columns are the same work in one thread",
-        "(`prefetch=False`), measured in the same rounds.",
+        "(`prefetch=False`), measured in the same rounds. On a machine this loaded, runs of the same work",
+        "back to back differ by more than scoring costs (hence a negative added time): the CPU times below",
+        "are the steadier measure.",
         "",
         "## CPU time per alert",
         "",

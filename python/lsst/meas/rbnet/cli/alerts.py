@@ -11,6 +11,7 @@ naming the reason; the run ends with a count per reason and fails (exit status
 
 __all__ = ["score_alerts"]
 
+import math
 import time
 
 import click
@@ -193,9 +194,12 @@ def score_alerts(
                 r["survey"],
                 str(r["n"]),
                 str(r["survey_real"]),
-                f"{r['roc_auc']:.3f}",
+                f"{r['roc_auc']:.3f}" if math.isfinite(r["roc_auc"]) else "- (one class)",
                 f"{r['agreement']:.3f}",
             )
-        Console(width=120).print(table) if rows else click.echo("no alert had both scores")
+        if rows:
+            Console(width=120).print(table)
+        else:
+            click.echo("no alert had both our score and the survey's")
     if summary.n_scored == 0:
         raise click.ClickException(f"no alert could be scored ({summary.n_alerts} read); see the flags above")
