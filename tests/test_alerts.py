@@ -669,6 +669,19 @@ def test_bad_sync_marker_resynchronises(tmp_path, sim63):
     assert [bool(f & AlertFlag.CORRUPT_RECORD) for f in flags] == [True, True, False, False, False, False]
 
 
+def test_damaged_block_size_is_not_taken_for_truncation(tmp_path, sim63):
+    path, blocks = _three_block_file(tmp_path, sim63, codec="null")
+    data = bytearray(path.read_bytes())
+    header = blocks[0][1] + 16  # block 2's header: record count, then byte size, then the data
+    size_bytes = blocks[1][0] - (header + 1)
+    for size in (b"\xfe", b"\xff"):  # zig-zag: a positive size far past the end, then a negative one
+        data[header + 1 : blocks[1][0]] = size + b"\xff" * (size_bytes - 2) + b"\x7f"
+        path.write_bytes(bytes(data))
+        flags = _flags(path)
+        assert [bool(f & AlertFlag.CORRUPT_RECORD) for f in flags] == [False, False, True, True, False, False]
+        assert not any(f & AlertFlag.TRUNCATED for f in flags)
+
+
 def test_truncated_file(tmp_path, sim63):
     path, blocks = _three_block_file(tmp_path, sim63)
     data = path.read_bytes()

@@ -5,10 +5,12 @@ Container files (``Obj\\x01`` magic, the writer schema in the header, then block
 of records each followed by a 16-byte sync marker) are parsed here rather than
 by `fastavro.reader`, so that a damaged file loses only what is damaged:
 
-- a block whose data cannot be decompressed or whose sync marker is wrong gives
-  one `AlertFlag.CORRUPT_RECORD` row per record its header announced (one row
-  if the header itself is unreadable), and reading resumes after the next sync
-  marker;
+- a block whose data cannot be decompressed, or whose sync marker is wrong and
+  whose records do not decode exactly, gives one `AlertFlag.CORRUPT_RECORD` row
+  per record its header announced (one row if that count is implausible), and
+  reading resumes at the next block whose own marker is intact (a damaged marker
+  alone loses nothing; a damaged block size is told from a truncated file by
+  looking for a later marker);
 - a record that fails to decode flags itself and the rest of its block (the
   record boundaries after it are lost);
 - a file that ends inside a block gives `AlertFlag.TRUNCATED` rows.
@@ -283,6 +285,9 @@ def iter_container(fo: IO[bytes], source: str) -> Iterator[RawAlert]:
     codec = meta.get("avro.codec", b"null").decode("ascii", "replace")
     decompress = _decompressor(codec)
     survey = decoder.survey
+    here = fo.tell()
+    file_size = fo.seek(0, io.SEEK_END)
+    fo.seek(here)
     while True:
         block_start = fo.tell()
         try:
@@ -296,16 +301,22 @@ def iter_container(fo: IO[bytes], source: str) -> Iterator[RawAlert]:
         except ValueError:
             count, size = -1, -1
         if not (0 <= count <= _MAX_BLOCK_RECORDS) or size is None or size < 0:
-            yield failure(AlertFlag.CORRUPT_RECORD, source, survey)
+            # The record count stands if it is plausible; otherwise the block is one row.
+            yield failure(AlertFlag.CORRUPT_RECORD, source, survey, count if 0 < count <= 10_000 else 1)
             if not _resync(fo, sync, block_start + 1):
                 return
             continue
-        data = fo.read(size)
-        marker = fo.read(_SYNC_SIZE)
-        if len(data) != size or len(marker) != _SYNC_SIZE:
+        if fo.tell() + size + _SYNC_SIZE > file_size:
+            # Past the end of the file: a truncated last block, unless a later marker shows that the
+            # size itself is damaged (then the block is corrupt and reading goes on after the marker).
+            if _resync(fo, sync, block_start + 1):
+                yield failure(AlertFlag.CORRUPT_RECORD, source, survey, max(count, 1))
+                continue
             if count:
                 yield failure(AlertFlag.TRUNCATED, source, survey, count)
             return
+        data = fo.read(size)
+        marker = fo.read(_SYNC_SIZE)
         if marker != sync:
             # Either the marker alone is damaged (the block decodes whole, to its last byte) or the
             # block is: then its records are lost and reading resumes at the next intact marker.
