@@ -763,3 +763,143 @@ def test_case23_simulate_shows_a_progress_bar(tmp_path, monkeypatch):
     monkeypatch.setattr(Progress, "update", lambda self, task, **kw: updates.append(kw) or real(self, task, **kw))
     assert run_cli("simulate", "stamps", tmp_path / "s.npz", "--n", 300, "--size", 21).exit_code == 0
     assert updates and updates[-1]["completed"] == 300
+
+
+# ---------------------------------------------------------------------------
+# At home in the Rubin stack (cases 20, 21)
+# ---------------------------------------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+#: Stack Python packages -> EUPS product names.
+_PRODUCTS = {
+    "lsst.daf.butler": "daf_butler",
+    "lsst.pipe.base": "pipe_base",
+    "lsst.pex.config": "pex_config",
+    "lsst.images": "images",
+    "lsst.utils": "utils",
+    "lsst.resources": "resources",
+    "lsst.sphgeom": "sphgeom",
+    "lsst.afw": "afw",
+    "lsst.alert.packet": "alert_packet",
+    "lsst.ctrl.bps": "ctrl_bps",
+    "lsst.ctrl.mpexec": "ctrl_mpexec",
+}
+
+
+def _table():
+    import re
+
+    text = (ROOT / "ups" / "meas_rbnet.table").read_text()
+    required = set(re.findall(r"^setupRequired\((\w+)\)", text, re.M))
+    optional = set(re.findall(r"^setupOptional\((\w+)\)", text, re.M))
+    env = dict(re.findall(r"^envPrepend\((\w+), *([^)]+)\)", text, re.M))
+    return required, optional, env
+
+
+def test_case20_ups_table_lists_every_stack_import():
+    """Case 20: every stack package the code imports is set up by the EUPS table."""
+    import re
+
+    imported = set()
+    for path in (ROOT / "python" / "lsst" / "meas" / "rbnet").rglob("*.py"):
+        for m in re.finditer(r"^\s*(?:from|import) (lsst\.[a-z_]+(?:\.[a-z_]+)?)", path.read_text(), re.M):
+            name = m.group(1)
+            if not name.startswith("lsst.meas.rbnet"):
+                imported.add(name)
+    required, optional, _ = _table()
+    missing = []
+    for name in sorted(imported):
+        product = next((p for mod, p in _PRODUCTS.items() if name == mod or name.startswith(mod + ".")), None)
+        assert product is not None, f"{name} is imported but not mapped to an EUPS product in this test"
+        if product not in required | optional:
+            missing.append(product)
+    assert missing == []
+    assert {"images", "daf_butler", "pipe_base", "utils", "pex_config", "resources", "sconsUtils"} <= required
+
+
+def test_case20_ups_table_environment():
+    """Case 20: the table puts our Butler config and command plugins on the daf_butler search paths."""
+    from lsst.meas.rbnet.butler.config import config_search_path
+    from lsst.meas.rbnet.cli.butler_commands import plugin_resources_path
+
+    _, _, env = _table()
+    config = env["DAF_BUTLER_CONFIG_PATH"].replace("${PRODUCT_DIR}", str(ROOT))
+    assert __import__("os").path.samefile(config, config_search_path())
+    assert (ROOT / env["DAF_BUTLER_CONFIG_PATH"].replace("${PRODUCT_DIR}/", "") / "storageClasses.yaml").is_file()
+    plugins = env["DAF_BUTLER_PLUGINS"].replace("${PRODUCT_DIR}", str(ROOT))
+    assert __import__("os").path.samefile(plugins, plugin_resources_path())
+    assert env["PYTHONPATH"] == "${PRODUCT_DIR}/python"
+
+
+def test_case20_scons_license_copyright_version():
+    """Case 20: tests/SConscript, LICENSE (GPL v3 text), COPYRIGHT, and a version from git, not hand-written."""
+    import importlib.metadata
+    import tomllib
+
+    sconscript = (ROOT / "tests" / "SConscript").read_text()
+    assert "BasicSConscript.tests" in sconscript
+    assert "_version.py" in (ROOT / "SConstruct").read_text()
+    lic = (ROOT / "LICENSE").read_text()
+    assert lic.lstrip().startswith("GNU GENERAL PUBLIC LICENSE") and "Version 3, 29 June 2007" in lic
+    assert "END OF TERMS AND CONDITIONS" in lic and len(lic.splitlines()) > 600
+    assert "GPL-3.0-or-later" in (ROOT / "COPYRIGHT").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "GPL-3.0-or-later"
+    assert "version" not in project and "version" in project["dynamic"]
+    from lsst.meas.rbnet import __version__
+    from lsst.meas.rbnet import version as version_module
+
+    source = __import__("inspect").getsource(version_module)
+    assert "0.1.0" not in source
+    try:
+        from lsst.meas.rbnet._version import __version__ as built
+    except ImportError:
+        built = importlib.metadata.version("lsst-meas-rbnet")
+    assert __version__ == built
+
+
+def test_case20_readme_inside_the_stack():
+    readme = (ROOT / "README.md").read_text()
+    assert "setup -r ." in readme and "scons" in readme
+
+
+def test_case21_butler_subcommands(tmp_path):
+    """Case 21: the Butler commands are `butler` subcommands through DAF_BUTLER_PLUGINS."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from lsst.meas.rbnet.cli.butler_commands import plugin_resources_path
+
+    env = dict(os.environ, DAF_BUTLER_PLUGINS=plugin_resources_path())
+    butler = shutil.which("butler", path=os.path.dirname(sys.executable)) or "butler"
+    out = subprocess.run([butler, "--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("register-model", "ingest-labels", "configure-repo"):
+        assert name in out.stdout
+    out = subprocess.run(
+        [butler, "configure-repo", "--print-config-path"], env=env, capture_output=True, text=True, timeout=120
+    )
+    from lsst.meas.rbnet.butler.config import config_search_path
+
+    assert out.returncode == 0 and out.stdout.strip() == config_search_path()
+
+
+def test_case21_rbnet_help_and_log_level():
+    """Case 21: `rbnet -h` and `--log-level [COMPONENT=]LEVEL`, as butler and pipetask have."""
+    import logging
+
+    res = run_cli("-h")
+    assert res.exit_code == 0 and "--log-level" in res.output
+    assert run_cli("train", "-h").exit_code == 0
+    before = logging.getLogger("lsst.meas.rbnet.scoring").level
+    try:
+        res = run_cli("--log-level", "lsst.meas.rbnet.scoring=DEBUG", "configure-repo", "--print-config-path")
+        assert res.exit_code == 0
+        assert logging.getLogger("lsst.meas.rbnet.scoring").level == logging.DEBUG
+    finally:
+        logging.getLogger("lsst.meas.rbnet.scoring").setLevel(before)
+    res = run_cli("--log-level", "LOUD", "configure-repo", "--print-config-path")
+    assert res.exit_code == 2 and "--log-level" in res.output

@@ -6,7 +6,7 @@ Each sub-command lives in its own module of this package and is listed in
 ``rbnet --help`` stays fast (no torch import).
 """
 
-__all__ = ["main"]
+__all__ = ["main", "configure_logging", "LOG_LEVELS"]
 
 import importlib
 
@@ -43,6 +43,49 @@ class _LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=_LazyGroup)
-def main():
+#: Log levels accepted by ``--log-level`` (as ``butler`` and ``pipetask`` take them).
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "VERBOSE", "DEBUG", "TRACE")
+
+
+def _parse_log_level(ctx, param, values):
+    """``[COMPONENT=]LEVEL`` entries of ``--log-level`` as (logger name, level) pairs."""
+    out = []
+    for value in values:
+        component, _, level = value.rpartition("=")
+        level = level.upper()
+        if level not in LOG_LEVELS:
+            raise click.BadParameter(
+                f"{value!r}: expected [COMPONENT=]LEVEL with LEVEL one of {', '.join(LOG_LEVELS)}."
+            )
+        out.append((component or None, level))
+    return out
+
+
+def configure_logging(levels) -> None:
+    """Log to stderr as the LSST command-line tools do: WARNING overall, INFO for ``lsst``.
+
+    ``levels`` holds (logger name or None for the default, level name) pairs; a bare
+    level applies to ``lsst`` (our loggers and the stack's), as ``butler --log-level``.
+    """
+    import logging
+
+    numeric = {"VERBOSE": 15, "TRACE": 5}
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    logging.getLogger("lsst").setLevel(logging.INFO)
+    for component, level in levels:
+        value = numeric.get(level, getattr(logging, level, None))
+        logging.getLogger(component or "lsst").setLevel(value)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    multiple=True,
+    callback=_parse_log_level,
+    metavar="[COMPONENT=]LEVEL",
+    help=f"Log level ({', '.join(LOG_LEVELS)}) of the lsst loggers, or of one COMPONENT "
+    "(e.g. lsst.meas.rbnet.scoring=DEBUG); repeatable. Default: INFO for lsst, WARNING otherwise.",
+)
+def main(log_level):
     """Real/bogus reliability for difference-image sources (lsst.meas.rbnet)."""
+    configure_logging(log_level)

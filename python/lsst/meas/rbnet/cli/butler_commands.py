@@ -1,9 +1,20 @@
 # This file is part of meas_rbnet.
-"""``rbnet register-model``, ``rbnet ingest-labels`` and ``rbnet configure-repo``."""
+"""``rbnet register-model``, ``rbnet ingest-labels`` and ``rbnet configure-repo``.
 
-__all__ = ["register_model", "ingest_labels", "configure_repo"]
+The same commands are ``butler`` subcommands through daf_butler's command-line plugins:
+``DAF_BUTLER_PLUGINS`` lists `plugin_resources_path` (the EUPS table sets it).
+"""
+
+__all__ = ["register_model", "ingest_labels", "configure_repo", "plugin_resources_path"]
+
+import os
 
 import click
+
+
+def plugin_resources_path() -> str:
+    """The YAML file that lists these commands for ``DAF_BUTLER_PLUGINS``."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources.yaml")
 
 
 @click.command("register-model")
@@ -72,7 +83,13 @@ def ingest_labels(repo, file, run, instrument, dataset_type):
     is_flag=True,
     help="Only print the directory to put on DAF_BUTLER_CONFIG_PATH (for repos you cannot write to).",
 )
-def configure_repo(repo, print_config_path):
+@click.option(
+    "--print-plugins-path",
+    is_flag=True,
+    help="Only print the file to put on DAF_BUTLER_PLUGINS, which makes these commands 'butler' "
+    "subcommands too (butler register-model, ...).",
+)
+def configure_repo(repo, print_config_path, print_plugins_path):
     """Add this package's storage classes and formatters to REPO's butler.yaml (once).
 
     Repositories made by 'rbnet demo' need nothing. For others, either run this once, or
@@ -84,6 +101,9 @@ def configure_repo(repo, print_config_path):
 
     if print_config_path:
         click.echo(config_search_path())
+        return
+    if print_plugins_path:
+        click.echo(plugin_resources_path())
         return
     if repo is None:
         raise click.UsageError("Give REPO (or --print-config-path).")
