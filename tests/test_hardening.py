@@ -903,3 +903,41 @@ def test_case21_rbnet_help_and_log_level():
         logging.getLogger("lsst.meas.rbnet.scoring").setLevel(before)
     res = run_cli("--log-level", "LOUD", "configure-repo", "--print-config-path")
     assert res.exit_code == 2 and "--log-level" in res.output
+
+
+# ---------------------------------------------------------------------------
+# Dependencies (case 25): scikit-learn as the reference for the hand-written metrics
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_case25_metrics_agree_with_scikit_learn(seed):
+    """Case 25: ROC-AUC (with ties), ROC points, log-loss, Brier, confusion matrix, accuracy, F1,
+    purity and completeness agree with scikit-learn."""
+    sk = pytest.importorskip("sklearn.metrics")
+    from lsst.meas.rbnet.training import metrics as M
+
+    rng = np.random.default_rng(seed)
+    n = 500
+    y = (rng.random(n) < 0.4).astype(np.int64)
+    p = rng.beta(2, 2, n) * 0.6 + 0.4 * y
+    p[::7] = np.round(p[::7], 1)  # ties
+    # Away from 0 and 1, where the two clip log(0) differently (1e-7 here, machine epsilon there).
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    assert M.roc_auc(p, y) == pytest.approx(sk.roc_auc_score(y, p), abs=1e-12)
+    fpr, tpr, _ = M.roc_curve(p, y)
+    fpr_sk, tpr_sk, _ = sk.roc_curve(y, p, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, fpr_sk, atol=1e-12)
+    np.testing.assert_allclose(tpr, tpr_sk, atol=1e-12)
+    assert M.log_loss(p, y) == pytest.approx(sk.log_loss(y, p), rel=1e-9)
+    assert M.brier_score(p, y) == pytest.approx(sk.brier_score_loss(y, p), rel=1e-12)
+    for t in (0.3, 0.5, 0.8):
+        pred = (p >= t).astype(int)
+        names, counts = M.confusion_matrix(p, y, threshold=t)
+        assert names == ["bogus", "real"]
+        np.testing.assert_array_equal(counts, sk.confusion_matrix(y, pred, labels=[0, 1]))
+        assert M.accuracy(p, y, t) == pytest.approx(sk.accuracy_score(y, pred))
+        assert M.f1(p, y, t) == pytest.approx(sk.f1_score(y, pred, zero_division=0))
+        purity, completeness = M.purity_completeness(p, y, t)
+        assert purity == pytest.approx(sk.precision_score(y, pred, zero_division=0))
+        assert completeness == pytest.approx(sk.recall_score(y, pred))
