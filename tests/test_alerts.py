@@ -909,7 +909,10 @@ def test_real_ztf_cutouts_round_trip(tmp_path, name):
     padded = (d["orig_h"][:n] < 63) | (d["orig_w"][:n] < 63)
     np.testing.assert_array_equal((table["flags"] & AlertFlag.PADDED) != 0, padded)
     has_nan = np.isnan(trip.reshape(n, -1)).any(axis=1) & ~padded
-    np.testing.assert_array_equal((table["flags"] & AlertFlag.NAN_PIXELS) != 0 | padded, has_nan | padded)
+    assert has_nan.any() or padded.any()  # the real cutouts do exercise NaN handling
+    # (a padded cutout's own NaN cannot be told from the file's padding, so those rows are left out)
+    nan_flag = (np.asarray(table["flags"]) & AlertFlag.NAN_PIXELS) != 0
+    np.testing.assert_array_equal(nan_flag[~padded], has_nan[~padded])
     assert [str(x) for x in table["alertId"]] == [str(x) for x in d["alert_id"][:n]]
     np.testing.assert_allclose(table["ztf_drb"], d["drb"][:n].astype(np.float32), equal_nan=True)
     t = score_alerts(path)

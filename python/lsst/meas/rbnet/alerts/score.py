@@ -43,6 +43,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from astropy.table import Table, vstack
 
+from ..flags import SourceFlag
 from .batch import DEFAULT_ALERT_BATCH_SIZE, AlertBatch, batches_from_raw
 from .flags import RECORD_PROBLEMS, AlertFlag, describe_alert_flags
 from .surveys import SURVEYS, survey_spec
@@ -104,8 +105,6 @@ def score_batch(batch: AlertBatch, scorer) -> Table:
         result = scorer.score_stamps(stamps)
         score[idx] = result.reliability
         rflags[idx] = result.flags
-        from ..flags import SourceFlag
-
         empty = (result.flags & np.int32(SourceFlag.NO_VALID_PIXELS)) != 0
         flags[idx[empty]] |= np.int32(AlertFlag.NO_VALID_PIXELS)
     flags[~np.isfinite(score)] |= _NOT_SCORED
