@@ -19,7 +19,7 @@ with the next one.
 
 from __future__ import annotations
 
-__all__ = ["iter_parquet"]
+__all__ = ["iter_parquet", "parquet_layout"]
 
 from collections.abc import Iterator
 from typing import IO
