@@ -941,3 +941,71 @@ def test_case25_metrics_agree_with_scikit_learn(seed):
         purity, completeness = M.purity_completeness(p, y, t)
         assert purity == pytest.approx(sk.precision_score(y, pred, zero_division=0))
         assert completeness == pytest.approx(sk.recall_score(y, pred))
+
+
+# ---------------------------------------------------------------------------
+# The APDB schema (case 24)
+# ---------------------------------------------------------------------------
+
+
+def _apdb_diasource_columns():
+    import importlib.resources
+
+    import yaml
+
+    pytest.importorskip("lsst.sdm.schemas")
+    text = (importlib.resources.files("lsst.sdm.schemas") / "apdb.yaml").read_text()
+    tables = {t["name"]: t for t in yaml.safe_load(text)["tables"]}
+    return {c["name"]: c for c in tables["DiaSource"]["columns"]}
+
+
+def _task_output(version="h1"):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from rbnet_task_helpers import tiny_package, tiny_visit
+
+    from lsst.meas.rbnet.tasks.reliability import ReliabilityConfig, ReliabilityTask
+
+    visit = tiny_visit(shape=(64, 64), n_sources=5)
+    task = ReliabilityTask(config=ReliabilityConfig())
+    return task.run(
+        science=visit.science,
+        template=visit.template,
+        difference=visit.difference,
+        sources=visit.sources,
+        pretrainedModel=tiny_package(version=version),
+    )
+
+
+def test_case24_output_matches_apdb_diasource_schema():
+    """Case 24: our reliability columns have the APDB DiaSource types, meaning and length limit."""
+    from lsst.meas.rbnet.constants import VERSION_MAX_LENGTH
+
+    cols = _apdb_diasource_columns()
+    rel, ver = cols["reliability"], cols["reliabilityVersion"]
+    # felis "float" is 32-bit; "string" has a maximum length.
+    assert rel["datatype"] == "float" and ver["datatype"] == "string"
+    assert "probability" in rel["description"].lower() and "astrophysical" in rel["description"].lower()
+    assert ver["length"] == VERSION_MAX_LENGTH
+    out = _task_output(version="h1234567"[:VERSION_MAX_LENGTH])
+    table = out.sourcesWithReliability
+    assert table["reliability"].dtype == np.float32
+    scores = np.asarray(table["reliability"])
+    ok = np.isfinite(scores)
+    assert ok.any() and np.all((scores[ok] >= 0) & (scores[ok] <= 1))  # a probability (0-1)
+    versions = np.asarray(table["reliabilityVersion"]).astype(str)
+    assert max(len(v) for v in versions) <= ver["length"]
+    assert out.reliability["score"].dtype == np.float32
+    assert out.reliability["id"].dtype == np.int64  # diaSourceId is "long"
+    assert cols["diaSourceId"]["datatype"] == "long"
+
+
+def test_case24_longer_versions_refused():
+    from lsst.meas.rbnet.package import validate_version_string
+
+    length = _apdb_diasource_columns()["reliabilityVersion"]["length"]
+    validate_version_string("x" * length)
+    with pytest.raises(ValueError, match="1 to"):
+        validate_version_string("x" * (length + 1))
