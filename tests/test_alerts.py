@@ -26,7 +26,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from lsst.meas.rbnet.alerts import AlertFlag, iter_alert_batches, iter_messages, score_alerts
+from lsst.meas.rbnet.alerts import RECORD_PROBLEMS, AlertFlag, iter_alert_batches, iter_messages, score_alerts
 from lsst.meas.rbnet.alerts.batch import batches_from_raw
 from lsst.meas.rbnet.alerts.fits import CutoutError, decode_cutout, read_fits_image, read_fits_image_astropy
 from lsst.meas.rbnet.constants import CHANNEL_ORDER
@@ -483,8 +483,26 @@ def test_rubin_container_and_wire_format(tmp_path, sim30, version):
     np.testing.assert_array_equal(b2.table["alertId"], b.table["alertId"])
 
 
+def test_every_shipped_rubin_schema_decodes_from_the_wire_format(sim30):
+    from lsst.meas.rbnet.alerts.avro import rubin_schema_ids
+
+    versions = sorted(rubin_schema_ids().values(), key=lambda v: tuple(map(int, v.split("."))))
+    assert "11.1" in versions and "7.4" in versions
+    messages = []
+    for k, version in enumerate(versions):
+        schema = rubin_schema(version)
+        messages.append(confluent(schema, rubin_record(schema, k, *sim30[0, [SCI, TMP, DIF]])))
+    (b,) = list(batches_from_raw(iter_messages(messages)))
+    assert len(b) == len(versions) and not (b.flags & RECORD_PROBLEMS).any()
+    np.testing.assert_array_equal(b.table["alertId"], 170_000_000_000_000_000 + np.arange(len(versions)))
+    np.testing.assert_array_equal(b.difference, np.broadcast_to(sim30[0, DIF], b.difference.shape))
+    # Science cutouts appear with schema 6.1.
+    has_science = [tuple(map(int, v.split("."))) >= (6, 1) for v in versions]
+    np.testing.assert_array_equal(b.cutout_ok[:, SCI], has_science)
+
+
 def test_rubin_schema_without_science_cutout_scores_only_difference_models(tmp_path, sim30):
-    schema = rubin_schema("6.0")  # schemas before 7.0 have no cutoutScience
+    schema = rubin_schema("6.0")  # schemas before 6.1 have no cutoutScience
     path = tmp_path / "v6.avro"
     write_rubin(path, schema, [rubin_record(schema, 0, None, sim30[0, TMP], sim30[0, DIF])])
     (b,) = read_all(path)

@@ -22,7 +22,12 @@ reader schema holding only the fields in `surveys.WANTED`: the light curves
 Confluent wire-format messages (Kafka payloads saved as files) are a zero byte,
 a 4-byte big-endian schema id and the Avro body. Rubin's schema ids are those of
 `lsst.alert.packet.Schema.get_schema_id` (``100 * major + minor``, e.g. 1101 for
-v11.1); every schema that ``lsst-alert-packet`` ships is known (`rubin_schema_ids`).
+v11.1); every schema that ``lsst-alert-packet`` ships is known (`rubin_schema_ids`):
+with lsst-alert-packet 30.2026.2700, 3.0, 4.0, 5.0, 6.0, 6.1, 7.0-7.4, 8.0, 9.0,
+10.0, 11.0 and 11.1 (the latest). Schemas before 6.1 have no science cutout;
+up to 7.4 the alert's top-level identifier is ``alertId``, from 8.0 on
+``diaSourceId`` (the reader takes ``diaSource.diaSourceId`` in all of them);
+``reliability`` is in ``diaSource`` from 5.0 on.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Two record layouts are known:
     ``diaSource`` (``diaSourceId``, ``diaObjectId``, ``reliability``, ``x``,
     ``y``) and ``cutoutScience`` / ``cutoutTemplate`` / ``cutoutDifference``
     bytes, each a FITS file whose primary HDU is the image in nJy, 30 x 30
-    pixels (larger for extended sources; schemas before 7.0 have no science
+    pixels (larger for extended sources; schemas before 6.1 have no science
     cutout).
 """
 
