@@ -347,6 +347,33 @@ def test_cache(tmp_path, package):
     assert load_scorer(path, device="cpu") is not b
 
 
+def test_cache_builds_each_model_once(monkeypatch, tmp_path, package):
+    """A cached model is neither rebuilt nor re-read from its file (the cost a quantum must not pay)."""
+    scoring.clear_scorer_cache()
+    built, loaded = [], []
+    real_init, real_load = Scorer.__init__, ModelPackage.load
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    def counting_load(*args, **kwargs):
+        loaded.append(1)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "__init__", counting_init)
+    monkeypatch.setattr(ModelPackage, "load", staticmethod(counting_load))
+    for _ in range(3):
+        load_scorer(package, device="cpu")
+    assert len(built) == 1
+    path = tmp_path / "m.safetensors"
+    package.save(path)
+    for _ in range(3):
+        load_scorer(path, device="cpu")
+    assert len(loaded) == 1 and len(built) == 2
+    scoring.clear_scorer_cache()
+
+
 def test_default_model(monkeypatch, tmp_path, package):
     scoring.clear_scorer_cache()
     missing = tmp_path / "none.safetensors"
