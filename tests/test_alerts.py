@@ -887,6 +887,12 @@ def test_score_alerts_command_fails_only_when_nothing_scored(tmp_path):
     assert len(_read_table(out)) == 1  # the row is written all the same
     res = CliRunner().invoke(main, ["score-alerts", str(junk), "--out", str(tmp_path / "x.txt")])
     assert res.exit_code != 0 and ".parquet" in res.output
+    bad_model = tmp_path / "model.safetensors"
+    bad_model.write_bytes(b"not a model package")
+    res = CliRunner().invoke(
+        main, ["score-alerts", str(junk), "--out", str(tmp_path / "y.csv"), "--model", str(bad_model)]
+    )
+    assert res.exit_code != 0 and "--model" in res.output and not (tmp_path / "y.csv").exists()
 
 
 # ----------------------------------------------------------------------

@@ -139,6 +139,13 @@ def score_alerts(
         files = expand_inputs(paths)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
+    from ..scoring import load_scorer
+
+    try:
+        # Loaded (and cached for the run) before the output file is opened, so a bad package fails fast.
+        load_scorer(model, device=device, batch_size=batch_size, symmetry=symmetry, num_threads=threads)
+    except (FileNotFoundError, ModelPackageError, ValueError) as err:
+        raise click.ClickException(f"--model: {err}") from None
     # The survey score columns are fixed before the first row is written, from the files' headers.
     surveys = {sniff_survey(f) for f, _ in files} - {None}
     console = Console(stderr=True)
