@@ -302,8 +302,9 @@ def _alerts_text(a: dict | None) -> list[str]:
         return []
     return [
         f"Alerts: {a['distinct_triplets']} distinct simulated triplets, repeated; each alert carries "
-        f"{a['history']} previous detections (ZTF `prv_candidates`, Rubin `prvDiaSources`), which the reader "
-        f"skips but must walk; ZTF candidates have {a['ztf_candidate_fields']} fields and previous candidates "
+        f"{a['history']} previous detections (ZTF `prv_candidates`, Rubin `prvDiaSources`), which the "
+        f"reader skips but must walk; ZTF candidates have {a['ztf_candidate_fields']} fields and previous "
+        "candidates "
         f"{a['ztf_prv_candidate_fields']} (as in ZTF's schema); Rubin alerts use `lsst-alert-packet`'s "
         f"schema {a['rubin_schema']}.",
         "",
