@@ -1009,3 +1009,75 @@ def test_case24_longer_versions_refused():
     validate_version_string("x" * length)
     with pytest.raises(ValueError, match="1 to"):
         validate_version_string("x" * (length + 1))
+
+
+# ---------------------------------------------------------------------------
+# pipe_base error types (case 22)
+# ---------------------------------------------------------------------------
+
+
+def _reliability_inputs():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from rbnet_task_helpers import tiny_package, tiny_visit
+
+    from lsst.meas.rbnet.tasks.reliability import ReliabilityConfig, ReliabilityTask
+
+    visit = tiny_visit(shape=(64, 64), n_sources=5)
+    return ReliabilityTask(config=ReliabilityConfig()), visit, tiny_package()
+
+
+def _check_algorithm_error(err, cls, **expected):
+    import lsst.pipe.base as pipeBase
+
+    assert isinstance(err, pipeBase.AlgorithmError) and isinstance(err, cls) and isinstance(err, ValueError)
+    md = err.metadata
+    assert all(isinstance(v, (str, int, float, bool)) for v in md.values()), md
+    for k, v in expected.items():
+        assert md[k] == v, (k, md)
+    # The metadata survive pipe_base's own container.
+    pipeBase.TaskMetadata.from_dict({"failure": md})
+
+
+def test_case22_duplicate_ids_are_an_algorithm_error():
+    from lsst.meas.rbnet.tasks.errors import DuplicateSourceIdError
+
+    task, visit, package = _reliability_inputs()
+    sources = visit.sources.copy()
+    sources["id"][1] = sources["id"][0]
+    with pytest.raises(DuplicateSourceIdError) as info:
+        task.run(science=visit.science, template=visit.template, difference=visit.difference,
+                 sources=sources, pretrainedModel=package)
+    _check_algorithm_error(info.value, DuplicateSourceIdError, column="id", n_duplicates=1,
+                           dataset="dia_source_unstandardized")
+
+
+def test_case22_missing_and_bad_columns_are_algorithm_errors():
+    from lsst.meas.rbnet.tasks.errors import BadColumnError, MissingColumnError
+
+    task, visit, package = _reliability_inputs()
+    sources = visit.sources.copy()
+    sources.remove_column("x")
+    with pytest.raises(MissingColumnError) as info:
+        task.run(science=visit.science, template=visit.template, difference=visit.difference,
+                 sources=sources, pretrainedModel=package)
+    _check_algorithm_error(info.value, MissingColumnError, missing="x")
+    sources = visit.sources.copy()
+    sources["id"] = sources["id"].astype(float)
+    with pytest.raises(BadColumnError) as info:
+        task.run(science=visit.science, template=visit.template, difference=visit.difference,
+                 sources=sources, pretrainedModel=package)
+    _check_algorithm_error(info.value, BadColumnError, column="id", dtype="float64")
+
+
+def test_case22_mismatched_grids_are_an_algorithm_error():
+    from lsst.meas.rbnet.tasks.adapter import ImageArrays, check_same_bbox
+    from lsst.meas.rbnet.tasks.errors import ImageGridMismatchError
+
+    a = ImageArrays(np.zeros((10, 12), np.float32))
+    b = ImageArrays(np.zeros((10, 12), np.float32), x0=3)
+    with pytest.raises(ImageGridMismatchError, match="do not share one pixel grid") as info:
+        check_same_bbox({"difference": a, "template": b})
+    _check_algorithm_error(info.value, ImageGridMismatchError, difference="0, 0, 12, 10", template="3, 0, 12, 10")

@@ -8,6 +8,8 @@
 - `~lsst.meas.rbnet.tasks.sequence.TrainSequenceTask` and
   `~lsst.meas.rbnet.tasks.sequence.SequenceReliabilityTask`: the multi-visit sequence model.
 - `~lsst.meas.rbnet.tasks.adapter`: image objects (lsst.images, afw) to numpy arrays.
+- `~lsst.meas.rbnet.tasks.errors`: data problems of the inputs as pipe_base error types
+  (`~lsst.pipe.base.AlgorithmError` subclasses with metadata, `~lsst.pipe.base.UnprocessableDataError`).
 
 Names are imported on first use so that ``import lsst.meas.rbnet.tasks`` stays cheap.
 """

@@ -318,15 +318,21 @@ def check_same_bbox(arrays: Mapping[str, ImageArrays]) -> tuple[int, int, int, i
 
     Raises
     ------
-    ValueError
-        If the bounding boxes differ; the message lists each image's box. The reliability
+    lsst.meas.rbnet.tasks.errors.ImageGridMismatchError
+        (an `lsst.pipe.base.AlgorithmError` and a `ValueError`) if the bounding boxes
+        differ; the message and the metadata list each image's box. The reliability
         task treats this as an error of the whole quantum: a template that was not
         warped onto the science pixel grid is an upstream failure, not a per-source one.
     """
+    from .errors import ImageGridMismatchError
+
     boxes = {name: a.bbox for name, a in arrays.items()}
     if len(set(boxes.values())) > 1:
         listed = ", ".join(f"{n} (x0, y0, width, height) = {b}" for n, b in boxes.items())
-        raise ValueError(f"The images do not share one pixel grid: {listed}.")
+        raise ImageGridMismatchError(
+            f"The images do not share one pixel grid: {listed}.",
+            **{name: ", ".join(str(v) for v in box) for name, box in boxes.items()},
+        )
     return next(iter(boxes.values()))
 
 

@@ -35,6 +35,7 @@ from lsst.utils.timer import timeMethod
 
 from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, DEFAULT_STAMP_SIZE
 from .adapter import check_same_bbox, to_arrays
+from .errors import MissingColumnError
 from .reliability import source_table_from_any
 
 _DIMS = ("instrument", "visit", "detector")
@@ -262,13 +263,21 @@ class LabelledCutoutsTask(pipeBase.PipelineTask):
         table = source_table_from_any(sources, name=f"sources ({config.connections.sources})")
         missing = [c for c in (config.idColumn, config.xColumn, config.yColumn) if c not in table.colnames]
         if missing:
-            raise ValueError(
+            raise MissingColumnError(
                 f"The source table ({config.connections.sources}) has no column(s) {missing}; it has "
-                f"{table.colnames}."
+                f"{table.colnames}.",
+                dataset=config.connections.sources,
+                missing=missing,
+                columns=list(table.colnames),
             )
         labels = source_table_from_any(labels, name=f"labels ({config.connections.labels})")
         if "label" not in labels.colnames:
-            raise ValueError(f"The labels ({config.connections.labels}) have no 'label' column.")
+            raise MissingColumnError(
+                f"The labels ({config.connections.labels}) have no 'label' column.",
+                dataset=config.connections.labels,
+                missing=["label"],
+                columns=list(labels.colnames),
+            )
         index = match_labels(
             table,
             labels,

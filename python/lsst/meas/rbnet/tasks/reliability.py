@@ -51,6 +51,7 @@ from lsst.utils.timer import timeMethod
 from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, VERSION_MAX_LENGTH
 from ..flags import UNSCORABLE, SourceFlag
 from .adapter import ImageArrays, check_same_bbox, to_arrays
+from .errors import BadColumnError, DuplicateSourceIdError, MissingColumnError
 
 #: Mask plane marking pixels without template coverage.
 _NO_DATA_PLANE = "NO_DATA"
@@ -399,24 +400,34 @@ class ReliabilityTask(pipeBase.PipelineTask):
         config = self.config
         missing = [c for c in (config.idColumn, config.xColumn, config.yColumn) if c not in sources.colnames]
         if missing:
-            raise ValueError(
+            raise MissingColumnError(
                 f"The source table ({config.connections.sources}) has no column(s) {missing} "
-                f"(configured by idColumn/xColumn/yColumn); it has {sources.colnames}."
+                f"(configured by idColumn/xColumn/yColumn); it has {sources.colnames}.",
+                dataset=config.connections.sources,
+                missing=missing,
+                columns=list(sources.colnames),
             )
         ids = np.asarray(sources[config.idColumn])
         if len(ids) and not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(
+            raise BadColumnError(
                 f"The source table ({config.connections.sources}) column {config.idColumn!r} must hold "
-                f"integers, got {ids.dtype}."
+                f"integers, got {ids.dtype}.",
+                dataset=config.connections.sources,
+                column=config.idColumn,
+                dtype=str(ids.dtype),
             )
         ids = ids.astype(np.int64, copy=False)
         if len(ids) > 1:
             order = np.sort(ids)
             dup = order[1:][order[1:] == order[:-1]]
             if len(dup):
-                raise ValueError(
+                raise DuplicateSourceIdError(
                     f"The source table ({config.connections.sources}) has duplicate ids in column "
-                    f"{config.idColumn!r}, e.g. {np.unique(dup)[:5].tolist()}; outputs are keyed by id."
+                    f"{config.idColumn!r}, e.g. {np.unique(dup)[:5].tolist()}; outputs are keyed by id.",
+                    dataset=config.connections.sources,
+                    column=config.idColumn,
+                    n_duplicates=int(len(np.unique(dup))),
+                    examples=np.unique(dup)[:5].tolist(),
                 )
         x = np.asarray(sources[config.xColumn], dtype=np.float64)
         y = np.asarray(sources[config.yColumn], dtype=np.float64)

@@ -104,6 +104,7 @@ from lsst.utils.timer import timeMethod
 from ..constants import CHANNEL_ORDER, VERSION_MAX_LENGTH
 from ..contract import NORMALIZATIONS
 from ..flags import UNSCORABLE, ObjectFlag, SourceFlag
+from .errors import MissingColumnError
 from .reliability import source_table_from_any
 
 #: Dataset type of the sequence model package (dimensionless, found by collection).
@@ -282,15 +283,21 @@ def gather_frames(
         src = source_table_from_any(_get(sources[i]), name=f"{sources_name} ({where})")
         missing = [c for c in ("id", "stamp") if c not in cut.colnames]
         if missing:
-            raise ValueError(
+            raise MissingColumnError(
                 f"The cutouts ({cutouts_name}, {where}) have no column(s) {missing}; "
-                f"they have {cut.colnames}."
+                f"they have {cut.colnames}.",
+                dataset=f"{cutouts_name} ({where})",
+                missing=missing,
+                columns=list(cut.colnames),
             )
         missing = [c for c in (id_column, ra_column, dec_column) if c not in src.colnames]
         if missing:
-            raise ValueError(
+            raise MissingColumnError(
                 f"The source table ({sources_name}, {where}) has no column(s) {missing} (configured by "
-                f"idColumn/raColumn/decColumn); it has {src.colnames}."
+                f"idColumn/raColumn/decColumn); it has {src.colnames}.",
+                dataset=f"{sources_name} ({where})",
+                missing=missing,
+                columns=list(src.colnames),
             )
         cut_ids = np.asarray(cut["id"], dtype=np.int64)
         src_ids = np.asarray(src[id_column], dtype=np.int64)

@@ -1,0 +1,97 @@
+# This file is part of meas_rbnet.
+"""Data problems of the tasks' inputs, as pipe_base error types.
+
+Alert Production's error handling and reports treat an `lsst.pipe.base.AlgorithmError`
+(a repeatable failure of the quantum, with metadata saying what was wrong) and an
+`lsst.pipe.base.UnprocessableDataError` (inputs that cannot be processed by any
+algorithm; the quantum ends without outputs and is reported as such) as they treat
+every other task's. The algorithm errors here are also `ValueError`, so code that
+calls ``run`` directly keeps catching them as before.
+
+=============================  ==============================================  =====================
+error                          raised when                                     pipe_base type
+=============================  ==============================================  =====================
+`MissingColumnError`           a table lacks a column the config names         AlgorithmError
+`BadColumnError`               a column has the wrong type                     AlgorithmError
+`DuplicateSourceIdError`       the source table repeats ids (outputs are       AlgorithmError
+                               keyed by id)
+`ImageGridMismatchError`       the images do not share one pixel grid          AlgorithmError
+`UnusableTrainingDataError`    labelled inputs that cannot train a model       UnprocessableDataError
+                               (one class only, no finite pixel)
+=============================  ==============================================  =====================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RBNetAlgorithmError",
+    "MissingColumnError",
+    "BadColumnError",
+    "DuplicateSourceIdError",
+    "ImageGridMismatchError",
+    "UnusableTrainingDataError",
+]
+
+from typing import Any
+
+from lsst.pipe.base import AlgorithmError, UnprocessableDataError
+
+
+def _plain(value: Any) -> Any:
+    """A metadata value pipe_base accepts: str, int, float, bool or nested dicts of those."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+class RBNetAlgorithmError(AlgorithmError, ValueError):
+    """A data problem of an rbnet task's inputs: repeatable, not fixed by a retry.
+
+    Parameters
+    ----------
+    message : `str`
+        What is wrong, naming the dataset and the column or image.
+    **metadata
+        Details for the task metadata and reports (str, int, float, bool; lists become
+        comma-separated strings).
+    """
+
+    def __init__(self, message: str, **metadata: Any) -> None:
+        super().__init__(message)
+        self._metadata = {k: _plain(v) for k, v in metadata.items()}
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What was wrong, as plain values (see `lsst.pipe.base.AlgorithmError.metadata`)."""
+        return self._metadata
+
+
+class MissingColumnError(RBNetAlgorithmError):
+    """A table lacks a column the task's config names (metadata: dataset, missing, columns)."""
+
+
+class BadColumnError(RBNetAlgorithmError):
+    """A column holds values of the wrong type (metadata: dataset, column, dtype)."""
+
+
+class DuplicateSourceIdError(RBNetAlgorithmError):
+    """The source table repeats ids; outputs are keyed by id (metadata: dataset, column, n_duplicates,
+    examples)."""
+
+
+class ImageGridMismatchError(RBNetAlgorithmError):
+    """The images do not share one pixel grid (metadata: the (x0, y0, width, height) of each)."""
+
+
+class UnusableTrainingDataError(UnprocessableDataError):
+    """Labelled inputs that cannot train a model: no other algorithm could either.
+
+    The quantum ends without outputs and is reported as unprocessable data, not as a
+    failure to chase (see `lsst.pipe.base.UnprocessableDataError`).
+    """
