@@ -1081,3 +1081,31 @@ def test_case22_mismatched_grids_are_an_algorithm_error():
     with pytest.raises(ImageGridMismatchError, match="do not share one pixel grid") as info:
         check_same_bbox({"difference": a, "template": b})
     _check_algorithm_error(info.value, ImageGridMismatchError, difference="0, 0, 12, 10", template="3, 0, 12, 10")
+
+
+# ---------------------------------------------------------------------------
+# Progress and device logging (case 23)
+# ---------------------------------------------------------------------------
+
+
+def test_case23_scorer_logs_device_and_precision(package, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lsst.meas.rbnet.scoring"):
+        Scorer(package, device="cpu", symmetry=True)
+    text = caplog.text
+    assert "Model h1 on cpu" in text and "float32" in text and "symmetry" in text
+
+
+def test_case23_sequence_bf16_fallback_is_logged(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import lsst.meas.rbnet.sequence.scoring as seqscoring
+
+    pkg = ModelPackage.load(_sequence_package(tmp_path))
+    monkeypatch.setattr(seqscoring, "encoder_dtype", lambda device, precision="auto": torch.bfloat16)
+    monkeypatch.setattr(seqscoring.SequenceScorer, "_bf16_score_error", lambda self, enc32: 0.5)
+    with caplog.at_level(logging.INFO, logger="lsst.meas.rbnet.sequence.scoring"):
+        scorer = seqscoring.SequenceScorer(pkg, device="cpu", precision="auto")
+    assert scorer._dtype == torch.float32
+    assert "falling back to float32" in caplog.text and "encoder in float32" in caplog.text

@@ -47,6 +47,7 @@ import hashlib
 import importlib.resources
 import itertools
 import json
+import logging
 import math
 import os
 import queue
@@ -87,6 +88,8 @@ _DEVICE_FORMS = "'auto', 'cpu', 'cuda' or 'cuda:N' (N a CUDA device index)"
 
 #: Maximum number of scorers kept by `load_scorer`.
 _CACHE_SIZE = 8
+
+_log = logging.getLogger(__name__)
 
 _UNSCORED = np.int32(SourceFlag.NOT_SCORED)
 _UNSCORABLE_BITS = np.int32(UNSCORABLE | SourceFlag.NOT_SCORED)
@@ -340,6 +343,16 @@ class Scorer:
         self.model = model.eval()
         S = self.contract.stamp_size
         self._input_shape = (self.contract.n_channels, S, S)
+        _log.info(
+            "Model %s on %s (asked for %r): %s, batches of %d%s%s.",
+            self.version,
+            self.device,
+            str(device),
+            "float32" if self.amp_dtype is None else f"autocast {str(self.amp_dtype).replace('torch.', '')}",
+            self.batch_size,
+            f", network chunks of {self.network_chunk}" if self.network_chunk else "",
+            ", symmetry averaging" if self.symmetry else "",
+        )
 
     def __repr__(self) -> str:
         return (

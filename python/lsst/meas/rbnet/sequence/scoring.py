@@ -28,6 +28,7 @@ bounded however many objects there are.
 __all__ = ["SequenceScorer", "score_sequences", "frames_from_stamps", "native_bf16", "encoder_dtype"]
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 
@@ -40,6 +41,8 @@ from ..package import ModelPackage, ModelPackageError
 from .aggregate import FRAME_FEATURES, visit_score_features
 from .data import collate, length_batches
 from .encode import fused_encoder
+
+_log = logging.getLogger(__name__)
 
 
 def frames_from_stamps(stamps: np.ndarray, frame_size: int) -> np.ndarray:
@@ -189,13 +192,33 @@ class SequenceScorer:
             enc32 = fused_encoder(self.vae, torch.float32).to(self.device)
             self.bf16_error = self._bf16_score_error(enc32)
             if not self.bf16_error <= BF16_MAX_ERROR:
+                _log.info(
+                    "Sequence model %s: bfloat16 encoding moves probe scores by %.3g (> %g); "
+                    "falling back to float32.",
+                    package.version,
+                    self.bf16_error,
+                    BF16_MAX_ERROR,
+                )
                 self._dtype = torch.float32
                 self.encoder = enc32
+            else:
+                _log.info(
+                    "Sequence model %s: bfloat16 encoding kept (probe scores within %.3g of float32).",
+                    package.version,
+                    self.bf16_error,
+                )
         if encode_batch is None:
             # Measured on a 2-core Xeon (AMX): bfloat16 is fastest in batches that stay in
             # cache (1024), float32 in larger ones (4096).
             encode_batch = 1024 if self._dtype == torch.bfloat16 and self.device.type == "cpu" else 4096
         self.encode_batch = int(encode_batch)
+        _log.info(
+            "Sequence model %s on %s: encoder in %s (precision %r), classifier in float32.",
+            package.version,
+            self.device,
+            str(self._dtype).replace("torch.", ""),
+            precision,
+        )
 
     def _bf16_score_error(self, enc32: torch.nn.Module, n_objects: int = 64, n_visits: int = 8) -> float:
         """Largest |P(real)| difference between ``self.encoder`` (bfloat16) and ``enc32`` on probe objects.
