@@ -15,7 +15,8 @@ architecture and widths are the package's; giving one of those options with
 another value is refused (the new stamps are prepared with the package's
 contract). ``--lr`` defaults to `training.loop.FINE_TUNE_LEARNING_RATE` (3e-4,
 a tenth of the from-scratch 3e-3), the class-head loss is off when the package
-has none, and ``--freeze-features`` trains only the head. The test table shows
+has none, and ``--freeze-features`` trains only the head (``--lr`` then defaults
+to `training.loop.FINE_TUNE_HEAD_LEARNING_RATE`, 3e-3). The test table shows
 the init package beside the fine-tuned model. See ``doc/fine-tuning.md``.
 """
 
@@ -141,7 +142,7 @@ def _init_options(ctx: click.Context, init: str, kfold: int):
     """
     from ..package import ModelPackageError
     from ..scoring import default_model_path
-    from ..training.loop import FINE_TUNE_LEARNING_RATE, load_init_package
+    from ..training.loop import FINE_TUNE_HEAD_LEARNING_RATE, FINE_TUNE_LEARNING_RATE, load_init_package
 
     if kfold:
         raise click.UsageError("--kfold is not available with --init; fine-tune without it.")
@@ -186,7 +187,10 @@ def _init_options(ctx: click.Context, init: str, kfold: int):
             f"{label} fixes the stamp size, channels, normalization and architecture of the model it "
             f"fine-tunes; contradicting options: {', '.join(wrong)}. Leave them out with --init."
         )
-    implied["lr"] = FINE_TUNE_LEARNING_RATE
+    # Only the head moves with --freeze-features: the from-scratch rate suits it (bench_finetune.py).
+    implied["lr"] = (
+        FINE_TUNE_HEAD_LEARNING_RATE if ctx.params.get("freeze_features") else FINE_TUNE_LEARNING_RATE
+    )
     no_head = not hp.get("n_classes")
     class_weight_given = ctx.get_parameter_source("class_weight") is not click.core.ParameterSource.DEFAULT
     implied["class_weight"] = 0.0 if no_head and not class_weight_given else None
@@ -303,7 +307,7 @@ def _gallery(plots, test, probs, snr_min):
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--lr", type=FINITE_FLOAT, default=None,
-              help="Peak AdamW learning rate [default: 3e-3; 3e-4 with --init].")
+              help="Peak AdamW learning rate [default: 3e-3; 3e-4 with --init, 3e-3 with --freeze-features].")
 @click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine", show_default=True)
 @click.option("--loss", type=click.Choice(_LOSSES), default="bce", show_default=True)
 @click.option("--class-weight", type=FINITE_FLOAT, default=0.2, show_default=True,

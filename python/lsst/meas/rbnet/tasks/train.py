@@ -17,7 +17,8 @@ input cannot be made by the same pipeline.
 Fine-tuning (``initFromPretrained``): the task also takes a model package as a
 dimensionless prerequisite input found by collection (``pretrainedModel``, dataset
 type ``pretrainedModelPackage``, e.g. from ``pretrained_models/default``), starts
-from its weights and trains with ``fineTuneLearningRate``. The package fixes the
+from its weights and trains with ``fineTuneLearningRate`` (3e-4 by default, 3e-3
+with ``freezeFeatures``). The package fixes the
 input contract and the architecture: ``stampSize``, ``channels``, ``normalization``,
 ``architecture``, ``widths`` and ``hidden`` are then ignored (a warning is logged
 for each that differs). The output must then be another dataset type than the
@@ -145,9 +146,11 @@ class TrainTripletConfig(pipeBase.PipelineTaskConfig, pipelineConnections=TrainT
         default=False,
     )
     fineTuneLearningRate = pexConfig.Field[float](
-        doc="Peak AdamW learning rate with initFromPretrained (a tenth of the from-scratch default, so "
-        "a few hundred labels refine the trained features rather than overwrite them).",
-        default=3e-4,
+        doc="Peak AdamW learning rate with initFromPretrained. None: 3e-4 when all layers train (a tenth "
+        "of the from-scratch default, so a few hundred labels refine the trained features rather than "
+        "overwrite them), 3e-3 with freezeFeatures (only the head moves).",
+        default=None,
+        optional=True,
     )
     freezeFeatures = pexConfig.Field[bool](
         doc="With initFromPretrained: keep the package's convolutional features fixed and train only "
@@ -258,7 +261,7 @@ class TrainTripletTask(pipeBase.PipelineTask):
                 "config.initFromPretrained is set but no model package was given to start from "
                 "(the pretrainedModel input, e.g. from pretrained_models/default)."
             )
-        from ..training.loop import load_init_package
+        from ..training.loop import FINE_TUNE_HEAD_LEARNING_RATE, FINE_TUNE_LEARNING_RATE, load_init_package
 
         package, name = load_init_package(package)
         spec = package.components["classifier"]
@@ -288,6 +291,11 @@ class TrainTripletTask(pipeBase.PipelineTask):
                 k: v for k, v in hp.items() if k not in ("in_channels", "stamp_size", "n_classes")
             },
             "class_head": bool(hp.get("n_classes")),
+            "learning_rate": (
+                config.fineTuneLearningRate
+                if config.fineTuneLearningRate is not None
+                else FINE_TUNE_HEAD_LEARNING_RATE if config.freezeFeatures else FINE_TUNE_LEARNING_RATE
+            ),
         }
 
     @timeMethod
@@ -388,7 +396,7 @@ class TrainTripletTask(pipeBase.PipelineTask):
             hyperparameters=hyper,
             epochs=config.epochs,
             batch_size=config.batchSize,
-            learning_rate=config.learningRate if init is None else config.fineTuneLearningRate,
+            learning_rate=config.learningRate if init is None else init["learning_rate"],
             loss=config.loss,
             class_loss_weight=config.classLossWeight if use_classes else 0.0,
             patience=config.patience,

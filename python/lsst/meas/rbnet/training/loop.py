@@ -38,6 +38,7 @@ __all__ = [
     "SCHEDULES",
     "LOSS_SYNC_STEPS",
     "FINE_TUNE_LEARNING_RATE",
+    "FINE_TUNE_HEAD_LEARNING_RATE",
     "load_init_package",
     "check_init_compatible",
     "fine_tune_config",
@@ -80,6 +81,11 @@ SCHEDULES: tuple[str, ...] = ("cosine", "plateau", "constant")
 #: from-scratch default (3e-3), so the first steps on a few hundred new labels refine the
 #: trained features rather than overwrite them (``benchmarks/bench_finetune.py``).
 FINE_TUNE_LEARNING_RATE: float = 3e-4
+
+#: Default peak learning rate when only the head is trained (``freeze_features``): the
+#: from-scratch default, since the frozen features cannot be damaged and a head trained at
+#: 3e-4 barely moves in a few hundred steps (``benchmarks/bench_finetune.py``).
+FINE_TUNE_HEAD_LEARNING_RATE: float = 3e-3
 
 #: Module attribute holding the convolutional feature extractor of the triplet
 #: architectures; ``freeze_features`` keeps it fixed and trains the rest (the head).
@@ -467,7 +473,8 @@ def fine_tune_config(init: ModelPackage | str | os.PathLike, **overrides: Any) -
     """A `TrainConfig` that agrees with a package to fine-tune from.
 
     Contract, architecture and hyperparameters are the package's; the learning
-    rate is `FINE_TUNE_LEARNING_RATE`; the class-head loss is off when the
+    rate is `FINE_TUNE_LEARNING_RATE` (`FINE_TUNE_HEAD_LEARNING_RATE` with
+    ``freeze_features=True``); the class-head loss is off when the
     package has no class head. ``overrides`` set any other `TrainConfig` field
     (setting contract, architecture or hyperparameters to other values makes
     `train_triplet_model` refuse the config).
@@ -482,7 +489,9 @@ def fine_tune_config(init: ModelPackage | str | os.PathLike, **overrides: Any) -
             for k, v in spec.hyperparameters.items()
             if k not in ("in_channels", "stamp_size", "n_classes")
         },
-        "learning_rate": FINE_TUNE_LEARNING_RATE,
+        "learning_rate": (
+            FINE_TUNE_HEAD_LEARNING_RATE if overrides.get("freeze_features") else FINE_TUNE_LEARNING_RATE
+        ),
     }
     if not spec.hyperparameters.get("n_classes"):
         fields["class_loss_weight"] = 0.0
