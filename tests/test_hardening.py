@@ -1109,3 +1109,72 @@ def test_case23_sequence_bf16_fallback_is_logged(tmp_path, monkeypatch, caplog):
         scorer = seqscoring.SequenceScorer(pkg, device="cpu", precision="auto")
     assert scorer._dtype == torch.float32
     assert "falling back to float32" in caplog.text and "encoder in float32" in caplog.text
+
+
+# ---------------------------------------------------------------------------
+# Plots (case 26)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def captured_figures(monkeypatch):
+    from lsst.meas.rbnet.training import plots
+
+    figures = []
+    real = plots._save
+
+    def capture(fig, path):
+        figures.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    return figures
+
+
+def test_case26_gallery_marks_missing_panels(tmp_path, captured_figures):
+    """Case 26: NaN and fully masked gallery panels are drawn as missing (red, "no data"), not black."""
+    import matplotlib.colors
+
+    from lsst.meas.rbnet.training.plots import BAD_COLOR, plot_gallery
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 3, 21, 21)).astype(np.float32)
+    x[0, 2] = 0.0  # a fully masked channel after preparation (only the fill value)
+    x[1, 1] = np.nan  # no data at all
+    x[2, 0, :5] = np.nan  # partly missing
+    plot_gallery(x, ["a", "b", "c"], tmp_path / "g.png", channel_names=["difference", "science", "template"])
+    fig = captured_figures[-1]
+    axes = np.array(fig.axes).reshape(3, 3)
+    red = matplotlib.colors.to_rgba(BAD_COLOR)
+    for i in range(3):
+        for j in range(3):
+            ax = axes[i, j]
+            texts = [t.get_text() for t in ax.texts]
+            assert (texts == ["no data"]) == ((i, j) in ((0, 2), (1, 1))), (i, j, texts)
+            image = ax.images[0]
+            assert image.get_cmap().get_bad() == pytest.approx(red)
+    # The partly missing panel keeps its NaN rows masked (drawn red), the rest scaled.
+    data = axes[2, 0].images[0].get_array()
+    assert np.ma.getmaskarray(data)[:5].all() and not np.ma.getmaskarray(data)[5:].any()
+
+
+def test_case26_every_plot_has_axis_labels(tmp_path, captured_figures):
+    """Case 26: every axes of every evaluation plot is labelled (its own labels or the figure's)."""
+    from lsst.meas.rbnet.training.plots import make_evaluation_plots, plot_gallery
+
+    rng = np.random.default_rng(1)
+    y = np.arange(200) % 2
+    p = np.clip(0.3 * rng.random(200) + 0.6 * y, 0, 1)
+    classes = np.where(y == 1, "real_new", "cosmic_ray")
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_auc": 0.9 + 0.02 * e} for e in (1, 2, 3)]
+    make_evaluation_plots(tmp_path, {"CNN": p}, y, classes=classes, snr=rng.uniform(3, 50, 200), history=history)
+    plot_gallery(rng.normal(size=(2, 3, 21, 21)), ["a", "b"], tmp_path / "g.png")
+    assert len(captured_figures) >= 5
+    for fig in captured_figures:
+        supx = fig._supxlabel.get_text() if fig._supxlabel is not None else ""
+        supy = fig._supylabel.get_text() if fig._supylabel is not None else ""
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            assert ax.get_xlabel() or supx, (fig.get_suptitle(), ax.get_title())
+            assert ax.get_ylabel() or supy or ax.images, (fig.get_suptitle(), ax.get_title())

@@ -11,6 +11,7 @@ __all__ = [
     "plot_history",
     "plot_gallery",
     "make_evaluation_plots",
+    "BAD_COLOR",
 ]
 
 import os
@@ -21,6 +22,11 @@ import numpy as np
 
 from ..fileio import atomic_path
 from . import metrics as M
+
+
+#: Colour of missing pixels (NaN) and of panels without data in galleries (the simulator
+#: gallery's dark red).
+BAD_COLOR = "#7a1f1f"
 
 
 def _figure(figsize=(6.0, 4.5), layout: str | None = "constrained"):
@@ -101,6 +107,8 @@ def plot_reliability(
         ax.plot(mean_p[ok], frac[ok], marker="o", ms=4, label=f"{name} (ECE {ece:.4f})")
         axh.hist(np.asarray(p), bins=np.linspace(0, 1, n_bins + 1), histtype="step", label=name)
     ax.set_ylabel("fraction real")
+    # The x axis is shared with the histogram below; the label is there too for readers of this panel.
+    ax.set_xlabel("predicted probability of real (mean in bin)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
@@ -134,7 +142,7 @@ def plot_score_histograms(
     nrow = int(np.ceil(len(names) / ncol))
     fig = _figure((3.2 * ncol, 1.9 * nrow + 0.4), layout=None)
     height = 1.9 * nrow + 0.4
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.5 / height, top=1 - 0.6 / height, hspace=0.45, wspace=0.2)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.5 / height, top=1 - 0.6 / height, hspace=0.45, wspace=0.2)
     axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True)).ravel()
     bins = np.linspace(0, 1, 41)
     for ax, name in zip(axes, names):
@@ -148,6 +156,8 @@ def plot_score_histograms(
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(title)
+    fig.supxlabel("reliability (calibrated probability of real)", fontsize=9)
+    fig.supylabel("sources", fontsize=9, x=0.005)
     return _save(fig, path)
 
 
@@ -188,24 +198,40 @@ def plot_gallery(
     titles : sequence of `str`, length ``N``
         Row labels (e.g. class and score).
     channel_names : sequence of `str`, optional
+
+    Notes
+    -----
+    Missing data are drawn as such, never as black: NaN pixels (raw stamps) are red
+    (`BAD_COLOR`, as in the simulator gallery), and a panel without information (no
+    finite pixel, or every pixel the same value, as a fully masked channel is after
+    preparation, where it holds only the fill value) is red with the words "no data".
     """
     x = np.asarray(stamps, dtype=np.float32)
     n, c = x.shape[:2]
     height = 1.5 * max(n, 1) + 0.5
     fig = _figure((1.5 * c + 1.8, height), layout=None)
-    fig.subplots_adjust(left=1.7 / (1.5 * c + 1.8), right=0.98, bottom=0.1 / height, top=1 - 0.7 / height,
+    fig.subplots_adjust(left=1.7 / (1.5 * c + 1.8), right=0.98, bottom=0.3 / height, top=1 - 0.7 / height,
                         hspace=0.08, wspace=0.05)
     if n == 0:
         fig.suptitle(title + " (none)")
         return _save(fig, path)
     axes = np.asarray(fig.subplots(n, c, squeeze=False))
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad=BAD_COLOR)
     for i in range(n):
         for j in range(c):
             ax = axes[i, j]
             img = x[i, j]
             finite = np.isfinite(img)
-            lo, hi = (np.percentile(img[finite], (1, 99.5)) if finite.any() else (0, 1))
-            ax.imshow(img, origin="lower", cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            empty = not finite.any() or float(np.nanmax(img)) == float(np.nanmin(img))
+            if empty:
+                ax.imshow(np.full(img.shape, np.nan), origin="lower", cmap=cmap)
+                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                        color="white")  # fmt: skip
+            else:
+                lo, hi = np.percentile(img[finite], (1, 99.5))
+                ax.imshow(img, origin="lower", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0 and channel_names is not None:
@@ -213,6 +239,8 @@ def plot_gallery(
         axes[i, 0].set_ylabel(titles[i], fontsize=7, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, y=1 - 0.12 / height)
+    S = x.shape[-1]
+    fig.supxlabel(f"{S}x{S}-pixel stamps (x right, y up); red: no data", fontsize=7, y=0.02 / height)
     return _save(fig, path)
 
 
