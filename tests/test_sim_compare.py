@@ -95,9 +95,22 @@ def test_cutout_statistics_known_answers():
     assert np.median(t["difference_psf_flux"]) == pytest.approx(
         -1000.0 / (2 * np.pi * (3.0 / FWHM_PER_SIGMA) ** 2), rel=0.05
     )
+    # No field sources, only the central one: the 5-sigma peaks of pure noise beyond 6 pixels are rare.
+    assert np.mean(t["n_peaks_science"]) < 0.1
     # White noise is uncorrelated; the smoothed template is strongly correlated.
     assert abs(np.median(t["noise_corr_science"])) < 0.05
     assert t["noise_corr_template"][0] > 0.5
+
+
+def test_cutout_statistics_counts_field_peaks():
+    science, template, difference = _triplets(n=4)
+    # Three field stars in cutout 1 (one too close to the centre to count), a negative residual in 2.
+    for dy, dx in ((10, 0), (-9, 8), (2, 2)):
+        science[1] += 500.0 * np.roll(_pixel_gaussian(SIZE, 2.5, 1.0), (dy, dx), axis=(0, 1))
+    difference[2] -= 800.0 * np.roll(_pixel_gaussian(SIZE, 2.5, 1.0), (-11, -3), axis=(0, 1))
+    t = cutout_statistics(science, template, difference)
+    assert list(t["n_peaks_science"]) == [0, 2, 0, 0]
+    assert list(t["n_peaks_difference"]) == [0, 0, 1, 0]
 
 
 def test_cutout_statistics_faint_and_missing_sources():

@@ -160,7 +160,8 @@ def adaptive_moments(
         cxx, cyy, cxy, resolved = _deweight(mxx, myy, mxy, sw2, ok)
         s2 = 0.5 * (cxx + cyy)
         # An unresolved answer (the source wider than the weight can fit): widen the weight and retry.
-        sw2 = np.where(resolved, np.clip(s2, 0.25, (radius / 2.0) ** 2), np.minimum(sw2 * 1.5, (radius / 2) ** 2))
+        widest = (radius / 2.0) ** 2
+        sw2 = np.where(resolved, np.clip(s2, 0.25, widest), np.minimum(sw2 * 1.5, widest))
     cxx, cyy, cxy, resolved = _deweight(mxx, myy, mxy, sw2, ok)
     # The pixel's own width (a unit box has variance 1/12 per axis).
     cxx, cyy = cxx - 1.0 / 12.0, cyy - 1.0 / 12.0
@@ -220,6 +221,7 @@ def cutout_statistics(
     fwhm_radius: float | None = None,
     min_fwhm_snr: float = 5.0,
     default_psf_fwhm: float = 3.0,
+    peak_threshold: float = 5.0,
 ) -> Table:
     """Simple statistics of each cutout of a set of triplets.
 
@@ -244,6 +246,8 @@ def cutout_statistics(
     default_psf_fwhm : `float`
         FWHM (pixels) of the Gaussian weight of the PSF-weighted difference flux
         when the science FWHM cannot be measured.
+    peak_threshold : `float`
+        Threshold (noise sigma) of the peaks counted by ``n_peaks_*``.
 
     Returns
     -------
@@ -273,7 +277,11 @@ def cutout_statistics(
         difference is negative), ``negative_science_minus_template`` (bool: the
         science, less its sky, is fainter than the template at the centre, PSF
         weighted: a fading source whatever the sign convention of the
-        difference), and ``any_nan`` (bool: some plane has NaN pixels).
+        difference), ``any_nan`` (bool: some plane has NaN pixels), and
+        ``n_peaks_P`` (number of local maxima above ``peak_threshold`` noise
+        sigma beyond ``exclude_radius``: the field's stars and galaxies in the
+        science and template, residuals of either sign in the difference;
+        a measure of crowding and of how clean the subtraction is).
     """
     sci, tmp, dif = _as_planes(science, template, difference)
     n, h, w = sci.shape
@@ -357,7 +365,28 @@ def cutout_statistics(
     table["any_nan"] = np.isnan(sci).any(axis=(1, 2)) | np.isnan(tmp).any(axis=(1, 2)) | np.isnan(dif).any(
         axis=(1, 2)
     )
+    far = outer.reshape(h, w)
+    for name in _PLANES:
+        # The difference's residuals count with either sign.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = resid[name] / noise[name][:, None, None]
+        z = np.abs(z) if name == "difference" else z
+        table[f"n_peaks_{name}"] = _count_peaks(z, far, peak_threshold)
     return table
+
+
+def _count_peaks(z: np.ndarray, region: np.ndarray, threshold: float) -> np.ndarray:
+    # Local maxima (strictly above their 8 neighbours) of ``z`` (n, h, w) above ``threshold``
+    # inside ``region`` (h, w), NaN never a peak.
+    z = np.where(np.isfinite(z), z, -np.inf)
+    padded = np.pad(z, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    h, w = z.shape[1:]
+    is_peak = (z > threshold) & region[None]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                is_peak &= z > padded[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+    return is_peak.sum(axis=(1, 2))
 
 
 def _nanmax(values: np.ndarray) -> np.ndarray:
