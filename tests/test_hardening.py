@@ -1178,3 +1178,73 @@ def test_case26_every_plot_has_axis_labels(tmp_path, captured_figures):
                 continue
             assert ax.get_xlabel() or supx, (fig.get_suptitle(), ax.get_title())
             assert ax.get_ylabel() or supy or ax.images, (fig.get_suptitle(), ax.get_title())
+
+
+def _cutout_tables(n=40, real=None, seed=0, nan=False):
+    import astropy.table
+
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2 if real is None else np.full(n, real)).astype(np.int16)
+    yy, xx = np.mgrid[-10:11, -10:11]
+    stamps = rng.normal(0, 1, (n, 3, 21, 21)).astype(np.float32)
+    stamps[:, 0] += (labels[:, None, None] * 20 * np.exp(-(xx**2 + yy**2) / 4.0)).astype(np.float32)
+    if nan:
+        stamps[:] = np.nan
+    t = astropy.table.Table()
+    t["stamp"] = stamps
+    t["label"] = labels
+    t["source_class"] = np.where(labels == 1, "real_new", "cosmic_ray")
+    t["snr"] = np.full(n, 10.0, np.float32)
+    return [t]
+
+
+def _train_task():
+    from lsst.meas.rbnet.tasks.train import TrainTripletConfig, TrainTripletTask
+
+    config = TrainTripletConfig()
+    config.stampSize = 21
+    config.epochs = 2
+    config.widths = [4, 8]
+    config.hidden = 8
+    config.validationFraction = 0.3
+    config.version = "t1"
+    config.numThreads = 1
+    config.doPlots = False
+    return TrainTripletTask(config=config)
+
+
+@pytest.mark.parametrize("kind", ["one class", "all NaN"])
+def test_case22_untrainable_cutouts_are_unprocessable(kind):
+    """Case 22: labelled cutouts that cannot train a model raise UnprocessableDataError."""
+    import lsst.pipe.base as pipeBase
+    from lsst.meas.rbnet.tasks.errors import UnusableTrainingDataError
+
+    tables = _cutout_tables(real=1) if kind == "one class" else _cutout_tables(nan=True)
+    with pytest.raises(UnusableTrainingDataError, match="both classes are needed") as info:
+        _train_task().run(tables)
+    assert isinstance(info.value, pipeBase.UnprocessableDataError)
+
+
+def test_case23_training_task_logs_every_epoch(caplog):
+    """Case 23: TrainTripletTask logs the device and precision, then a line per epoch."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        _train_task().run(_cutout_tables())
+    text = caplog.text
+    assert "on cpu (float32)" in text
+    assert "Epoch 1" in text and "Epoch 2" in text and "validation AUC" in text
+    assert "Training done." in text
+
+
+def test_case23_periodic_step_lines(caplog):
+    import logging
+
+    from lsst.meas.rbnet.tasks.train import TrainingLog
+
+    log = logging.getLogger("lsst.meas.rbnet.test")
+    progress = TrainingLog(log, interval=0.0)
+    with caplog.at_level(logging.INFO, logger="lsst.meas.rbnet.test"):
+        for step in (1, 2, 3):
+            progress({"event": "step", "epoch": 1, "step": step, "steps": 3, "loss": 0.5})
+    assert caplog.text.count("Epoch 1: step") == 3

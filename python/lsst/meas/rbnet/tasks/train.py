@@ -29,13 +29,14 @@ quantum cannot make its own prerequisite; the reliability task reads it with
 
 from __future__ import annotations
 
-__all__ = ["TrainTripletConnections", "TrainTripletConfig", "TrainTripletTask", "training_figures"]
+__all__ = ["TrainTripletConnections", "TrainTripletConfig", "TrainTripletTask", "TrainingLog", "training_figures"]
 
 import numpy as np
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
+from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
 from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, REAL
@@ -319,8 +320,11 @@ class TrainTripletTask(pipeBase.PipelineTask):
 
         Raises
         ------
+        lsst.meas.rbnet.tasks.errors.UnusableTrainingDataError
+            (an `lsst.pipe.base.UnprocessableDataError`) if fewer than two stamps of a class
+            (real or bogus) have any finite pixel.
         ValueError
-            If there are no labelled stamps, only one class, or stamps smaller than ``stampSize``
+            If there are no labelled stamps, or stamps smaller than ``stampSize``
             (the init package's stamp size with ``initFromPretrained``), or no init package is given
             with ``initFromPretrained``.
         """
@@ -377,6 +381,7 @@ class TrainTripletTask(pipeBase.PipelineTask):
             off = (shape[1] - stamp_size) // 2
             stamps = np.ascontiguousarray(stamps[:, :, off : off + stamp_size, off : off + stamp_size])
         n_real = int(np.count_nonzero(labels == REAL))
+        _check_trainable(stamps, labels)
         self.log.info(
             "Training on %d labelled stamps (%d real, %d bogus).", len(labels), n_real, len(labels) - n_real
         )
@@ -415,6 +420,7 @@ class TrainTripletTask(pipeBase.PipelineTask):
             classes=classes if use_classes else None,
             snr=snr,
             config=train_config,
+            progress=TrainingLog(self.log),
             provenance=dict(provenance or {}, task=self._DefaultName),
             init=pretrainedModel if init is not None else None,
         )
@@ -434,6 +440,90 @@ class TrainTripletTask(pipeBase.PipelineTask):
         if config.doPlots:
             struct.rocPlot, struct.historyPlot = training_figures(result)
         return struct
+
+
+def _check_trainable(stamps: np.ndarray, labels: np.ndarray) -> None:
+    """Raise `UnusableTrainingDataError` for labelled stamps that no algorithm could train on.
+
+    That is: fewer than two of one class (real or bogus) with any finite pixel.
+    """
+    from .errors import UnusableTrainingDataError
+
+    usable = np.isfinite(stamps.reshape(len(stamps), -1)).any(axis=1) if len(stamps) else np.zeros(0, bool)
+    counts = {
+        name: int(np.count_nonzero(usable & (labels == value))) for name, value in (("real", REAL), ("bogus", 0))
+    }
+    if min(counts.values()) < 2:
+        raise UnusableTrainingDataError(
+            f"The labelled cutouts cannot train a model: {counts['real']} real and {counts['bogus']} bogus "
+            f"stamps with any finite pixel (of {len(labels)} labelled); both classes are needed."
+        )
+
+
+class TrainingLog:
+    """Training events (`lsst.meas.rbnet.training.train_triplet_model`'s ``progress``) as task log lines.
+
+    One line when training starts (device, precision, sizes), one per epoch, and, within
+    an epoch, a step line at most every `PeriodicLogger` interval, so a training quantum
+    under ``pipetask`` is never silent for minutes.
+
+    Parameters
+    ----------
+    log : `lsst.utils.logging.LsstLogAdapter` or `logging.Logger`
+        The task's logger.
+    interval : `float`, optional
+        Seconds between step lines (the `PeriodicLogger` default when None).
+    """
+
+    def __init__(self, log, interval: float | None = None):
+        self.log = log
+        self.periodic = PeriodicLogger(log, interval=interval)
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            self.log.info(
+                "Training on %d stamps, validating on %d: %d parameters on %s (%s), at most %d epochs of "
+                "%d steps.",
+                event["n_train"],
+                event["n_val"],
+                event["parameters"],
+                event["device"],
+                event.get("precision", "float32"),
+                event["epochs"],
+                event["steps"],
+            )
+        elif kind == "step":
+            self.periodic.log(
+                "Epoch %d: step %d of %d, loss %.4f.", event["epoch"], event["step"], event["steps"], event["loss"]
+            )
+        elif kind == "epoch":
+            self.log.info(
+                "Epoch %d%s: loss %.4f, validation loss %.4f, validation AUC %.5f, lr %.1e, %.0f s.",
+                event["epoch"],
+                " (best so far)" if event.get("improved") else "",
+                event["train_loss"],
+                event["val_loss"],
+                event["val_auc"],
+                event["lr"],
+                event["seconds"],
+            )
+        elif kind == "init":
+            self.log.info(
+                "Init package on the validation set: loss %.4f, AUC %.5f (the bar an epoch must beat).",
+                event["val_loss"],
+                event["val_auc"],
+            )
+        elif kind == "budget":
+            self.log.info(
+                "Time budget: %d epochs of %.0f s fit; the learning-rate schedule is shortened to match.",
+                event["epochs"],
+                event["seconds_per_epoch"],
+            )
+        elif kind == "calibrate":
+            self.log.info("Calibrating (temperature scaling on the validation set).")
+        elif kind == "done":
+            self.log.info("Training done.")
 
 
 def _plain(value):

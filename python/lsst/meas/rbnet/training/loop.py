@@ -844,6 +844,8 @@ def train_triplet_model(
                     "n_train": len(data),
                     "n_val": len(val),
                     "device": str(device),
+                    # What the network computes in: autocast on CUDA only (float32 on the CPU).
+                    "precision": str(amp_dtype).replace("torch.", "") + " autocast" if amp else "float32",
                     "parameters": sum(p.numel() for p in model.parameters()),
                 }
             )
