@@ -1248,3 +1248,35 @@ def test_case23_periodic_step_lines(caplog):
         for step in (1, 2, 3):
             progress({"event": "step", "epoch": 1, "step": step, "steps": 3, "loss": 0.5})
     assert caplog.text.count("Epoch 1: step") == 3
+
+
+def _pyproject():
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_case24_schema_package_is_a_test_dependency():
+    """Case 24: lsst-sdm-schemas, whose APDB schema the output is checked against, is a test dependency."""
+    test = " ".join(_pyproject()["optional-dependencies"]["test"])
+    assert "lsst-sdm-schemas" in test
+
+
+def test_case25_dependencies():
+    """Case 25: torch has a lower bound only, pyyaml is not a runtime dependency of code that never
+    imports it, scikit-learn is a test-only reference, and the README says how to get the CPU torch."""
+    import re
+
+    project = _pyproject()
+    deps = project["dependencies"]
+    torch_spec = next(d for d in deps if re.match(r"torch\b", d))
+    assert ">=" in torch_spec and "<" not in torch_spec and "==" not in torch_spec
+    runtime_imports_yaml = any(
+        re.search(r"^\s*(import yaml|from yaml)", p.read_text(), re.M)
+        for p in (ROOT / "python").rglob("*.py")
+    )
+    assert any(d.lower().startswith("pyyaml") for d in deps) == runtime_imports_yaml
+    assert not any(d.startswith("scikit-learn") for d in deps)
+    assert any(d.startswith("scikit-learn") for d in project["optional-dependencies"]["test"])
+    readme = (ROOT / "README.md").read_text()
+    assert "whl/cpu" in readme and "CPU build of torch" in readme
