@@ -1280,3 +1280,32 @@ def test_case25_dependencies():
     assert any(d.startswith("scikit-learn") for d in project["optional-dependencies"]["test"])
     readme = (ROOT / "README.md").read_text()
     assert "whl/cpu" in readme and "CPU build of torch" in readme
+
+
+# ---------------------------------------------------------------------------
+# More of the same kinds, found while fixing the above
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("widths", ["a,b", "16,,32", "0,8"])
+def test_more_train_widths_named(tmp_path, widths):
+    res = run_cli("train", "--simulate", 60, "--out", tmp_path / "m.safetensors", "--widths", widths)
+    assert res.exit_code == 2 and "--widths" in res.output and "invalid literal" not in res.output
+
+
+@pytest.mark.parametrize("option, value", [("--sources", "-5"), ("--jobs", "0")])
+def test_more_demo_counts_checked(tmp_path, option, value):
+    res = run_cli("demo", tmp_path / "d", option, value)
+    assert res.exit_code == 2 and option in res.output and not (tmp_path / "d").exists()
+
+
+def test_more_visit_real_fraction_met(tmp_path):
+    """--real-fraction of `simulate visit` is met as for stamps (5 objects at 0.1: 1 real, said)."""
+    import astropy.table
+
+    res = run_cli("simulate", "visit", tmp_path / "v", "--shape", "96,96", "--n-sources", 5, "--real-fraction", 0.1)
+    assert res.exit_code == 0, res.output
+    assert "rounded to 1 real and 4 bogus" in res.output
+    sources = astropy.table.Table.read(tmp_path / "v" / "sources.ecsv")
+    labelled = sources[sources["label"] >= 0] if "label" in sources.colnames else sources
+    assert int((labelled["label"] == 1).sum()) == 1

@@ -912,9 +912,15 @@ def run_sequence_demo(
     "--size", default=1024, show_default=True, type=click.IntRange(128, 4096), help="Detector side (pixels)."
 )
 @click.option(
-    "--sources", "n_sources", default=None, type=int, help="Sources per detector (simulator's default)."
+    "--sources",
+    "n_sources",
+    default=None,
+    type=click.IntRange(1, 100_000),
+    help="Sources per detector (simulator's default).",
 )
-@click.option("-j", "--jobs", default=1, show_default=True, help="Processes for pipetask run -j.")
+@click.option(
+    "-j", "--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Processes for pipetask run -j."
+)
 @click.option("--overwrite", is_flag=True, help="Replace DIRECTORY/repo if it exists.")
 @click.option(
     "--sequence",

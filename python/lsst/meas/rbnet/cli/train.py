@@ -388,7 +388,14 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
             contract = init_package.contract  # with its softening and fill value
         hyper = {}
         if widths:
-            hyper["widths"] = [int(w) for w in widths.split(",")]
+            try:
+                hyper["widths"] = [int(w) for w in widths.split(",")]
+            except ValueError:
+                raise click.BadParameter(
+                    f"expected comma-separated integers (e.g. 16,32,64), got {widths!r}.", param_hint="--widths"
+                ) from None
+            if not all(w >= 1 for w in hyper["widths"]):
+                raise click.BadParameter(f"widths must be >= 1, got {widths!r}.", param_hint="--widths")
         config = TrainConfig(
             contract=contract,
             architecture=architecture,
