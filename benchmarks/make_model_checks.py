@@ -126,7 +126,10 @@ def main(argv=None) -> int:
         package = ModelPackage.load(path)
         out = path.with_name(path.name.removesuffix(".safetensors") + ".check.json")
         if package.kind != "triplet":
-            print(f"{path.name}: a {package.kind!r} package; only triplet packages have a check set", file=sys.stderr)
+            print(
+                f"{path.name}: a {package.kind!r} package; only triplet packages have a check set",
+                file=sys.stderr,
+            )
             status = 1
             continue
         simulation = check_set(package.contract.stamp_size)
@@ -146,7 +149,8 @@ def main(argv=None) -> int:
         print(
             f"{path.name} (version {package.version}): ROC-AUC {result['roc_auc']:.6f} on {simulation['n']} "
             f"simulated triplets (seed {simulation['seed']}, {simulation['stamp_size']}x"
-            f"{simulation['stamp_size']}; {result['n_unscored']} unscored) in {time.perf_counter() - t0:.1f} s"
+            f"{simulation['stamp_size']}; {result['n_unscored']} unscored) "
+            f"in {time.perf_counter() - t0:.1f} s"
         )
         if result["roc_auc"] < MIN_ROC_AUC:
             print(f"{path.name}: ROC-AUC below {MIN_ROC_AUC}; no check written", file=sys.stderr)

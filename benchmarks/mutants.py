@@ -189,7 +189,8 @@ MUTANTS: list[Mutant] = [
         "symmetric_temperature_ignored",
         "symmetry averaging calibrated with the plain temperature",
         "scoring.py",
-        "        self.temperature = package.temperature_symmetric if self.symmetry else package.temperature\n",
+        "        self.temperature = package.temperature_symmetric if self.symmetry else package.temperature"
+        "\n",
         "        self.temperature = package.temperature\n",
         [SCORING],
     ),
@@ -219,7 +220,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "off_by_one_centre",
-        "stamp centre pixel floor(x) instead of floor(x + 0.5) (the cutout is off by one pixel for half the sources)",
+        "stamp centre pixel floor(x) instead of floor(x + 0.5) (cutouts one pixel off for half the sources)",
         "cutouts.py",
         "    cxf = np.floor(xs + 0.5)\n",
         "    cxf = np.floor(xs)\n",
@@ -300,8 +301,8 @@ def _apply(m: Mutant, copy: Path) -> tuple[Path, str] | None:
     found = text.count(m.old)
     if found != m.count:
         raise SystemExit(
-            f"mutant {m.name!r}: expected {m.count} occurrence(s) of its text in {PKG / m.path}, found {found}; "
-            f"the source changed: update the mutant.\n--- text ---\n{m.old}"
+            f"mutant {m.name!r}: expected {m.count} occurrence(s) of its text in {PKG / m.path}, "
+            f"found {found}; the source changed: update the mutant.\n--- text ---\n{m.old}"
         )
     path.write_text(text.replace(m.old, m.new))
     return path, text
@@ -432,19 +433,21 @@ def main(argv=None) -> int:
         "mutants": results,
     }
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    failing_header = "failing tests" if args.all_failures else "first failing test"
     lines = [
         "# Mutation check",
         "",
         f"Command: `{command}` (from the checkout; {summary['minutes']} min on {summary['machine']}).",
         "",
         "Each fault is applied alone to a temporary copy of the package and the listed test files are run",
-        f"against it (`PYTHONPATH=<copy>/python python -m pytest -p no:xdist {'-rf' if args.all_failures else '-x'} "
-        "-q FILES`); the same files pass on the unmodified copy. *Caught* = pytest reports a failing test"
+        "against it (`PYTHONPATH=<copy>/python python -m pytest -p no:xdist "
+        f"{'-rf' if args.all_failures else '-x'} -q FILES`); the same files pass on the unmodified copy. "
+        "*Caught* = pytest reports a failing test"
         f" ({'all are named' if args.all_failures else 'the first one is named'}).",
         "",
         f"**{n_caught} of {len(results)} caught.**",
         "",
-        f"| mutant | fault | tests run | result | {'failing tests' if args.all_failures else 'first failing test'} |",
+        f"| mutant | fault | tests run | result | {failing_header} |",
         "|---|---|---|---|---|",
     ]
     for r in results:

@@ -25,7 +25,8 @@ def _skip_reason(report) -> str:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "postgres" in getattr(r, "keywords", {})]
+    reports = terminalreporter.stats.get("skipped", [])
+    skipped = [r for r in reports if "postgres" in getattr(r, "keywords", {})]
     if not skipped:
         return
     reasons = sorted({_skip_reason(r) for r in skipped})

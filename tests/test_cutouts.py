@@ -435,7 +435,8 @@ def _shipped_contract():
 
 @pytest.mark.parametrize("which", ["default", "other", "shipped"])
 def test_robust_asinh_golden_values(which):
-    source = {"default": InputContract(), "other": _golden_contract(1.5, -4.0), "shipped": _shipped_contract()}
+    source = {"default": InputContract(), "other": _golden_contract(1.5, -4.0)}
+    source["shipped"] = _shipped_contract() if which == "shipped" else None
     assert source[which].normalization == "robust_asinh"
     softening, fill = source[which].asinh_softening, source[which].fill_value
     c = _golden_contract(softening, fill)
@@ -463,11 +464,13 @@ def test_robust_asinh_golden_values(which):
     out = normalize_stamps(st.copy(), c)
 
     def expect(x, median, sigma):
-        return np.where(np.isfinite(x), np.arcsinh((x.astype(np.float64) - median) / (softening * sigma)), fill)
+        y = np.arcsinh((x.astype(np.float64) - median) / (softening * sigma))
+        return np.where(np.isfinite(x), y, fill)
 
     np.testing.assert_allclose(out[0, 0], expect(st[0, 0], 220.0, 1.4826 * 110.0), rtol=1e-5, atol=1e-6)
     # A hand-checked pixel: the maximum, 440, maps to asinh(220 / (a * 1.4826 * 110)).
-    assert out[0, 0][st[0, 0] == 440.0][0] == pytest.approx(math.asinh(220.0 / (softening * 163.086)), rel=1e-5)
+    top = math.asinh(220.0 / (softening * 163.086))
+    assert out[0, 0][st[0, 0] == 440.0][0] == pytest.approx(top, rel=1e-5)
     np.testing.assert_allclose(out[1, 0], expect(st[1, 0], 199.5, 1.4826 * 100.0), rtol=1e-5, atol=1e-6)
     assert np.all(out[1, 0][np.isnan(st[1, 0])] == fill) and np.count_nonzero(out[1, 0] == fill) >= 41
     np.testing.assert_array_equal(out[2, 0], np.zeros((21, 21), np.float32))
@@ -476,7 +479,8 @@ def test_robust_asinh_golden_values(which):
     sigma_sat = math.sqrt(np.mean((finite - finite.mean()) ** 2))
     np.testing.assert_allclose(out[3, 0], expect(st[3, 0], 65535.0, sigma_sat), rtol=1e-5, atol=1e-5)
     assert out[3, 0][inf_at] == fill
-    assert out[3, 0][st[3, 0] == 0.0][0] == pytest.approx(math.asinh(-65535.0 / (softening * sigma_sat)), rel=1e-5)
+    bottom = math.asinh(-65535.0 / (softening * sigma_sat))
+    assert out[3, 0][st[3, 0] == 0.0][0] == pytest.approx(bottom, rel=1e-5)
     np.testing.assert_array_equal(out[4, 0], np.full((21, 21), fill, np.float32))
     # The scorer's path (prepare_stamps) gives the same numbers.
     prepared, _ = prepare_stamps(st, c)
@@ -502,7 +506,8 @@ def test_default_contract_is_the_documented_robust_asinh():
     assert InputContract().asinh_softening == 3.0 and InputContract().fill_value == 0.0
     # A normalisation given by name uses softening 3 and fill 0, as documented.
     st = _ramp(441, seed=5)[None, None]
-    np.testing.assert_array_equal(normalize_stamps(st, "robust_asinh"), normalize_stamps(st, InputContract(21)))
+    by_name = normalize_stamps(st, "robust_asinh")
+    np.testing.assert_array_equal(by_name, normalize_stamps(st, InputContract(21)))
 
 
 def test_prepare_stamps_selection_and_flags():

@@ -75,7 +75,8 @@ def repo(tmp_path_factory, scene, shipped):
         writer.write(tiny_visit(visit=1, detector=detector, seed=5))
     ingest_labels(butler, writer.labels(), run="labels")
     write_scene(butler, "sim-offset", scene)
-    write_scene(butler, "sim-bad", _moved(scene, 8, 0), records_run="sim-bad-records-0", template_shift=(2, 0))
+    bad = _moved(scene, 8, 0)
+    write_scene(butler, "sim-bad", bad, records_run="sim-bad-records-0", template_shift=(2, 0))
     write_scene(butler, "sim-bad", _moved(scene, 8, 1), records_run="sim-bad-records-1")
     register_model(butler, shipped, name="shipped")
     path = os.path.join(root, "tiny.safetensors")
@@ -131,7 +132,8 @@ def _run_ap(repo, inputs, output, *extra):
     from lsst.meas.rbnet.cli.demo import pipeline_path
 
     root, repo_path = repo
-    args = ["run", "-b", repo_path, "-i", inputs, "-o", output, "-p", str(pipeline_path("ApReliability.yaml"))]
+    pipeline = str(pipeline_path("ApReliability.yaml"))
+    args = ["run", "-b", repo_path, "-i", inputs, "-o", output, "-p", pipeline]
     return _pipetask([*args, "--register-dataset-types", *extra], root)
 
 
@@ -164,7 +166,8 @@ def test_failed_quantum_under_pipetask_writes_nothing(repo, scene, shipped):
         refs = list(butler.registry.queryDatasets(name, collections="out-bad", findFirst=False))
         # The failed quantum (detector 0) left nothing; the other one (detector 1) wrote its outputs.
         assert sorted(ref.dataId["detector"] for ref in refs) == [1], name
-    assert_own_scores(butler.get("dia_source_reliability", visit=8, detector=1, instrument="RBSim"), scene, shipped)
+    good = butler.get("dia_source_reliability", visit=8, detector=1, instrument="RBSim")
+    assert_own_scores(good, scene, shipped)
 
 
 def test_pipetask_without_model_says_what_to_do(repo):

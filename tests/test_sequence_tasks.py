@@ -752,7 +752,10 @@ def test_pipetask_run_sequence_pipeline(tmp_path, package):
 
 @pytest.mark.slow
 def test_sequence_demo_small(tmp_path):
-    """`rbnet demo --sequence` end to end on two small series: the shipped single-visit model, a tiny sequence model."""
+    """`rbnet demo --sequence` end to end on two small series.
+
+    With the shipped single-visit model and a tiny sequence model.
+    """
     import json
 
     from rich.console import Console
