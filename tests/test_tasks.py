@@ -523,7 +523,8 @@ def test_failure_in_the_middle_of_a_quantum_writes_nothing(repo, monkeypatch, wh
     config.doWriteCutouts = True
     task = ReliabilityTask(config=config)
     did = _data_id(4)
-    names = ("science", "template", "difference", "sources", "reliability", "sourcesWithReliability", "cutouts")
+    names = ("science", "template", "difference", "sources")
+    names += ("reliability", "sourcesWithReliability", "cutouts")
     io = {name: did for name in names}
     io["pretrainedModel"] = {}
     quantum = makeQuantum(task, repo, did, io)
@@ -572,7 +573,10 @@ def test_labelled_cutouts_and_training_quanta(repo):
     assert isinstance(model, ModelPackage) and model.version == "t1"
     assert model.contract.stamp_size == 21
     metrics = repo.get("rbnet_training_metrics")
-    assert metrics["n_real"] + metrics["n_bogus"] == metrics["n_train_total"] > 0
+    # Every labelled cutout of both visits was used, with its own label (the truth of tiny_visit).
+    truth = np.concatenate([np.asarray(tiny_visit(visit=v, seed=v).sources["label"]) for v in (1, 2)])
+    assert metrics["n_train_total"] == len(truth) == 24
+    assert metrics["n_real"] == int(truth.sum()) and metrics["n_bogus"] == int((truth == 0).sum())
     # The trained package is directly usable by the reliability task.
     v = tiny_visit(visit=9)
     result = ReliabilityTask(config=ReliabilityConfig()).run(
