@@ -94,7 +94,8 @@ def fit_plan(n_labelled, batch_size, steps, max_epochs):
     return epochs, max(3, epochs // 4)
 
 
-def fit(arm, stamps, labels, classes, source, *, seed, batch_size, steps, max_epochs, contract, threads):
+def fit(arm, stamps, labels, classes, source, *, seed, batch_size, steps, max_epochs, contract, threads,
+        head_lr=None):  # fmt: skip
     """Train one arm on the given labelled stamps; return (package, seconds, best_epoch)."""
     from lsst.meas.rbnet.training.loop import TrainConfig, fine_tune_config, train_triplet_model
 
@@ -119,6 +120,8 @@ def fit(arm, stamps, labels, classes, source, *, seed, batch_size, steps, max_ep
         init = None
     else:
         config = fine_tune_config(source, freeze_features=(arm == "head"), **common)
+        if arm == "head" and head_lr is not None:
+            config.learning_rate = head_lr
         init = source
     if not source.classes:
         config.class_loss_weight = 0.0
@@ -187,6 +190,7 @@ def learning_curve(args):
                 pkg, seconds, best = fit(
                     arm, pool[0][idx], pool[1][idx], pool[2][idx], source, seed=r, batch_size=args.batch_size,
                     steps=args.steps, max_epochs=args.max_epochs, contract=contract, threads=args.threads,
+                    head_lr=args.head_lr,
                 )  # fmt: skip
                 per["target"].append(auc_of(pkg, x_tgt_test, tgt_test[1]))
                 per["source"].append(auc_of(pkg, x_src_test, src_test[1]))
@@ -214,6 +218,7 @@ def learning_curve(args):
         "n_source": args.n_source,
         "n_source_test": args.n_source_test,
         "n_target_test": args.n_test,
+        "head_lr": args.head_lr,
         "source_model": {
             "architecture": source.components["classifier"].architecture,
             "parameters": source.n_parameters(),
@@ -278,7 +283,7 @@ def real_experiment(args):
             pkg, _, _ = fit(
                 arm, stamps[train], labels[train], None, source, seed=f, batch_size=args.batch_size,
                 steps=args.real_steps, max_epochs=args.max_epochs, contract=source.contract,
-                threads=args.threads,
+                threads=args.threads, head_lr=args.head_lr,
             )  # fmt: skip
             oof[arm][test] = model_logits(pkg.build(), x_all[test])
             per_fold[arm].append(float(M.roc_auc(oof[arm][test], labels[test])))
@@ -291,6 +296,7 @@ def real_experiment(args):
         "folds": args.real_folds,
         "label": "drb where present else rb, >= 0.5 (another classifier's opinion, not truth)",
         "init_model": {"version": source.version, "digest": source.digest},
+        "head_lr": args.head_lr,
         "pooled_auc": {arm: float(M.roc_auc(v, labels)) for arm, v in oof.items()},
         "fold_auc": {arm: _mean_spread(v) for arm, v in per_fold.items()},
         "seconds": time.monotonic() - t0,
@@ -326,9 +332,12 @@ def _curve_lines(c):
     ]
     for row in c["rows"]:
         t = row["target_auc"]
+        name = ARM_NAMES[row["arm"]]
+        if row["arm"] == "head" and c.get("head_lr") is not None:
+            name = f"head only (features frozen, lr {c['head_lr']:g})"
         spread = f" [{t['min']:.4f}, {t['max']:.4f}]" if row["repeats"] > 1 else ""
         lines.append(
-            f"| {row['n_labelled']:,} | {ARM_NAMES[row['arm']]} | {row['repeats']} | {row['epochs']} | "
+            f"| {row['n_labelled']:,} | {name} | {row['repeats']} | {row['epochs']} | "
             f"{t['mean']:.4f}{spread} | {row['source_auc']['mean']:.4f} |"
         )
     lines += ["", "Fine-tuned minus from scratch on the same stamps (target ROC-AUC, means):", ""]
@@ -356,6 +365,8 @@ def _real_lines(r):
         "|---|---:|---|",
     ]
     names = {"shipped": "shipped default as it is", **ARM_NAMES}
+    if r.get("head_lr") is not None:
+        names["head"] = f"head only (features frozen, lr {r['head_lr']:g})"
     for arm, auc in r["pooled_auc"].items():
         f = r["fold_auc"][arm]
         lines.append(f"| {names[arm]} | {auc:.3f} | {f['mean']:.3f} [{f['min']:.3f}, {f['max']:.3f}] |")
@@ -405,6 +416,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=300, help="Optimiser steps per fit (about).")
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="Learning rate of the head-only arm [default: 3e-3, FINE_TUNE_HEAD_LEARNING_RATE].")
     p.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
                    help="Run experiment 2 (real ZTF alerts, stand-in labels).")  # fmt: skip
     p.add_argument("--realdata", default=str(DEFAULT_REALDATA), help="Directory of the development set.")

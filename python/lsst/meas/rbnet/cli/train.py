@@ -175,11 +175,11 @@ def _init_options(ctx: click.Context, init: str, kfold: int):
         given = ctx.params.get(name)
         if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT or given is None:
             continue
-        same = (
-            [int(w) for w in str(given).split(",")] == list(hp.get("widths", []))
-            if name == "widths"
-            else given == implied[name]
-        )
+        if name == "widths":
+            # Compared as written, spaces aside: anything but the package's list (even text) is refused.
+            same = str(given).replace(" ", "") == implied["widths"]
+        else:
+            same = given == implied[name]
         if not same:
             wrong.append(f"--{name.replace('_', '-')} {given} (the package has {implied[name]})")
     if wrong:
