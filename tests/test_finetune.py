@@ -240,6 +240,8 @@ def test_rbnet_train_init(source, target, tmp_path):
     assert bad.exit_code != 0
     assert "'src.safetensors'" in bad.output and "--stamp-size 31 (the package has 21)" in bad.output
     assert "--architecture braai_like" in bad.output
+    bad = CliRunner().invoke(main, base + ["--widths", "a,b"])
+    assert bad.exit_code != 0 and "--widths a,b (the package has 8,16,32)" in bad.output
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(init.read_bytes()[:1000])
     bad = CliRunner().invoke(main, base[:5] + ["--init", str(broken)])
