@@ -449,4 +449,34 @@ def add_labelled(
         )
         info["mode"][sel] = CONDITIONED
         info["snr_sign"][sel] = np.where(negative, -1.0, 1.0)
+        # A share of noise detections sit on a constant star or galaxy (its Poisson noise
+        # makes fluctuations likelier there): a bright source with a clean subtraction and
+        # a fluctuation is bogus, as a transient on a galaxy with the same look is real.
+        on_source = rng.random(k) < 0.4
+        if on_source.any():
+            s = sel[on_source]
+            m2 = len(s)
+            sky = cond.sky_sigma_science[canvas[s]]
+            galaxy = rng.random(m2) < 0.5
+            psf_sigma = cond.psf_science.sigma[canvas[s]]
+            snr_host = np.exp(rng.uniform(np.log(20.0), np.log(2000.0), m2))
+            r_e = np.exp(rng.uniform(np.log(1.5), np.log(12.0), m2))
+            g = s[galaxy]
+            if len(g):
+                r_off = r_e[galaxy] * np.abs(rng.normal(0, 0.5, len(g)))
+                phi = rng.uniform(0, 2 * np.pi, len(g))
+                flux = snr_host[galaxy] * sky[galaxy] * np.sqrt(4 * np.pi * (r_e[galaxy] ** 2 + psf_sigma[galaxy] ** 2))
+                hdx, hdy = star_template_offsets(rng, len(g))
+                add_galaxy(
+                    scene, rng, canvas[g], x[g] - r_off * np.cos(phi), y[g] - r_off * np.sin(phi), flux,
+                    r_e[galaxy], dx_t=hdx, dy_t=hdy,
+                )  # fmt: skip
+            st = s[~galaxy]
+            if len(st):
+                flux = snr_host[~galaxy] * sky[~galaxy] * np.sqrt(4 * np.pi * psf_sigma[~galaxy] ** 2)
+                dx, dy = star_template_offsets(rng, len(st))
+                scene.add(
+                    "point", canvas[st], x=x[st] + rng.normal(0, 0.3, len(st)), y=y[st] + rng.normal(0, 0.3, len(st)),
+                    flux_s=flux, flux_t=flux, dx_t=dx, dy_t=dy,
+                )  # fmt: skip
     return info
