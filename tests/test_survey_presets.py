@@ -161,3 +161,25 @@ def test_presets_are_reproducible():
     a = simulate_stamps(40, 31, seed=8, survey="ztf")
     b = simulate_stamps(40, 31, seed=8, survey="ztf")
     np.testing.assert_array_equal(a.stamps, b.stamps)
+
+
+def test_cli_class_weights(tmp_path):
+    from click.testing import CliRunner
+
+    from lsst.meas.rbnet.cli import main
+
+    out = tmp_path / "w.npz"
+    args = ["simulate", "stamps", str(out), "--n", "70", "--size", "21", "--seed", "3"]
+    result = CliRunner().invoke(main, args + ["--class-weight", "real_brighter=2", "--class-weight", "real_fainter=2"])
+    assert result.exit_code == 0, result.output
+    with np.load(out, allow_pickle=False) as d:
+        classes, counts = np.unique(d["source_class"], return_counts=True)
+        counts = dict(zip(classes.tolist(), counts.tolist()))
+        assert (d["label"] == 1).sum() == 35
+    # Real half shared 1:2:2:1:1 between the five real classes.
+    assert counts["real_brighter"] == counts["real_fainter"] == 10
+    assert counts["real_new"] == counts["real_on_galaxy"] == counts["real_moving"] == 5
+    for bad in ("nonsense=2", "real_new", "real_new=-1", "real_new=nan"):
+        result = CliRunner().invoke(main, args + ["--class-weight", bad])
+        assert result.exit_code != 0
+        assert "--class-weight" in result.output

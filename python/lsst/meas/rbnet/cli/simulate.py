@@ -87,6 +87,42 @@ def _class_fractions(n: int, real_fraction: float) -> tuple[dict[str, int], int]
     return counts, n_real
 
 
+def _weighted_class_counts(n: int, real_fraction: float, specs) -> dict[str, int]:
+    """Counts per class from ``--class-weight CLASS=W`` options (other classes weigh 1).
+
+    Each kind (real, bogus) keeps its share of ``real_fraction``; within a kind the
+    classes share it in proportion to their weights; counts are rounded by largest
+    remainder (`lsst.meas.rbnet.sim.stamps.class_counts`).
+    """
+    from ..constants import ARTIFACT_CLASSES, REAL_CLASSES
+    from ..sim.stamps import class_counts
+
+    weights = {c: 1.0 for c in REAL_CLASSES + ARTIFACT_CLASSES}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        name = name.strip()
+        if not sep or name not in weights:
+            raise click.BadParameter(
+                f"expected CLASS=W with CLASS one of {', '.join(weights)}; got {spec!r}.",
+                param_hint="--class-weight",
+            )
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if not (math.isfinite(w) and w >= 0):
+            raise click.BadParameter(f"the weight must be a finite number >= 0, got {spec!r}.",
+                                     param_hint="--class-weight")  # fmt: skip
+        weights[name] = w
+    fractions = {}
+    for names, share in ((REAL_CLASSES, real_fraction), (ARTIFACT_CLASSES, 1 - real_fraction)):
+        total = sum(weights[c] for c in names)
+        if share > 0 and total <= 0:
+            raise click.BadParameter("every class of one kind has weight 0.", param_hint="--class-weight")
+        fractions.update({c: (share * weights[c] / total if total > 0 else 0.0) for c in names})
+    return class_counts(n, fractions)
+
+
 def _say_rounding(n: int, real_fraction: float, n_real: int, what: str) -> None:
     if not math.isclose(n * real_fraction, n_real):
         click.echo(
@@ -179,6 +215,14 @@ def simulate():
     "edges, missing pixels, sign of negative detections); replaces --fwhm-range and --edge-fraction. "
     "--size may then be the preset's alert cutout size (rubin 30, ztf 63, decam 63), even sizes too.",
 )
+@click.option(
+    "--class-weight",
+    "class_weights",
+    multiple=True,
+    metavar="CLASS=W",
+    help="Relative weight of one class within its kind (real or bogus; default 1 each), repeatable, "
+    "e.g. --class-weight real_brighter=2. The real fraction is kept.",
+)
 @click.pass_context
 def stamps(
     ctx,
@@ -193,6 +237,7 @@ def stamps(
     no_template_fraction,
     variance,
     survey,
+    class_weights,
 ):
     """Write N labelled triplet stamps to OUT (.npz, readable with np.load(allow_pickle=False);
     ".npz" is appended to a name without it).
@@ -219,8 +264,11 @@ def stamps(
                 )
     out = _output(out)
     _check_ranges(fwhm_range=fwhm_range, snr_range=snr_range)
-    fractions, n_real = _class_fractions(n, real_fraction)
-    _say_rounding(n, real_fraction, n_real, "stamps")
+    if class_weights:
+        fractions = _weighted_class_counts(n, real_fraction, class_weights)
+    else:
+        fractions, n_real = _class_fractions(n, real_fraction)
+        _say_rounding(n, real_fraction, n_real, "stamps")
     start = time.perf_counter()
     with _progress_bar("simulating", n, "stamps") as progress:
         result = simulate_stamps(
