@@ -386,6 +386,49 @@ def _run_seconds(butler_root, collection):
     return out
 
 
+def bench_adapter(args, results):
+    """What a forced whole-image pass of the image adapter costs, per 4096x4096 image."""
+    from lsst.images import Image, Mask, MaskedImage, MaskPlane, MaskSchema
+
+    from lsst.meas.rbnet.butler.images import make_mask_schema
+    from lsst.meas.rbnet.constants import MASK_PLANES
+    from lsst.meas.rbnet.tasks.adapter import to_arrays
+
+    size = 4096
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((size, size), dtype=np.float32)
+    var = np.ones((size, size), np.float32)
+    mask = np.zeros((size, size), np.int32)
+    mask[rng.integers(0, size, 1000), rng.integers(0, size, 1000)] = 1 << MASK_PLANES["CR"]
+    other = MaskSchema([MaskPlane(p, p) for p in reversed(list(MASK_PLANES))], dtype=np.uint8)
+    cases = {
+        "lsst.images, int32 mask schema with the canonical planes (views)": MaskedImage(
+            Image(img), mask=Mask(mask[:, :, None], schema=make_mask_schema()), variance=Image(var)
+        ),
+        "lsst.images, uint8 mask schema in another plane order (mask remapped)": MaskedImage(
+            Image(img), mask=Mask(schema=other, shape=(size, size)), variance=Image(var)
+        ),
+        "lsst.images, float64 pixels (converted to float32)": MaskedImage(
+            Image(img.astype(np.float64)),
+            mask=Mask(mask[:, :, None], schema=make_mask_schema()),
+            variance=Image(var),
+        ),
+    }
+    planes = ["BAD", "SAT", "CR", "NO_DATA"]
+    out = {}
+    for name, obj in cases.items():
+        best = min(_timed(lambda: to_arrays(obj, planes=planes)) for _ in range(3))
+        out[name] = best
+        print(f"adapter {name}: {best:.4f} s", flush=True)
+    results["adapter"] = {"image_size": size, "seconds_per_image": out}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def _quantum_split_child(kind: str, root: str, n_quanta: int) -> dict:
     """Run ``n_quanta`` quanta of one task in this (fresh) process as runQuantum does, timing each step.
 
@@ -603,7 +646,8 @@ def write_markdown(results, path):
             "Forced by the caller's image type: images that are not float32 are converted (one copy per "
             "image), and masks whose planes sit at other bits (another lsst.images schema, an afw mask "
             "with its own plane numbers, or extra planes) are remapped into one int32 mask (one pass per "
-            "image, a lookup-table gather for 8/16-bit mask elements); `tasks/adapter.py` says which.",
+            "image, a lookup-table gather for 8/16-bit mask elements); what they cost is in the adapter "
+            "table below.",
             "",
         ]
     p = results.get("pipetask")
@@ -636,6 +680,19 @@ def write_markdown(results, path):
             f"{p['ratio_per_quantum_20']:.2f} (20 quanta); target <= 1.20.",
             "",
         ]
+    ad = results.get("adapter")
+    if ad:
+        lines += [
+            f"## Image adapter: passes over the whole image, per {ad['image_size']}x{ad['image_size']} image",
+            "",
+            "`python benchmarks/bench_task.py --skip-run --skip-pipetask --adapter`: "
+            "`tasks.adapter.to_arrays` on one image (best of 3); a task run pays it once per channel.",
+            "",
+            "| image type | seconds |",
+            "|---|---:|",
+        ]
+        lines += [f"| {name} | {sec:.4f} |" for name, sec in ad["seconds_per_image"].items()]
+        lines.append("")
     qs = results.get("quantum_split")
     if qs and "ours" in qs and "null" in qs:
         lines += [
@@ -695,6 +752,7 @@ def main():
     parser.add_argument("--pipetask-repeat", type=int, default=2, help="interleaved pipetask repeats")
     parser.add_argument("--skip-run", action="store_true")
     parser.add_argument("--split", action="store_true", help="time each step of a quantum in-process")
+    parser.add_argument("--adapter", action="store_true", help="time the image adapter's forced passes")
     parser.add_argument("--quantum-split-child", nargs=2, metavar=("KIND", "REPO"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quantum_split_child:
@@ -714,6 +772,8 @@ def main():
         bench_pipetask(args, results)
     if args.split:
         bench_quantum_split(args, results)
+    if args.adapter:
+        bench_adapter(args, results)
     (HERE / "results" / "task.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, HERE / "results" / "task.md")
     print(f"Wrote {HERE / 'results' / 'task.json'} and task.md")
