@@ -66,6 +66,7 @@ def load_baseline(ref: str):
     package-relative imports made absolute, and imported from a temporary directory.
     """
     import importlib.util
+    import shutil
     import subprocess
     import tempfile
 
@@ -86,9 +87,13 @@ def load_baseline(ref: str):
     path = os.path.join(tempfile.mkdtemp(prefix="rbnet_cutouts_baseline_"), "cutouts_baseline.py")
     with open(path, "w") as f:
         f.write(text)
-    spec = importlib.util.spec_from_file_location("cutouts_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec = importlib.util.spec_from_file_location("cutouts_baseline", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        # Once executed the module needs its file no more.
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     return module
 
 BAD_BITS = mask_bits(DEFAULT_BAD_MASK_PLANES)
