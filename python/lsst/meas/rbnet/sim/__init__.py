@@ -20,14 +20,17 @@ Modules: `psf` (PSF and matching kernels), `render` (pixels from
 components), `scene` (component tables, the static field), `artifacts`,
 `labelled` (one recipe per class), `imaging` (noise, saturation, PSF
 matching, subtraction, masks), `stamps`, `visit`, `visit_stamps`, `sequences`, `series`,
-`gallery`, `io`.
+`gallery`, `io`; `detector` (visit data types and files, the pieces a visit and a
+series share), `objects` (objects that behave in time, shared by sequences and series),
+`masked_fits` (the afw ``MaskedImage`` FITS layout).
 """
 
+from .detector import SimImage, SimulatedVisit, VisitMetadata
 from .gallery import make_gallery
 from .sequences import SequenceSet, simulate_sequences
 from .series import simulate_visit_series
 from .stamps import StampSet, simulate_stamps
-from .visit import SimImage, SimulatedVisit, VisitMetadata, simulate_visit
+from .visit import simulate_visit
 from .visit_stamps import simulate_visit_stamps
 
 __all__ = [

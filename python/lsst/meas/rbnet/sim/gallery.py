@@ -168,7 +168,7 @@ def make_visit_preview(visit, path, *, dpi: int = 100, max_pixels: int = 1024):
 
     Parameters
     ----------
-    visit : `lsst.meas.rbnet.sim.visit.SimulatedVisit`
+    visit : `lsst.meas.rbnet.sim.detector.SimulatedVisit`
     path : `str` or path-like
     max_pixels : `int`
         Images larger than this are shown as a ``max_pixels`` square crop of the lower-left corner.

@@ -51,6 +51,8 @@ __all__ = [
     "SNAP_Y",
     "star_template_offsets",
     "star_psf_mismatch",
+    "saturation_excess",
+    "psf_peak_fraction",
 ]
 
 import numpy as np
@@ -197,16 +199,19 @@ def star_psf_mismatch(rng: np.random.Generator, n: int, *, detectable: bool = Fa
     return 1 + eps + aniso, 1 + eps - aniso
 
 
-def _saturation_excess(rng: np.random.Generator, n: int) -> np.ndarray:
-    # Peak over full well of saturated stars: star counts make most of them barely
-    # saturated (dN/dF ~ F^-1.6 above the saturation flux), a few by a factor of hundreds.
+def saturation_excess(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Peak over full well of ``n`` saturated stars.
+
+    Star counts make most of them barely saturated (dN/dF ~ F^-1.6 above the
+    saturation flux), a few by a factor of hundreds.
+    """
     u = rng.random(n)
     lo, hi, a = 1.3, 500.0, 0.6
     return (lo**-a - u * (lo**-a - hi**-a)) ** (-1 / a)
 
 
-def _psf_peak_fraction(cond: Conditions, canvas, x, y) -> np.ndarray:
-    # Fraction of a point source's flux in its brightest pixel.
+def psf_peak_fraction(cond: Conditions, canvas, x, y) -> np.ndarray:
+    """Fraction of a point source's flux in its brightest pixel (science PSF of ``canvas`` at ``x, y``)."""
     psf = cond.psf_science.take(canvas)
     dx = (np.floor(np.asarray(x) + 0.5) - x)[:, None]
     dy = (np.floor(np.asarray(y) + 0.5) - y)[:, None]
@@ -370,8 +375,8 @@ def add_labelled(
 
     sel = rows("saturated_star")
     if len(sel):
-        over = _saturation_excess(rng, len(sel))
-        flux = over * cond.saturation[canvas[sel]] / _psf_peak_fraction(cond, canvas[sel], x[sel], y[sel])
+        over = saturation_excess(rng, len(sel))
+        flux = over * cond.saturation[canvas[sel]] / psf_peak_fraction(cond, canvas[sel], x[sel], y[sel])
         point(sel, flux, flux)
         info["mode"][sel] = FIXED
         info["fixed_flux"][sel] = flux

@@ -5,7 +5,8 @@ The pointing is fixed (so artifacts at a fixed pixel also sit at a fixed sky
 position), the static field and the template are the same in every visit
 (one coadd, observed once), and each visit has its own seeing, sky, time and
 unlabelled artifacts (cosmic rays differ from visit to visit). Objects behave
-as described in `lsst.meas.rbnet.sim.sequences`; every visit's source table
+as described in `lsst.meas.rbnet.sim.sequences` (their pieces are shared through
+`lsst.meas.rbnet.sim.objects`); every visit's source table
 lists every object (forced measurements), with its stable ``diaObjectId``.
 """
 
@@ -16,23 +17,23 @@ from astropy.table import Table
 
 from ..constants import BOGUS, REAL, REAL_CLASSES
 from .artifacts import add_background_artifacts
-from .imaging import Conditions, add_template_noise, observe, psf_photometry, render_models, sample_conditions
-from .scene import Scene
-from .sequences import _draw_objects, _object_components, rubin_cadence
-from .stamps import class_counts
-from .visit import (
+from .detector import (
     BAND_FILTERS,
     NJY_ZERO_POINT,
     SimulatedVisit,
+    SkyModel,
     VisitMetadata,
-    _local_size,
-    _place,
-    _SkyModel,
-    _template_coverage,
-    _to_visit,
+    local_size,
     make_wcs,
+    place_apart,
     source_ids,
+    template_covered,
+    to_visit,
 )
+from .imaging import Conditions, add_template_noise, observe, psf_photometry, render_models, sample_conditions
+from .objects import draw_objects, object_components, rubin_cadence
+from .scene import Scene
+from .stamps import class_counts
 
 
 def simulate_visit_series(
@@ -120,12 +121,12 @@ def simulate_visit_series(
 
     counts = class_counts(n_objects, class_fractions, real_fraction)
     classes = rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
-    size = _local_size(cond_v)
-    objs = _draw_objects(rng, classes, size, size // 2, [times] * n_objects, snr_range)
+    size = local_size(cond_v)
+    objs = draw_objects(rng, classes, size, size // 2, [times] * n_objects, snr_range)
     frame_visit = np.tile(np.arange(n_visits), n_objects)
     cond_f = cond_v.take(frame_visit)
     static_local = Scene()
-    parts = _object_components(
+    parts = object_components(
         rng,
         objs,
         [times] * n_objects,
@@ -137,10 +138,10 @@ def simulate_visit_series(
     )
 
     fwhm_max = float(np.max(np.concatenate([cond_v.psf_science.fwhm, cond_v.psf_template.fwhm])))
-    sky = _SkyModel.build(rng, tmpl, (height, width), pixel_scale, density_factor, False, fwhm_max=fwhm_max)
+    sky = SkyModel.build(rng, tmpl, (height, width), pixel_scale, density_factor, False, fwhm_max=fwhm_max)
     margin = sky.margin
     # Detector positions: whole-pixel shifts of the local positions (keeps pixel-level artifacts on pixels).
-    px, py = _place(rng, n_objects, height, width, min_separation, border=3.0)
+    px, py = place_apart(rng, n_objects, height, width, min_separation, border=3.0)
     dx = np.round(px + margin - objs.x)
     dy = np.round(py + margin - objs.y)
     p = objs.params
@@ -161,7 +162,7 @@ def simulate_visit_series(
     _, tmpl_model, *_ = render_models(static, tmpl, sky.canvas_shape, with_artifacts=False)
     template = add_template_noise(tmpl_model, tmpl, rng)
     del tmpl_model
-    covered = _template_coverage(rng, template_coverage, sky.canvas_shape, margin, (height, width))
+    covered = template_covered(rng, template_coverage, sky.canvas_shape, margin, (height, width))
 
     noise = parts["noise"]
     visits = []
@@ -274,5 +275,5 @@ def simulate_visit_series(
         table["ra"].unit = "deg"
         table["dec"].unit = "deg"
         table.meta.update({"visit": meta.visit, "detector": meta.detector, "band": band, "mjd": meta.mjd})
-        visits.append(_to_visit(obs, cond1, table, meta))
+        visits.append(to_visit(obs, cond1, table, meta))
     return visits

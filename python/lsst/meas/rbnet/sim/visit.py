@@ -6,7 +6,9 @@ is fetched with a border, as Rubin's ``GetTemplateTask`` does, so the
 PSF-matched template is valid up to the detector edge). Labelled objects of
 every class are placed on it with a minimum separation; each is scaled to its
 target S/N on a small canvas of its own, then everything is rendered and
-observed together by `lsst.meas.rbnet.sim.imaging.observe`.
+observed together by `lsst.meas.rbnet.sim.imaging.observe`. The data types and
+the pieces shared with a series of visits live in `lsst.meas.rbnet.sim.detector`
+(re-exported here).
 """
 
 __all__ = [
@@ -21,242 +23,41 @@ __all__ = [
     "add_visit_objects",
 ]
 
-import dataclasses
-
 import numpy as np
-import scipy.fft
 from astropy.table import Table
-from astropy.wcs import WCS
 
-from ..constants import BOGUS, MASK_PLANES, REAL, REAL_CLASSES
-from .artifacts import add_background_artifacts
+from ..constants import BOGUS, REAL, REAL_CLASSES
+from .detector import (
+    BAND_FILTERS,
+    NJY_ZERO_POINT,
+    SimImage,
+    SimulatedVisit,
+    SkyModel,
+    VisitMetadata,
+    local_size,
+    make_wcs,
+    place_apart,
+    source_ids,
+    template_covered,
+    to_visit,
+)
 from .imaging import (
     Conditions,
     difference_sky_sigma,
-    local_canvas_size,
     measure_objects,
     observe,
     psf_photometry,
     sample_conditions,
 )
 from .labelled import CONDITIONED, add_labelled, amplitude_factors, sample_noise_snr, sample_snr
-from .psf import DoubleGaussianPsf
-from .scene import FieldDensity, Scene, add_field
+from .scene import Scene
 from .stamps import class_counts
-
-#: Rubin bands and the LSSTCam physical filter of each.
-BAND_FILTERS: dict[str, str] = {"u": "u_24", "g": "g_6", "r": "r_57", "i": "i_39", "z": "z_20", "y": "y_10"}
-
-#: AB magnitude of 1 nJy: images in nJy have this zero point.
-NJY_ZERO_POINT: float = 31.4
-
-#: Side of the canvases on which each labelled object is scaled to its target S/N.
-_LOCAL_MIN = 64
-
-
-@dataclasses.dataclass
-class SimImage:
-    """One simulated image with its planes.
-
-    Attributes
-    ----------
-    image : `numpy.ndarray`, (H, W) float32
-        Background-subtracted pixels (nJy); NaN where NO_DATA.
-    variance : `numpy.ndarray`, (H, W) float32
-        Variance (nJy^2).
-    mask : `numpy.ndarray`, (H, W) int32
-        Mask bits, planes of `lsst.meas.rbnet.constants.MASK_PLANES`.
-    psf : `DoubleGaussianPsf`
-        The image's PSF (length 1).
-    """
-
-    image: np.ndarray
-    variance: np.ndarray
-    mask: np.ndarray
-    psf: DoubleGaussianPsf
-
-    @property
-    def fwhm(self) -> float:
-        """PSF FWHM (pixels)."""
-        return float(self.psf.fwhm[0])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.image.shape
-
-    @property
-    def mask_planes(self) -> dict[str, int]:
-        """Mask plane name to bit number."""
-        return dict(MASK_PLANES)
-
-
-@dataclasses.dataclass
-class VisitMetadata:
-    """What a pipeline would know about a simulated visit.
-
-    Attributes
-    ----------
-    visit, detector : `int`
-    mjd : `float`
-        Mid-exposure time (MJD, TAI).
-    band, physical_filter : `str`
-    pixel_scale : `float`
-        Arcseconds per pixel.
-    wcs : `astropy.wcs.WCS`
-        Simple TAN projection of the detector (zero-based pixels as in the images).
-    fwhm_science, fwhm_template, fwhm_difference : `float`
-        PSF FWHM of each image (pixels).
-    zero_point : `float`
-        AB magnitude of one image unit (images are in nJy: 31.4).
-    exposure_time : `float`
-        Seconds.
-    sky_noise_science, sky_noise_template, sky_noise_difference : `float`
-        Background noise per pixel (nJy).
-    instrumental_zero_point : `float`
-        AB magnitude of one detected electron in the science exposure.
-    saturation : `float`
-        Science pixel value (nJy above background) where the full well is reached.
-    seed : `int`
-        Seed the visit was simulated with.
-    """
-
-    visit: int
-    detector: int
-    mjd: float
-    band: str
-    physical_filter: str
-    pixel_scale: float
-    wcs: WCS
-    fwhm_science: float
-    fwhm_template: float
-    fwhm_difference: float
-    zero_point: float
-    exposure_time: float
-    sky_noise_science: float
-    sky_noise_template: float
-    sky_noise_difference: float
-    instrumental_zero_point: float
-    saturation: float
-    seed: int
-
-    def to_dict(self) -> dict:
-        """JSON-compatible form (the WCS as a dict of FITS header cards)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "wcs"}
-        out["wcs"] = {k: v for k, v in self.wcs.to_header().items()}
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VisitMetadata":
-        """Inverse of `to_dict`."""
-        data = dict(data)
-        data["wcs"] = WCS(data["wcs"])
-        return cls(**data)
-
-
-@dataclasses.dataclass
-class SimulatedVisit:
-    """Science, template and difference images of one visit and its labelled sources.
-
-    Attributes
-    ----------
-    science, template, difference : `SimImage`
-        The template is warped to the science pixel grid but not PSF-matched
-        (as Rubin's ``template_detector``); the difference is science minus the
-        PSF-matched template (or the PSF-matched science minus the template
-        when the template is the sharper image).
-    sources : `astropy.table.Table`
-        One row per labelled object: ``id`` (int64), ``x``, ``y`` (measured
-        centroid, zero-based pixels), ``ra``, ``dec`` (degrees), ``psfFlux``,
-        ``psfFluxErr`` (nJy, forced PSF photometry on the difference at ``x, y``),
-        ``snr`` (true PSF-optimal |S/N|), ``label`` (int8), ``source_class``,
-        ``truth_x``, ``truth_y``, ``truth_flux`` (noiseless difference PSF flux,
-        nJy), ``detected`` (``|psfFlux / psfFluxErr| >= 5``), ``host_flux``;
-        a series adds ``diaObjectId``.
-    metadata : `VisitMetadata`
-    """
-
-    science: SimImage
-    template: SimImage
-    difference: SimImage
-    sources: Table
-    metadata: VisitMetadata
-
-    def write(self, directory, *, sources_format: str = "ecsv"):
-        """Write FITS images and the source table to ``directory`` (see `.io.write_visit`)."""
-        from .io import write_visit
-
-        return write_visit(self, directory, sources_format=sources_format)
-
-
-def make_wcs(shape, pixel_scale: float, ra: float, dec: float, rotation_deg: float = 0.0) -> WCS:
-    """A TAN WCS centred on the detector, for zero-based pixel coordinates.
-
-    Parameters
-    ----------
-    shape : `tuple` [`int`, `int`]
-        (height, width) in pixels.
-    pixel_scale : `float`
-        Arcseconds per pixel.
-    ra, dec : `float`
-        Sky position of the detector centre (degrees).
-    rotation_deg : `float`
-        Angle of the pixel y axis east of north (degrees).
-    """
-    height, width = shape
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    # FITS pixels are one-based; the LSST convention is zero-based.
-    wcs.wcs.crpix = [(width + 1) / 2.0, (height + 1) / 2.0]
-    wcs.wcs.crval = [ra, dec]
-    scale = pixel_scale / 3600.0
-    theta = np.deg2rad(rotation_deg)
-    # East to the left when north is up (the sky seen from inside the sphere).
-    wcs.wcs.cd = scale * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    wcs.wcs.radesys = "ICRS"
-    return wcs
-
-
-def source_ids(visit: int, detector: int, n: int) -> np.ndarray:
-    """Unique source ids for a (visit, detector): ``(visit % 1e9) * 1e9 + detector * 1e5 + 1..n`` (int64)."""
-    if n >= 100_000 or not 0 <= detector < 10_000:
-        raise ValueError(
-            f"source_ids: need n < 100000 and 0 <= detector < 10000, got n={n}, detector={detector}."
-        )
-    return (
-        np.int64(visit % 1_000_000_000) * 1_000_000_000
-        + np.int64(detector) * 100_000
-        + np.arange(1, n + 1, dtype=np.int64)
-    )
-
-
-def _place(rng, n, height, width, min_separation, border=0.0):
-    # Dart throwing: uniform positions at least ``min_separation`` apart where possible.
-    accepted_x = np.empty(0)
-    accepted_y = np.empty(0)
-    tries = 0
-    sep2 = min_separation**2
-    while len(accepted_x) < n and tries < 20:
-        cand_x = rng.uniform(border - 0.5, width - 0.5 - border, 4 * n + 16)
-        cand_y = rng.uniform(border - 0.5, height - 0.5 - border, 4 * n + 16)
-        for cx, cy in zip(cand_x, cand_y):
-            if len(accepted_x) == n:
-                break
-            if len(accepted_x) == 0 or np.min((accepted_x - cx) ** 2 + (accepted_y - cy) ** 2) >= sep2:
-                accepted_x = np.append(accepted_x, cx)
-                accepted_y = np.append(accepted_y, cy)
-        tries += 1
-    if len(accepted_x) < n:
-        # Too crowded for the separation: fill the rest at random.
-        k = n - len(accepted_x)
-        accepted_x = np.append(accepted_x, rng.uniform(-0.5, width - 0.5, k))
-        accepted_y = np.append(accepted_y, rng.uniform(-0.5, height - 0.5, k))
-    return accepted_x, accepted_y
 
 
 def _positions(rng, classes, height, width, min_separation):
     # Chip coordinates of the labelled objects; edge objects sit 0-6 pixels inside a chip edge.
     n = len(classes)
-    x, y = _place(rng, n, height, width, min_separation, border=3.0)
+    x, y = place_apart(rng, n, height, width, min_separation, border=3.0)
     side = rng.integers(0, 4, n)
     depth = rng.uniform(0.0, 6.0, n)
     boundary = np.select([side == 0, side == 1, side == 2], [0, width - 1, 0], height - 1).astype(float)
@@ -266,10 +67,6 @@ def _positions(rng, classes, height, width, min_separation):
     y = np.where(edge & (side == 2), depth, y)
     y = np.where(edge & (side == 3), height - 1 - depth, y)
     return x, y, {"side": side, "boundary": boundary}
-
-
-def _local_size(cond: Conditions) -> int:
-    return local_canvas_size(cond, _LOCAL_MIN)
 
 
 def scale_labelled(
@@ -302,7 +99,7 @@ def scale_labelled(
     k = len(classes)
     leader = np.arange(k) if leader is None else np.asarray(leader)
     tx, ty = info["x"], info["y"]
-    size = _local_size(cond1)
+    size = local_size(cond1)
     shift_x = size // 2 - np.floor(tx + 0.5)
     shift_y = size // 2 - np.floor(ty + 0.5)
     cond_k = cond1.take(np.zeros(k, int))
@@ -470,21 +267,6 @@ def add_visit_objects(
     return info, leader
 
 
-def _template_coverage(rng, fraction, canvas_shape, margin, shape):
-    # The template lacks data beyond a straight line cutting off ``fraction`` of the detector.
-    if fraction <= 0:
-        return None
-    height, width = shape
-    phi = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0 : canvas_shape[0], 0 : canvas_shape[1]]
-    proj = (xx - margin) * np.cos(phi) + (yy - margin) * np.sin(phi)
-    if fraction >= 1:
-        return np.zeros(canvas_shape, bool)[None]
-    inner = proj[margin : margin + height, margin : margin + width]
-    cut = np.quantile(inner, fraction)
-    return (proj >= cut)[None]
-
-
 def simulate_visit(
     seed: int,
     shape=(1024, 1024),
@@ -566,7 +348,7 @@ def simulate_visit(
     counts = class_counts(n_sources, class_fractions, real_fraction)
     classes = rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
     x, y, edge_geometry = _positions(rng, classes, height, width, min_separation)
-    sky = _SkyModel.build(rng, cond, (height, width), pixel_scale, density_factor, background_artifacts)
+    sky = SkyModel.build(rng, cond, (height, width), pixel_scale, density_factor, background_artifacts)
     margin = sky.margin
     edge_geometry["boundary"] = edge_geometry["boundary"] + margin
     labelled = Scene()
@@ -587,7 +369,7 @@ def simulate_visit(
     snr, flux, noise_objects = scale_labelled(
         rng, labelled, noise_scene, classes, info, cond, snr_range, leader=leader
     )
-    covered = _template_coverage(rng, template_coverage, sky.canvas_shape, margin, (height, width))
+    covered = template_covered(rng, template_coverage, sky.canvas_shape, margin, (height, width))
     scene = Scene()
     scene.extend(sky.scene)
     scene.extend(labelled)
@@ -624,19 +406,7 @@ def simulate_visit(
         seed=int(seed),
     )
     sources = _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata)
-    return _to_visit(obs, cond, sources, metadata)
-
-
-def _to_visit(obs, cond: Conditions, sources: Table, metadata: VisitMetadata) -> SimulatedVisit:
-    return SimulatedVisit(
-        science=SimImage(obs.science[0], obs.variance_science[0], obs.mask_science[0], cond.psf_science),
-        template=SimImage(obs.template[0], obs.variance_template[0], obs.mask_template[0], cond.psf_template),
-        difference=SimImage(
-            obs.difference[0], obs.variance_difference[0], obs.mask_difference[0], cond.psf_difference
-        ),
-        sources=sources,
-        metadata=metadata,
-    )
+    return to_visit(obs, cond, sources, metadata)
 
 
 def _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata) -> Table:
@@ -675,52 +445,3 @@ def _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, me
         {"visit": metadata.visit, "detector": metadata.detector, "band": metadata.band, "mjd": metadata.mjd}
     )
     return table
-
-
-@dataclasses.dataclass
-class _SkyModel:
-    # The unlabelled content of a detector canvas: field and background artifacts.
-    scene: Scene
-    canvas_shape: tuple[int, int]
-    margin: int
-    on_chip: np.ndarray
-
-    @classmethod
-    def build(
-        cls,
-        rng,
-        cond,
-        shape,
-        pixel_scale,
-        density_factor,
-        background_artifacts,
-        *,
-        density=None,
-        fwhm_max=None,
-    ):
-        height, width = shape
-        fwhm = (
-            float(np.max(np.concatenate([cond.psf_science.fwhm, cond.psf_template.fwhm])))
-            if fwhm_max is None
-            else fwhm_max
-        )
-        margin = int(np.ceil(2.5 * fwhm)) + 8
-        canvas_shape = (
-            scipy.fft.next_fast_len(height + 2 * margin, real=True),
-            scipy.fft.next_fast_len(width + 2 * margin, real=True),
-        )
-        scene = Scene()
-        add_field(
-            scene,
-            rng,
-            1,
-            *canvas_shape,
-            pixel_scale=pixel_scale,
-            density=density or FieldDensity(),
-            density_factor=density_factor,
-        )
-        if background_artifacts:
-            add_background_artifacts(scene, rng, 1, *canvas_shape, cond.sky_sigma_science[:1])
-        on_chip = np.zeros((1, *canvas_shape), bool)
-        on_chip[0, margin : margin + height, margin : margin + width] = True
-        return cls(scene, canvas_shape, margin, on_chip)
