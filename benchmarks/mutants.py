@@ -156,7 +156,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "softening_ignored",
         "robust_asinh ignores its softening (issue 13, case 4)",
-        "cutouts.py",
+        "cutouts/normalize.py",
         'soft32 = np.float32(soft if norm == "robust_asinh" else 1.0)',
         "soft32 = np.float32(1.0)",
         [CUTOUTS, SHIPPED],
@@ -164,7 +164,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "mad_constant",
         "normalisation constant changed: sigma = 1.0 * MAD instead of 1.4826 * MAD",
-        "cutouts.py",
+        "cutouts/normalize.py",
         "MAD_TO_SIGMA: float = 1.4826\n",
         "MAD_TO_SIGMA: float = 1.0\n",
         [CUTOUTS],
@@ -172,7 +172,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "fill_value_ignored",
         "untrusted pixels filled with fill_value + 1 after normalisation",
-        "cutouts.py",
+        "cutouts/normalize.py",
         "            flat.reshape(-1)[bad_pos] = np.float32(fill)\n",
         "            flat.reshape(-1)[bad_pos] = np.float32(fill + 1)\n",
         [CUTOUTS],
@@ -221,7 +221,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "off_by_one_centre",
         "stamp centre pixel floor(x) instead of floor(x + 0.5) (cutouts one pixel off for half the sources)",
-        "cutouts.py",
+        "cutouts/scan.py",
         "    cxf = np.floor(xs + 0.5)\n",
         "    cxf = np.floor(xs)\n",
         [CUTOUTS, TASKS],
@@ -277,7 +277,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "stats_grid_misplaced",
         "the statistics sub-grid of large stamps no longer passes through the centre pixel",
-        "cutouts.py",
+        "cutouts/normalize.py",
         "    start = (size // 2) % step\n",
         "    start = 0\n",
         [CUTOUTS],

@@ -634,9 +634,10 @@ def _scan_images(rng, shape=(77, 90)):
 
 
 def _force(monkeypatch, scan, dense=None):
-    monkeypatch.setattr(cutouts_module, "_SCAN_MIN_COVERAGE", 0.0 if scan else float("inf"))
+    # The image scan's tuning constants live in the package's `scan` module, where they are read.
+    monkeypatch.setattr(cutouts_module.scan, "_SCAN_MIN_COVERAGE", 0.0 if scan else float("inf"))
     if dense is not None:
-        monkeypatch.setattr(cutouts_module, "_SCAN_DENSE_SEGMENTS", dense)
+        monkeypatch.setattr(cutouts_module.scan, "_SCAN_DENSE_SEGMENTS", dense)
 
 
 @pytest.mark.parametrize("size", [5, 8, 21, 30])
