@@ -3,7 +3,8 @@
 
 A model package stores only ``(architecture name, hyperparameters, weights)``;
 building the module never executes code from the package. Architectures are
-registered by the modules of this package at import time with `register`.
+registered by the modules of this package at import time with `register`
+(defined in `lsst.meas.rbnet.nn.registration`, below them).
 """
 
 __all__ = [
@@ -18,11 +19,15 @@ __all__ = [
 ]
 
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-_REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
+# The architecture modules register themselves with `register` when imported; importing
+# them here makes every architecture known once this module is.
+from . import sequence, triplet, vae  # noqa: F401
+from .registration import BUILDERS as _REGISTRY
+from .registration import register
 
 #: Largest value of a depth hyperparameter (`DEPTH_NAMES`): layers repeated that many times.
 MAX_DEPTH: int = 16
@@ -34,36 +39,13 @@ MAX_INT: int = 65536
 DEPTH_NAMES: tuple[str, ...] = ("convs_per_block", "num_layers")
 
 
-def register(name: str):
-    """Class or function decorator adding a builder under ``name``.
-
-    The builder must take only keyword hyperparameters of plain JSON types
-    (int, float, str, bool, lists of those).
-    """
-
-    def decorator(builder):
-        if name in _REGISTRY and _REGISTRY[name] is not builder:
-            raise RuntimeError(f"Architecture {name!r} is registered twice.")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
-
-
-def _ensure_loaded() -> None:
-    # Importing the package registers every architecture it defines.
-    from . import _all  # noqa: F401
-
-
 def architectures() -> list[str]:
     """Names of all registered architectures."""
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
 def architecture_defaults(name: str) -> dict[str, Any]:
     """Default hyperparameters of an architecture (from its builder's signature)."""
-    _ensure_loaded()
     builder = _lookup(name)
     params = inspect.signature(builder).parameters
     return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
@@ -129,7 +111,6 @@ def build(name: str, **hyperparameters: Any) -> torch.nn.Module:
         If the name is unknown, a hyperparameter is not accepted by the builder, or
         it is beyond the bounds of `check_hyperparameters` (checked before building).
     """
-    _ensure_loaded()
     builder = _lookup(name)
     check_hyperparameters(name, hyperparameters)
     params = inspect.signature(builder).parameters

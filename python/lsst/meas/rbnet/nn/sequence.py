@@ -67,7 +67,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .registry import register
+from .registration import register
 
 #: Pooling modes over time. ``"last"`` uses the final recurrent states (recurrent
 #: models only; the paper's choice); ``"mean"``, ``"max"`` and ``"attention"`` pool the

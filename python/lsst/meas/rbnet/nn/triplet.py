@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..constants import ALL_CLASSES, DEFAULT_STAMP_SIZE
-from .registry import register
+from .registration import register
 
 #: Global pooling modes of `TripletCNN`:
 #: ``"avg"`` and ``"max"`` pool the last feature map; ``"avgmax"`` concatenates both;

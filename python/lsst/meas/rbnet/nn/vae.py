@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .registry import register
+from .registration import register
 
 
 def log_cosh(d: torch.Tensor) -> torch.Tensor:
