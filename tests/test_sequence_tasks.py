@@ -31,12 +31,10 @@ from lsst.meas.rbnet.tasks.sequence import (
     SkyPartition,
     TrainSequenceConfig,
     TrainSequenceTask,
-    gather_frames,
-    group_sources,
 )
+from sequence_helpers import FRAME, STAMP, make_series
+from sequence_helpers import field as _field
 
-STAMP = 21
-FRAME = 20
 INSTRUMENT = "RBSim"
 
 
@@ -86,68 +84,6 @@ def tiny_sequence_package(version="tseq", channels=("science",), seed=0):
     )
 
 
-def make_series(
-    ra,
-    dec,
-    n_visits=4,
-    *,
-    seed=0,
-    object_ids=True,
-    present=None,
-    scatter_arcsec=0.1,
-    first_visit=1,
-    time_column=True,
-):
-    """Per-visit cutouts and source tables of objects at (ra, dec) observed ``n_visits`` times.
-
-    Object ``k`` (diaObjectId ``k + 1``) is real when ``k`` is even (a point source in the
-    science stamp) and bogus otherwise. ``present[k]`` lists the visits it is detected in.
-
-    Returns
-    -------
-    cutouts, sources : `list` [`astropy.table.Table`]
-    times : `list` [`float`]
-    labels : `astropy.table.Table`
-        Per source (id, label).
-    """
-    rng = np.random.default_rng(seed)
-    ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
-    n_obj = len(ra)
-    truth = (np.arange(n_obj) % 2 == 0).astype(np.int16)
-    yy, xx = np.mgrid[:STAMP, :STAMP] - STAMP // 2
-    psf = np.exp(-(xx**2 + yy**2) / 4.0)
-    cutouts, sources, times, labels = [], [], [], []
-    for v in range(n_visits):
-        visit = first_visit + v
-        rows = [k for k in range(n_obj) if present is None or v in present[k]]
-        ids = np.int64(visit) * 100_000 + np.asarray(rows, np.int64)
-        stamps = rng.normal(0, 1, (len(rows), 3, STAMP, STAMP)).astype(np.float32)
-        stamps[:, 1] += (truth[rows] * 20.0)[:, None, None] * psf
-        cut = astropy.table.Table()
-        cut["id"] = ids
-        cut["stamp"] = stamps
-        cut["reliabilityFlags"] = np.zeros(len(rows), np.int32)
-        cut["x"] = np.zeros(len(rows))
-        cut["y"] = np.zeros(len(rows))
-        cut.meta["channels"] = list(CHANNEL_ORDER)
-        src = astropy.table.Table()
-        src["id"] = ids
-        err = scatter_arcsec / 3600.0
-        src["ra"] = ra[rows] + rng.normal(0, err, len(rows)) / np.cos(np.radians(dec[rows]))
-        src["dec"] = dec[rows] + rng.normal(0, err, len(rows))
-        if object_ids:
-            src["diaObjectId"] = np.asarray(rows, np.int64) + 1
-        mjd = 60000.0 + 2.0 * v + 0.1 * rng.uniform()
-        if time_column:
-            src["midpointMjdTai"] = np.full(len(rows), mjd)
-        src["reliability"] = rng.uniform(0, 1, len(rows)).astype(np.float32)
-        cutouts.append(cut)
-        sources.append(src)
-        times.append(mjd)
-        labels.append(astropy.table.Table({"id": ids, "label": truth[rows]}))
-    return cutouts, sources, times, astropy.table.vstack(labels)
-
-
 def _task(**overrides):
     config = SequenceReliabilityConfig()
     for k, v in overrides.items():
@@ -159,13 +95,6 @@ def _task(**overrides):
 @pytest.fixture(scope="module")
 def package():
     return tiny_sequence_package()
-
-
-def _field(n=6, seed=0, spacing_arcsec=20.0):
-    rng = np.random.default_rng(seed)
-    ra = 150.0 + np.arange(n) * spacing_arcsec / 3600.0
-    dec = 2.0 + rng.uniform(-1, 1, n) / 3600.0
-    return ra, dec
 
 
 # ----------------------------------------------------------------------
@@ -230,19 +159,6 @@ def test_zero_object_ids_are_associated_by_position(package):
     positional = (np.asarray(table["flags"]) & ObjectFlag.POSITIONAL) != 0
     assert list(table["objectId"][~positional]) == [1, 2, 3]
     assert positional.sum() == 1 and table["nVisits"][positional][0] == 3
-
-
-def test_group_sources_is_deterministic():
-    rng = np.random.default_rng(3)
-    ra = np.repeat(150.0 + np.arange(5) * 0.01, 4) + rng.normal(0, 1e-5, 20)
-    dec = np.repeat(np.full(5, 2.0), 4) + rng.normal(0, 1e-5, 20)
-    ids = np.arange(100, 120, dtype=np.int64)
-    g = group_sources(ra, dec, np.zeros(20, np.int64), ids, 1.0)
-    perm = rng.permutation(20)
-    h = group_sources(ra[perm], dec[perm], np.zeros(20, np.int64), ids[perm], 1.0)
-    np.testing.assert_array_equal(g.object_id, h.object_id)
-    np.testing.assert_array_equal(g.object_id[g.index][perm], h.object_id[h.index])
-    assert len(g) == 5 and np.all(g.positional)
 
 
 def test_single_visit_nan_frames_and_unscorable_sources(package):
@@ -371,17 +287,6 @@ def test_boundary_objects_are_scored_once(package):
         np.testing.assert_allclose(joined["reliability"], everything["reliability"], rtol=1e-5)
 
 
-def test_gather_frames_crops_around_the_source():
-    ra, dec = _field(1)
-    cutouts, sources, _, _ = make_series(ra, dec, n_visits=1)
-    stamp = np.asarray(cutouts[0]["stamp"])
-    frames = gather_frames(cutouts, sources, channels=("template", "science"), frame_size=FRAME)
-    assert frames.frames.shape == (1, 2, FRAME, FRAME)
-    # The source pixel S // 2 of the stamp is pixel F // 2 of the frame.
-    assert frames.frames[0, 1, FRAME // 2, FRAME // 2] == stamp[0, 1, STAMP // 2, STAMP // 2]
-    assert frames.frames[0, 0, 0, 0] == stamp[0, 2, 0, 0]
-
-
 def test_config_validation():
     config = SequenceReliabilityConfig()
     config.associationRadius = 0.0
@@ -472,25 +377,6 @@ def test_train_reads_visit_scores_when_configured(caplog):
     assert model.extra["frame_features"] == []
     table = _task().run(cutouts, no_scores, model).objectReliability
     assert np.all(np.isfinite(table["reliability"]))
-
-
-def test_object_labels_majority_and_per_object():
-    from lsst.meas.rbnet.tasks.sequence import object_labels
-
-    ra, dec = _field(4)
-    cutouts, sources, _, labels = make_series(ra, dec, n_visits=4)
-    frames = gather_frames(cutouts, sources, channels=("science",), frame_size=FRAME)
-    groups = group_sources(frames.ra, frames.dec, frames.object_id, frames.source_id, 1.0)
-    # Flip one of object 1's four labels (still a majority), two of object 2's (a tie).
-    labels = labels.copy()
-    for obj, n_flip in ((1, 1), (2, 2)):
-        rows = np.flatnonzero(np.isin(labels["id"], frames.source_id[frames.object_id == obj]))[:n_flip]
-        labels["label"][rows] = 1 - labels["label"][rows]
-    out, counts = object_labels(frames, groups, labels)
-    assert list(out) == [1, -1, 1, 0] and counts["conflicting_objects"] == 1
-    per_object = astropy.table.Table({"diaObjectId": [1, 2, 4], "label": [0, 1, 1]})
-    out, _ = object_labels(frames, groups, per_object)
-    assert list(out) == [0, 1, -1, 1]
 
 
 # ----------------------------------------------------------------------

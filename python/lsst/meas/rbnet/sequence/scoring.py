@@ -41,25 +41,9 @@ from ..package import ModelPackage, ModelPackageError
 from .aggregate import FRAME_FEATURES, visit_score_features
 from .data import collate, length_batches
 from .encode import fused_encoder
+from .frames import frames_from_stamps
 
 _log = logging.getLogger(__name__)
-
-
-def frames_from_stamps(stamps: np.ndarray, frame_size: int) -> np.ndarray:
-    """Cut ``(N, C, F, F)`` frames from ``(N, C, S, S)`` stamps keeping the source pixel.
-
-    The source sits at pixel ``S // 2`` of a stamp and at ``F // 2`` of a frame,
-    so the frame is ``stamp[..., a:a + F, a:a + F]`` with ``a = S // 2 - F // 2``.
-    """
-    s = stamps.shape[-1]
-    if stamps.ndim != 4 or stamps.shape[-2] != s:
-        raise ValueError(f"Expected square stamps (N, C, S, S), got {stamps.shape}.")
-    if s == frame_size:
-        return stamps
-    if s < frame_size:
-        raise ValueError(f"Stamps of side {s} are smaller than the model's frames ({frame_size}).")
-    a = s // 2 - frame_size // 2
-    return stamps[..., a : a + frame_size, a : a + frame_size]
 
 
 @functools.cache

@@ -23,8 +23,6 @@ __all__ = [
     "empty_cutouts_table",
 ]
 
-import math
-
 import astropy.table
 import numpy as np
 
@@ -34,9 +32,9 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, DEFAULT_STAMP_SIZE
+from ..tables import match_labels, source_table_from_any
 from .adapter import check_same_bbox, to_arrays
 from .errors import MissingColumnError
-from .reliability import source_table_from_any
 
 _DIMS = ("instrument", "visit", "detector")
 
@@ -132,81 +130,6 @@ def empty_cutouts_table(stamp_size: int, n_channels: int = len(CHANNEL_ORDER)) -
     table["y"] = np.zeros(0, np.float64)
     return table
 
-
-def match_labels(
-    sources: astropy.table.Table,
-    labels: astropy.table.Table,
-    *,
-    id_column: str = "id",
-    ra_column: str = "ra",
-    dec_column: str = "dec",
-    mjd: float | None = None,
-    radius_arcsec: float = 1.0,
-    time_tolerance: float = 0.02,
-) -> np.ndarray:
-    """Index into ``labels`` of each source's label, or -1.
-
-    Parameters
-    ----------
-    sources : `astropy.table.Table`
-        Sources (``id_column``; ``ra_column``/``dec_column`` in degrees for position matching).
-    labels : `astropy.table.Table`
-        Labels with ``id``, or with ``ra``, ``dec`` (deg) and ``mjd``.
-    mjd : `float`, optional
-        Mid-time of the visit (MJD), needed to match labels without ids.
-    radius_arcsec, time_tolerance : `float`
-        Position (arcsec) and time (days) tolerances of the position match.
-
-    Returns
-    -------
-    index : `numpy.ndarray`, (N,) int64
-        Row of ``labels`` for each source, -1 where none.
-
-    Raises
-    ------
-    ValueError
-        If the labels can only be matched by position and the sources lack ra/dec or
-        ``mjd`` is unknown.
-    """
-    n = len(sources)
-    if "id" in labels.colnames:
-        label_ids = np.asarray(labels["id"], dtype=np.int64)
-        order = np.argsort(label_ids)
-        sorted_ids = label_ids[order]
-        src_ids = np.asarray(sources[id_column], dtype=np.int64)
-        pos = np.searchsorted(sorted_ids, src_ids)
-        pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
-        found = (len(sorted_ids) > 0) & (sorted_ids[pos] == src_ids) if len(sorted_ids) else np.zeros(n, bool)
-        out = np.full(n, -1, np.int64)
-        out[found] = order[pos[found]]
-        return out
-    missing = [c for c in (ra_column, dec_column) if c not in sources.colnames]
-    if missing:
-        raise ValueError(
-            f"The labels have no 'id' column, so they are matched by position, but the sources have no "
-            f"{missing} column(s)."
-        )
-    if mjd is None or not math.isfinite(mjd):
-        raise ValueError(
-            "The labels have no 'id' column, so they are matched by position and time, but the "
-            "visit's time is unknown."
-        )
-    sel = np.flatnonzero(np.abs(np.asarray(labels["mjd"], dtype=float) - mjd) <= time_tolerance)
-    out = np.full(n, -1, np.int64)
-    if n == 0 or len(sel) == 0:
-        return out
-    from scipy.spatial import cKDTree
-
-    def unit(ra, dec):
-        ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
-        return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=1)
-
-    tree = cKDTree(unit(labels["ra"][sel], labels["dec"][sel]))
-    chord = 2 * np.sin(np.radians(radius_arcsec / 3600.0) / 2)
-    dist, idx = tree.query(unit(sources[ra_column], sources[dec_column]), distance_upper_bound=chord)
-    ok = np.isfinite(dist)
-    out[ok] = sel[idx[ok]]
-    return out
 
 
 def _snr(sources: astropy.table.Table, column: str) -> np.ndarray:

@@ -50,6 +50,7 @@ from lsst.utils.timer import timeMethod
 
 from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, VERSION_MAX_LENGTH
 from ..flags import UNSCORABLE, SourceFlag
+from ..tables import source_table_from_any
 from .adapter import ImageArrays, check_same_bbox, to_arrays
 from .errors import BadColumnError, DuplicateSourceIdError, MissingColumnError
 
@@ -281,30 +282,6 @@ class ReliabilityConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Reliabi
                 ReliabilityConfig.unscorableScore, self, "must be NaN or in [0, 1]"
             )
 
-
-def source_table_from_any(sources: Any, name: str = "sources") -> astropy.table.Table:
-    """An astropy Table from a source catalogue given as astropy, pandas, pyarrow or numpy.
-
-    Raises
-    ------
-    TypeError
-        If the type is not one of those (the message names ``name``).
-    """
-    if isinstance(sources, astropy.table.Table):
-        return sources
-    module = type(sources).__module__
-    if module.startswith("pandas"):
-        return astropy.table.Table.from_pandas(sources.reset_index(drop=sources.index.name is None))
-    if module.startswith("pyarrow"):
-        return astropy.table.Table({c: sources.column(c).to_numpy() for c in sources.column_names})
-    if isinstance(sources, np.ndarray) and sources.dtype.names:
-        return astropy.table.Table(sources)
-    if isinstance(sources, dict):
-        return astropy.table.Table(sources)
-    raise TypeError(
-        f"The {name} are a {module}.{type(sources).__qualname__}; expected an astropy Table, a pandas "
-        "DataFrame, a pyarrow Table or a numpy structured array."
-    )
 
 
 class ReliabilityTask(pipeBase.PipelineTask):

@@ -88,9 +88,8 @@ import collections
 import dataclasses
 import hashlib
 import json
-import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import astropy.table
@@ -103,9 +102,14 @@ from lsst.utils.timer import timeMethod
 
 from ..constants import CHANNEL_ORDER, VERSION_MAX_LENGTH
 from ..contract import NORMALIZATIONS
-from ..flags import UNSCORABLE, ObjectFlag, SourceFlag
+from ..flags import ObjectFlag
+from ..sequence.association import ObjectGroups, group_sources, object_positions
+from ..sequence.frames import SourceFrames, gather_frames, sequence_order
+from ..sequence.labels import object_labels
+from ..sequence.objects import empty_object_table, object_table
+from ..sequence.partition import SkyPartition
+from ..tables import TableColumnError, source_table_from_any
 from .errors import MissingColumnError
-from .reliability import source_table_from_any
 
 #: Dataset type of the sequence model package (dimensionless, found by collection).
 SEQUENCE_MODEL_DATASET_TYPE = "pretrainedSequenceModelPackage"
@@ -137,581 +141,24 @@ def _no_model_message(dataset_type: str) -> str:
     )
 
 
-# ----------------------------------------------------------------------
-# Plain functions on tables and arrays (no Butler)
-# ----------------------------------------------------------------------
+def _sky_partition(data_id) -> SkyPartition | None:
+    """The partition of a quantum's data ID: its skypix dimension, else its region, else `None`."""
+    from lsst.daf.butler import SkyPixDimension
 
-
-@dataclasses.dataclass
-class SourceFrames:
-    """The sources of many (visit, detector) datasets, one row each, with their frames.
-
-    Attributes
-    ----------
-    source_id : `numpy.ndarray`
-        ``(N,)`` int64 source ids.
-    object_id : `numpy.ndarray`
-        ``(N,)`` int64 ``diaObjectId``, 0 where there is none.
-    ra, dec : `numpy.ndarray`
-        ``(N,)`` float64 positions (degrees).
-    mjd : `numpy.ndarray`
-        ``(N,)`` float64 times (MJD, TAI); NaN where unknown.
-    visit : `numpy.ndarray`
-        ``(N,)`` int64 visit ids (-1 where unknown).
-    source_flags : `numpy.ndarray`
-        ``(N,)`` int32 `~lsst.meas.rbnet.flags.SourceFlag` bits of the cutouts.
-    triplet_score : `numpy.ndarray`
-        ``(N,)`` float32 single-visit reliability (NaN where not scored or absent).
-    frames : `numpy.ndarray`
-        ``(N, C, F, F)`` float32 raw frames (pixel values; NaN where untrusted).
-    channels : `tuple` [`str`, ...]
-        Channel names of ``frames``.
-    dataset : `numpy.ndarray`
-        ``(N,)`` int32 index of the input dataset each row came from.
-    score_versions : `tuple` [`str`, ...]
-        Distinct ``reliabilityVersion`` values of the sources' single-visit scores
-        (the single-visit models that made them), sorted; empty if unknown.
-    """
-
-    source_id: np.ndarray
-    object_id: np.ndarray
-    ra: np.ndarray
-    dec: np.ndarray
-    mjd: np.ndarray
-    visit: np.ndarray
-    source_flags: np.ndarray
-    triplet_score: np.ndarray
-    frames: np.ndarray
-    channels: tuple[str, ...]
-    dataset: np.ndarray
-    score_versions: tuple[str, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.source_id)
-
-    def bad_frames(self, max_bad_fraction: float) -> np.ndarray:
-        """``(N,)`` bool: frames to leave out (unscorable source, too many NaN pixels, no time)."""
-        n = len(self)
-        if n == 0:
-            return np.zeros(0, bool)
-        nonfinite = ~np.isfinite(self.frames.reshape(n, -1))
-        fraction = nonfinite.mean(axis=1)
-        unscorable = (self.source_flags & np.int32(UNSCORABLE | SourceFlag.NOT_SCORED)) != 0
-        return unscorable | (fraction > max_bad_fraction) | ~np.isfinite(self.mjd)
-
-
-def _get(obj: Any) -> Any:
-    """A dataset in memory: ``obj`` itself, or what a deferred handle reads."""
-    if hasattr(obj, "get") and not isinstance(obj, (astropy.table.Table, dict)) and hasattr(obj, "ref"):
-        return obj.get()
-    return obj
-
-
-def _column(table: astropy.table.Table, name: str, dtype, fill) -> np.ndarray:
-    col = table[name]
-    if hasattr(col, "mask"):
-        return np.ma.filled(np.ma.asarray(col).astype(dtype), fill)
-    return np.asarray(col, dtype=dtype)
-
-
-def gather_frames(
-    cutouts: Sequence[Any],
-    sources: Sequence[Any],
-    *,
-    channels: Sequence[str],
-    frame_size: int,
-    times: Sequence[float | None] | None = None,
-    visits: Sequence[int | None] | None = None,
-    names: Sequence[str] | None = None,
-    id_column: str = "id",
-    ra_column: str = "ra",
-    dec_column: str = "dec",
-    object_id_column: str = "diaObjectId",
-    time_column: str = "midpointMjdTai",
-    score_column: str = "reliability",
-    cutouts_name: str = "dia_source_cutouts",
-    sources_name: str = "sources",
-) -> SourceFrames:
-    """Join per-(visit, detector) cutouts with their sources and cut the frames.
-
-    Parameters
-    ----------
-    cutouts : sequence of `astropy.table.Table` (or deferred dataset handles)
-        Cutout tables of the reliability task: ``id``, ``stamp`` ``(n, C, S, S)`` raw
-        pixels, ``reliabilityFlags``; ``meta["channels"]`` names the stamp channels
-        (`CHANNEL_ORDER` is assumed for 3 channels without it).
-    sources : sequence of tables (or deferred dataset handles)
-        The matching source tables, same order: ``id_column``, ``ra_column``,
-        ``dec_column`` (degrees); optionally ``object_id_column``, ``time_column`` (MJD)
-        and ``score_column`` (single-visit reliability).
-    channels : sequence of `str`
-        Channels to keep, in this order.
-    frame_size : `int`
-        Side of the frames (pixels, <= the stamps' side).
-    times : sequence of `float` or `None`, optional
-        Time (MJD) of each dataset's visit, used when its table has no ``time_column``.
-    visits : sequence of `int` or `None`, optional
-        Visit id of each dataset.
-    names : sequence of `str`, optional
-        How to name each dataset in errors (e.g. its data ID).
-
-    Returns
-    -------
-    frames : `SourceFrames`
-
-    Raises
-    ------
-    ValueError
-        A table without a required column (named, with the dataset), cutouts without a
-        source row, stamps without a wanted channel or smaller than ``frame_size``,
-        duplicate source ids, or a dataset without any time.
-    """
-    from ..sequence.scoring import frames_from_stamps
-
-    if len(cutouts) != len(sources):
-        raise ValueError(f"Got {len(cutouts)} {cutouts_name} datasets but {len(sources)} {sources_name}.")
-    n_sets = len(cutouts)
-    names = list(names) if names is not None else [f"#{i}" for i in range(n_sets)]
-    times = list(times) if times is not None else [None] * n_sets
-    visits = list(visits) if visits is not None else [None] * n_sets
-    channels = tuple(channels)
-    parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
-    score_versions: set[str] = set()
-    for i in range(n_sets):
-        where = names[i]
-        cut = source_table_from_any(_get(cutouts[i]), name=f"{cutouts_name} ({where})")
-        src = source_table_from_any(_get(sources[i]), name=f"{sources_name} ({where})")
-        missing = [c for c in ("id", "stamp") if c not in cut.colnames]
-        if missing:
-            raise MissingColumnError(
-                f"The cutouts ({cutouts_name}, {where}) have no column(s) {missing}; "
-                f"they have {cut.colnames}.",
-                dataset=f"{cutouts_name} ({where})",
-                missing=missing,
-                columns=list(cut.colnames),
-            )
-        missing = [c for c in (id_column, ra_column, dec_column) if c not in src.colnames]
-        if missing:
-            raise MissingColumnError(
-                f"The source table ({sources_name}, {where}) has no column(s) {missing} (configured by "
-                f"idColumn/raColumn/decColumn); it has {src.colnames}.",
-                dataset=f"{sources_name} ({where})",
-                missing=missing,
-                columns=list(src.colnames),
-            )
-        cut_ids = np.asarray(cut["id"], dtype=np.int64)
-        src_ids = np.asarray(src[id_column], dtype=np.int64)
-        if len(cut_ids) == len(src_ids) and np.array_equal(cut_ids, src_ids):
-            rows = np.arange(len(src_ids))
-        else:
-            order = np.argsort(src_ids, kind="stable")
-            pos = np.clip(np.searchsorted(src_ids[order], cut_ids), 0, max(len(src_ids) - 1, 0))
-            found = (src_ids[order][pos] == cut_ids) if len(src_ids) else np.zeros(len(cut_ids), bool)
-            if not np.all(found):
-                raise ValueError(
-                    f"The cutouts ({cutouts_name}, {where}) have source ids missing from the source table "
-                    f"({sources_name}), e.g. {cut_ids[~found][:5].tolist()}."
-                )
-            rows = order[pos]
-        n = len(cut_ids)
-        stamps = np.asarray(cut["stamp"])
-        if stamps.ndim != 4 or stamps.shape[-1] != stamps.shape[-2] or len(stamps) != n:
+    universe = data_id.universe
+    for name in data_id.dimensions.names:
+        element = universe[name]
+        if isinstance(element, SkyPixDimension):
+            return SkyPartition(element.pixelization, int(data_id[name]))
+    if data_id.dimensions.spatial:
+        region = data_id.region if data_id.hasRecords() else None
+        if region is None:
             raise ValueError(
-                f"The cutouts ({cutouts_name}, {where}) column 'stamp' must be (N, C, S, S), "
-                f"got {stamps.shape}."
+                f"The quantum's data ID {data_id} is spatial but carries no region; use a skypix "
+                "dimension (e.g. htm7) as the partition."
             )
-        stamp_channels = tuple(cut.meta.get("channels", ())) or (
-            CHANNEL_ORDER if stamps.shape[1] == len(CHANNEL_ORDER) else ()
-        )
-        if len(stamp_channels) != stamps.shape[1]:
-            raise ValueError(
-                f"The cutouts ({cutouts_name}, {where}) have {stamps.shape[1]} channels but name "
-                f"{stamp_channels}; expected meta['channels'] to name them."
-            )
-        lacking = [c for c in channels if c not in stamp_channels]
-        if lacking:
-            raise ValueError(
-                f"The sequence model reads channels {channels} but the cutouts ({cutouts_name}, {where}) "
-                f"have only {stamp_channels} (lacking {lacking})."
-            )
-        if stamps.shape[-1] < frame_size:
-            raise ValueError(
-                f"The cutouts ({cutouts_name}, {where}) have {stamps.shape[-1]}-pixel stamps, smaller "
-                f"than the sequence model's {frame_size}-pixel frames; write larger cutouts (cutoutSize)."
-            )
-        select = [stamp_channels.index(c) for c in channels]
-        # Select and crop per dataset, so only the frames (not the full stamps) are held in memory.
-        parts["frames"].append(
-            np.ascontiguousarray(frames_from_stamps(stamps[:, select], frame_size), dtype=np.float32)
-        )
-        parts["source_id"].append(cut_ids)
-        parts["ra"].append(_column(src, ra_column, np.float64, np.nan)[rows])
-        parts["dec"].append(_column(src, dec_column, np.float64, np.nan)[rows])
-        if object_id_column and object_id_column in src.colnames:
-            parts["object_id"].append(_column(src, object_id_column, np.int64, 0)[rows])
-        else:
-            parts["object_id"].append(np.zeros(n, np.int64))
-        if time_column and time_column in src.colnames:
-            parts["mjd"].append(_column(src, time_column, np.float64, np.nan)[rows])
-        elif times[i] is not None and math.isfinite(float(times[i])):
-            parts["mjd"].append(np.full(n, float(times[i])))
-        elif n:
-            raise ValueError(
-                f"The time of the sources ({sources_name}, {where}) is unknown: the table has no "
-                f"{time_column!r} column (timeColumn) and the visit's time was not given."
-            )
-        else:
-            parts["mjd"].append(np.zeros(0))
-        if score_column and score_column in src.colnames:
-            parts["triplet_score"].append(_column(src, score_column, np.float32, np.nan)[rows])
-            if "reliabilityVersion" in src.colnames and len(src):
-                score_versions.update(str(v) for v in np.unique(np.asarray(src["reliabilityVersion"])) if v)
-        else:
-            parts["triplet_score"].append(np.full(n, np.nan, np.float32))
-        if "reliabilityFlags" in cut.colnames:
-            parts["source_flags"].append(np.asarray(cut["reliabilityFlags"], dtype=np.int32))
-        elif "flags" in cut.colnames:
-            parts["source_flags"].append(np.asarray(cut["flags"], dtype=np.int32))
-        else:
-            parts["source_flags"].append(np.zeros(n, np.int32))
-        parts["visit"].append(np.full(n, -1 if visits[i] is None else int(visits[i]), np.int64))
-        parts["dataset"].append(np.full(n, i, np.int32))
-
-    def cat(key, dtype, shape=()):
-        if not parts[key]:
-            return np.zeros((0, *shape), dtype)
-        return np.concatenate(parts[key]).astype(dtype, copy=False)
-
-    result = SourceFrames(
-        source_id=cat("source_id", np.int64),
-        object_id=cat("object_id", np.int64),
-        ra=cat("ra", np.float64),
-        dec=cat("dec", np.float64),
-        mjd=cat("mjd", np.float64),
-        visit=cat("visit", np.int64),
-        source_flags=cat("source_flags", np.int32),
-        triplet_score=cat("triplet_score", np.float32),
-        frames=cat("frames", np.float32, (len(channels), frame_size, frame_size)),
-        channels=channels,
-        dataset=cat("dataset", np.int32),
-        score_versions=tuple(sorted(score_versions)),
-    )
-    if len(result) > 1:
-        ids = np.sort(result.source_id)
-        dup = ids[1:][ids[1:] == ids[:-1]]
-        if len(dup):
-            raise ValueError(
-                f"Source ids repeat across the {cutouts_name} datasets, e.g. {np.unique(dup)[:5].tolist()}; "
-                "each source must appear in one (visit, detector) only."
-            )
-    return result
-
-
-def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-    ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
-    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
-
-
-@dataclasses.dataclass
-class ObjectGroups:
-    """Sources grouped into objects.
-
-    Attributes
-    ----------
-    object_id : `numpy.ndarray`
-        ``(M,)`` int64 object ids: the ``diaObjectId``, or for positional objects the
-        smallest source id of the object.
-    positional : `numpy.ndarray`
-        ``(M,)`` bool, the object was made by positional association.
-    index : `numpy.ndarray`
-        ``(N,)`` int64 object (row of ``object_id``) of each source.
-    """
-
-    object_id: np.ndarray
-    positional: np.ndarray
-    index: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.object_id)
-
-
-def group_sources(
-    ra: np.ndarray,
-    dec: np.ndarray,
-    object_id: np.ndarray,
-    source_id: np.ndarray,
-    radius_arcsec: float,
-) -> ObjectGroups:
-    """Group sources into objects: by ``object_id`` where non-zero, else by position.
-
-    Parameters
-    ----------
-    ra, dec : `numpy.ndarray`
-        ``(N,)`` positions (degrees).
-    object_id : `numpy.ndarray`
-        ``(N,)`` ``diaObjectId`` (0 where unknown).
-    source_id : `numpy.ndarray`
-        ``(N,)`` unique source ids.
-    radius_arcsec : `float`
-        Friends-of-friends linking length (arcsec) of the positional association.
-
-    Returns
-    -------
-    groups : `ObjectGroups`
-        Objects in a deterministic order (associated objects by id, then positional ones
-        by id), independent of the order of the sources.
-    """
-    object_id = np.asarray(object_id, dtype=np.int64)
-    source_id = np.asarray(source_id, dtype=np.int64)
-    n = len(source_id)
-    key = object_id.copy()
-    positional = object_id == 0
-    rest = np.flatnonzero(positional)
-    if len(rest):
-        key[rest] = source_id[rest]
-        finite = np.isfinite(ra[rest]) & np.isfinite(dec[rest])
-        pts = rest[finite]
-        if len(pts) > 1:
-            from scipy.sparse import coo_matrix
-            from scipy.sparse.csgraph import connected_components
-            from scipy.spatial import cKDTree
-
-            chord = 2.0 * math.sin(math.radians(radius_arcsec / 3600.0) / 2.0)
-            tree = cKDTree(_unit_vectors(ra[pts], dec[pts]))
-            pairs = tree.query_pairs(chord, output_type="ndarray")
-            m = len(pts)
-            graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
-            n_comp, comp = connected_components(graph, directed=False)
-            smallest = np.full(n_comp, np.iinfo(np.int64).max, np.int64)
-            np.minimum.at(smallest, comp, source_id[pts])
-            key[pts] = smallest[comp]
-    # Unique (positional, key) pairs: a positional id may equal some diaObjectId, they stay apart.
-    pairs = np.stack([positional.astype(np.int64), key], axis=1) if n else np.zeros((0, 2), np.int64)
-    uniq, index = np.unique(pairs, axis=0, return_inverse=True)
-    return ObjectGroups(
-        object_id=uniq[:, 1].astype(np.int64),
-        positional=uniq[:, 0].astype(bool),
-        index=np.asarray(index, dtype=np.int64).reshape(-1),
-    )
-
-
-def object_positions(
-    ra: np.ndarray, dec: np.ndarray, index: np.ndarray, n_objects: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean position (degrees) of each object's sources, the mean of their unit vectors.
-
-    Sources without a finite position are ignored; an object without any gets NaN.
-    """
-    finite = np.isfinite(ra) & np.isfinite(dec)
-    vec = np.zeros((n_objects, 3))
-    for k in range(3):
-        v = _unit_vectors(ra[finite], dec[finite])[:, k] if finite.any() else np.zeros(0)
-        vec[:, k] = np.bincount(index[finite], weights=v, minlength=n_objects)
-    norm = np.linalg.norm(vec, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vec = vec / norm[:, None]
-    ra_m = np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 360.0
-    dec_m = np.degrees(np.arcsin(np.clip(vec[:, 2], -1.0, 1.0)))
-    none = norm == 0
-    ra_m[none] = np.nan
-    dec_m[none] = np.nan
-    return ra_m, dec_m
-
-
-class SkyPartition:
-    """The part of the sky a quantum owns: one sky pixel, or a region.
-
-    Parameters
-    ----------
-    pixelization : `lsst.sphgeom.Pixelization`, optional
-        E.g. ``HtmPixelization(7)``; with ``index``.
-    index : `int`, optional
-        The pixel.
-    region : `lsst.sphgeom.Region`, optional
-        Instead of a pixel (regions that overlap, e.g. patches, may own one object twice).
-    """
-
-    def __init__(self, pixelization=None, index: int | None = None, region=None):
-        if (pixelization is None) == (region is None):
-            raise ValueError("SkyPartition needs either a pixelization and an index, or a region.")
-        if pixelization is not None and index is None:
-            raise ValueError("SkyPartition needs the pixel index with the pixelization.")
-        self.pixelization = pixelization
-        self.index = None if index is None else int(index)
-        self.region = region
-
-    @classmethod
-    def from_data_id(cls, data_id) -> SkyPartition | None:
-        """The partition of a quantum's data ID: its skypix dimension, else its region, else `None`."""
-        from lsst.daf.butler import SkyPixDimension
-
-        universe = data_id.universe
-        for name in data_id.dimensions.names:
-            element = universe[name]
-            if isinstance(element, SkyPixDimension):
-                return cls(element.pixelization, int(data_id[name]))
-        if data_id.dimensions.spatial:
-            region = data_id.region if data_id.hasRecords() else None
-            if region is None:
-                raise ValueError(
-                    f"The quantum's data ID {data_id} is spatial but carries no region; use a skypix "
-                    "dimension (e.g. htm7) as the partition."
-                )
-            return cls(region=region)
-        return None
-
-    def contains(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-        """``(M,)`` bool: positions (degrees) inside the partition (never for NaN positions)."""
-        from lsst.sphgeom import LonLat, UnitVector3d
-
-        ra = np.asarray(ra, float)
-        dec = np.asarray(dec, float)
-        out = np.zeros(len(ra), bool)
-        for k in np.flatnonzero(np.isfinite(ra) & np.isfinite(dec)):
-            v = UnitVector3d(LonLat.fromDegrees(float(ra[k]), float(dec[k])))
-            if self.pixelization is not None:
-                out[k] = self.pixelization.index(v) == self.index
-            else:
-                out[k] = self.region.contains(v)
-        return out
-
-    def __repr__(self) -> str:
-        if self.pixelization is not None:
-            return f"SkyPartition({self.pixelization!r}, {self.index})"
-        return f"SkyPartition(region={self.region!r})"
-
-
-def object_labels(
-    frames: SourceFrames,
-    groups: ObjectGroups,
-    labels: astropy.table.Table,
-    *,
-    match_radius: float = 1.0,
-    time_tolerance: float = 0.02,
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Label of each object (1 real, 0 bogus, -1 none) from a labels table.
-
-    Parameters
-    ----------
-    frames : `SourceFrames`
-        The sources.
-    groups : `ObjectGroups`
-        Their objects.
-    labels : `astropy.table.Table`
-        Per-source labels (``id``, or ``ra``/``dec``/``mjd``; and ``label``) or per-object
-        labels (``diaObjectId`` and ``label``, no ``id``).
-    match_radius, time_tolerance : `float`
-        Position (arcsec) and time (days) tolerances when labels have no ids.
-
-    Returns
-    -------
-    labels : `numpy.ndarray`
-        ``(M,)`` int16.
-    counts : `dict` [`str`, `int`]
-        ``labelled_sources``, ``conflicting_objects`` (a tie, left unlabelled).
-
-    Raises
-    ------
-    ValueError
-        If the table has no ``label`` column or no way to match it.
-    """
-    from .labelled_cutouts import match_labels
-
-    if "label" not in labels.colnames:
-        raise ValueError(f"The labels have no 'label' column (columns: {labels.colnames}).")
-    n_obj = len(groups)
-    out = np.full(n_obj, -1, np.int16)
-    values = np.asarray(labels["label"], dtype=np.int16)
-    if "id" not in labels.colnames and "diaObjectId" in labels.colnames:
-        lab_ids = np.asarray(labels["diaObjectId"], dtype=np.int64)
-        lookup = dict(zip(lab_ids.tolist(), values.tolist()))
-        for k in np.flatnonzero(~groups.positional):
-            out[k] = lookup.get(int(groups.object_id[k]), -1)
-        return out, {"labelled_sources": 0, "conflicting_objects": 0}
-    source_label = np.full(len(frames), -1, np.int16)
-    table = astropy.table.Table({"id": frames.source_id, "ra": frames.ra, "dec": frames.dec})
-    if "id" in labels.colnames:
-        idx = match_labels(table, labels)
-        source_label[idx >= 0] = values[idx[idx >= 0]]
-    else:
-        # Matched by position and time, one visit (time) at a time.
-        for t in np.unique(frames.mjd[np.isfinite(frames.mjd)]):
-            rows = np.flatnonzero(frames.mjd == t)
-            idx = match_labels(
-                table[rows], labels, mjd=float(t), radius_arcsec=match_radius, time_tolerance=time_tolerance
-            )
-            ok = idx >= 0
-            source_label[rows[ok]] = values[idx[ok]]
-    has = source_label >= 0
-    n_real = np.bincount(groups.index[has], weights=(source_label[has] == 1), minlength=n_obj)
-    n_bogus = np.bincount(groups.index[has], weights=(source_label[has] == 0), minlength=n_obj)
-    out[n_real > n_bogus] = 1
-    out[n_bogus > n_real] = 0
-    conflicts = int(np.count_nonzero((n_real == n_bogus) & (n_real > 0)))
-    return out, {"labelled_sources": int(np.count_nonzero(has)), "conflicting_objects": conflicts}
-
-
-def _sequence_order(index: np.ndarray, mjd: np.ndarray, source_id: np.ndarray, n_objects: int):
-    """Rows sorted by (object, time, source id) and the ``(n_objects + 1,)`` offsets."""
-    order = np.lexsort((source_id, mjd, index))
-    counts = np.bincount(index, minlength=n_objects)
-    offsets = np.zeros(n_objects + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return order, offsets
-
-
-def empty_object_table() -> astropy.table.Table:
-    """A per-object sequence reliability table with no rows and every column."""
-    return _object_table(
-        object_id=np.zeros(0, np.int64),
-        n_visits=np.zeros(0, np.int32),
-        n_sources=np.zeros(0, np.int32),
-        first=np.zeros(0),
-        last=np.zeros(0),
-        ra=np.zeros(0),
-        dec=np.zeros(0),
-        reliability=np.zeros(0, np.float32),
-        version="",
-        flags=np.zeros(0, np.int32),
-        triplet_max=np.zeros(0, np.float32),
-        triplet_mean=np.zeros(0, np.float32),
-    )
-
-
-def _object_table(
-    *,
-    object_id,
-    n_visits,
-    n_sources,
-    first,
-    last,
-    ra,
-    dec,
-    reliability,
-    version,
-    flags,
-    triplet_max,
-    triplet_mean,
-) -> astropy.table.Table:
-    n = len(object_id)
-    table = astropy.table.Table()
-    table["objectId"] = np.asarray(object_id, np.int64)
-    table["nVisits"] = np.asarray(n_visits, np.int32)
-    table["nSources"] = np.asarray(n_sources, np.int32)
-    table["firstMjd"] = np.asarray(first, np.float64)
-    table["lastMjd"] = np.asarray(last, np.float64)
-    table["ra"] = np.asarray(ra, np.float64)
-    table["dec"] = np.asarray(dec, np.float64)
-    table["reliability"] = np.asarray(reliability, np.float32)
-    table["reliabilityVersion"] = np.array([version] * n, dtype=f"<U{VERSION_MAX_LENGTH}")
-    table["flags"] = np.asarray(flags, np.int32)
-    table["tripletReliabilityMax"] = np.asarray(triplet_max, np.float32)
-    table["tripletReliabilityMean"] = np.asarray(triplet_mean, np.float32)
-    table["ra"].unit = "deg"
-    table["dec"].unit = "deg"
-    table["firstMjd"].unit = "d"
-    table["lastMjd"].unit = "d"
-    return table
+        return SkyPartition(region=region)
+    return None
 
 
 # ----------------------------------------------------------------------
@@ -790,6 +237,33 @@ def _set_threads(n: int) -> None:
         import torch
 
         torch.set_num_threads(int(n))
+
+
+def _gather(
+    config, cutouts, sources, *, channels, frame_size, score_column, times, visits, names
+) -> SourceFrames:
+    """`gather_frames` with the task's column and connection names; a missing column is a
+    `MissingColumnError` (an `~lsst.pipe.base.AlgorithmError` with metadata)."""
+    try:
+        return gather_frames(
+            cutouts,
+            sources,
+            channels=channels,
+            frame_size=frame_size,
+            times=times,
+            visits=visits,
+            names=names,
+            id_column=config.idColumn,
+            ra_column=config.raColumn,
+            dec_column=config.decColumn,
+            object_id_column=config.objectIdColumn,
+            time_column=config.timeColumn,
+            score_column=score_column,
+            cutouts_name=config.connections.cutouts,
+            sources_name=config.connections.sources,
+        )
+    except TableColumnError as err:
+        raise MissingColumnError(str(err), **err.details) from err
 
 
 def _visit_times(refs) -> tuple[list[float | None], list[int | None], list[str]]:
@@ -1051,22 +525,16 @@ class TrainSequenceTask(pipeBase.PipelineTask):
         config = self.config
         _set_threads(config.numThreads)
         device = _resolve_device(config.device)
-        frames = gather_frames(
+        frames = _gather(
+            config,
             cutouts,
             sources,
             channels=config.channels,
             frame_size=config.frameSize,
+            score_column=config.scoreColumn if config.useVisitScores else "",
             times=times,
             visits=visits,
             names=names,
-            id_column=config.idColumn,
-            ra_column=config.raColumn,
-            dec_column=config.decColumn,
-            object_id_column=config.objectIdColumn,
-            time_column=config.timeColumn,
-            score_column=config.scoreColumn if config.useVisitScores else "",
-            cutouts_name=config.connections.cutouts,
-            sources_name=config.connections.sources,
         )
         if isinstance(labels, (list, tuple)):
             tables = [source_table_from_any(t, name=f"labels ({config.connections.labels})") for t in labels]
@@ -1112,7 +580,7 @@ class TrainSequenceTask(pipeBase.PipelineTask):
         new_index = np.full(len(groups), -1, np.int64)
         new_index[use_obj] = np.arange(int(np.count_nonzero(use_obj)))
         rows = np.flatnonzero(~bad & use_obj[groups.index])
-        order, offsets = _sequence_order(
+        order, offsets = sequence_order(
             new_index[groups.index[rows]], frames.mjd[rows], frames.source_id[rows], int(use_obj.sum())
         )
         rows = rows[order]
@@ -1368,7 +836,7 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         cut_refs = _sorted_refs(inputRefs.cutouts)
         src_refs = _sorted_refs(inputRefs.sources)
         times, visits, names = _visit_times(cut_refs)
-        partition = SkyPartition.from_data_id(butlerQC.quantum.dataId)
+        partition = _sky_partition(butlerQC.quantum.dataId)
         model = butlerQC.get(inputRefs.sequenceModel)
         outputs = self.run(
             cutouts=[butlerQC.get(ref) for ref in cut_refs],
@@ -1431,22 +899,16 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         config = self.config
         scorer = self.load_scorer(sequenceModel)
         version = scorer.version
-        frames = gather_frames(
+        frames = _gather(
+            config,
             cutouts,
             sources,
             channels=scorer.frame_channels,
             frame_size=scorer.frame_size,
+            score_column=config.scoreColumn,
             times=times,
             visits=visits,
             names=names,
-            id_column=config.idColumn,
-            ra_column=config.raColumn,
-            dec_column=config.decColumn,
-            object_id_column=config.objectIdColumn,
-            time_column=config.timeColumn,
-            score_column=config.scoreColumn,
-            cutouts_name=config.connections.cutouts,
-            sources_name=config.connections.sources,
         )
         groups = group_sources(
             frames.ra, frames.dec, frames.object_id, frames.source_id, config.associationRadius
@@ -1480,7 +942,7 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         # Frames of the scored objects, in (object, time, source id) order.
         good = src_rows[~bad & scored[obj_of_src]]
         good_obj = new_index[groups.index[good]]
-        order, offsets = _sequence_order(good_obj, frames.mjd[good], frames.source_id[good], n_owned)
+        order, offsets = sequence_order(good_obj, frames.mjd[good], frames.source_id[good], n_owned)
         good, good_obj = good[order], good_obj[order]
         visit_key = np.where(frames.visit[good] >= 0, frames.visit[good].astype(np.float64), frames.mjd[good])
         if len(good) > 1:
@@ -1529,12 +991,12 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         last[~np.isfinite(last)] = np.nan
 
         # The single-visit baseline: max and mean of the triplet scores of each object's sources.
-        order_all, offsets_all = _sequence_order(
+        order_all, offsets_all = sequence_order(
             obj_of_src, frames.mjd[src_rows], frames.source_id[src_rows], n_owned
         )
         agg = aggregate_scores(frames.triplet_score[src_rows][order_all], offsets_all, ("max", "mean"))
 
-        table = _object_table(
+        table = object_table(
             object_id=groups.object_id[owned],
             n_visits=np.diff(offsets),
             n_sources=n_sources,
