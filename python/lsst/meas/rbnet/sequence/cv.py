@@ -46,6 +46,7 @@ import numpy as np
 
 from ..constants import BOGUS, REAL
 from ..training.metrics import accuracy, f1, roc_auc, roc_curve
+from ..training.plots import RocLine, draw_roc
 from .latents import LatentSet
 from .train import SequenceTrainConfig, fit_sequence_classifier, predict_logits
 
@@ -405,6 +406,7 @@ def plot_roc(result: CVResult, path: str, title: str | None = None) -> None:
 
     grid = np.linspace(0.0, 1.0, 201)
     fig, ax = plt.subplots(figsize=(6.0, 5.5))
+    lines = []
     for name, m in result.models.items():
         curves = []
         for f in range(result.k):
@@ -419,23 +421,24 @@ def plot_roc(result: CVResult, path: str, title: str | None = None) -> None:
         curves = np.array(curves)
         mean, std = curves.mean(0), curves.std(0)
         s = m.summary()
-        (line,) = ax.plot(
-            grid,
-            mean,
-            lw=2 if name == "ensemble" else 1.5,
-            label=f"{name}: AUC {s['roc_auc_mean']:.3f} $\\pm$ {s['roc_auc_std']:.3f}",
+        lines.append(
+            RocLine(
+                grid,
+                mean,
+                label=f"{name}: AUC {s['roc_auc_mean']:.3f} $\\pm$ {s['roc_auc_std']:.3f}",
+                band=(np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)),
+                lw=2 if name == "ensemble" else 1.5,
+            )
         )
-        ax.fill_between(
-            grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=line.get_color(), alpha=0.15
-        )
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.set_xlabel("false positive rate (artifacts scored real)")
-    ax.set_ylabel("true positive rate (real objects kept)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_title(title or f"Sequence models, {result.k}-fold CV ({len(result.labels)} objects)")
-    ax.legend(loc="lower right", fontsize=9)
-    ax.grid(alpha=0.3)
+    draw_roc(
+        ax,
+        lines,
+        title=title or f"Sequence models, {result.k}-fold CV ({len(result.labels)} objects)",
+        xlabel="false positive rate (artifacts scored real)",
+        ylabel="true positive rate (real objects kept)",
+        chance={"ls": "--", "color": "grey", "lw": 1, "label": "chance"},
+        legend={"loc": "lower right", "fontsize": 9},
+    )
     fig.tight_layout()
     from ..fileio import atomic_path
 

@@ -192,20 +192,27 @@ def training_figures(result) -> tuple:
     from matplotlib.figure import Figure
 
     from ..training import metrics as M
+    from ..training.plots import RocLine, draw_roc
 
     val = result.validation
     fig_roc = Figure(figsize=(10, 4), layout="constrained")
     ax1, ax2 = fig_roc.subplots(1, 2)
     labels = np.asarray(val.labels)
     probs = np.asarray(val.probabilities)
+    lines = []
     if len(np.unique(labels)) == 2:
         fpr, tpr, _ = M.roc_curve(probs, labels)
-        ax1.plot(fpr, tpr, label=f"AUC = {M.roc_auc(probs, labels):.4f}")
-        ax1.legend(loc="lower right")
-    ax1.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax1.set_xlabel("false positive rate")
-    ax1.set_ylabel("true positive rate")
-    ax1.set_title("Validation ROC")
+        lines.append(RocLine(fpr, tpr, f"AUC = {M.roc_auc(probs, labels):.4f}"))
+    draw_roc(
+        ax1,
+        lines,
+        title="Validation ROC",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        limits=False,
+        chance={"ls": ":", "color": "grey"},
+        grid=False,
+    )
     bins = np.linspace(0, 1, 41)
     ax2.hist(probs[labels == REAL], bins=bins, histtype="step", label="real", density=True)
     ax2.hist(probs[labels != REAL], bins=bins, histtype="step", label="bogus", density=True)

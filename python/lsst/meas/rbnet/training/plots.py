@@ -5,6 +5,8 @@ Each function takes arrays, writes one PNG and returns its path.
 """
 
 __all__ = [
+    "RocLine",
+    "draw_roc",
     "plot_roc",
     "plot_reliability",
     "plot_score_histograms",
@@ -14,6 +16,7 @@ __all__ = [
     "BAD_COLOR",
 ]
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +49,90 @@ def _save(fig, path) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class RocLine:
+    """One curve of a ROC plot (see `draw_roc`).
+
+    Attributes
+    ----------
+    fpr, tpr : `numpy.ndarray`
+        False- and true-positive rates, the same shape.
+    label : `str`, optional
+        Legend entry.
+    band : `tuple` [`numpy.ndarray`, `numpy.ndarray`], optional
+        Low and high true-positive rate of a shaded band (e.g. +/- 1 std over folds).
+    lw : `float`, optional
+        Line width (matplotlib's default when None).
+    """
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    label: str | None = None
+    band: tuple[np.ndarray, np.ndarray] | None = None
+    lw: float | None = None
+
+
+def draw_roc(
+    ax,
+    lines: Sequence[RocLine],
+    *,
+    title: str,
+    xlabel: str = "false positive rate (bogus scored real)",
+    ylabel: str = "true positive rate (completeness)",
+    log_fpr: bool = False,
+    limits: bool = True,
+    chance: Mapping | None = None,
+    grid: bool = True,
+    legend: Mapping | None = None,
+) -> None:
+    """Draw ROC curves on a matplotlib ``Axes``: the one ROC plotter of the package.
+
+    `plot_roc` (triplet evaluation), `lsst.meas.rbnet.sequence.cv.plot_roc` (sequence
+    cross-validation) and `lsst.meas.rbnet.tasks.train.training_figures` all draw through it.
+
+    Parameters
+    ----------
+    ax : `matplotlib.axes.Axes`
+        Where to draw.
+    lines : sequence of `RocLine`
+        The curves, in legend order.
+    title, xlabel, ylabel : `str`
+        Axis texts.
+    log_fpr : `bool`
+        Logarithmic false-positive axis from 1e-4 (rates below 1e-5 are drawn at 1e-5
+        so that the start of the curve stays on the plot); linear from 0 to 1 otherwise.
+    limits : `bool`
+        Set the axis limits (otherwise matplotlib's autoscaling).
+    chance : `dict`, optional
+        Line style of the chance diagonal; no diagonal when None.
+    grid : `bool`
+        Draw a light grid.
+    legend : `dict`, optional
+        Keyword arguments of the legend (``loc="lower right"`` by default); a legend is
+        drawn only when some line has a label.
+    """
+    for line in lines:
+        fpr = np.maximum(line.fpr, 1e-5) if log_fpr else line.fpr
+        kw = {} if line.lw is None else {"lw": line.lw}
+        (drawn,) = ax.plot(fpr, line.tpr, label=line.label, **kw)
+        if line.band is not None:
+            ax.fill_between(fpr, line.band[0], line.band[1], color=drawn.get_color(), alpha=0.15)
+    if chance is not None:
+        ax.plot([0, 1], [0, 1], **chance)
+    if log_fpr:
+        ax.set_xscale("log")
+    if limits:
+        ax.set_xlim(1e-4 if log_fpr else 0, 1)
+        ax.set_ylim(0, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if grid:
+        ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**(legend if legend is not None else {"loc": "lower right"}))
+
+
 def plot_roc(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     path: str | os.PathLike,
@@ -65,21 +152,14 @@ def plot_roc(
         Use only these sources (the same for every model).
     """
     fig = _figure()
-    ax = fig.add_subplot()
+    lines = []
     for name, (scores, labels) in curves.items():
         s, y = np.asarray(scores), np.asarray(labels)
         if mask is not None:
             s, y = s[mask], y[mask]
         fpr, tpr, _ = M.roc_curve(s, y)
-        ax.plot(np.maximum(fpr, 1e-5), tpr, label=f"{name} (AUC {M.roc_auc(s, y):.4f})")
-    ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate (bogus scored real)")
-    ax.set_ylabel("true positive rate (completeness)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+        lines.append(RocLine(fpr, tpr, f"{name} (AUC {M.roc_auc(s, y):.4f})"))
+    draw_roc(fig.add_subplot(), lines, title=title, log_fpr=True)
     return _save(fig, path)
 
 
