@@ -183,3 +183,16 @@ def test_cli_class_weights(tmp_path):
         result = CliRunner().invoke(main, args + ["--class-weight", bad])
         assert result.exit_code != 0
         assert "--class-weight" in result.output
+
+
+def test_cli_gallery_of_a_survey(tmp_path):
+    from click.testing import CliRunner
+
+    from lsst.meas.rbnet.cli import main
+
+    out = tmp_path / "g.png"
+    result = CliRunner().invoke(main, ["gallery", str(out), "--survey", "rubin", "--size", "30", "--n-per-class", "1"])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 10000
+    result = CliRunner().invoke(main, ["gallery", str(tmp_path / "h.png"), "--size", "30"])
+    assert result.exit_code != 0 and "--size must be odd" in result.output

@@ -534,11 +534,19 @@ def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
     show_default=True,
     help="Stamp side (pixels).",
 )
-def gallery(out, seed, n_per_class, size):
+@click.option(
+    "--survey",
+    type=click.Choice(["rubin", "ztf", "decam"], case_sensitive=False),
+    default=None,
+    help="Show the stamps of a survey preset (even --size allowed, e.g. rubin 30).",
+)
+def gallery(out, seed, n_per_class, size, survey):
     """Plot simulated examples of every class (one row per class) to OUT (PNG)."""
     from ..sim.gallery import make_gallery
 
+    if survey is None and size % 2 != 1:
+        raise click.BadParameter(f"--size must be odd (even sizes only with --survey), got {size}.")
     out = _output(out, npz=False)
     with atomic_path(out) as tmp:
-        make_gallery(tmp, seed=seed, n_per_class=n_per_class, stamp_size=size)
+        make_gallery(tmp, seed=seed, n_per_class=n_per_class, stamp_size=size, survey=survey)
     click.echo(f"Wrote {out}.")

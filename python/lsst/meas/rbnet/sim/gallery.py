@@ -81,7 +81,9 @@ def plot_triplets(axes_rows, stamps, titles=None, channel_names=CHANNEL_ORDER):
             axes[0].set_title(titles[i], fontsize=7, loc="left", pad=2)
 
 
-def make_gallery(path, seed: int = 0, n_per_class: int = 4, *, stamp_size: int = 51, dpi: int = 110):
+def make_gallery(
+    path, seed: int = 0, n_per_class: int = 4, *, stamp_size: int = 51, dpi: int = 110, survey=None
+):
     """Write a PNG with one row per class and ``n_per_class`` triplets per row.
 
     Each triplet shows difference (symmetric stretch: negative is dark),
@@ -96,7 +98,12 @@ def make_gallery(path, seed: int = 0, n_per_class: int = 4, *, stamp_size: int =
     seed : `int`
     n_per_class : `int`
     stamp_size : `int`
+        Stamp side (pixels); with a ``survey`` it may be even (simulated one
+        pixel larger and cropped to ``[:S, :S]``, as the survey's cutouts are).
     dpi : `int`
+    survey : `str`, optional
+        A survey preset of `lsst.meas.rbnet.sim.surveys` (its units, sky and
+        conventions are shown as the survey's cutouts have them).
     """
     import matplotlib
 
@@ -107,9 +114,11 @@ def make_gallery(path, seed: int = 0, n_per_class: int = 4, *, stamp_size: int =
 
     classes = list(REAL_CLASSES) + list(ARTIFACT_CLASSES)
     pool = 4 * n_per_class
-    result = simulate_stamps(
-        pool * len(classes), stamp_size, seed, class_fractions={c: 1.0 for c in classes}, edge_fraction=0.0
-    )
+    size = stamp_size + 1 - stamp_size % 2 if survey is not None else stamp_size
+    extra = {"edge_fraction": 0.0} if survey is None else {"survey": survey}
+    result = simulate_stamps(pool * len(classes), size, seed, class_fractions={c: 1.0 for c in classes}, **extra)
+    if size != stamp_size:
+        result.stamps = np.ascontiguousarray(result.stamps[:, :, :stamp_size, :stamp_size])
     table = result.table
     rows = len(classes)
     cols = n_per_class * 3
