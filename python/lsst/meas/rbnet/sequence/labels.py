@@ -1,16 +1,17 @@
 # This file is part of meas_rbnet.
-"""Object labels for training the sequence model: the majority of its sources' labels."""
+"""Object labels for training the sequence model (the majority of its sources' labels) and the
+training sequences (the usable frames of the labelled objects, in time order)."""
 
 from __future__ import annotations
 
-__all__ = ["object_labels"]
+__all__ = ["object_labels", "training_sequences"]
 
 import astropy.table
 import numpy as np
 
 from ..tables import match_labels
 from .association import ObjectGroups
-from .frames import SourceFrames
+from .frames import SourceFrames, sequence_order
 
 
 def object_labels(
@@ -79,3 +80,51 @@ def object_labels(
     out[n_bogus > n_real] = 0
     conflicts = int(np.count_nonzero((n_real == n_bogus) & (n_real > 0)))
     return out, {"labelled_sources": int(np.count_nonzero(has)), "conflicting_objects": conflicts}
+
+
+def training_sequences(
+    frames: SourceFrames,
+    groups: ObjectGroups,
+    labels: np.ndarray,
+    *,
+    max_bad_fraction: float,
+    min_visits: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The objects and frames to train on: labelled objects with at least ``min_visits`` usable frames.
+
+    Parameters
+    ----------
+    frames : `SourceFrames`
+        The sources.
+    groups : `ObjectGroups`
+        Their objects.
+    labels : `numpy.ndarray`
+        ``(M,)`` object labels (`object_labels`; -1 none).
+    max_bad_fraction : `float`
+        A frame with more NaN pixels than this is left out (see `SourceFrames.bad_frames`).
+    min_visits : `int`
+        Fewest usable frames of an object to train on.
+
+    Returns
+    -------
+    use : `numpy.ndarray`
+        ``(M,)`` bool, the objects trained on (renumbered 0..K-1 in this order).
+    rows : `numpy.ndarray`
+        Rows of ``frames`` in the training sequences, in (object, time, source id) order.
+    offsets : `numpy.ndarray`
+        ``(K + 1,)`` start of each object's sequence in ``rows``.
+    bad : `numpy.ndarray`
+        ``(N,)`` bool, the frames left out.
+    """
+    bad = frames.bad_frames(max_bad_fraction)
+    n_good = np.bincount(groups.index[~bad], minlength=len(groups))
+    use_obj = (labels >= 0) & (n_good >= min_visits)
+    # Objects renumbered 0..K-1 over the ones used; frames in (object, time, id) order.
+    new_index = np.full(len(groups), -1, np.int64)
+    new_index[use_obj] = np.arange(int(np.count_nonzero(use_obj)))
+    rows = np.flatnonzero(~bad & use_obj[groups.index])
+    order, offsets = sequence_order(
+        new_index[groups.index[rows]], frames.mjd[rows], frames.source_id[rows], int(use_obj.sum())
+    )
+    rows = rows[order]
+    return use_obj, rows, offsets, bad

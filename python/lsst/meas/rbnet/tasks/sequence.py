@@ -104,9 +104,9 @@ from ..constants import CHANNEL_ORDER, VERSION_MAX_LENGTH
 from ..contract import NORMALIZATIONS
 from ..flags import ObjectFlag
 from ..sequence.association import ObjectGroups, group_sources, object_positions
-from ..sequence.frames import SourceFrames, gather_frames, sequence_order
-from ..sequence.labels import object_labels
-from ..sequence.objects import empty_object_table, object_table
+from ..sequence.frames import SourceFrames, gather_frames
+from ..sequence.labels import object_labels, training_sequences
+from ..sequence.objects import empty_object_table, score_objects
 from ..sequence.partition import SkyPartition
 from ..tables import TableColumnError, source_table_from_any
 from .errors import MissingColumnError
@@ -552,9 +552,13 @@ class TrainSequenceTask(pipeBase.PipelineTask):
             match_radius=config.labelMatchRadius,
             time_tolerance=config.labelTimeTolerance,
         )
-        bad = frames.bad_frames(config.maxBadFrameFraction)
-        n_good = np.bincount(groups.index[~bad], minlength=len(groups))
-        use_obj = (obj_label >= 0) & (n_good >= config.minVisits)
+        use_obj, rows, offsets, bad = training_sequences(
+            frames,
+            groups,
+            obj_label,
+            max_bad_fraction=config.maxBadFrameFraction,
+            min_visits=config.minVisits,
+        )
         n_real = int(np.count_nonzero(obj_label[use_obj] == 1))
         n_bogus = int(np.count_nonzero(obj_label[use_obj] == 0))
         self.log.info(
@@ -576,14 +580,6 @@ class TrainSequenceTask(pipeBase.PipelineTask):
                 f"(need at least {need} of each) from {len(groups)} objects in {len(cutouts)} datasets; "
                 f"{counts['labelled_sources']} of {len(frames)} sources matched a label."
             )
-        # Objects renumbered 0..K-1 over the ones used; frames in (object, time, id) order.
-        new_index = np.full(len(groups), -1, np.int64)
-        new_index[use_obj] = np.arange(int(np.count_nonzero(use_obj)))
-        rows = np.flatnonzero(~bad & use_obj[groups.index])
-        order, offsets = sequence_order(
-            new_index[groups.index[rows]], frames.mjd[rows], frames.source_id[rows], int(use_obj.sum())
-        )
-        rows = rows[order]
         hp_vae: dict[str, Any] = {"latent_dim": int(config.latentDim)}
         if config.vaeHiddenChannels:
             hp_vae["hidden_channels"] = [int(c) for c in config.vaeHiddenChannels]
@@ -894,8 +890,6 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         ValueError
             Bad inputs (see `gather_frames`) or a model that is not a sequence model.
         """
-        from ..sequence.aggregate import aggregate_scores
-
         config = self.config
         scorer = self.load_scorer(sequenceModel)
         version = scorer.version
@@ -914,102 +908,20 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
             frames.ra, frames.dec, frames.object_id, frames.source_id, config.associationRadius
         )
         n_all = len(groups)
-        ra_m, dec_m = object_positions(frames.ra, frames.dec, groups.index, n_all)
-        if partition is None:
-            owned = np.ones(n_all, bool)
-        else:
-            test = partition.contains if hasattr(partition, "contains") else partition
-            owned = np.asarray(test(ra_m, dec_m), dtype=bool)
-        n_owned = int(np.count_nonzero(owned))
-        # Objects renumbered 0..K-1 over the owned ones.
-        new_index = np.full(n_all, -1, np.int64)
-        new_index[owned] = np.arange(n_owned)
-        src_rows = np.flatnonzero(owned[groups.index])
-        obj_of_src = new_index[groups.index[src_rows]]
-        bad = frames.bad_frames(config.maxBadFrameFraction)[src_rows]
-
-        flags = np.zeros(n_owned, np.int32)
-        flags[groups.positional[owned]] |= np.int32(ObjectFlag.POSITIONAL)
-        n_sources = np.bincount(obj_of_src, minlength=n_owned)
-        n_good = np.bincount(obj_of_src[~bad], minlength=n_owned)
-        flags[(n_good < n_sources)] |= np.int32(ObjectFlag.FRAMES_DROPPED)
-        flags[n_good == 0] |= np.int32(ObjectFlag.NO_VALID_FRAMES)
-        flags[n_good == 1] |= np.int32(ObjectFlag.SINGLE_VISIT)
-        too_few = n_good < config.minVisits
-        flags[too_few & (n_good > 0)] |= np.int32(ObjectFlag.TOO_FEW_VISITS)
-        scored = ~too_few
-
-        # Frames of the scored objects, in (object, time, source id) order.
-        good = src_rows[~bad & scored[obj_of_src]]
-        good_obj = new_index[groups.index[good]]
-        order, offsets = sequence_order(good_obj, frames.mjd[good], frames.source_id[good], n_owned)
-        good, good_obj = good[order], good_obj[order]
-        visit_key = np.where(frames.visit[good] >= 0, frames.visit[good].astype(np.float64), frames.mjd[good])
-        if len(good) > 1:
-            same = (good_obj[1:] == good_obj[:-1]) & (visit_key[1:] == visit_key[:-1])
-            flags[np.unique(good_obj[1:][same])] |= np.int32(ObjectFlag.REPEATED_VISIT)
-
-        reliability = np.full(n_owned, np.nan, np.float32)
-        if len(good):
-            visit_scores = None
-            if scorer.needs_visit_scores:
-                visit_scores = frames.triplet_score[good]
-                missing = np.unique(good_obj[~np.isfinite(visit_scores)])
-                flags[missing] |= np.int32(ObjectFlag.MISSING_VISIT_SCORES)
-                trained_with = scorer.package.extra.get("visit_score_versions") or []
-                other = sorted(set(frames.score_versions) - set(trained_with))
-                if trained_with and other:
-                    self.log.warning(
-                        "The sequence model %s was trained with single-visit scores of model version(s) "
-                        "%s, but the sources' scores (%s) come from %s: its calibration may not hold.",
-                        version,
-                        trained_with,
-                        config.connections.sources,
-                        other,
-                    )
-            reliability = scorer.score(
-                frames.frames[good],
-                offsets,
-                frames.mjd[good],
-                channels=frames.channels,
-                visit_scores=visit_scores,
-            )
-            reliability = np.asarray(reliability, dtype=np.float32)
-        reliability[~scored] = np.nan
+        table = score_objects(
+            frames,
+            groups,
+            scorer,
+            partition=partition,
+            max_bad_fraction=config.maxBadFrameFraction,
+            min_visits=config.minVisits,
+            log=self.log,
+            sources_name=config.connections.sources,
+        )
+        n_owned = len(table)
+        reliability = np.asarray(table["reliability"])
         not_scored = ~np.isfinite(reliability)
-        flags[not_scored] |= np.int32(ObjectFlag.NOT_SCORED)
-
-        # Time span: of the scored frames, else of all the object's sources.
-        first = np.full(n_owned, np.inf)
-        last = np.full(n_owned, -np.inf)
-        span_rows = np.where(n_good[obj_of_src] > 0, ~bad, True)
-        t = frames.mjd[src_rows]
-        use = span_rows & np.isfinite(t)
-        np.minimum.at(first, obj_of_src[use], t[use])
-        np.maximum.at(last, obj_of_src[use], t[use])
-        first[~np.isfinite(first)] = np.nan
-        last[~np.isfinite(last)] = np.nan
-
-        # The single-visit baseline: max and mean of the triplet scores of each object's sources.
-        order_all, offsets_all = sequence_order(
-            obj_of_src, frames.mjd[src_rows], frames.source_id[src_rows], n_owned
-        )
-        agg = aggregate_scores(frames.triplet_score[src_rows][order_all], offsets_all, ("max", "mean"))
-
-        table = object_table(
-            object_id=groups.object_id[owned],
-            n_visits=np.diff(offsets),
-            n_sources=n_sources,
-            first=first,
-            last=last,
-            ra=ra_m[owned],
-            dec=dec_m[owned],
-            reliability=reliability,
-            version=version,
-            flags=flags,
-            triplet_max=agg["max"],
-            triplet_mean=agg["mean"],
-        )
+        n_positional = int(np.count_nonzero(np.asarray(table["flags"]) & np.int32(ObjectFlag.POSITIONAL)))
         self.log.info(
             "Scored %d of %d objects owned by %s (%d sources in %d datasets; %d objects seen in all, %d "
             "positional) with sequence model %s; %d with reliability >= 0.5.",
@@ -1019,7 +931,7 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
             len(frames),
             len(cutouts),
             n_all,
-            int(np.count_nonzero(groups.positional[owned])),
+            n_positional,
             version,
             int(np.count_nonzero(reliability >= 0.5)),
         )
