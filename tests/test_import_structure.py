@@ -101,6 +101,23 @@ def test_no_import_circles():
     assert cycle is None, "import circle: " + " -> ".join(c.removeprefix(PACKAGE + ".") for c in cycle)
 
 
+#: Outer layers of DESIGN.md section 4, in order; each imports only the ones before it and the
+#: science layers (cutouts, nn, model package, scoring, training: rank 0 here).
+OUTER_LAYERS = ("tasks", "butler", "sim", "cli")
+
+
+def _rank(module: str) -> int:
+    first = module.removeprefix(PACKAGE + ".").split(".")[0]
+    return OUTER_LAYERS.index(first) + 1 if first in OUTER_LAYERS else 0
+
+
+def test_layers_import_only_the_ones_above():
+    """The tasks import no Butler layer (storage classes come from ``storage_classes``), and so on."""
+    graph = import_graph(Path(lsst.meas.rbnet.__file__).parent, PACKAGE)
+    wrong = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if _rank(b) > _rank(a))
+    assert not wrong, "imports of a lower layer: " + ", ".join(w.replace(PACKAGE + ".", "") for w in wrong)
+
+
 def test_circle_inside_a_function_is_found(tmp_path):
     """The checker sees a circle closed by an import inside a function, and ignores parent packages."""
     pkg = tmp_path / "pkg"

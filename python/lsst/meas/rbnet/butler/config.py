@@ -32,13 +32,16 @@ import os
 from lsst.daf.butler import Config
 from lsst.resources import ResourcePath, ResourcePathExpression
 
-#: Storage class of a model package dataset.
-MODEL_STORAGE_CLASS = "RBNetModelPackage"
+# The names and the in-process registration live below both the tasks and this layer
+# (the tasks must not import the Butler layer); re-exported here.
+from ..storage_classes import (
+    BUTLER_CONFIG_DIR,
+    MASKED_IMAGE_STORAGE_CLASS,
+    MODEL_STORAGE_CLASS,
+    register_storage_classes,
+)
 
-#: Storage class the tasks read images through (converts from afw Exposure too).
-MASKED_IMAGE_STORAGE_CLASS = "RBNetMaskedImage"
-
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_CONFIG_DIR = BUTLER_CONFIG_DIR
 
 
 def config_search_path() -> str:
@@ -132,19 +135,3 @@ def configure_repo(repo: ResourcePathExpression, *, backup: bool = True) -> bool
     config.update(butler_seed_config())
     config.dumpToUri(uri, overwrite=True)
     return True
-
-
-def register_storage_classes() -> None:
-    """Make this process's storage class factory know the package's storage classes.
-
-    A process that reads a quantum graph before any repository config (``pipetask
-    run-qbb``, which every BPS job runs) looks the graph's storage classes up in the
-    process-wide factory; the task modules call this on import so that such a process
-    needs no ``DAF_BUTLER_CONFIG_PATH``. Safe to call more than once.
-    """
-    from lsst.daf.butler import StorageClassConfig, StorageClassFactory
-
-    factory = StorageClassFactory()
-    if all(name in factory for name in (MODEL_STORAGE_CLASS, MASKED_IMAGE_STORAGE_CLASS)):
-        return
-    factory.addFromConfig(StorageClassConfig(os.path.join(_CONFIG_DIR, "storageClasses.yaml")))

@@ -31,7 +31,8 @@ __all__ = [
 # The tasks declare connections with this package's storage classes; a process that
 # reads a quantum graph (pipetask run-qbb in BPS jobs) needs them before it reads any
 # repository config, and importing the tasks is what such a process does first.
-from ..butler.config import register_storage_classes as _register_storage_classes  # noqa: E402
+# (From the package's foundation, not the Butler layer, which the tasks must not import.)
+from ..storage_classes import register_storage_classes as _register_storage_classes  # noqa: E402
 
 _register_storage_classes()
 
