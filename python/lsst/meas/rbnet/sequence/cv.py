@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 
 from ..constants import BOGUS, REAL
+from ..training.crossval import fold_splits
+from ..training.data import deal_folds
 from ..training.metrics import accuracy, f1, roc_auc, roc_curve
 from ..training.plots import RocLine, draw_roc
 from .latents import LatentSet
@@ -97,15 +99,8 @@ def stratified_kfold(labels: np.ndarray, k: int = 5, seed: int = 0) -> list[tupl
         raise ValueError(
             f"k = {k} folds need at least {k} objects of each class; the smallest class has {counts.min()}."
         )
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(labels), dtype=np.int64)
-    offset = 0
-    for c in classes:
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        # Continue the round robin where the previous class stopped, so fold sizes stay balanced.
-        fold_of[idx] = (np.arange(len(idx)) + offset) % k
-        offset = (offset + len(idx)) % k
-    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
+    # The same shuffle-and-deal as the triplet model's folds, stratified by label alone.
+    return fold_splits(deal_folds(labels, k, seed), k)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

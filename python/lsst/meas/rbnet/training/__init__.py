@@ -9,9 +9,12 @@ Modules:
   (numpy only);
 - `~lsst.meas.rbnet.training.calibration`: temperature scaling;
 - `~lsst.meas.rbnet.training.loop`: `train_triplet_model` (train, calibrate, package);
-- `~lsst.meas.rbnet.training.crossval`: stratified k-fold cross-validation;
+- `~lsst.meas.rbnet.training.crossval`: stratified k-fold cross-validation (its fold split,
+  `fold_splits` of `~lsst.meas.rbnet.training.data.deal_folds`, also serves the sequence model's
+  `~lsst.meas.rbnet.sequence.cv`);
 - `~lsst.meas.rbnet.training.baseline`: the logistic-regression baseline;
-- `~lsst.meas.rbnet.training.report`, `~lsst.meas.rbnet.training.plots`: tables and PNGs.
+- `~lsst.meas.rbnet.training.report`, `~lsst.meas.rbnet.training.plots`: tables and PNGs
+  (`~lsst.meas.rbnet.training.plots.draw_roc` draws the ROC curves of both models).
 """
 
 from .loop import TrainConfig, TrainResult, train_triplet_model  # noqa: F401

@@ -7,7 +7,7 @@ held-out fold with `report.evaluate_scores`; the scalar metrics are then
 summarised as mean and standard deviation over the folds.
 """
 
-__all__ = ["stratified_kfold", "cross_validate", "summarize_folds"]
+__all__ = ["stratified_kfold", "fold_splits", "cross_validate", "summarize_folds"]
 
 import dataclasses
 from collections.abc import Callable
@@ -41,7 +41,27 @@ def stratified_kfold(labels, k: int, seed: int = 0, strata=None) -> list[tuple[n
     folds : `list` [`tuple` [`numpy.ndarray`, `numpy.ndarray`]]
         ``k`` pairs of sorted int64 index arrays.
     """
-    fold = stratified_folds(labels, k, seed, strata)
+    return fold_splits(stratified_folds(labels, k, seed, strata), k)
+
+
+def fold_splits(fold, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs ``(train, test)`` of each fold from the fold number of each item.
+
+    Shared by the triplet (`stratified_kfold`) and sequence
+    (`lsst.meas.rbnet.sequence.cv.stratified_kfold`) cross-validations.
+
+    Parameters
+    ----------
+    fold : `numpy.ndarray` of int, shape ``(N,)``
+        Fold number of each item in ``[0, k)`` (e.g. from `~lsst.meas.rbnet.training.data.deal_folds`).
+    k : `int`
+        Number of folds.
+
+    Returns
+    -------
+    folds : `list` [`tuple` [`numpy.ndarray`, `numpy.ndarray`]]
+        ``k`` pairs of sorted int64 index arrays; item ``i`` is in the test set of fold ``fold[i]``.
+    """
     return [(np.flatnonzero(fold != i), np.flatnonzero(fold == i)) for i in range(k)]
 
 

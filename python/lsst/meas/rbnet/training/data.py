@@ -25,6 +25,7 @@ __all__ = [
     "class_targets",
     "stratified_split",
     "stratified_folds",
+    "deal_folds",
     "dihedral_augment",
     "iterate_batches",
 ]
@@ -381,6 +382,32 @@ def stratified_folds(labels, k: int, seed: int = 0, strata=None) -> np.ndarray:
     s = _strata(labels, strata)
     if len(s) < k:
         raise ValueError(f"cannot make {k} folds from {len(s)} sources.")
+    return deal_folds(s, k, seed)
+
+
+def deal_folds(groups, k: int, seed: int = 0) -> np.ndarray:
+    """Fold number of each item: shuffled within each group and dealt to the folds in turn.
+
+    The k-fold core of both models (`stratified_folds` for the triplet model,
+    `lsst.meas.rbnet.sequence.cv.stratified_kfold` for the sequence model); the
+    callers check ``k`` and the group sizes.
+
+    Parameters
+    ----------
+    groups : array-like, shape ``(N,)``
+        Stratum of each item (labels, or label and class); strata are taken in
+        `numpy.unique` order of these values.
+    k : `int`
+        Number of folds.
+    seed : `int`
+        Seed of the shuffle.
+
+    Returns
+    -------
+    fold : `numpy.ndarray` of int64, shape ``(N,)``
+        Fold number of each item in ``[0, k)``.
+    """
+    s = np.asarray(groups)
     rng = np.random.default_rng(seed)
     fold = np.empty(len(s), dtype=np.int64)
     offset = 0
