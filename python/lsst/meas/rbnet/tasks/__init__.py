@@ -5,8 +5,9 @@
   diaSources, the AP drop-in.
 - `~lsst.meas.rbnet.tasks.labelled_cutouts.LabelledCutoutsTask`: raw stamps of labelled sources.
 - `~lsst.meas.rbnet.tasks.train.TrainTripletTask`: trains a model package from labelled cutouts.
-- `~lsst.meas.rbnet.tasks.sequence.TrainSequenceTask` and
-  `~lsst.meas.rbnet.tasks.sequence.SequenceReliabilityTask`: the multi-visit sequence model.
+- `~lsst.meas.rbnet.tasks.train_sequence.TrainSequenceTask` and
+  `~lsst.meas.rbnet.tasks.sequence_reliability.SequenceReliabilityTask`: the multi-visit sequence
+  model (`~lsst.meas.rbnet.tasks.sequence` re-exports both, with the decisions they share).
 - `~lsst.meas.rbnet.tasks.adapter`: image objects (lsst.images, afw) to numpy arrays.
 - `~lsst.meas.rbnet.tasks.errors`: data problems of the inputs as pipe_base error types
   (`~lsst.pipe.base.AlgorithmError` subclasses with metadata, `~lsst.pipe.base.UnprocessableDataError`).
@@ -44,10 +45,10 @@ _WHERE = {
     "LabelledCutoutsConfig": "labelled_cutouts",
     "TrainTripletTask": "train",
     "TrainTripletConfig": "train",
-    "TrainSequenceTask": "sequence",
-    "TrainSequenceConfig": "sequence",
-    "SequenceReliabilityTask": "sequence",
-    "SequenceReliabilityConfig": "sequence",
+    "TrainSequenceTask": "train_sequence",
+    "TrainSequenceConfig": "train_sequence",
+    "SequenceReliabilityTask": "sequence_reliability",
+    "SequenceReliabilityConfig": "sequence_reliability",
 }
 
 

@@ -1,0 +1,173 @@
+# This file is part of meas_rbnet.
+"""What both sequence tasks share: dataset types, the input config fields and reading the inputs.
+
+See `lsst.meas.rbnet.tasks.sequence` for the decisions of the two tasks.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SEQUENCE_MODEL_DATASET_TYPE",
+    "SEQUENCE_RELIABILITY_DATASET_TYPE",
+    "VISIT_DIMENSIONS",
+    "SequenceInputsConfig",
+    "gather_inputs",
+    "keep_pairs",
+    "resolve_device",
+    "set_threads",
+    "sorted_refs",
+    "visit_times",
+]
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+
+from ..sequence.frames import SourceFrames, gather_frames
+from ..tables import TableColumnError
+from .errors import MissingColumnError
+
+#: Dataset type of the sequence model package (dimensionless, found by collection).
+SEQUENCE_MODEL_DATASET_TYPE = "pretrainedSequenceModelPackage"
+
+#: Dataset type of the per-object sequence reliability table.
+SEQUENCE_RELIABILITY_DATASET_TYPE = "dia_object_sequence_reliability"
+
+VISIT_DIMENSIONS = ("instrument", "visit", "detector")
+
+
+class SequenceInputsConfig(pexConfig.Config):
+    """Fields of both sequence tasks: how to read the sources and build the objects."""
+
+    idColumn = pexConfig.Field[str](doc="Source id column of the source table.", default="id")
+    raColumn = pexConfig.Field[str](doc="Right ascension column of the sources (degrees).", default="ra")
+    decColumn = pexConfig.Field[str](doc="Declination column of the sources (degrees).", default="dec")
+    objectIdColumn = pexConfig.Field[str](
+        doc="Object id column of the sources (e.g. diaObjectId); sources with 0 there, or tables without "
+        "it, are associated by position. Empty: always by position.",
+        default="diaObjectId",
+    )
+    timeColumn = pexConfig.Field[str](
+        doc="Time column of the sources (MJD, TAI); if a table lacks it, the middle of the visit's timespan "
+        "(visit dimension record) is used.",
+        default="midpointMjdTai",
+    )
+    scoreColumn = pexConfig.Field[str](
+        doc="Single-visit reliability column of the sources: aggregated per object into "
+        "tripletReliabilityMax/Mean (NaN if the column is absent) and read by sequence models trained "
+        "with useVisitScores.",
+        default="reliability",
+    )
+    associationRadius = pexConfig.Field[float](
+        doc="Friends-of-friends linking length (arcsec) of the positional association of sources without "
+        "an object id.",
+        default=1.0,
+    )
+    maxBadFrameFraction = pexConfig.Field[float](
+        doc="A frame with more than this fraction of NaN (untrusted) pixels is left out of its object's "
+        "sequence (flag FRAMES_DROPPED).",
+        default=0.5,
+    )
+    minVisits = pexConfig.Field[int](
+        doc="Objects with fewer usable frames are not scored (reliability NaN, TOO_FEW_VISITS) or, when "
+        "training, not trained on.",
+        default=1,
+    )
+    device = pexConfig.Field[str](doc="Torch device: auto, cpu, cuda or cuda:N.", default="auto")
+    numThreads = pexConfig.Field[int](
+        doc="CPU threads torch may use in this process (0 leaves torch's default).", default=0
+    )
+
+    def validate(self):
+        super().validate()
+        if not self.associationRadius > 0:
+            raise pexConfig.FieldValidationError(
+                SequenceInputsConfig.associationRadius, self, "must be > 0 arcsec"
+            )
+        if not 0.0 <= self.maxBadFrameFraction <= 1.0:
+            raise pexConfig.FieldValidationError(
+                SequenceInputsConfig.maxBadFrameFraction, self, "must be in [0, 1]"
+            )
+        if self.minVisits < 1:
+            raise pexConfig.FieldValidationError(SequenceInputsConfig.minVisits, self, "must be >= 1")
+        if self.numThreads < 0:
+            raise pexConfig.FieldValidationError(SequenceInputsConfig.numThreads, self, "must be >= 0")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def set_threads(n: int) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def gather_inputs(
+    config, cutouts, sources, *, channels, frame_size, score_column, times, visits, names
+) -> SourceFrames:
+    """`gather_frames` with the task's column and connection names; a missing column is a
+    `MissingColumnError` (an `~lsst.pipe.base.AlgorithmError` with metadata)."""
+    try:
+        return gather_frames(
+            cutouts,
+            sources,
+            channels=channels,
+            frame_size=frame_size,
+            times=times,
+            visits=visits,
+            names=names,
+            id_column=config.idColumn,
+            ra_column=config.raColumn,
+            dec_column=config.decColumn,
+            object_id_column=config.objectIdColumn,
+            time_column=config.timeColumn,
+            score_column=score_column,
+            cutouts_name=config.connections.cutouts,
+            sources_name=config.connections.sources,
+        )
+    except TableColumnError as err:
+        raise MissingColumnError(str(err), **err.details) from err
+
+
+def visit_times(refs) -> tuple[list[float | None], list[int | None], list[str]]:
+    """Mid-time (MJD TAI), visit id and a name of each input ref, from its data ID."""
+    times: list[float | None] = []
+    visits: list[int | None] = []
+    names: list[str] = []
+    for ref in refs:
+        data_id = ref.dataId
+        mjd = None
+        if data_id.hasRecords() and "visit" in data_id.dimensions.names:
+            record = data_id.records["visit"]
+            if record is not None and record.timespan is not None:
+                begin, end = record.timespan.begin, record.timespan.end
+                if begin is not None and end is not None:
+                    mjd = float((begin.tai.mjd + end.tai.mjd) / 2)
+        times.append(mjd)
+        visits.append(int(data_id["visit"]) if "visit" in data_id.dimensions.names else None)
+        names.append(str(data_id.required))
+    return times, visits, names
+
+
+def sorted_refs(connection_refs):
+    """Refs ordered by data ID, so that paired connections line up and results are reproducible."""
+    return sorted(connection_refs, key=lambda r: tuple(sorted((k, v) for k, v in r.dataId.required.items())))
+
+
+def keep_pairs(inputs, label, data_id) -> None:
+    """Keep only the (visit, detector)s that have both their cutouts and their sources."""
+    cut_conn, cut_refs = inputs["cutouts"]
+    src_conn, src_refs = inputs["sources"]
+    both = {r.dataId.required_values for r in cut_refs} & {r.dataId.required_values for r in src_refs}
+    if not both:
+        raise pipeBase.NoWorkFound(
+            f"{label} ({data_id}): no (visit, detector) has both {cut_conn.name} and {src_conn.name}."
+        )
+    inputs["cutouts"] = (cut_conn, [r for r in cut_refs if r.dataId.required_values in both])
+    inputs["sources"] = (src_conn, [r for r in src_refs if r.dataId.required_values in both])

@@ -1,0 +1,345 @@
+# This file is part of meas_rbnet.
+"""`SequenceReliabilityTask`: scores objects (multi-visit sequences of cutouts) with a sequence model.
+
+One quantum per sky partition (``instrument`` + ``htm7`` by default): groups the sources it
+sees into objects, keeps the objects the partition owns, encodes their frames and writes
+one row per object (``dia_object_sequence_reliability``); the science is
+`lsst.meas.rbnet.sequence.objects.score_objects`. Decisions: `lsst.meas.rbnet.tasks.sequence`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NoSequenceModelError",
+    "SequenceReliabilityConnections",
+    "SequenceReliabilityConfig",
+    "SequenceReliabilityTask",
+]
+
+import collections
+import dataclasses
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.utils.timer import timeMethod
+
+from ..constants import VERSION_MAX_LENGTH
+from ..flags import ObjectFlag
+from ..sequence.association import group_sources
+from ..sequence.objects import score_objects
+from ..sequence.partition import SkyPartition
+from .sequence_inputs import (
+    SEQUENCE_MODEL_DATASET_TYPE,
+    SEQUENCE_RELIABILITY_DATASET_TYPE,
+    VISIT_DIMENSIONS,
+    SequenceInputsConfig,
+    gather_inputs,
+    keep_pairs,
+    resolve_device,
+    set_threads,
+    sorted_refs,
+    visit_times,
+)
+
+
+class NoSequenceModelError(FileNotFoundError):
+    """No sequence model package was found for the sequence reliability task."""
+
+
+def _no_model_message(dataset_type: str) -> str:
+    return (
+        f"No sequence model package ('{dataset_type}' dataset) was found. Train one with "
+        "pipelines/TrainSequence.yaml and add its output collection to the inputs, or register one with "
+        f"'rbnet register-model REPO PACKAGE --name NAME --dataset-type {dataset_type}' and add "
+        "'pretrained_models' to the inputs."
+    )
+
+
+def _sky_partition(data_id) -> SkyPartition | None:
+    """The partition of a quantum's data ID: its skypix dimension, else its region, else `None`."""
+    from lsst.daf.butler import SkyPixDimension
+
+    universe = data_id.universe
+    for name in data_id.dimensions.names:
+        element = universe[name]
+        if isinstance(element, SkyPixDimension):
+            return SkyPartition(element.pixelization, int(data_id[name]))
+    if data_id.dimensions.spatial:
+        region = data_id.region if data_id.hasRecords() else None
+        if region is None:
+            raise ValueError(
+                f"The quantum's data ID {data_id} is spatial but carries no region; use a skypix "
+                "dimension (e.g. htm7) as the partition."
+            )
+        return SkyPartition(region=region)
+    return None
+
+
+_scorers: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_scorers_lock = threading.Lock()
+
+
+def _load_sequence_scorer(package, device: str, chunk_frames: int):
+    """A `SequenceScorer` per (package weights + metadata, device, chunk), kept for the process."""
+    from ..sequence.scoring import SequenceScorer
+
+    meta = json.dumps(package.metadata(), sort_keys=True, default=str)
+    key = (package.digest, hashlib.sha256(meta.encode()).hexdigest(), device, int(chunk_frames))
+    with _scorers_lock:
+        scorer = _scorers.get(key)
+        if scorer is None:
+            scorer = SequenceScorer(package, device=device, chunk_frames=chunk_frames)
+            _scorers[key] = scorer
+            while len(_scorers) > 2:
+                _scorers.popitem(last=False)
+        else:
+            _scorers.move_to_end(key)
+    return scorer
+
+
+class SequenceReliabilityConnections(
+    pipeBase.PipelineTaskConnections,
+    dimensions=("instrument", "htm7"),
+):
+    """Connections of `SequenceReliabilityTask`; the quantum dimensions are ``config.partitionDimensions``."""
+
+    cutouts = cT.Input(
+        doc="Raw per-source stamps of every (visit, detector) overlapping the partition (reliability task "
+        "with doWriteCutouts).",
+        name="dia_source_cutouts",
+        storageClass="ArrowAstropy",
+        dimensions=VISIT_DIMENSIONS,
+        multiple=True,
+        deferLoad=True,
+    )
+    sources = cT.Input(
+        doc="The source catalogues matching the cutouts (id, ra, dec, optionally diaObjectId, a time and "
+        "the single-visit reliability).",
+        name="dia_source_unstandardized_reliability",
+        storageClass="ArrowAstropy",
+        dimensions=VISIT_DIMENSIONS,
+        multiple=True,
+        deferLoad=True,
+    )
+    sequenceModel = cT.PrerequisiteInput(
+        doc="Sequence model package (kind 'sequence'), found by collection, e.g. pretrained_models/<name>.",
+        name=SEQUENCE_MODEL_DATASET_TYPE,
+        storageClass="RBNetModelPackage",
+        dimensions=(),
+    )
+    objectReliability = cT.Output(
+        doc="One row per object owned by the partition: objectId, nVisits, nSources, firstMjd, lastMjd, ra, "
+        "dec, reliability (float32), reliabilityVersion, flags (ObjectFlag), tripletReliabilityMax/Mean.",
+        name=SEQUENCE_RELIABILITY_DATASET_TYPE,
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "htm7"),
+    )
+
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if config is None:
+            return
+        dims = list(config.partitionDimensions)
+        self.dimensions.clear()
+        self.dimensions.update(dims)
+        self.objectReliability = dataclasses.replace(self.objectReliability, dimensions=frozenset(dims))
+
+    def adjustQuantum(self, inputs, outputs, label, data_id):
+        if "sequenceModel" in inputs:
+            connection, refs = inputs["sequenceModel"]
+            if len(refs) == 0:
+                raise NoSequenceModelError(f"{label} ({data_id}): " + _no_model_message(connection.name))
+        keep_pairs(inputs, label, data_id)
+        return super().adjustQuantum(inputs, outputs, label, data_id)
+
+
+class SequenceReliabilityConfig(
+    pipeBase.PipelineTaskConfig, SequenceInputsConfig, pipelineConnections=SequenceReliabilityConnections
+):
+    """Configuration of `SequenceReliabilityTask`."""
+
+    partitionDimensions = pexConfig.ListField[str](
+        doc="Dimensions of a quantum: a sky partition (instrument + a skypix dimension such as htm7 or "
+        "healpix8) or ['instrument'] for one quantum over everything. Objects are scored by the partition "
+        "holding their mean position.",
+        default=["instrument", "htm7"],
+    )
+    chunkFrames = pexConfig.Field[int](
+        doc="Frames encoded per chunk of objects (bounds memory).", default=65536
+    )
+    expectedModelVersion = pexConfig.Field[str](
+        doc="If set, the sequence model package's version must equal this.", default=""
+    )
+
+    def validate(self):
+        super().validate()
+        if not self.partitionDimensions:
+            raise pexConfig.FieldValidationError(
+                SequenceReliabilityConfig.partitionDimensions, self, "must not be empty (e.g. ['instrument'])"
+            )
+        if self.chunkFrames < 1:
+            raise pexConfig.FieldValidationError(SequenceReliabilityConfig.chunkFrames, self, "must be >= 1")
+
+
+class SequenceReliabilityTask(pipeBase.PipelineTask):
+    """Score objects (multi-visit sequences of cutouts) with a sequence model package.
+
+    Notes
+    -----
+    Output (see `run`): one row per object owned by the quantum's partition, sorted by
+    ``objectId`` (associated objects first, then positional ones). Flags are
+    `lsst.meas.rbnet.flags.ObjectFlag` bits.
+    """
+
+    ConfigClass = SequenceReliabilityConfig
+    _DefaultName = "sequenceReliability"
+
+    def load_scorer(self, package):
+        """The process-wide `~lsst.meas.rbnet.sequence.scoring.SequenceScorer` of a package.
+
+        Raises
+        ------
+        NoSequenceModelError
+            If ``package`` is `None`.
+        ValueError
+            If the package is not a sequence package, or its version is not the expected one.
+        """
+        if package is None:
+            raise NoSequenceModelError(_no_model_message(self.config.connections.sequenceModel))
+        if package.kind != "sequence":
+            raise ValueError(
+                f"The model found as {self.config.connections.sequenceModel!r} (version {package.version!r}) "
+                f"is a {package.kind!r} package, not a 'sequence' one."
+            )
+        if self.config.expectedModelVersion and package.version != self.config.expectedModelVersion:
+            raise ValueError(
+                f"The sequence model found has version {package.version!r}, but config.expectedModelVersion "
+                f"is {self.config.expectedModelVersion!r}; check the input collections."
+            )
+        if len(package.version) > VERSION_MAX_LENGTH:
+            raise ValueError(
+                f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters."
+            )
+        set_threads(self.config.numThreads)
+        return _load_sequence_scorer(package, resolve_device(self.config.device), self.config.chunkFrames)
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        cut_refs = sorted_refs(inputRefs.cutouts)
+        src_refs = sorted_refs(inputRefs.sources)
+        times, visits, names = visit_times(cut_refs)
+        partition = _sky_partition(butlerQC.quantum.dataId)
+        model = butlerQC.get(inputRefs.sequenceModel)
+        outputs = self.run(
+            cutouts=[butlerQC.get(ref) for ref in cut_refs],
+            sources=[butlerQC.get(ref) for ref in src_refs],
+            sequenceModel=model,
+            times=times,
+            visits=visits,
+            names=names,
+            partition=partition,
+        )
+        butlerQC.put(outputs, outputRefs)
+
+    @timeMethod
+    def run(
+        self,
+        cutouts,
+        sources,
+        sequenceModel=None,
+        times=None,
+        visits=None,
+        names=None,
+        partition: SkyPartition | Callable | None = None,
+    ):
+        """Score every object the partition owns.
+
+        Parameters
+        ----------
+        cutouts : `list` [`astropy.table.Table`]
+            ``dia_source_cutouts`` tables (or deferred handles), one per (visit, detector).
+        sources : `list` [`astropy.table.Table`]
+            The matching source tables, same order (see `gather_frames`).
+        sequenceModel : `lsst.meas.rbnet.package.ModelPackage`
+            A package of kind ``"sequence"``.
+        times, visits, names : `list`, optional
+            Visit time (MJD), visit id and a name per dataset (see `gather_frames`).
+        partition : `SkyPartition` or callable, optional
+            Which objects to score: those whose mean position ``partition.contains(ra, dec)``
+            (or ``partition(ra, dec)``); `None` scores every object.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``objectReliability``: `astropy.table.Table` with ``objectId`` int64, ``nVisits``
+            int32 (frames in the scored sequence), ``nSources`` int32 (all the object's
+            sources seen), ``firstMjd``/``lastMjd`` float64 (of the scored frames, else of all
+            its sources), ``ra``/``dec`` float64 (mean position, deg), ``reliability``
+            float32 (NaN when not scored), ``reliabilityVersion`` (<= 7 characters),
+            ``flags`` int32 (`~lsst.meas.rbnet.flags.ObjectFlag`), ``tripletReliabilityMax``
+            and ``tripletReliabilityMean`` float32 (single-visit scores of its sources).
+
+        Raises
+        ------
+        NoSequenceModelError
+            If there is no model.
+        ValueError
+            Bad inputs (see `gather_frames`) or a model that is not a sequence model.
+        """
+        config = self.config
+        scorer = self.load_scorer(sequenceModel)
+        version = scorer.version
+        frames = gather_inputs(
+            config,
+            cutouts,
+            sources,
+            channels=scorer.frame_channels,
+            frame_size=scorer.frame_size,
+            score_column=config.scoreColumn,
+            times=times,
+            visits=visits,
+            names=names,
+        )
+        groups = group_sources(
+            frames.ra, frames.dec, frames.object_id, frames.source_id, config.associationRadius
+        )
+        n_all = len(groups)
+        table = score_objects(
+            frames,
+            groups,
+            scorer,
+            partition=partition,
+            max_bad_fraction=config.maxBadFrameFraction,
+            min_visits=config.minVisits,
+            log=self.log,
+            sources_name=config.connections.sources,
+        )
+        n_owned = len(table)
+        reliability = np.asarray(table["reliability"])
+        not_scored = ~np.isfinite(reliability)
+        n_positional = int(np.count_nonzero(np.asarray(table["flags"]) & np.int32(ObjectFlag.POSITIONAL)))
+        self.log.info(
+            "Scored %d of %d objects owned by %s (%d sources in %d datasets; %d objects seen in all, %d "
+            "positional) with sequence model %s; %d with reliability >= 0.5.",
+            int(np.count_nonzero(~not_scored)),
+            n_owned,
+            partition if partition is not None else "the whole input",
+            len(frames),
+            len(cutouts),
+            n_all,
+            n_positional,
+            version,
+            int(np.count_nonzero(reliability >= 0.5)),
+        )
+        self.metadata["numObjects"] = n_owned
+        self.metadata["numObjectsSeen"] = n_all
+        self.metadata["numNotScored"] = int(np.count_nonzero(not_scored))
+        self.metadata["modelVersion"] = version
+        return pipeBase.Struct(objectReliability=table)
