@@ -33,10 +33,12 @@ __all__ = [
     "ScoreResult",
     "Scorer",
     "autocast_dtype",
+    "cached_model",
     "cpu_network_chunk",
     "clear_scorer_cache",
     "default_model_path",
     "load_scorer",
+    "package_key",
     "score_triplets",
     "select_device",
 ]
@@ -695,17 +697,48 @@ def default_model_path() -> Path:
     return Path(str(importlib.resources.files("lsst.meas.rbnet") / "data" / DEFAULT_MODEL_FILENAME))
 
 
-_cache: collections.OrderedDict[tuple, Scorer] = collections.OrderedDict()
+#: The process-wide cache of loaded models (triplet `Scorer` and sequence scorers alike), least
+#: recently used first; keys start with what identifies the package (`package_key` or its file).
+_cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _cache_lock = threading.Lock()
 
 
 def clear_scorer_cache() -> None:
-    """Forget every scorer made by `load_scorer`."""
+    """Forget every scorer made by `load_scorer` or `cached_model`."""
     with _cache_lock:
         _cache.clear()
 
 
-def _package_key(package: ModelPackage) -> str:
+def cached_model(key: tuple, build) -> Any:
+    """``build()`` once per ``key`` in the process-wide model cache (the one `load_scorer` uses).
+
+    Parameters
+    ----------
+    key : `tuple`
+        What makes two loaded models the same, e.g. ``("sequence", package_key(package), device)``.
+    build : callable
+        Makes the model on a miss.
+
+    Returns
+    -------
+    model
+        The cached object (the first one made if two threads built it at once).
+    """
+    with _cache_lock:
+        model = _cache.get(key)
+        if model is not None:
+            _cache.move_to_end(key)
+            return model
+    model = build()
+    with _cache_lock:
+        model = _cache.setdefault(key, model)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return model
+
+
+def package_key(package: ModelPackage) -> str:
+    """Identity of a package in memory: its weights digest and a hash of its metadata."""
     meta = json.dumps(package.metadata(), sort_keys=True, default=str)
     return package.digest + ":" + hashlib.sha256(meta.encode("utf-8")).hexdigest()
 
@@ -756,7 +789,7 @@ def load_scorer(
             )
         model = path
     if isinstance(model, ModelPackage):
-        source_key: tuple = ("package", _package_key(model))
+        source_key: tuple = ("package", package_key(model))
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model).expanduser().resolve()
         if not path.is_file():

@@ -25,7 +25,14 @@ encoded in batches, then classified in length-bucketed batches, so memory stays
 bounded however many objects there are.
 """
 
-__all__ = ["SequenceScorer", "score_sequences", "frames_from_stamps", "native_bf16", "encoder_dtype"]
+__all__ = [
+    "SequenceScorer",
+    "load_sequence_scorer",
+    "score_sequences",
+    "frames_from_stamps",
+    "native_bf16",
+    "encoder_dtype",
+]
 
 import functools
 import logging
@@ -38,6 +45,7 @@ import torch
 from ..constants import CHANNEL_ORDER
 from ..cutouts import normalize_stamps
 from ..package import ModelPackage, ModelPackageError
+from ..scoring import cached_model, package_key, select_device
 from .aggregate import FRAME_FEATURES, visit_score_features
 from .data import collate, length_batches
 from .encode import fused_encoder
@@ -137,9 +145,7 @@ class SequenceScorer:
                 raise ModelPackageError(
                     f"a sequence package needs an {comp!r} component, got {sorted(package.components)}."
                 )
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = select_device(device)
         self.package = package
         self.vae = package.build("encoder")
         self._dtype = encoder_dtype(self.device, precision)
@@ -459,3 +465,16 @@ def score_sequences(
     return scorer.score(
         frames, offsets, times, channels=channels, normalized=normalized, visit_scores=visit_scores
     )
+
+
+def load_sequence_scorer(
+    package: ModelPackage, device: str = "auto", chunk_frames: int = 65536
+) -> SequenceScorer:
+    """The `SequenceScorer` of a package, loaded once per process (device, chunk size).
+
+    It lives in the same process-wide cache as the triplet scorers
+    (`lsst.meas.rbnet.scoring.cached_model`), keyed by the package's digest and metadata.
+    """
+    dev = select_device(device)
+    key = ("sequence", package_key(package), str(dev), int(chunk_frames))
+    return cached_model(key, lambda: SequenceScorer(package, device=str(dev), chunk_frames=chunk_frames))

@@ -19,6 +19,10 @@ error                          raised when                                     p
 `UnusableTrainingDataError`    labelled inputs that cannot train a model       UnprocessableDataError
                                (one class only, no finite pixel)
 =============================  ==============================================  =====================
+
+No model package among the inputs is a `NoModelError` (`NoSequenceModelError` for the
+sequence model), with one message saying how to get one (`no_model_message`); a package
+that does not fit is a `ValueError` from `check_model_package`, the one version check.
 """
 
 from __future__ import annotations
@@ -30,9 +34,15 @@ __all__ = [
     "DuplicateSourceIdError",
     "ImageGridMismatchError",
     "UnusableTrainingDataError",
+    "NoModelError",
+    "NoSequenceModelError",
+    "no_model_message",
+    "check_model_package",
 ]
 
 from typing import Any
+
+from ..constants import VERSION_MAX_LENGTH
 
 from lsst.pipe.base import AlgorithmError, UnprocessableDataError
 
@@ -95,3 +105,54 @@ class UnusableTrainingDataError(UnprocessableDataError):
     The quantum ends without outputs and is reported as unprocessable data, not as a
     failure to chase (see `lsst.pipe.base.UnprocessableDataError`).
     """
+
+
+class NoModelError(FileNotFoundError):
+    """No model package was found for the reliability task."""
+
+
+class NoSequenceModelError(NoModelError):
+    """No sequence model package was found for the sequence reliability task."""
+
+
+def no_model_message(dataset_type: str, kind: str = "triplet") -> str:
+    """The one "no model found" message: how to get a ``kind`` (``"triplet"`` or ``"sequence"``)
+    package as ``dataset_type``."""
+    if kind == "sequence":
+        return (
+            f"No sequence model package ('{dataset_type}' dataset) was found. Train one with "
+            "pipelines/TrainSequence.yaml and add its output collection to the inputs, or register one with "
+            f"'rbnet register-model REPO PACKAGE --name NAME --dataset-type {dataset_type}' and add "
+            "'pretrained_models' to the inputs."
+        )
+    return (
+        f"No model package ('{dataset_type}' dataset) was found. Add the collection that holds one to the "
+        "inputs (e.g. 'pipetask run ... -i pretrained_models,...'), or register one first with "
+        "'rbnet register-model REPO [PACKAGE] --name NAME' (the shipped default model by default)."
+    )
+
+
+def check_model_package(package: Any, *, expected_version: str, what: str = "model package") -> None:
+    """Check a found package's version: ``expected_version`` (if set) and at most 7 characters.
+
+    Parameters
+    ----------
+    package : `lsst.meas.rbnet.package.ModelPackage`
+        The package found.
+    expected_version : `str`
+        ``config.expectedModelVersion``; empty accepts any.
+    what : `str`
+        How to name the package in the message.
+
+    Raises
+    ------
+    ValueError
+        If the version is not the expected one or is too long for ``reliabilityVersion``.
+    """
+    if expected_version and package.version != expected_version:
+        raise ValueError(
+            f"The {what} found has version {package.version!r}, but config.expectedModelVersion "
+            f"is {expected_version!r}; check the input collections."
+        )
+    if len(package.version) > VERSION_MAX_LENGTH:
+        raise ValueError(f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters.")

@@ -52,22 +52,17 @@ from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, VERSION_MAX_LENG
 from ..flags import UNSCORABLE, SourceFlag
 from ..tables import source_table_from_any
 from .adapter import ImageArrays, check_same_bbox, to_arrays
-from .errors import BadColumnError, DuplicateSourceIdError, MissingColumnError
+from .errors import (
+    BadColumnError,
+    DuplicateSourceIdError,
+    MissingColumnError,
+    NoModelError,
+    check_model_package,
+    no_model_message,
+)
 
 #: Mask plane marking pixels without template coverage.
 _NO_DATA_PLANE = "NO_DATA"
-
-
-class NoModelError(FileNotFoundError):
-    """No model package was found for the reliability task."""
-
-
-def _no_model_message(dataset_type: str) -> str:
-    return (
-        f"No model package ('{dataset_type}' dataset) was found. Add the collection that holds one to the "
-        "inputs (e.g. 'pipetask run ... -i pretrained_models,...'), or register one first with "
-        "'rbnet register-model REPO [PACKAGE] --name NAME' (the shipped default model by default)."
-    )
 
 
 class ReliabilityConnections(
@@ -157,7 +152,7 @@ class ReliabilityConnections(
         if "pretrainedModel" in inputs:
             connection, refs = inputs["pretrainedModel"]
             if len(refs) == 0:
-                raise NoModelError(f"{label} ({data_id}): " + _no_model_message(connection.name))
+                raise NoModelError(f"{label} ({data_id}): " + no_model_message(connection.name))
         return super().adjustQuantum(inputs, outputs, label, data_id)
 
 
@@ -320,7 +315,7 @@ class ReliabilityTask(pipeBase.PipelineTask):
             version differs from ``expectedModelVersion``.
         """
         if package is None:
-            raise NoModelError(_no_model_message(self.config.connections.pretrainedModel))
+            raise NoModelError(no_model_message(self.config.connections.pretrainedModel))
         from ..scoring import load_scorer
 
         contract = package.contract
@@ -337,15 +332,7 @@ class ReliabilityTask(pipeBase.PipelineTask):
                 f"{contract.stamp_size} stamps but config.stampSize={self.config.stampSize}; set "
                 "stampSize to 0 (use the model's) or to the model's size."
             )
-        if self.config.expectedModelVersion and package.version != self.config.expectedModelVersion:
-            raise ValueError(
-                f"The model package found has version {package.version!r}, but config.expectedModelVersion "
-                f"is {self.config.expectedModelVersion!r}; check the input collections."
-            )
-        if len(package.version) > VERSION_MAX_LENGTH:
-            raise ValueError(
-                f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters."
-            )
+        check_model_package(package, expected_version=self.config.expectedModelVersion)
         return load_scorer(
             package,
             device=self.config.device,

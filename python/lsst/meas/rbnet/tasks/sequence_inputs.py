@@ -13,7 +13,6 @@ __all__ = [
     "SequenceInputsConfig",
     "gather_inputs",
     "keep_pairs",
-    "resolve_device",
     "set_threads",
     "sorted_refs",
     "visit_times",
@@ -91,14 +90,6 @@ class SequenceInputsConfig(pexConfig.Config):
             raise pexConfig.FieldValidationError(SequenceInputsConfig.minVisits, self, "must be >= 1")
         if self.numThreads < 0:
             raise pexConfig.FieldValidationError(SequenceInputsConfig.numThreads, self, "must be >= 0")
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def set_threads(n: int) -> None:

@@ -16,13 +16,8 @@ __all__ = [
     "SequenceReliabilityTask",
 ]
 
-import collections
 import dataclasses
-import hashlib
-import json
-import threading
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -31,11 +26,11 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from ..constants import VERSION_MAX_LENGTH
 from ..flags import ObjectFlag
 from ..sequence.association import group_sources
 from ..sequence.objects import score_objects
 from ..sequence.partition import SkyPartition
+from .errors import NoSequenceModelError, check_model_package, no_model_message
 from .sequence_inputs import (
     SEQUENCE_MODEL_DATASET_TYPE,
     SEQUENCE_RELIABILITY_DATASET_TYPE,
@@ -43,24 +38,10 @@ from .sequence_inputs import (
     SequenceInputsConfig,
     gather_inputs,
     keep_pairs,
-    resolve_device,
     set_threads,
     sorted_refs,
     visit_times,
 )
-
-
-class NoSequenceModelError(FileNotFoundError):
-    """No sequence model package was found for the sequence reliability task."""
-
-
-def _no_model_message(dataset_type: str) -> str:
-    return (
-        f"No sequence model package ('{dataset_type}' dataset) was found. Train one with "
-        "pipelines/TrainSequence.yaml and add its output collection to the inputs, or register one with "
-        f"'rbnet register-model REPO PACKAGE --name NAME --dataset-type {dataset_type}' and add "
-        "'pretrained_models' to the inputs."
-    )
 
 
 def _sky_partition(data_id) -> SkyPartition | None:
@@ -81,28 +62,6 @@ def _sky_partition(data_id) -> SkyPartition | None:
             )
         return SkyPartition(region=region)
     return None
-
-
-_scorers: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-_scorers_lock = threading.Lock()
-
-
-def _load_sequence_scorer(package, device: str, chunk_frames: int):
-    """A `SequenceScorer` per (package weights + metadata, device, chunk), kept for the process."""
-    from ..sequence.scoring import SequenceScorer
-
-    meta = json.dumps(package.metadata(), sort_keys=True, default=str)
-    key = (package.digest, hashlib.sha256(meta.encode()).hexdigest(), device, int(chunk_frames))
-    with _scorers_lock:
-        scorer = _scorers.get(key)
-        if scorer is None:
-            scorer = SequenceScorer(package, device=device, chunk_frames=chunk_frames)
-            _scorers[key] = scorer
-            while len(_scorers) > 2:
-                _scorers.popitem(last=False)
-        else:
-            _scorers.move_to_end(key)
-    return scorer
 
 
 class SequenceReliabilityConnections(
@@ -156,7 +115,8 @@ class SequenceReliabilityConnections(
         if "sequenceModel" in inputs:
             connection, refs = inputs["sequenceModel"]
             if len(refs) == 0:
-                raise NoSequenceModelError(f"{label} ({data_id}): " + _no_model_message(connection.name))
+                message = no_model_message(connection.name, "sequence")
+                raise NoSequenceModelError(f"{label} ({data_id}): " + message)
         keep_pairs(inputs, label, data_id)
         return super().adjustQuantum(inputs, outputs, label, data_id)
 
@@ -213,23 +173,18 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
             If the package is not a sequence package, or its version is not the expected one.
         """
         if package is None:
-            raise NoSequenceModelError(_no_model_message(self.config.connections.sequenceModel))
+            raise NoSequenceModelError(no_model_message(self.config.connections.sequenceModel, "sequence"))
         if package.kind != "sequence":
             raise ValueError(
                 f"The model found as {self.config.connections.sequenceModel!r} (version {package.version!r}) "
                 f"is a {package.kind!r} package, not a 'sequence' one."
             )
-        if self.config.expectedModelVersion and package.version != self.config.expectedModelVersion:
-            raise ValueError(
-                f"The sequence model found has version {package.version!r}, but config.expectedModelVersion "
-                f"is {self.config.expectedModelVersion!r}; check the input collections."
-            )
-        if len(package.version) > VERSION_MAX_LENGTH:
-            raise ValueError(
-                f"Model version {package.version!r} is longer than {VERSION_MAX_LENGTH} characters."
-            )
+        check_model_package(package, expected_version=self.config.expectedModelVersion, what="sequence model")
         set_threads(self.config.numThreads)
-        return _load_sequence_scorer(package, resolve_device(self.config.device), self.config.chunkFrames)
+        # Imported here: torch stays out of task import and graph building.
+        from ..sequence.scoring import load_sequence_scorer
+
+        return load_sequence_scorer(package, self.config.device, self.config.chunkFrames)
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
         cut_refs = sorted_refs(inputRefs.cutouts)

@@ -33,7 +33,6 @@ from .sequence_inputs import (
     SequenceInputsConfig,
     gather_inputs,
     keep_pairs,
-    resolve_device,
     set_threads,
     sorted_refs,
     visit_times,
@@ -260,10 +259,11 @@ class TrainSequenceTask(pipeBase.PipelineTask):
             VAETrainConfig,
             train_sequence_package,
         )
+        from ..scoring import select_device
 
         config = self.config
         set_threads(config.numThreads)
-        device = resolve_device(config.device)
+        device = str(select_device(config.device))
         frames = gather_inputs(
             config,
             cutouts,
