@@ -13,6 +13,7 @@ __all__ = [
     "SequenceInputsConfig",
     "gather_inputs",
     "keep_pairs",
+    "read_visit_inputs",
     "set_threads",
     "sorted_refs",
     "visit_times",
@@ -162,3 +163,24 @@ def keep_pairs(inputs, label, data_id) -> None:
         )
     inputs["cutouts"] = (cut_conn, [r for r in cut_refs if r.dataId.required_values in both])
     inputs["sources"] = (src_conn, [r for r in src_refs if r.dataId.required_values in both])
+
+
+def read_visit_inputs(butlerQC, inputRefs) -> dict:
+    """The per-visit inputs of a quantum as keyword arguments of a sequence task's ``run``.
+
+    Returns
+    -------
+    inputs : `dict`
+        ``cutouts`` and ``sources`` (deferred handles, paired and in data-ID order),
+        ``times``, ``visits`` and ``names`` (see `visit_times`).
+    """
+    cut_refs = sorted_refs(inputRefs.cutouts)
+    src_refs = sorted_refs(inputRefs.sources)
+    times, visits, names = visit_times(cut_refs)
+    return dict(
+        cutouts=[butlerQC.get(ref) for ref in cut_refs],
+        sources=[butlerQC.get(ref) for ref in src_refs],
+        times=times,
+        visits=visits,
+        names=names,
+    )

@@ -38,9 +38,8 @@ from .sequence_inputs import (
     SequenceInputsConfig,
     gather_inputs,
     keep_pairs,
+    read_visit_inputs,
     set_threads,
-    sorted_refs,
-    visit_times,
 )
 
 
@@ -187,19 +186,10 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         return load_sequence_scorer(package, self.config.device, self.config.chunkFrames)
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
-        cut_refs = sorted_refs(inputRefs.cutouts)
-        src_refs = sorted_refs(inputRefs.sources)
-        times, visits, names = visit_times(cut_refs)
         partition = _sky_partition(butlerQC.quantum.dataId)
         model = butlerQC.get(inputRefs.sequenceModel)
         outputs = self.run(
-            cutouts=[butlerQC.get(ref) for ref in cut_refs],
-            sources=[butlerQC.get(ref) for ref in src_refs],
-            sequenceModel=model,
-            times=times,
-            visits=visits,
-            names=names,
-            partition=partition,
+            **read_visit_inputs(butlerQC, inputRefs), sequenceModel=model, partition=partition
         )
         butlerQC.put(outputs, outputRefs)
 

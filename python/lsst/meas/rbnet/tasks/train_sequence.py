@@ -33,9 +33,8 @@ from .sequence_inputs import (
     SequenceInputsConfig,
     gather_inputs,
     keep_pairs,
+    read_visit_inputs,
     set_threads,
-    sorted_refs,
-    visit_times,
 )
 
 #: Recurrent architectures take ``hidden_size``; the Conv1D one takes ``channels``.
@@ -204,25 +203,15 @@ class TrainSequenceTask(pipeBase.PipelineTask):
     _DefaultName = "trainSequence"
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
-        cut_refs = sorted_refs(inputRefs.cutouts)
-        src_refs = sorted_refs(inputRefs.sources)
-        times, visits, names = visit_times(cut_refs)
         labels = [butlerQC.get(ref) for ref in inputRefs.labels]
+        inputs = read_visit_inputs(butlerQC, inputRefs)
         provenance = {
-            "inputs": len(cut_refs),
-            "visits": sorted({v for v in visits if v is not None}),
-            "collections": sorted({ref.run for ref in cut_refs}),
+            "inputs": len(inputRefs.cutouts),
+            "visits": sorted({v for v in inputs["visits"] if v is not None}),
+            "collections": sorted({ref.run for ref in inputRefs.cutouts}),
             "labels": sorted({ref.run for ref in inputRefs.labels}),
         }
-        outputs = self.run(
-            cutouts=[butlerQC.get(ref) for ref in cut_refs],
-            sources=[butlerQC.get(ref) for ref in src_refs],
-            labels=labels,
-            times=times,
-            visits=visits,
-            names=names,
-            provenance=provenance,
-        )
+        outputs = self.run(**inputs, labels=labels, provenance=provenance)
         butlerQC.put(outputs, outputRefs)
 
     @timeMethod
