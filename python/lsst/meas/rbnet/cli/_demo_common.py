@@ -131,6 +131,8 @@ def prepare_output(directory, overwrite: bool, console):
 
 def create_demo_repo(repo: Path, console=None):
     """Create the demo's repository and mark it as the demo's (see `is_demo_repo`); say so on ``console``."""
+    # Here and below: the Butler layer imports daf_butler and scoring imports torch, which
+    # `rbnet demo --help` does not need.
     from ..butler.repo import create_repo
 
     butler = create_repo(str(repo))

@@ -16,6 +16,10 @@ import time
 
 import click
 
+from ..alerts.output import AlertTableWriter, output_format
+from ..alerts.score import AlertScoreSummary, compare_with_survey, iter_scored_batches, output_columns
+from ..alerts.sources import expand_inputs, sniff_survey
+
 
 def _parse_sizes(values) -> dict[str, int]:
     sizes = {}
@@ -128,9 +132,7 @@ def score_alerts(
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    from ..alerts.output import AlertTableWriter, output_format
-    from ..alerts.score import AlertScoreSummary, compare_with_survey, iter_scored_batches, output_columns
-    from ..alerts.sources import expand_inputs, sniff_survey
+    # package and scoring import torch: here, not at the top, so `rbnet score-alerts --help` stays light.
     from ..package import ModelPackageError
 
     sizes = _parse_sizes(cutout_sizes)

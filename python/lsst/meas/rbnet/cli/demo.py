@@ -34,6 +34,8 @@ from typing import Any
 
 import click
 
+from ..flags import SourceFlag
+from ..sim.visit import simulate_visit
 from ._demo_common import (
     DEMO_MARKER,
     LABELS_RUN,
@@ -72,8 +74,6 @@ def _simulate(seed: int, visit: int, detector: int, size: int, n_sources: int | 
     tile the focal plane on a 4-wide grid, so visit regions are compact as in real data.
     """
     import numpy as np
-
-    from ..sim.visit import simulate_visit
 
     pixel_scale = 0.2
     rng = np.random.default_rng([seed, visit])
@@ -114,6 +114,7 @@ def _collect(butler, collections, instrument: str):
     import astropy.table
     import numpy as np
 
+    # daf_butler: kept out of `rbnet demo --help` (see run_demo).
     from ..butler.repo import LABELS_DATASET_TYPE
 
     labels = butler.get(LABELS_DATASET_TYPE, {"instrument": instrument}, collections=LABELS_RUN)
@@ -153,7 +154,7 @@ def _collect(butler, collections, instrument: str):
 def _summarise(table, threshold: float, outdir: Path, console) -> dict[str, Any]:
     import numpy as np
 
-    from ..flags import SourceFlag
+    # torch and matplotlib: imported when the summary is made, not by `rbnet demo --help`.
     from ..training import metrics as M
     from ..training.plots import plot_roc, plot_score_histograms
 
@@ -240,6 +241,7 @@ def run_demo(
     """Run the demo (see the module docstring); return the summary written to ``summary.json``."""
     import astropy.table
 
+    # The Butler layer imports daf_butler (seconds): here, so that `rbnet demo --help` stays fast.
     from ..butler.repo import DEFAULT_INSTRUMENT, VisitWriter, ingest_labels, register_model
 
     console, outdir, repo, log_path = prepare_output(directory, overwrite, console)

@@ -20,6 +20,8 @@ from typing import Any
 
 import click
 
+from ..flags import ObjectFlag
+from ..sim import simulate_visit_series
 from ._demo_common import (
     LABELS_RUN,
     SCORES_COLLECTION,
@@ -55,8 +57,6 @@ SEQ_CUTOUT_SIZE = 29
 
 def _write_series(writer, *, n_visits, n_objects, seed, first_visit, detector, size, ra, dec, console, what):
     """Simulate one multi-visit series of one detector and write it; return its visits' source tables."""
-    from ..sim import simulate_visit_series
-
     with console.status(f"Simulating {what} ({n_visits} visits, {n_objects} objects) ..."):
         series = simulate_visit_series(
             n_visits,
@@ -95,7 +95,7 @@ def _object_truth(tables):
 def _sequence_summary(objects, truth, outdir: Path) -> dict[str, Any]:
     import numpy as np
 
-    from ..flags import ObjectFlag
+    # torch and matplotlib: imported when the summary is made, not by `rbnet demo --help`.
     from ..training import metrics as M
     from ..training.plots import plot_roc
 
@@ -199,6 +199,8 @@ def run_sequence_demo(
     import astropy.table
     import numpy as np
 
+    # The Butler layer and the tasks import daf_butler and pipe_base (seconds): here, so that
+    # `rbnet demo --help` stays fast.
     from ..butler.repo import DEFAULT_INSTRUMENT, VisitWriter, ingest_labels, labels_table, register_model
     from ..tasks.sequence import SEQUENCE_MODEL_DATASET_TYPE, SEQUENCE_RELIABILITY_DATASET_TYPE
 

@@ -11,7 +11,16 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..fileio import atomic_path
+from ..constants import ARTIFACT_CLASSES, REAL_CLASSES
+from ..fileio import atomic_path, check_output_path
+# The simulator needs numpy, scipy and astropy only (matplotlib is imported inside the gallery
+# functions), so importing it here keeps torch and matplotlib out of `rbnet simulate --help`.
+from ..sim.gallery import make_gallery, make_visit_preview
+from ..sim.io import write_stamps
+from ..sim.sequences import simulate_sequences
+from ..sim.stamps import class_counts, simulate_stamps
+from ..sim.visit import simulate_visit
+from ..sim.visit_stamps import simulate_visit_stamps
 from ._options import FiniteFloatRange
 
 #: Smallest stamp side the simulator accepts (pixels): the seeing FWHM reaches 6 pixels and
@@ -58,7 +67,6 @@ def _output(out: str, npz: bool = True) -> Path:
     With ``npz`` the file numpy really writes: ``.npz`` appended to a name without it
     (numpy does so silently; the messages name the real file).
     """
-    from ..fileio import check_output_path
 
     path = Path(out)
     if npz and path.suffix != ".npz":
@@ -77,7 +85,6 @@ def _class_fractions(n: int, real_fraction: float) -> tuple[dict[str, int], int]
     real and bogus totals are rounded first (half up), then shared equally by the classes
     of each kind (largest remainder).
     """
-    from ..constants import ARTIFACT_CLASSES, REAL_CLASSES
 
     n_real = int(math.floor(n * real_fraction + 0.5))
     counts: dict[str, int] = {}
@@ -94,8 +101,6 @@ def _weighted_class_counts(n: int, real_fraction: float, specs) -> dict[str, int
     classes share it in proportion to their weights; counts are rounded by largest
     remainder (`lsst.meas.rbnet.sim.stamps.class_counts`).
     """
-    from ..constants import ARTIFACT_CLASSES, REAL_CLASSES
-    from ..sim.stamps import class_counts
 
     weights = {c: 1.0 for c in REAL_CLASSES + ARTIFACT_CLASSES}
     for spec in specs:
@@ -249,8 +254,6 @@ def stamps(
     an even --size (Rubin's 30x30 alert cutouts) is simulated one pixel
     larger and cropped to [:S, :S], so the source stays at pixel (S // 2, S // 2).
     """
-    from ..sim.io import write_stamps
-    from ..sim.stamps import simulate_stamps
 
     if survey is None and size % 2 != 1:
         raise click.BadParameter(f"--size must be odd (even sizes only with --survey), got {size}.")
@@ -334,8 +337,6 @@ def visit_stamps(out, first_seed, visits, size, shape, n_sources):
     measured centroids; masks are the mask planes), for training on the
     crowding, shared artifacts and PSFs of whole visits.
     """
-    from ..sim.io import write_stamps
-    from ..sim.visit_stamps import simulate_visit_stamps
 
     if size % 2 != 1:
         raise click.BadParameter(f"--size must be odd, got {size}.")
@@ -427,7 +428,6 @@ def visit(
     Files: science.fits, template.fits, difference.fits (afw MaskedImage layout:
     IMAGE, MASK, VARIANCE HDUs), sources.ecsv (or .parquet) and metadata.json.
     """
-    from ..sim.visit import simulate_visit
 
     height, width = _parse_shape(shape)
     if preview:
@@ -458,8 +458,6 @@ def visit(
         + ", ".join(sorted(p.rsplit("/", 1)[-1] for p in paths.values()))
     )
     if preview:
-        from ..sim.gallery import make_visit_preview
-
         with atomic_path(preview) as tmp:
             make_visit_preview(result, tmp)
         click.echo(f"Wrote preview {preview}.")
@@ -491,7 +489,6 @@ def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
     Keys: frames (sum T, C, F, F) float32, offsets (N + 1,), times (sum T,) MJD,
     label, source_class, kind, object_id, plus per-frame fwhm and snr.
     """
-    from ..sim.sequences import simulate_sequences
 
     out = _output(out)
     lo, hi = n_visits
@@ -542,7 +539,6 @@ def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
 )
 def gallery(out, seed, n_per_class, size, survey):
     """Plot simulated examples of every class (one row per class) to OUT (PNG)."""
-    from ..sim.gallery import make_gallery
 
     if survey is None and size % 2 != 1:
         raise click.BadParameter(f"--size must be odd (even sizes only with --survey), got {size}.")
