@@ -41,6 +41,8 @@ def register_model(repo, package, name, dataset_type):
     of the wrong kind for the dataset type is refused; a failure leaves the repository
     as it was.
     """
+    # Here and below: the Butler layer imports daf_butler and package imports torch, which
+    # `rbnet --help` and the commands' --help do not need.
     from ..butler.repo import register_model as _register
     from ..package import ModelPackageError
 

@@ -10,6 +10,10 @@ import time
 
 import click
 
+from .. import sim
+from ..constants import CHANNEL_ORDER
+from ..fileio import check_output_path, write_atomic
+from ..sim.sequences import SequenceSet
 from ._options import FiniteFloatRange
 
 #: Default wall-time budget of ``sequence-cv`` (seconds): 5 folds must fit in 30 minutes.
@@ -124,10 +128,9 @@ def sequence_cv(
     trains each model on k-1 folds and tests on the last, and prints ROC-AUC,
     accuracy and F1 (artifact class, as in the RB_ZTF paper) as mean +/- std over folds.
     """
+    # The sequence package imports torch: here, so that `rbnet sequence-cv --help` stays light.
     from ..sequence.cv import cross_validate, default_workers, plot_roc, resolve_model
     from ..sequence.latents import read_latent_dir
-
-    from ..fileio import check_output_path
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     try:
@@ -199,8 +202,6 @@ def sequence_cv(
         data = result.to_dict()
         data["load_report"] = report.to_dict()
         data["command"] = " ".join(sys.argv)
-        from ..fileio import write_atomic
-
         write_atomic(out, json.dumps(data, indent=1))
         click.echo(f"Results: {out}")
 
@@ -314,7 +315,8 @@ def train_sequence(
     holds the encoder and the classifier, the calibration temperature and the
     held-out metrics.
     """
-    from ..constants import CHANNEL_ORDER
+    # package and the sequence package import torch: here, so that `rbnet train-sequence --help`
+    # stays light.
     from ..package import validate_version_string
     from ..sequence.cv import resolve_model
     from ..sequence.train import (
@@ -323,8 +325,6 @@ def train_sequence(
         VAETrainConfig,
         train_sequence_package,
     )
-
-    from ..fileio import check_output_path
 
     try:
         # Before any work: a bad output path must not be found only after the training.
@@ -337,20 +337,16 @@ def train_sequence(
     want = CHANNEL_ORDER if channels == "triplet" else (channels,)
     t0 = time.perf_counter()
     if input_path:
-        from ..sim.sequences import SequenceSet
-
         try:
             seqs = SequenceSet.load(input_path)
         except (ValueError, OSError) as err:
             raise click.ClickException(f"{input_path}: {err}") from None
     else:
-        from ..sim import simulate_sequences
-
         lo, hi = _parse_range(n_visits)
         click.echo(
             f"Simulating {n_objects} objects with {lo}-{hi} visits of {frame_size}x{frame_size} frames ..."
         )
-        seqs = simulate_sequences(
+        seqs = sim.simulate_sequences(
             n_objects, seed, frame_size=frame_size, n_visits=(lo, hi), channels=CHANNEL_ORDER
         )
     scores = visit_versions = None

@@ -30,8 +30,9 @@ from pathlib import Path
 import click
 
 from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, DIFFERENCE_ONLY
-from ..contract import NORMALIZATIONS
+from ..contract import NORMALIZATIONS, InputContract
 from ..fileio import write_atomic
+from ..sim import simulate_stamps
 from ._options import FINITE_FLOAT, FiniteFloatRange
 
 #: Losses offered on the command line (kept in sync with `training.losses.LOSSES`, checked in the tests).
@@ -68,6 +69,7 @@ def _load_data(files, n_simulate, sim_seed, contract, mask_fraction, seed, conso
     """Prepared labelled stamps from npz files and/or the simulator."""
     import numpy as np
 
+    # torch (training.data): imported when training runs, not by `rbnet train --help`.
     from ..training.data import PreparedStamps, load_npz, prepare_dataset
 
     parts = []
@@ -92,8 +94,6 @@ def _load_data(files, n_simulate, sim_seed, contract, mask_fraction, seed, conso
         console.print(f"read {n} stamps from {Path(f).name}")
     if n_simulate:
         from rich.progress import Progress
-
-        from ..sim import simulate_stamps
 
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"simulating {n_simulate} triplets", total=n_simulate)
@@ -140,6 +140,7 @@ def _init_options(ctx: click.Context, init: str, kfold: int):
     command line with another value are refused; the learning rate and the class-head
     weight get fine-tuning defaults when not given.
     """
+    # torch (package, scoring, training): imported when training runs, not by `rbnet train --help`.
     from ..package import ModelPackageError
     from ..scoring import default_model_path
     from ..training.loop import FINE_TUNE_HEAD_LEARNING_RATE, FINE_TUNE_LEARNING_RATE, load_init_package
@@ -356,7 +357,8 @@ def train(ctx, data_files, n_simulate, sim_seed, out, model_version, channels, s
 
     import torch
 
-    from ..contract import InputContract
+    # The training package imports torch (and its plots matplotlib): here, so that
+    # `rbnet train --help` stays light.
     from ..training.baseline import LogisticBaseline
     from ..training.calibration import apply_temperature
     from ..training.crossval import cross_validate
