@@ -107,7 +107,8 @@ class SequenceScorer:
     package : `lsst.meas.rbnet.package.ModelPackage` or path
         A package of kind ``"sequence"``.
     device : `str`
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (resolved by
+        `lsst.meas.rbnet.scoring.select_device`, as for the triplet scorer).
     chunk_frames : `int`
         Frames encoded per chunk of objects (memory bound).
     encode_batch : `int`
