@@ -18,6 +18,10 @@ Rubin's image differencing do to it:
 
 `measure_objects` gives the PSF-optimal signal-to-noise ratio of labelled
 objects in the noiseless difference, which sets their amplitudes.
+
+`Conditions` and `sample_conditions` live in `lsst.meas.rbnet.sim.conditions`,
+`psf_matched_filter` and `psf_photometry` in `lsst.meas.rbnet.sim.photometry`;
+they are re-exported here.
 """
 
 __all__ = [
@@ -43,6 +47,8 @@ from scipy import ndimage
 
 from ..constants import MASK_PLANES
 from .artifacts import render_artifacts, saturate
+from .conditions import Conditions, sample_conditions
+from .photometry import psf_matched_filter, psf_photometry
 from .psf import DoubleGaussianPsf, matching_kernel_fourier
 from .render import add_patches, render_fourier, render_points, render_spikes
 from .scene import Scene
@@ -51,167 +57,6 @@ from .scene import Scene
 DETECTION_THRESHOLD: float = 5.0
 
 _BIT = {name: np.int32(1 << bit) for name, bit in MASK_PLANES.items()}
-
-
-@dataclasses.dataclass
-class Conditions:
-    """Observing conditions of a batch of science/template pairs; every array has shape (n,).
-
-    Parameters
-    ----------
-    psf_science, psf_template : `DoubleGaussianPsf`
-    sky_sigma_science, sky_sigma_template : `numpy.ndarray`
-        Background noise per pixel (nJy): sky and read noise.
-    gain_science, gain_template : `numpy.ndarray`
-        nJy per detected electron: a source of flux ``F`` adds ``F * gain`` to the variance (nJy^2).
-    saturation : `numpy.ndarray`
-        Science pixel value (nJy above the background) at which the full well is reached.
-    kernel_error : `numpy.ndarray`
-        Fractional width error of the PSF-matching kernel.
-    template_dx, template_dy : `numpy.ndarray`
-        Misregistration of the template (pixels).
-    spike_angle : `numpy.ndarray`
-        Angle of the diffraction spikes of bright stars in the science image
-        (radians; the camera rotation).
-    template_noise_smoothing : `numpy.ndarray`
-        Gaussian sigma (pixels) of the correlation of the template's noise
-        (a warped coadd); 0 for white noise. The per-pixel variance is kept.
-    """
-
-    psf_science: DoubleGaussianPsf
-    psf_template: DoubleGaussianPsf
-    sky_sigma_science: np.ndarray
-    sky_sigma_template: np.ndarray
-    gain_science: np.ndarray
-    gain_template: np.ndarray
-    saturation: np.ndarray
-    kernel_error: np.ndarray
-    template_dx: np.ndarray
-    template_dy: np.ndarray
-    spike_angle: np.ndarray = 0.7853981633974483
-    template_noise_smoothing: np.ndarray = 0.0
-
-    def __post_init__(self) -> None:
-        n = len(self.psf_science)
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not isinstance(value, DoubleGaussianPsf):
-                setattr(self, field.name, np.broadcast_to(np.asarray(value, dtype=float), (n,)).copy())
-        if len(self.psf_template) != n:
-            raise ValueError("Conditions: psf_science and psf_template differ in length.")
-
-    def __len__(self) -> int:
-        return len(self.psf_science)
-
-    def take(self, index) -> "Conditions":
-        """Conditions of the canvases ``index``."""
-        return Conditions(
-            **{
-                f.name: (
-                    getattr(self, f.name).take(index)
-                    if f.name.startswith("psf")
-                    else getattr(self, f.name)[index]
-                )
-                for f in dataclasses.fields(self)
-            }
-        )
-
-    @property
-    def convolve_science(self) -> np.ndarray:
-        """True where the template is the sharper image, so the science image is convolved (n,)."""
-        # The image with the narrower core is convolved: a kernel that narrows a core would
-        # have to deconvolve, which PSF matching cannot do.
-        return self.psf_template.sigma > self.psf_science.sigma
-
-    @property
-    def psf_difference(self) -> DoubleGaussianPsf:
-        """PSF of the difference image: that of the convolved (broader) image."""
-        mode = self.convolve_science
-        s, t = self.psf_science, self.psf_template
-        return DoubleGaussianPsf(
-            *(
-                np.where(mode, a, b)
-                for a, b in zip(
-                    (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
-                    (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
-                )
-            )
-        )
-
-
-def sample_conditions(
-    rng: np.random.Generator,
-    n: int,
-    *,
-    fwhm_range=(1.5, 6.0),
-    fwhm_science=None,
-    fwhm_template=None,
-    sky_sigma_range=(12.0, 50.0),
-    template_depth_range=(6.0, 30.0),
-) -> Conditions:
-    """Draw observing conditions typical of Rubin visits and templates.
-
-    Parameters
-    ----------
-    rng : `numpy.random.Generator`
-    n : `int`
-    fwhm_range : `tuple` [`float`, `float`]
-        Range of seeing FWHM (pixels) for science and template PSFs.
-    fwhm_science, fwhm_template : `float` or array-like, optional
-        Fixed FWHMs (pixels) instead of drawn ones.
-    sky_sigma_range : `tuple` [`float`, `float`]
-        Range of the science background noise per pixel (nJy), drawn log-uniformly.
-    template_depth_range : `tuple` [`float`, `float`]
-        Range of the number of visits in the template coadd (its noise is
-        ``sqrt(depth)`` lower).
-    """
-    lo, hi = fwhm_range
-    if not 0 < lo <= hi:
-        raise ValueError(f"fwhm_range must satisfy 0 < lo <= hi, got {fwhm_range}.")
-    if fwhm_science is None:
-        # Half uniform over the range (coverage for training), half a realistic log-normal seeing.
-        realistic = np.exp(rng.normal(np.log(3.6), 0.3, n))
-        fwhm_s = np.where(rng.random(n) < 0.5, rng.uniform(lo, hi, n), realistic)
-        fwhm_s = np.clip(fwhm_s, lo, hi)
-    else:
-        fwhm_s = np.broadcast_to(np.asarray(fwhm_science, dtype=float), (n,)).copy()
-    if fwhm_template is None:
-        # Templates are built from the better-seeing visits: usually sharper than the science image.
-        ratio = np.where(rng.random(n) < 0.8, rng.uniform(0.6, 0.95, n), rng.uniform(1.02, 1.3, n))
-        fwhm_t = np.clip(fwhm_s * ratio, lo, hi)
-    else:
-        fwhm_t = np.broadcast_to(np.asarray(fwhm_template, dtype=float), (n,)).copy()
-    psf_s = DoubleGaussianPsf.from_fwhm(
-        fwhm_s,
-        wing_fraction=rng.uniform(0.05, 0.2, n),
-        wing_ratio=rng.uniform(1.8, 2.6, n),
-        ellipticity=np.clip(rng.normal(0, 0.03, n), -0.08, 0.08),
-    )
-    psf_t = DoubleGaussianPsf.from_fwhm(
-        fwhm_t,
-        wing_fraction=rng.uniform(0.05, 0.2, n),
-        wing_ratio=rng.uniform(1.8, 2.6, n),
-        ellipticity=np.clip(rng.normal(0, 0.015, n), -0.05, 0.05),
-    )
-    sky = np.exp(rng.uniform(np.log(sky_sigma_range[0]), np.log(sky_sigma_range[1]), n))
-    gain = rng.uniform(0.35, 0.7, n)
-    depth = rng.uniform(*template_depth_range, n)
-    sky_t = np.exp(rng.uniform(np.log(sky_sigma_range[0]), np.log(sky_sigma_range[1]), n)) / np.sqrt(depth)
-    full_well = rng.uniform(9.0e4, 1.5e5, n)  # electrons
-    sky_electrons = (sky / gain) ** 2
-    return Conditions(
-        psf_science=psf_s,
-        psf_template=psf_t,
-        sky_sigma_science=sky,
-        sky_sigma_template=sky_t,
-        gain_science=gain,
-        gain_template=gain / depth,
-        saturation=gain * (full_well - sky_electrons),
-        kernel_error=rng.normal(0.0, 0.004, n),
-        template_dx=rng.normal(0.0, 0.02, n),
-        template_dy=rng.normal(0.0, 0.02, n),
-        spike_angle=rng.uniform(0.0, np.pi / 2, n),
-    )
 
 
 def render_models(
@@ -371,121 +216,6 @@ def kernel_sum_squares(cond: Conditions) -> np.ndarray:
 def difference_sky_sigma(cond: Conditions) -> np.ndarray:
     """Background noise per pixel of the difference image (nJy), (n,)."""
     return _difference_sky_sigma(cond, kernel_sum_squares(cond))
-
-
-def psf_matched_filter(images, canvas, x, y, psf: DoubleGaussianPsf, sigma, *, search_radius: float = 0.0):
-    """PSF-optimal flux and S/N of the signal near ``(x, y)``, in real space.
-
-    The statistic is ``M = sum_p P(p - c) D(p)`` with ``P`` the pixel-integrated
-    PSF centred at ``c``: the maximum-likelihood PSF flux is ``M / sum P^2`` and
-    its S/N against background noise ``sigma`` is ``M / (sigma sqrt(sum P^2))``.
-    With ``search_radius > 0`` the centre ``c`` also moves by whole pixels up to
-    that distance and the lag with the largest ``|S/N|`` is kept (how a
-    detection lands on the strongest part of an artifact).
-
-    Parameters
-    ----------
-    images : `numpy.ndarray`, (n, H, W)
-        Canvases (NaN is treated as 0).
-    canvas : `numpy.ndarray` of `int`, (k,)
-    x, y : `numpy.ndarray`, (k,)
-        Centres (pixels).
-    psf : `DoubleGaussianPsf`
-        PSF per row (length k).
-    sigma : `numpy.ndarray`, (k,)
-        Background noise per pixel.
-
-    Returns
-    -------
-    snr, flux, dx, dy : `numpy.ndarray`, (k,)
-        Signed S/N and PSF flux at the chosen centre, and its integer lag.
-    """
-    canvas = np.asarray(canvas)
-    k = len(canvas)
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    half = int(np.ceil(min(np.max(psf.extent) * 0.7, 40))) if k else 0
-    r = int(np.floor(search_radius))
-    lags = [
-        (dy, dx)
-        for dy in range(-r, r + 1)
-        for dx in range(-r, r + 1)
-        if dy * dy + dx * dx <= search_radius**2 + 1e-9
-    ]
-    size = 2 * half + 1
-    ix = np.floor(x + 0.5).astype(int)
-    iy = np.floor(y + 0.5).astype(int)
-    grid = np.arange(-half, half + 1, dtype=float)
-    cx, cy, wx, wy = psf.profiles_1d(grid[None, :] + (ix - x)[:, None], grid[None, :] + (iy - y)[:, None])
-    kernel = np.einsum("ky,kx->kyx", cy, cx) + np.einsum("ky,kx->kyx", wy, wx)
-    sum_p2 = (kernel**2).sum(axis=(1, 2))
-    # Patches of the image large enough for every lag.
-    pad = half + r
-    n, height, width = images.shape
-    oy = np.arange(-pad, pad + 1)
-    rows = iy[:, None] + oy[None, :]
-    cols = ix[:, None] + oy[None, :]
-    valid = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    patch = images[
-        canvas[:, None, None],
-        np.clip(rows, 0, height - 1)[:, :, None],
-        np.clip(cols, 0, width - 1)[:, None, :],
-    ]
-    patch = np.where(valid & np.isfinite(patch), patch, 0.0).astype(np.float64)
-    best = np.zeros(k)
-    best_lag = np.zeros((k, 2), int)
-    for dy, dx in lags:
-        m = np.einsum("kyx,kyx->k", kernel, patch[:, r + dy : r + dy + size, r + dx : r + dx + size])
-        better = np.abs(m) > np.abs(best)
-        best = np.where(better, m, best)
-        best_lag[better] = (dy, dx)
-    sigma = np.asarray(sigma, dtype=float)
-    return best / (sigma * np.sqrt(sum_p2)), best / sum_p2, best_lag[:, 1], best_lag[:, 0]
-
-
-def psf_photometry(image: np.ndarray, variance: np.ndarray, x, y, psf: DoubleGaussianPsf):
-    """Inverse-variance weighted PSF fluxes at fixed positions (forced photometry).
-
-    Parameters
-    ----------
-    image, variance : `numpy.ndarray`, (H, W)
-        Pixels (nJy) and variance (nJy^2); NaN pixels are ignored.
-    x, y : `numpy.ndarray`, (k,)
-        Positions (pixels).
-    psf : `DoubleGaussianPsf`
-        PSF per position (length k).
-
-    Returns
-    -------
-    flux, flux_err : `numpy.ndarray`, (k,)
-        ``sum(P D / V) / sum(P^2 / V)`` and ``1 / sqrt(sum(P^2 / V))``; NaN
-        when no valid pixel overlaps the PSF.
-    """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    k = len(x)
-    if k == 0:
-        return np.zeros(0), np.zeros(0)
-    half = int(np.ceil(min(np.max(psf.extent) * 0.7, 40)))
-    grid = np.arange(-half, half + 1)
-    ix = np.floor(x + 0.5).astype(int)
-    iy = np.floor(y + 0.5).astype(int)
-    cx, cy, wx, wy = psf.profiles_1d(grid[None, :] + (ix - x)[:, None], grid[None, :] + (iy - y)[:, None])
-    kernel = np.einsum("ky,kx->kyx", cy, cx) + np.einsum("ky,kx->kyx", wy, wx)
-    height, width = image.shape
-    rows = iy[:, None] + grid[None, :]
-    cols = ix[:, None] + grid[None, :]
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    r = np.clip(rows, 0, height - 1)[:, :, None]
-    c = np.clip(cols, 0, width - 1)[:, None, :]
-    data = image[r, c].astype(np.float64)
-    var = variance[r, c].astype(np.float64)
-    ok = inside & np.isfinite(data) & np.isfinite(var) & (var > 0)
-    w = np.where(ok, kernel / np.where(ok, var, 1.0), 0.0)
-    norm = (w * kernel).sum(axis=(1, 2))
-    flux = (w * np.where(ok, data, 0.0)).sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norm > 0, flux / norm, np.nan), np.where(norm > 0, 1 / np.sqrt(norm), np.nan)
 
 
 def measure_objects(keys: Scene, cond: Conditions, shape, canvas, x, y, *, search_radius=2.0):
