@@ -53,9 +53,6 @@ __all__ = [
     "MODEL_DATASET_TYPES",
 ]
 
-import contextlib
-import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,37 +63,26 @@ import numpy as np
 from lsst.daf.butler import Butler, CollectionType, Config, DatasetType, Timespan
 from lsst.resources import ResourcePathExpression
 
-from ..constants import ALL_CLASSES, BOGUS, REAL, REAL_CLASSES
 from .config import MODEL_STORAGE_CLASS, butler_seed_config
+from .labels import ingest_labels, read_labels_file
 
-#: Instrument name of simulated data.
-DEFAULT_INSTRUMENT = "RBSim"
-
-#: Name of the model package dataset type (dimensionless, like meas_transiNet's).
-MODEL_DATASET_TYPE = "pretrainedModelPackage"
-
-#: Name of the sequence model package dataset type (the sequence task's connection).
-SEQUENCE_MODEL_DATASET_TYPE = "pretrainedSequenceModelPackage"
-
-#: The package kind each model dataset type holds: a task reading one kind cannot use the other.
-MODEL_DATASET_TYPES: dict[str, str] = {
-    MODEL_DATASET_TYPE: "triplet",
-    SEQUENCE_MODEL_DATASET_TYPE: "sequence",
-}
-
-#: CHAINED collection that holds every registered model run, newest first.
-PRETRAINED_MODELS_CHAIN = "pretrained_models"
-
-#: One component of a collection name: letters, digits and ``_ . + -``, not starting with
-#: ``. + -`` (so never ``..``), at most 100 characters.
-_NAME_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
-_NAME_RULE = (
-    "letters, digits and the characters _ . + - (each part 1 to 100 characters, not starting with "
-    ". + or -, no '..'; no spaces, commas or other characters)"
+# Names, name checks and the labels ingestion live in their own modules (moved out of this
+# one so no module is over about 600 lines); re-exported here, where callers and tests
+# import them.
+from .names import (
+    DEFAULT_INSTRUMENT,
+    LABELS_DATASET_TYPE,
+    MODEL_DATASET_TYPE,
+    MODEL_DATASET_TYPES,
+    PRETRAINED_MODELS_CHAIN,
+    SEQUENCE_MODEL_DATASET_TYPE,
+    _collection_exists,
+    _new_run,
+    check_storage_classes,
+    model_run,
+    validate_model_name,
+    validate_run_name,
 )
-
-#: Labels table dataset type (dimensions: instrument).
-LABELS_DATASET_TYPE = "rbnet_labels"
 
 _VISIT_DIMENSIONS = ("instrument", "visit", "detector")
 
@@ -165,30 +151,6 @@ def open_repo(
     butler = repo if isinstance(repo, Butler) else Butler.from_config(repo, writeable=writeable, run=run)
     check_storage_classes(butler)
     return butler
-
-
-def check_storage_classes(butler: Butler) -> None:
-    """Raise a clear error if the repository does not know this package's storage classes.
-
-    Raises
-    ------
-    RuntimeError
-        Naming the fix: ``rbnet configure-repo REPO`` or ``DAF_BUTLER_CONFIG_PATH``.
-    """
-    from lsst.daf.butler import StorageClassFactory
-
-    factory = StorageClassFactory()
-    # The factory is process-wide and filled from each repository's config as it is opened.
-    try:
-        factory.getStorageClass(MODEL_STORAGE_CLASS)
-    except KeyError:
-        from .config import config_search_path
-
-        raise RuntimeError(
-            f"This Butler repository does not know the {MODEL_STORAGE_CLASS} storage class. Configure it "
-            "once with 'rbnet configure-repo REPO', or set "
-            f"DAF_BUTLER_CONFIG_PATH={config_search_path()} for every process that opens it."
-        ) from None
 
 
 def register_instrument(
@@ -450,197 +412,6 @@ class VisitWriter:
         if not self._labels:
             return astropy.table.Table({"id": np.zeros(0, np.int64), "label": np.zeros(0, np.int16)})
         return astropy.table.vstack(self._labels, join_type="outer")
-
-
-def read_labels_file(path: str) -> astropy.table.Table:
-    """Read a labels table from a CSV or Parquet file.
-
-    Raises
-    ------
-    ValueError
-        If the extension is neither ``.csv`` nor ``.parquet``/``.parq``/``.pq``.
-    """
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".csv":
-        return astropy.table.Table.read(path, format="ascii.csv")
-    if ext in (".parquet", ".parq", ".pq"):
-        return astropy.table.Table.read(path, format="parquet")
-    raise ValueError(f"Labels file {path!r}: expected a .csv or .parquet file.")
-
-
-def _validate_labels(table: astropy.table.Table, source: str) -> astropy.table.Table:
-    """Check and normalise a labels table; errors name ``source`` and the column."""
-    cols = set(table.colnames)
-    if "label" not in cols:
-        raise ValueError(f"Labels {source}: no 'label' column (columns: {table.colnames}).")
-    has_id = "id" in cols
-    has_pos = {"ra", "dec", "mjd"} <= cols
-    if not (has_id or has_pos):
-        raise ValueError(
-            f"Labels {source}: need a source 'id' column, or 'ra', 'dec' and 'mjd' columns "
-            f"(columns: {table.colnames})."
-        )
-    out = astropy.table.Table()
-    if has_id:
-        ids = np.asarray(table["id"])
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"Labels {source}: column 'id' must hold integers, got {ids.dtype}.")
-        ids = ids.astype(np.int64)
-        unique, counts = np.unique(ids, return_counts=True)
-        if np.any(counts > 1):
-            raise ValueError(
-                f"Labels {source}: duplicate source ids, e.g. {unique[counts > 1][:5].tolist()}."
-            )
-        out["id"] = ids
-    labels = np.asarray(table["label"])
-    if labels.dtype.kind in "US":
-        lowered = np.char.lower(labels.astype(str))
-        mapping = {"real": REAL, "bogus": BOGUS, "1": REAL, "0": BOGUS}
-        bad = sorted(set(lowered.tolist()) - set(mapping))
-        if bad:
-            raise ValueError(
-                f"Labels {source}: column 'label' has values {bad[:5]}; expected 0/1 or bogus/real."
-            )
-        labels = np.array([mapping[v] for v in lowered], dtype=np.int16)
-    else:
-        bad = sorted(set(np.unique(labels).tolist()) - {REAL, BOGUS})
-        if bad:
-            raise ValueError(
-                f"Labels {source}: column 'label' has values {bad[:5]}; expected 0 (bogus) or 1 (real)."
-            )
-        labels = labels.astype(np.int16)
-    out["label"] = labels
-    if "source_class" in cols:
-        classes = np.asarray(table["source_class"]).astype(str)
-        known = set(ALL_CLASSES) | set(REAL_CLASSES) | {""}
-        unknown = sorted(set(classes.tolist()) - known)
-        if unknown:
-            raise ValueError(
-                f"Labels {source}: unknown source_class values {unknown[:5]}; expected one of "
-                f"{sorted(known - {''})}."
-            )
-        out["source_class"] = classes
-    for col in ("ra", "dec", "mjd"):
-        if col in cols:
-            out[col] = np.asarray(table[col], dtype=np.float64)
-    return out
-
-
-def ingest_labels(
-    repo: ResourcePathExpression | Butler,
-    labels: astropy.table.Table | str,
-    *,
-    run: str,
-    instrument: str | None = None,
-    dataset_type: str = LABELS_DATASET_TYPE,
-) -> Any:
-    """Validate a labels table and put it into the repository.
-
-    Parameters
-    ----------
-    repo : `lsst.resources.ResourcePathExpression` or `lsst.daf.butler.Butler`
-        Repository (opened writeable) or a writeable Butler.
-    labels : `astropy.table.Table` or `str`
-        Table, or a ``.csv``/``.parquet`` file, with ``label`` (0 bogus / 1 real, or the
-        words) and either ``id`` (source id) or ``ra``, ``dec`` (deg) and ``mjd``;
-        optional ``source_class`` (a name from `lsst.meas.rbnet.constants`).
-    run : `str`
-        RUN collection to write into (e.g. ``labels/2024-06``).
-    instrument : `str`, optional
-        Instrument the labels belong to; the repository's only instrument by default.
-    dataset_type : `str`, optional
-        Dataset type name.
-
-    Returns
-    -------
-    ref : `lsst.daf.butler.DatasetRef`
-        The dataset written.
-    """
-    validate_run_name(run)
-    butler = repo if isinstance(repo, Butler) else Butler.from_config(repo, writeable=True)
-    source = repr(labels) if isinstance(labels, str) else "table"
-    table = read_labels_file(labels) if isinstance(labels, str) else labels
-    table = _validate_labels(table, source)
-    if instrument is None:
-        names = [r.name for r in butler.registry.queryDimensionRecords("instrument")]
-        if len(names) != 1:
-            raise ValueError(f"The repository has instruments {names}; say which one the labels belong to.")
-        instrument = names[0]
-    elif not list(butler.registry.queryDimensionRecords("instrument", dataId={"instrument": instrument})):
-        names = [r.name for r in butler.registry.queryDimensionRecords("instrument")]
-        raise ValueError(f"Instrument {instrument!r} is not in the repository; it has {names}.")
-    butler.registry.registerDatasetType(
-        DatasetType(dataset_type, ["instrument"], "ArrowAstropy", universe=butler.dimensions)
-    )
-    if _collection_exists(butler, run):
-        raise RuntimeError(f"Collection {run!r} already exists; choose another --run (labels are never overwritten).")
-    with _new_run(butler, run):
-        return butler.put(table, dataset_type, {"instrument": instrument}, run=run)
-
-
-def validate_run_name(run: Any, what: str = "RUN collection") -> str:
-    """Check a RUN collection name: parts separated by ``/``, each as `validate_model_name`.
-
-    Run names become folders of a file datastore, so ``..``, absolute names, empty parts
-    and characters that other tools split on (``,``, spaces) are refused.
-
-    Raises
-    ------
-    ValueError
-        Naming the value and the allowed characters.
-    """
-    if not isinstance(run, str):
-        raise ValueError(f"{what} name must be a string, got {run!r}.")
-    parts = run.split("/")
-    if any(not _NAME_COMPONENT.fullmatch(p) or ".." in p for p in parts) or len(run) > 400:
-        raise ValueError(
-            f"{what} name {run!r} is not allowed: use parts separated by '/' made of {_NAME_RULE}."
-        )
-    return run
-
-
-def validate_model_name(name: Any) -> str:
-    """Check a model name (one collection name part, no ``/``); see `validate_run_name`."""
-    if not isinstance(name, str) or not _NAME_COMPONENT.fullmatch(name) or ".." in name:
-        raise ValueError(f"Model name {name!r} is not allowed: use {_NAME_RULE}; no '/'.")
-    return name
-
-
-@contextlib.contextmanager
-def _new_run(butler: Butler, run: str):
-    """Register RUN ``run`` for the block; remove it again (with anything written) if the block fails.
-
-    A failure then leaves the registry as it was, and the name is not burnt. A run that
-    exists already (made by another process since it was checked) is refused, never reused.
-    """
-    from lsst.daf.butler import MissingCollectionError
-
-    if not butler.registry.registerCollection(run, CollectionType.RUN):
-        raise RuntimeError(
-            f"Collection {run!r} already exists (another process may have just made it); "
-            "nothing was written. Choose another name."
-        )
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(MissingCollectionError):
-            butler.removeRuns([run], unlink_from_chains=True)
-        raise
-
-
-def _collection_exists(butler: Butler, name: str) -> bool:
-    from lsst.daf.butler import MissingCollectionError
-
-    try:
-        butler.registry.getCollectionType(name)
-    except MissingCollectionError:
-        return False
-    return True
-
-
-def model_run(name: str) -> str:
-    """RUN collection of a registered model: ``pretrained_models/<name>`` (name checked)."""
-    return f"{PRETRAINED_MODELS_CHAIN}/{validate_model_name(name)}"
 
 
 def register_model(
