@@ -27,6 +27,40 @@ from ._options import FiniteFloatRange
 #: chip edges are placed 2 to S/2 - 1 pixels from the centre.
 MIN_SIM_STAMP_SIZE = 11
 
+# Options and the argument shared by several sub-commands: one definition each (the help
+# text, where it differs between commands, is passed in).
+_OUT_ARGUMENT = click.argument("out", type=click.Path(dir_okay=False, writable=True))
+_SHAPE_OPTION = click.option(
+    "--shape", default="1024,1024", show_default=True, help="Detector HEIGHT,WIDTH in pixels."
+)
+_SURVEY_CHOICE = click.Choice(["rubin", "ztf", "decam"], case_sensitive=False)
+
+
+def _seed_option(help: str = "Random seed."):
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def _size_option(help: str):
+    return click.option(
+        "--size", type=click.IntRange(min=MIN_SIM_STAMP_SIZE), default=51, show_default=True, help=help
+    )
+
+
+def _count_option(name: str, default: int, help: str, minimum: int = 1):
+    return click.option(name, type=click.IntRange(min=minimum), default=default, show_default=True, help=help)
+
+
+def _fraction_option(name: str, default: float, help: str):
+    return click.option(name, type=FiniteFloatRange(0, 1), default=default, show_default=True, help=help)
+
+
+def _real_fraction_option(help: str):
+    return _fraction_option("--real-fraction", 0.5, help)
+
+
+def _range_option(name: str, default: str, help: str):
+    return click.option(name, default=default, show_default=True, callback=_parse_range, help=help)
+
 
 def _parse_shape(shape: str) -> tuple[int, int]:
     """HEIGHT,WIDTH of ``--shape``, each at least 64 pixels."""
@@ -162,59 +196,25 @@ def simulate():
 
 
 @simulate.command("stamps")
-@click.argument("out", type=click.Path(dir_okay=False, writable=True))
+@_OUT_ARGUMENT
 @click.option(
     "--n", "n", type=click.IntRange(min=1), default=10000, show_default=True, help="Number of stamps."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option(
-    "--size",
-    type=click.IntRange(min=MIN_SIM_STAMP_SIZE),
-    default=51,
-    show_default=True,
-    help="Stamp side in pixels (odd).",
-)
-@click.option(
-    "--real-fraction",
-    type=FiniteFloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Fraction of real examples (N times it, rounded half up; the rounding is reported).",
-)
-@click.option(
-    "--fwhm-range",
-    default="1.5,6.0",
-    show_default=True,
-    callback=_parse_range,
-    help="Seeing FWHM range in pixels, LO,HI.",
-)
-@click.option(
-    "--snr-range",
-    default="3,1000",
-    show_default=True,
-    callback=_parse_range,
-    help="S/N range of the labelled objects, LO,HI.",
-)
-@click.option(
-    "--edge-fraction",
-    type=FiniteFloatRange(0, 1),
-    default=0.03,
-    show_default=True,
-    help="Fraction of examples near a chip edge.",
-)
-@click.option(
-    "--no-template-fraction",
-    type=FiniteFloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Fraction of examples whose template lacks data over part of the stamp.",
+@_seed_option()
+@_size_option("Stamp side in pixels (odd).")
+@_real_fraction_option("Fraction of real examples (N times it, rounded half up; the rounding is reported).")
+@_range_option("--fwhm-range", "1.5,6.0", "Seeing FWHM range in pixels, LO,HI.")
+@_range_option("--snr-range", "3,1000", "S/N range of the labelled objects, LO,HI.")
+@_fraction_option("--edge-fraction", 0.03, "Fraction of examples near a chip edge.")
+@_fraction_option(
+    "--no-template-fraction", 0.0, "Fraction of examples whose template lacks data over part of the stamp."
 )
 @click.option(
     "--variance/--no-variance", default=False, show_default=True, help="Also write variance planes."
 )
 @click.option(
     "--survey",
-    type=click.Choice(["rubin", "ztf", "decam"], case_sensitive=False),
+    type=_SURVEY_CHOICE,
     default=None,
     help="Simulate with a survey preset (seeing, pixel scale, noise, sky, template depth, units, "
     "edges, missing pixels, sign of negative detections); replaces --fwhm-range and --edge-fraction. "
@@ -306,30 +306,12 @@ def stamps(
 
 
 @simulate.command("visit-stamps")
-@click.argument("out", type=click.Path(dir_okay=False, writable=True))
+@_OUT_ARGUMENT
 @click.option("--first-seed", type=int, default=0, show_default=True, help="Seed of the first visit.")
-@click.option(
-    "--visits",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Number of visits (seeds FIRST-SEED, FIRST-SEED+1, ...).",
-)
-@click.option(
-    "--size",
-    type=click.IntRange(min=MIN_SIM_STAMP_SIZE),
-    default=51,
-    show_default=True,
-    help="Stamp side in pixels (odd).",
-)
-@click.option("--shape", default="1024,1024", show_default=True, help="Detector HEIGHT,WIDTH in pixels.")
-@click.option(
-    "--n-sources",
-    type=click.IntRange(min=1),
-    default=300,
-    show_default=True,
-    help="Labelled objects per visit.",
-)
+@_count_option("--visits", 10, "Number of visits (seeds FIRST-SEED, FIRST-SEED+1, ...).")
+@_size_option("Stamp side in pixels (odd).")
+@_SHAPE_OPTION
+@_count_option("--n-sources", 300, "Labelled objects per visit.")
 def visit_stamps(out, first_seed, visits, size, shape, n_sources):
     """Write the stamps of all sources of simulated detector visits to OUT (.npz).
 
@@ -363,22 +345,10 @@ def visit_stamps(out, first_seed, visits, size, shape, n_sources):
 
 @simulate.command("visit")
 @click.argument("out_dir", type=click.Path(file_okay=False, writable=True))
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--shape", default="1024,1024", show_default=True, help="Detector HEIGHT,WIDTH in pixels.")
-@click.option(
-    "--n-sources",
-    type=click.IntRange(min=0),
-    default=300,
-    show_default=True,
-    help="Number of labelled objects.",
-)
-@click.option(
-    "--real-fraction",
-    type=FiniteFloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Fraction of real objects (rounded half up; the rounding is reported).",
-)
+@_seed_option()
+@_SHAPE_OPTION
+@_count_option("--n-sources", 300, "Number of labelled objects.", minimum=0)
+@_real_fraction_option("Fraction of real objects (rounded half up; the rounding is reported).")
 @click.option(
     "--fwhm-science",
     type=FiniteFloatRange(min=0.5, max=50),
@@ -394,13 +364,7 @@ def visit_stamps(out, first_seed, visits, size, shape, n_sources):
 @click.option("--visit", type=int, default=None, help="Visit id (default 2026010100000 + seed).")
 @click.option("--detector", type=int, default=0, show_default=True, help="Detector id.")
 @click.option("--band", type=click.Choice(["u", "g", "r", "i", "z", "y"]), default="r", show_default=True)
-@click.option(
-    "--template-coverage",
-    type=FiniteFloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Fraction of the detector without template data.",
-)
+@_fraction_option("--template-coverage", 0.0, "Fraction of the detector without template data.")
 @click.option("--sources-format", type=click.Choice(["ecsv", "parquet"]), default="ecsv", show_default=True)
 @click.option(
     "--preview",
@@ -464,24 +428,12 @@ def visit(
 
 
 @simulate.command("sequences")
-@click.argument("out", type=click.Path(dir_okay=False, writable=True))
+@_OUT_ARGUMENT
 @click.option("--n-objects", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--frame-size", type=click.IntRange(min=3), default=28, show_default=True)
-@click.option(
-    "--n-visits",
-    default="1,100",
-    show_default=True,
-    callback=_parse_range,
-    help="Range of the number of visits per object, LO,HI.",
-)
-@click.option(
-    "--real-fraction",
-    type=FiniteFloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Fraction of real objects (rounded half up; the rounding is reported).",
-)
+@_range_option("--n-visits", "1,100", "Range of the number of visits per object, LO,HI.")
+@_real_fraction_option("Fraction of real objects (rounded half up; the rounding is reported).")
 def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
     """Write multi-visit cutout sequences of N objects to OUT (.npz, no pickle; ".npz" is appended to a
     name without it).
@@ -515,25 +467,13 @@ def sequences(out, n_objects, seed, frame_size, n_visits, real_fraction):
 
 
 @click.command()
-@click.argument("out", type=click.Path(dir_okay=False, writable=True))
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option(
-    "--n-per-class",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Examples shown per class.",
-)
-@click.option(
-    "--size",
-    type=click.IntRange(min=MIN_SIM_STAMP_SIZE),
-    default=51,
-    show_default=True,
-    help="Stamp side (pixels).",
-)
+@_OUT_ARGUMENT
+@_seed_option()
+@_count_option("--n-per-class", 4, "Examples shown per class.")
+@_size_option("Stamp side (pixels).")
 @click.option(
     "--survey",
-    type=click.Choice(["rubin", "ztf", "decam"], case_sensitive=False),
+    type=_SURVEY_CHOICE,
     default=None,
     help="Show the stamps of a survey preset (even --size allowed, e.g. rubin 30).",
 )
