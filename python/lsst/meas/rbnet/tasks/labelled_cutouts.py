@@ -34,34 +34,19 @@ from lsst.utils.timer import timeMethod
 from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, DEFAULT_STAMP_SIZE
 from ..tables import match_labels, source_table_from_any
 from .adapter import check_same_bbox, to_arrays
+from .connections import VISIT_DIMENSIONS, visit_input, visit_output
 from .errors import MissingColumnError
 
-_DIMS = ("instrument", "visit", "detector")
-
-
-class LabelledCutoutsConnections(pipeBase.PipelineTaskConnections, dimensions=_DIMS):
+class LabelledCutoutsConnections(pipeBase.PipelineTaskConnections, dimensions=VISIT_DIMENSIONS):
     """Connections of `LabelledCutoutsTask`."""
 
-    science = cT.Input(
-        doc="Science image (calibrated visit image).",
-        name="preliminary_visit_image",
-        storageClass="VisitImage",
-        dimensions=_DIMS,
+    science = visit_input("preliminary_visit_image", "VisitImage", "Science image (calibrated visit image).")
+    template = visit_input(
+        "template_detector", "RBNetMaskedImage", "Template warped onto the science image's pixel grid."
     )
-    template = cT.Input(
-        doc="Template warped onto the science image's pixel grid.",
-        name="template_detector",
-        storageClass="RBNetMaskedImage",
-        dimensions=_DIMS,
-    )
-    difference = cT.Input(
-        doc="Difference image.", name="difference_image", storageClass="DifferenceImage", dimensions=_DIMS
-    )
-    sources = cT.Input(
-        doc="Sources detected on the difference image.",
-        name="dia_source_unstandardized",
-        storageClass="ArrowAstropy",
-        dimensions=_DIMS,
+    difference = visit_input("difference_image", "DifferenceImage", "Difference image.")
+    sources = visit_input(
+        "dia_source_unstandardized", "ArrowAstropy", "Sources detected on the difference image."
     )
     labels = cT.Input(
         doc="Real/bogus labels (id or ra/dec/mjd, label, optional source_class), from rbnet ingest-labels.",
@@ -69,12 +54,11 @@ class LabelledCutoutsConnections(pipeBase.PipelineTaskConnections, dimensions=_D
         storageClass="ArrowAstropy",
         dimensions=("instrument",),
     )
-    cutouts = cT.Output(
-        doc="Raw stamps of the labelled sources: id, stamp (N, 3, S, S) float32 (NaN where untrusted), "
+    cutouts = visit_output(
+        "rbnet_labelled_cutouts",
+        "ArrowAstropy",
+        "Raw stamps of the labelled sources: id, stamp (N, 3, S, S) float32 (NaN where untrusted), "
         "label, source_class, snr, flags, x, y.",
-        name="rbnet_labelled_cutouts",
-        storageClass="ArrowAstropy",
-        dimensions=_DIMS,
     )
 
 

@@ -45,13 +45,13 @@ import numpy as np
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
-import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, VERSION_MAX_LENGTH
 from ..flags import UNSCORABLE, SourceFlag
 from ..tables import source_table_from_any
 from .adapter import ImageArrays, check_same_bbox, to_arrays
+from .connections import model_input, visit_input, visit_output
 from .errors import (
     BadColumnError,
     DuplicateSourceIdError,
@@ -71,57 +71,46 @@ class ReliabilityConnections(
 ):
     """Connections of `ReliabilityTask`; names default to ap_pipe's."""
 
-    science = cT.Input(
-        doc="Science image the difference was made from (calibrated visit image).",
-        name="preliminary_visit_image",
-        storageClass="VisitImage",
-        dimensions=("instrument", "visit", "detector"),
+    science = visit_input(
+        "preliminary_visit_image",
+        "VisitImage",
+        "Science image the difference was made from (calibrated visit image).",
     )
-    template = cT.Input(
-        doc="Template warped onto the science image's pixel grid (PSF-unmatched).",
-        name="template_detector",
-        storageClass="RBNetMaskedImage",
-        dimensions=("instrument", "visit", "detector"),
+    template = visit_input(
+        "template_detector",
+        "RBNetMaskedImage",
+        "Template warped onto the science image's pixel grid (PSF-unmatched).",
     )
-    difference = cT.Input(
-        doc="Difference image the sources were detected on.",
-        name="difference_image",
-        storageClass="DifferenceImage",
-        dimensions=("instrument", "visit", "detector"),
+    difference = visit_input(
+        "difference_image", "DifferenceImage", "Difference image the sources were detected on."
     )
-    sources = cT.Input(
-        doc="Sources detected on the difference image (id and pixel centroid columns).",
-        name="dia_source_unstandardized",
-        storageClass="ArrowAstropy",
-        dimensions=("instrument", "visit", "detector"),
+    sources = visit_input(
+        "dia_source_unstandardized",
+        "ArrowAstropy",
+        "Sources detected on the difference image (id and pixel centroid columns).",
     )
-    pretrainedModel = cT.PrerequisiteInput(
-        doc="Trained model package (weights, architecture, input contract, calibration), found by "
+    pretrainedModel = model_input(
+        "pretrainedModelPackage",
+        "Trained model package (weights, architecture, input contract, calibration), found by "
         "collection, e.g. pretrained_models/<name>.",
-        name="pretrainedModelPackage",
-        storageClass="RBNetModelPackage",
-        dimensions=(),
     )
-    reliability = cT.Output(
-        doc="One row per input source, in input order: id, score (reliability in [0, 1] or NaN), "
+    reliability = visit_output(
+        "dia_source_reliability",
+        "ArrowAstropy",
+        "One row per input source, in input order: id, score (reliability in [0, 1] or NaN), "
         "version (the model's, at most 7 characters), reliabilityFlags.",
-        name="dia_source_reliability",
-        storageClass="ArrowAstropy",
-        dimensions=("instrument", "visit", "detector"),
     )
-    sourcesWithReliability = cT.Output(
-        doc="The input source table with reliability (float32), reliabilityVersion and "
+    sourcesWithReliability = visit_output(
+        "dia_source_unstandardized_reliability",
+        "ArrowAstropy",
+        "The input source table with reliability (float32), reliabilityVersion and "
         "reliabilityFlags columns added.",
-        name="dia_source_unstandardized_reliability",
-        storageClass="ArrowAstropy",
-        dimensions=("instrument", "visit", "detector"),
     )
-    cutouts = cT.Output(
-        doc="Raw per-source stamps (difference, science, template; untrusted pixels NaN) with id, "
+    cutouts = visit_output(
+        "dia_source_cutouts",
+        "ArrowAstropy",
+        "Raw per-source stamps (difference, science, template; untrusted pixels NaN) with id, "
         "reliabilityFlags and the pixel centre, for the sequence model and for training.",
-        name="dia_source_cutouts",
-        storageClass="ArrowAstropy",
-        dimensions=("instrument", "visit", "detector"),
     )
 
     def __init__(self, *, config=None):

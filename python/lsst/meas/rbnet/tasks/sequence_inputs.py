@@ -24,6 +24,7 @@ import lsst.pipe.base as pipeBase
 
 from ..sequence.frames import SourceFrames, gather_frames
 from ..tables import TableColumnError
+from .connections import VISIT_DIMENSIONS
 from .errors import MissingColumnError
 
 #: Dataset type of the sequence model package (dimensionless, found by collection).
@@ -31,8 +32,6 @@ SEQUENCE_MODEL_DATASET_TYPE = "pretrainedSequenceModelPackage"
 
 #: Dataset type of the per-object sequence reliability table.
 SEQUENCE_RELIABILITY_DATASET_TYPE = "dia_object_sequence_reliability"
-
-VISIT_DIMENSIONS = ("instrument", "visit", "detector")
 
 
 class SequenceInputsConfig(pexConfig.Config):

@@ -30,11 +30,11 @@ from ..flags import ObjectFlag
 from ..sequence.association import group_sources
 from ..sequence.objects import score_objects
 from ..sequence.partition import SkyPartition
+from .connections import model_input, visit_input
 from .errors import NoSequenceModelError, check_model_package, no_model_message
 from .sequence_inputs import (
     SEQUENCE_MODEL_DATASET_TYPE,
     SEQUENCE_RELIABILITY_DATASET_TYPE,
-    VISIT_DIMENSIONS,
     SequenceInputsConfig,
     gather_inputs,
     keep_pairs,
@@ -69,29 +69,25 @@ class SequenceReliabilityConnections(
 ):
     """Connections of `SequenceReliabilityTask`; the quantum dimensions are ``config.partitionDimensions``."""
 
-    cutouts = cT.Input(
-        doc="Raw per-source stamps of every (visit, detector) overlapping the partition (reliability task "
+    cutouts = visit_input(
+        "dia_source_cutouts",
+        "ArrowAstropy",
+        "Raw per-source stamps of every (visit, detector) overlapping the partition (reliability task "
         "with doWriteCutouts).",
-        name="dia_source_cutouts",
-        storageClass="ArrowAstropy",
-        dimensions=VISIT_DIMENSIONS,
         multiple=True,
         deferLoad=True,
     )
-    sources = cT.Input(
-        doc="The source catalogues matching the cutouts (id, ra, dec, optionally diaObjectId, a time and "
+    sources = visit_input(
+        "dia_source_unstandardized_reliability",
+        "ArrowAstropy",
+        "The source catalogues matching the cutouts (id, ra, dec, optionally diaObjectId, a time and "
         "the single-visit reliability).",
-        name="dia_source_unstandardized_reliability",
-        storageClass="ArrowAstropy",
-        dimensions=VISIT_DIMENSIONS,
         multiple=True,
         deferLoad=True,
     )
-    sequenceModel = cT.PrerequisiteInput(
-        doc="Sequence model package (kind 'sequence'), found by collection, e.g. pretrained_models/<name>.",
-        name=SEQUENCE_MODEL_DATASET_TYPE,
-        storageClass="RBNetModelPackage",
-        dimensions=(),
+    sequenceModel = model_input(
+        SEQUENCE_MODEL_DATASET_TYPE,
+        "Sequence model package (kind 'sequence'), found by collection, e.g. pretrained_models/<name>.",
     )
     objectReliability = cT.Output(
         doc="One row per object owned by the partition: objectId, nVisits, nSources, firstMjd, lastMjd, ra, "

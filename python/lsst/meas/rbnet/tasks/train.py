@@ -35,54 +35,43 @@ import numpy as np
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
-import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
 from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, REAL
 from ..contract import NORMALIZATIONS
+from .connections import global_output, model_input, visit_input
 
 
 class TrainTripletConnections(pipeBase.PipelineTaskConnections, dimensions=()):
     """Connections of `TrainTripletTask`: one quantum over all selected cutouts."""
 
-    cutouts = cT.Input(
-        doc="Labelled raw stamps (from LabelledCutoutsTask), all of them.",
-        name="rbnet_labelled_cutouts",
-        storageClass="ArrowAstropy",
-        dimensions=("instrument", "visit", "detector"),
+    cutouts = visit_input(
+        "rbnet_labelled_cutouts",
+        "ArrowAstropy",
+        "Labelled raw stamps (from LabelledCutoutsTask), all of them.",
         multiple=True,
     )
-    model = cT.Output(
-        doc="The trained, calibrated model package (usable as the reliability task's pretrainedModel).",
-        name="pretrainedModelPackage",
-        storageClass="RBNetModelPackage",
-        dimensions=(),
+    model = global_output(
+        "pretrainedModelPackage",
+        "RBNetModelPackage",
+        "The trained, calibrated model package (usable as the reliability task's pretrainedModel).",
     )
-    metrics = cT.Output(
-        doc="Validation metrics, per-epoch history and data summary.",
-        name="rbnet_training_metrics",
-        storageClass="StructuredDataDict",
-        dimensions=(),
+    metrics = global_output(
+        "rbnet_training_metrics",
+        "StructuredDataDict",
+        "Validation metrics, per-epoch history and data summary.",
     )
-    rocPlot = cT.Output(
-        doc="ROC curve and score histograms on the validation set.",
-        name="rbnet_training_roc",
-        storageClass="Plot",
-        dimensions=(),
+    rocPlot = global_output(
+        "rbnet_training_roc", "Plot", "ROC curve and score histograms on the validation set."
     )
-    historyPlot = cT.Output(
-        doc="Training and validation loss and validation AUC per epoch.",
-        name="rbnet_training_history",
-        storageClass="Plot",
-        dimensions=(),
+    historyPlot = global_output(
+        "rbnet_training_history", "Plot", "Training and validation loss and validation AUC per epoch."
     )
-    pretrainedModel = cT.PrerequisiteInput(
-        doc="Trained model package to fine-tune from (only with config.initFromPretrained), found by "
+    pretrainedModel = model_input(
+        "pretrainedModelPackage",
+        "Trained model package to fine-tune from (only with config.initFromPretrained), found by "
         "collection, e.g. pretrained_models/<name>.",
-        name="pretrainedModelPackage",
-        storageClass="RBNetModelPackage",
-        dimensions=(),
     )
 
     def __init__(self, *, config=None):

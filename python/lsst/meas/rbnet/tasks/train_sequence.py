@@ -27,9 +27,9 @@ from ..contract import NORMALIZATIONS
 from ..sequence.association import group_sources
 from ..sequence.labels import object_labels, training_sequences
 from ..tables import source_table_from_any
+from .connections import global_output, visit_input
 from .sequence_inputs import (
     SEQUENCE_MODEL_DATASET_TYPE,
-    VISIT_DIMENSIONS,
     SequenceInputsConfig,
     gather_inputs,
     keep_pairs,
@@ -49,20 +49,18 @@ _WIDTH_ARGUMENT = {
 class TrainSequenceConnections(pipeBase.PipelineTaskConnections, dimensions=()):
     """Connections of `TrainSequenceTask`: one quantum over all selected visits."""
 
-    cutouts = cT.Input(
-        doc="Raw per-source stamps of every selected (visit, detector), written by the reliability task "
+    cutouts = visit_input(
+        "dia_source_cutouts",
+        "ArrowAstropy",
+        "Raw per-source stamps of every selected (visit, detector), written by the reliability task "
         "with doWriteCutouts.",
-        name="dia_source_cutouts",
-        storageClass="ArrowAstropy",
-        dimensions=VISIT_DIMENSIONS,
         multiple=True,
         deferLoad=True,
     )
-    sources = cT.Input(
-        doc="The source catalogues matching the cutouts (id, ra, dec, optionally diaObjectId and a time).",
-        name="dia_source_unstandardized_reliability",
-        storageClass="ArrowAstropy",
-        dimensions=VISIT_DIMENSIONS,
+    sources = visit_input(
+        "dia_source_unstandardized_reliability",
+        "ArrowAstropy",
+        "The source catalogues matching the cutouts (id, ra, dec, optionally diaObjectId and a time).",
         multiple=True,
         deferLoad=True,
     )
@@ -74,17 +72,15 @@ class TrainSequenceConnections(pipeBase.PipelineTaskConnections, dimensions=()):
         dimensions=("instrument",),
         multiple=True,
     )
-    model = cT.Output(
-        doc="The trained sequence model package (kind 'sequence': VAE encoder + sequence classifier).",
-        name=SEQUENCE_MODEL_DATASET_TYPE,
-        storageClass="RBNetModelPackage",
-        dimensions=(),
+    model = global_output(
+        SEQUENCE_MODEL_DATASET_TYPE,
+        "RBNetModelPackage",
+        "The trained sequence model package (kind 'sequence': VAE encoder + sequence classifier).",
     )
-    metrics = cT.Output(
-        doc="Held-out metrics, data summary and training settings of the sequence model.",
-        name="rbnet_sequence_training_metrics",
-        storageClass="StructuredDataDict",
-        dimensions=(),
+    metrics = global_output(
+        "rbnet_sequence_training_metrics",
+        "StructuredDataDict",
+        "Held-out metrics, data summary and training settings of the sequence model.",
     )
 
     def adjustQuantum(self, inputs, outputs, label, data_id):
