@@ -21,6 +21,10 @@ Devices: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``,
 ``"cuda:N"``. On CUDA batches are copied from pinned memory without blocking
 and the network runs under `torch.autocast` (bfloat16 where supported, else
 float16); on the CPU it runs in float32.
+
+The runtime shared with the sequence model (device, precision, the model cache) lives in
+`runtime`, the scorer's result, argument checks and background pipeline in
+`scoring_support`; both are re-exported here (the old import paths).
 """
 
 from __future__ import annotations
@@ -43,31 +47,43 @@ __all__ = [
     "select_device",
 ]
 
-import collections
-import dataclasses
-import hashlib
 import importlib.resources
-import itertools
-import json
 import logging
-import math
 import os
-import queue
-import re
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import cutouts
-from .constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, MAX_STAMP_SIZE, MIN_STAMP_SIZE, mask_bits
+from .constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, mask_bits
 from .flags import UNSCORABLE, SourceFlag
 from .nn.triplet import dihedral_transform
 from .package import ModelPackage, ModelPackageError
+from .runtime import (  # noqa: F401
+    CPU_CHUNK_PIXELS,
+    _DEVICE_FORMS,
+    _CACHE_SIZE,
+    select_device,
+    autocast_dtype,
+    cpu_network_chunk,
+    _fuse_conv_bn,
+    _cache,
+    _cache_lock,
+    clear_scorer_cache,
+    cached_model,
+    package_key,
+)
+from .scoring_support import (  # noqa: F401
+    ScoreResult,
+    _check_flag,
+    _check_batch_size,
+    _Failed,
+    _in_background,
+    _check_stamp_shape,
+    _check_channel_arrays,
+)
 
 #: File name of the default model package shipped in ``lsst.meas.rbnet``'s ``data`` directory.
 DEFAULT_MODEL_FILENAME: str = "rbnet-default.safetensors"
@@ -75,21 +91,9 @@ DEFAULT_MODEL_FILENAME: str = "rbnet-default.safetensors"
 #: Default number of sources per batch.
 DEFAULT_BATCH_SIZE: int = 1024
 
-#: On the CPU the network sees chunks of about this many stamp pixels (stamps x S x S) at
-#: once, so its activations stay in cache. Measured on a 2-core Xeon with 1024-stamp batches:
-#: triplet_cnn on 31x31 stamps 1.7 times faster in chunks of 128 than whole, braai_like on
-#: 63x63 stamps 2 times faster in chunks of 32; both sit at about 2**17 pixels (`cpu_network_chunk`).
-CPU_CHUNK_PIXELS: int = 1 << 17
-
 #: On the CPU, `Scorer.score_images` cuts stamps in batches of at most this many sources, the
 #: next batch in a background thread while the network scores the current one.
 PIPELINE_BATCH: int = 256
-
-#: Accepted forms of the ``device`` argument (for error messages).
-_DEVICE_FORMS = "'auto', 'cpu', 'cuda' or 'cuda:N' (N a CUDA device index)"
-
-#: Maximum number of scorers kept by `load_scorer`.
-_CACHE_SIZE = 8
 
 _log = logging.getLogger(__name__)
 
@@ -97,168 +101,9 @@ _UNSCORED = np.int32(SourceFlag.NOT_SCORED)
 _UNSCORABLE_BITS = np.int32(UNSCORABLE | SourceFlag.NOT_SCORED)
 
 
-@dataclasses.dataclass
-class ScoreResult:
-    """Scores of N sources, row-aligned with the input.
-
-    Attributes
-    ----------
-    reliability : `numpy.ndarray`, (N,) float32
-        Calibrated probability that the source is real; NaN where not scored.
-    flags : `numpy.ndarray`, (N,) int32
-        `flags.SourceFlag` bits (preparation flags plus ``NOT_SCORED``).
-    logits : `numpy.ndarray`, (N,) float32
-        Uncalibrated network logits (symmetry-averaged with ``symmetry=True``);
-        NaN where not scored.
-    """
-
-    reliability: np.ndarray
-    flags: np.ndarray
-    logits: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.reliability.shape[0])
-
-
-# ----------------------------------------------------------------------
-# Device and precision
-# ----------------------------------------------------------------------
-
-
-def select_device(device: str | torch.device = "auto") -> torch.device:
-    """Resolve a device request.
-
-    Parameters
-    ----------
-    device : `str` or `torch.device`
-        ``"auto"`` (CUDA if ``torch.cuda.is_available()``, else CPU), ``"cpu"``,
-        ``"cuda"`` (the current CUDA device) or ``"cuda:N"``.
-
-    Returns
-    -------
-    device : `torch.device`
-
-    Raises
-    ------
-    ValueError
-        If the form is not one of those, CUDA is requested but not available,
-        or the CUDA index is out of range.
-    """
-    if isinstance(device, torch.device):
-        device = str(device)
-    if not isinstance(device, str):
-        raise ValueError(f"device must be {_DEVICE_FORMS}; got {device!r}.")
-    name = device.strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    match = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if match is None:
-        raise ValueError(f"Unknown device {device!r}; expected {_DEVICE_FORMS}.")
-    if not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} was requested but CUDA is not available (torch.cuda.is_available() is "
-            "False: no GPU, no driver, or a CPU-only torch); use device='cpu' or 'auto'."
-        )
-    if match.group(1) is None:
-        return torch.device("cuda")
-    index = int(match.group(1))
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise ValueError(
-            f"device {device!r} is out of range: there {'is' if count == 1 else 'are'} {count} CUDA "
-            f"device{'' if count == 1 else 's'} (cuda:0 to cuda:{count - 1})."
-        )
-    return torch.device("cuda", index)
-
-
-def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtype | None:
-    """The autocast dtype to score with, or None for full float32.
-
-    Parameters
-    ----------
-    device : `torch.device`
-        The scoring device.
-    amp : `str` or `bool`
-        ``"auto"``: mixed precision on CUDA (bfloat16 where the GPU supports it,
-        else float16), none on the CPU (float32 convolutions are fast there and
-        CPU half precision is often slower). ``"off"`` / False: never.
-        ``"on"`` / True: on CUDA as "auto", bfloat16 on the CPU.
-        ``"float16"`` / ``"bfloat16"``: that dtype on any device.
-
-    Raises
-    ------
-    ValueError
-        For any other ``amp``.
-    """
-    if amp is False or amp in ("off", "none"):
-        return None
-    if amp == "float16":
-        return torch.float16
-    if amp == "bfloat16":
-        return torch.bfloat16
-    if amp is True or amp in ("auto", "on"):
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if amp is True or amp == "on" else None
-    raise ValueError(f"amp must be 'auto', 'on', 'off', 'float16', 'bfloat16' or a bool; got {amp!r}.")
-
-
-def cpu_network_chunk(stamp_size: int) -> int:
-    """Stamps per network call on the CPU: a power of two near ``CPU_CHUNK_PIXELS / stamp_size**2``.
-
-    128 for 31x31 stamps, 32 for 63x63, 256 for 21x21, 16 for 101x101.
-    """
-    return int(min(1024, max(8, 2 ** round(math.log2(CPU_CHUNK_PIXELS / stamp_size**2)))))
-
-
-def _fuse_conv_bn(module: nn.Module) -> nn.Module:
-    """Fold eval-mode batch norms into the convolutions before them (in place; inference only).
-
-    Only ``Conv2d`` directly followed by ``BatchNorm2d`` inside an ``nn.Sequential``
-    is folded; the batch norm is replaced by ``Identity`` so indices stay put.
-    This saves about a fifth of the CPU time of `nn.triplet.TripletCNN`.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for child in module.children():
-        _fuse_conv_bn(child)
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
-        for a, b in itertools.pairwise(names):
-            conv, bn = module._modules[a], module._modules[b]
-            if (
-                type(conv) is nn.Conv2d
-                and type(bn) is nn.BatchNorm2d
-                and bn.track_running_stats
-                and bn.running_mean is not None
-                and conv.out_channels == bn.num_features
-            ):
-                module._modules[a] = fuse_conv_bn_eval(conv, bn)
-                module._modules[b] = nn.Identity()
-    return module
-
-
 # ----------------------------------------------------------------------
 # The scorer
 # ----------------------------------------------------------------------
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    """``value`` if it is a boolean (Python or numpy), else a ValueError naming ``name``.
-
-    Strings are refused: ``symmetry="no"`` would otherwise be true.
-    """
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ValueError(f"{name} must be a boolean (True or False), got {value!r}.")
-
-
-def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    return int(batch_size)
 
 
 class Scorer:
@@ -606,87 +451,6 @@ class Scorer:
         return self._score_batches(n, batches())
 
 
-class _Failed:
-    """An exception raised in `_in_background`'s thread, carried to the consumer."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-def _in_background(iterable, depth: int = 1):
-    """Iterate ``iterable`` in a daemon thread, at most ``depth`` items ahead of the consumer.
-
-    The producer's exceptions are raised in the consumer; a consumer that stops early
-    (or fails) stops the producer at its next item.
-    """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in iterable:
-                if not put(item):
-                    return
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
-            put(_Failed(err))
-            return
-        put(done)
-
-    thread = threading.Thread(target=produce, name="rbnet-cutouts", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is done:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-
-
-def _check_stamp_shape(hw: Sequence[int], what: str) -> None:
-    for axis, v in zip(("height", "width"), hw):
-        if not (MIN_STAMP_SIZE <= v <= MAX_STAMP_SIZE):
-            raise ValueError(
-                f"{what}: stamp {axis} {v} is outside the accepted range "
-                f"[{MIN_STAMP_SIZE}, {MAX_STAMP_SIZE}] "
-                "pixels."
-            )
-
-
-def _check_channel_arrays(arrays: dict[str, np.ndarray]) -> None:
-    """Check (N, H, W) stamp arrays: 3-d, same N, same H and W, sizes in range."""
-    first = None
-    for name, arr in arrays.items():
-        if arr.ndim != 3:
-            raise ValueError(f"{name} must be a 3-d (N, H, W) array of stamps, got shape {arr.shape}.")
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"{name} must have a real numeric dtype, got {arr.dtype}.")
-        if first is None:
-            first = (name, arr.shape)
-            _check_stamp_shape(arr.shape[1:], name)
-            continue
-        if arr.shape[0] != first[1][0]:
-            raise ValueError(f"{name} has {arr.shape[0]} stamps but {first[0]} has {first[1][0]}.")
-        if arr.shape[1:] != first[1][1:]:
-            raise ValueError(
-                f"{name} stamps are {arr.shape[1]}x{arr.shape[2]} but {first[0]} stamps are "
-                f"{first[1][1]}x{first[1][2]}."
-            )
-
-
 # ----------------------------------------------------------------------
 # Loading and caching
 # ----------------------------------------------------------------------
@@ -695,52 +459,6 @@ def _check_channel_arrays(arrays: dict[str, np.ndarray]) -> None:
 def default_model_path() -> Path:
     """Path of the default model package shipped with ``lsst.meas.rbnet`` (may not exist yet)."""
     return Path(str(importlib.resources.files("lsst.meas.rbnet") / "data" / DEFAULT_MODEL_FILENAME))
-
-
-#: The process-wide cache of loaded models (triplet `Scorer` and sequence scorers alike), least
-#: recently used first; keys start with what identifies the package (`package_key` or its file).
-_cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-_cache_lock = threading.Lock()
-
-
-def clear_scorer_cache() -> None:
-    """Forget every scorer made by `load_scorer` or `cached_model`."""
-    with _cache_lock:
-        _cache.clear()
-
-
-def cached_model(key: tuple, build) -> Any:
-    """``build()`` once per ``key`` in the process-wide model cache (the one `load_scorer` uses).
-
-    Parameters
-    ----------
-    key : `tuple`
-        What makes two loaded models the same, e.g. ``("sequence", package_key(package), device)``.
-    build : callable
-        Makes the model on a miss.
-
-    Returns
-    -------
-    model
-        The cached object (the first one made if two threads built it at once).
-    """
-    with _cache_lock:
-        model = _cache.get(key)
-        if model is not None:
-            _cache.move_to_end(key)
-            return model
-    model = build()
-    with _cache_lock:
-        model = _cache.setdefault(key, model)
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return model
-
-
-def package_key(package: ModelPackage) -> str:
-    """Identity of a package in memory: its weights digest and a hash of its metadata."""
-    meta = json.dumps(package.metadata(), sort_keys=True, default=str)
-    return package.digest + ":" + hashlib.sha256(meta.encode("utf-8")).hexdigest()
 
 
 def load_scorer(
