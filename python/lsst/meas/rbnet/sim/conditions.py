@@ -5,7 +5,7 @@ Moved out of `lsst.meas.rbnet.sim.imaging` (which re-exports both names) so the
 instrument model stays under about 600 lines.
 """
 
-__all__ = ["Conditions", "sample_conditions"]
+__all__ = ["Conditions", "sample_conditions", "with_templates"]
 
 import dataclasses
 
@@ -172,4 +172,25 @@ def sample_conditions(
         template_dx=rng.normal(0.0, 0.02, n),
         template_dy=rng.normal(0.0, 0.02, n),
         spike_angle=rng.uniform(0.0, np.pi / 2, n),
+    )
+
+
+def with_templates(science: Conditions, templates: Conditions, index) -> Conditions:
+    """Science-side conditions of ``science`` with the template side of ``templates`` at ``index``.
+
+    For visits that share templates (a series of one detector, the visits of one object):
+    ``index`` maps each canvas of ``science`` to its template.
+    """
+    return Conditions(
+        psf_science=science.psf_science,
+        psf_template=templates.psf_template.take(index),
+        sky_sigma_science=science.sky_sigma_science,
+        sky_sigma_template=templates.sky_sigma_template[index],
+        gain_science=science.gain_science,
+        gain_template=templates.gain_template[index],
+        saturation=science.saturation,
+        kernel_error=science.kernel_error,
+        template_dx=templates.template_dx[index],
+        template_dy=templates.template_dy[index],
+        spike_angle=science.spike_angle,
     )

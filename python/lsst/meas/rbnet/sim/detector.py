@@ -21,6 +21,9 @@ __all__ = [
     "local_size",
     "template_covered",
     "to_visit",
+    "visit_metadata",
+    "measure_sources",
+    "set_source_units",
     "SkyModel",
     "write_visit",
     "read_visit",
@@ -38,7 +41,7 @@ from astropy.wcs import WCS
 from ..constants import MASK_PLANES
 from .artifacts import add_background_artifacts
 from .masked_fits import read_masked_image, write_masked_image
-from .imaging import Conditions, local_canvas_size
+from .imaging import Conditions, local_canvas_size, psf_photometry
 from .psf import DoubleGaussianPsf
 from .scene import FieldDensity, Scene, add_field
 
@@ -284,6 +287,65 @@ def template_covered(rng, fraction, canvas_shape, margin, shape):
     inner = proj[margin : margin + height, margin : margin + width]
     cut = np.quantile(inner, fraction)
     return (proj >= cut)[None]
+
+
+def visit_metadata(
+    cond: Conditions, obs, *, visit, detector, mjd, band: str, pixel_scale, wcs: WCS, seed
+) -> VisitMetadata:
+    """The `VisitMetadata` of canvas 0 of an `lsst.meas.rbnet.sim.imaging.observe` result under ``cond``."""
+    return VisitMetadata(
+        visit=visit,
+        detector=int(detector),
+        mjd=mjd,
+        band=band,
+        physical_filter=BAND_FILTERS[band],
+        pixel_scale=float(pixel_scale),
+        wcs=wcs,
+        fwhm_science=float(cond.psf_science.fwhm[0]),
+        fwhm_template=float(cond.psf_template.fwhm[0]),
+        fwhm_difference=float(cond.psf_difference.fwhm[0]),
+        zero_point=NJY_ZERO_POINT,
+        exposure_time=30.0,
+        sky_noise_science=float(cond.sky_sigma_science[0]),
+        sky_noise_template=float(cond.sky_sigma_template[0]),
+        sky_noise_difference=float(obs.sky_sigma_difference[0]),
+        instrumental_zero_point=float(NJY_ZERO_POINT + 2.5 * np.log10(cond.gain_science[0])),
+        saturation=float(cond.saturation[0]),
+        seed=int(seed),
+    )
+
+
+def measure_sources(rng: np.random.Generator, obs, cond: Conditions, truth_x, truth_y, snr, wcs: WCS):
+    """What a pipeline measures of each labelled object on canvas 0 of ``obs``.
+
+    Returns
+    -------
+    x, y : `numpy.ndarray`
+        Centroids: the truth plus the scatter of a PSF fit.
+    flux, flux_err : `numpy.ndarray`
+        Forced PSF photometry on the difference at ``x, y`` (nJy).
+    ra, dec : `numpy.ndarray`
+        Sky positions of ``x, y`` (degrees).
+    """
+    k = len(truth_x)
+    # Centroid scatter of a PSF fit: about sqrt(2) sigma_PSF / S/N, at most 1.5 pixels.
+    err = np.minimum(np.sqrt(2.0) * cond.psf_difference.sigma[0] / np.maximum(snr, 1.0), 1.5)
+    x = truth_x + rng.normal(0, 1, k) * err
+    y = truth_y + rng.normal(0, 1, k) * err
+    psf = cond.psf_difference.take(np.zeros(k, int))
+    flux, flux_err = psf_photometry(obs.difference[0], obs.variance_difference[0], x, y, psf)
+    ra, dec = wcs.wcs_pix2world(x, y, 0)
+    return x, y, flux, flux_err, np.asarray(ra, dtype=float), np.asarray(dec, dtype=float)
+
+
+def set_source_units(table: Table, flux_columns=("psfFlux", "psfFluxErr", "truth_flux")) -> None:
+    """Units of a simulated source table: nJy fluxes, pixel positions, degrees on the sky."""
+    for name in flux_columns:
+        table[name].unit = "nJy"
+    for name in ("x", "y", "truth_x", "truth_y"):
+        table[name].unit = "pix"
+    table["ra"].unit = "deg"
+    table["dec"].unit = "deg"
 
 
 def to_visit(obs, cond: Conditions, sources: Table, metadata: VisitMetadata) -> SimulatedVisit:

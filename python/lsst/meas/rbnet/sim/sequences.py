@@ -46,8 +46,8 @@ import numpy as np
 import scipy.fft
 
 from ..constants import BOGUS, CHANNEL_ORDER, REAL, REAL_CLASSES
+from .conditions import with_templates
 from .imaging import (
-    Conditions,
     add_template_noise,
     observe,
     render_models,
@@ -158,19 +158,7 @@ def _simulate_batch(
     # Conditions: seeing and sky per visit; one template per object.
     cond_v = sample_conditions(rng, n_frames, fwhm_range=fwhm_range)
     cond_o = sample_conditions(rng, n_obj, fwhm_range=fwhm_range)
-    cond = Conditions(
-        psf_science=cond_v.psf_science,
-        psf_template=cond_o.psf_template.take(frame_obj),
-        sky_sigma_science=cond_v.sky_sigma_science,
-        sky_sigma_template=cond_o.sky_sigma_template[frame_obj],
-        gain_science=cond_v.gain_science,
-        gain_template=cond_o.gain_template[frame_obj],
-        saturation=cond_v.saturation,
-        kernel_error=cond_v.kernel_error,
-        template_dx=cond_o.template_dx[frame_obj],
-        template_dy=cond_o.template_dy[frame_obj],
-        spike_angle=cond_v.spike_angle,
-    )
+    cond = with_templates(cond_v, cond_o, frame_obj)
 
     static = Scene()  # on object canvases: both sides; the template side makes the template
     add_field(

@@ -17,20 +17,22 @@ from astropy.table import Table
 
 from ..constants import BOGUS, REAL, REAL_CLASSES
 from .artifacts import add_background_artifacts
+from .conditions import with_templates
 from .detector import (
     BAND_FILTERS,
-    NJY_ZERO_POINT,
     SimulatedVisit,
     SkyModel,
-    VisitMetadata,
     local_size,
     make_wcs,
+    measure_sources,
     place_apart,
+    set_source_units,
     source_ids,
     template_covered,
     to_visit,
+    visit_metadata,
 )
-from .imaging import Conditions, add_template_noise, observe, psf_photometry, render_models, sample_conditions
+from .imaging import add_template_noise, observe, render_models, sample_conditions
 from .objects import draw_objects, object_components, rubin_cadence
 from .scene import Scene
 from .stamps import class_counts
@@ -104,19 +106,7 @@ def simulate_visit_series(
     cond_v = sample_conditions(rng, n_visits, fwhm_range=fwhm_range)
     tmpl = sample_conditions(rng, 1, fwhm_range=fwhm_range)
     idx = np.zeros(n_visits, int)
-    cond_v = Conditions(
-        psf_science=cond_v.psf_science,
-        psf_template=tmpl.psf_template.take(idx),
-        sky_sigma_science=cond_v.sky_sigma_science,
-        sky_sigma_template=tmpl.sky_sigma_template[idx],
-        gain_science=cond_v.gain_science,
-        gain_template=tmpl.gain_template[idx],
-        saturation=cond_v.saturation,
-        kernel_error=cond_v.kernel_error,
-        template_dx=tmpl.template_dx[idx],
-        template_dy=tmpl.template_dy[idx],
-        spike_angle=cond_v.spike_angle,
-    )
+    cond_v = with_templates(cond_v, tmpl, idx)
     times = rubin_cadence(rng, n_visits, start_mjd + rng.uniform(0, 365))
 
     counts = class_counts(n_objects, class_fractions, real_fraction)
@@ -212,25 +202,16 @@ def simulate_visit_series(
             template=template,
             noise_objects=noise_objects,
         )
-        meta = VisitMetadata(
+        meta = visit_metadata(
+            cond1,
+            obs,
             visit=first_visit + v,
-            detector=int(detector),
+            detector=detector,
             mjd=float(times[v]),
             band=band,
-            physical_filter=BAND_FILTERS[band],
-            pixel_scale=float(pixel_scale),
+            pixel_scale=pixel_scale,
             wcs=wcs,
-            fwhm_science=float(cond1.psf_science.fwhm[0]),
-            fwhm_template=float(cond1.psf_template.fwhm[0]),
-            fwhm_difference=float(cond1.psf_difference.fwhm[0]),
-            zero_point=NJY_ZERO_POINT,
-            exposure_time=30.0,
-            sky_noise_science=float(cond1.sky_sigma_science[0]),
-            sky_noise_template=float(cond1.sky_sigma_template[0]),
-            sky_noise_difference=float(obs.sky_sigma_difference[0]),
-            instrumental_zero_point=float(NJY_ZERO_POINT + 2.5 * np.log10(cond1.gain_science[0])),
-            saturation=float(cond1.saturation[0]),
-            seed=int(seed),
+            seed=seed,
         )
         snr_signed = parts["frame_snr"][frames]
         area = cond1.psf_difference.effective_area()[0]
@@ -238,24 +219,14 @@ def simulate_visit_series(
         truth_x = gx - margin
         truth_y = gy - margin
         snr = np.abs(snr_signed)
-        err = np.minimum(np.sqrt(2.0) * cond1.psf_difference.sigma[0] / np.maximum(snr, 1.0), 1.5)
-        x = truth_x + rng.normal(0, 1, n_objects) * err
-        y = truth_y + rng.normal(0, 1, n_objects) * err
-        flux, flux_err = psf_photometry(
-            obs.difference[0],
-            obs.variance_difference[0],
-            x,
-            y,
-            cond1.psf_difference.take(np.zeros(n_objects, int)),
-        )
-        ra_s, dec_s = wcs.wcs_pix2world(x, y, 0)
+        x, y, flux, flux_err, ra_s, dec_s = measure_sources(rng, obs, cond1, truth_x, truth_y, snr, wcs)
         table = Table()
         table["id"] = source_ids(meta.visit, meta.detector, n_objects)
         table["diaObjectId"] = object_ids
         table["x"] = x
         table["y"] = y
-        table["ra"] = np.asarray(ra_s, dtype=float)
-        table["dec"] = np.asarray(dec_s, dtype=float)
+        table["ra"] = ra_s
+        table["dec"] = dec_s
         table["psfFlux"] = flux
         table["psfFluxErr"] = flux_err
         table["snr"] = snr
@@ -268,12 +239,7 @@ def simulate_visit_series(
         with np.errstate(invalid="ignore", divide="ignore"):
             table["detected"] = np.abs(flux / flux_err) >= 5.0
         table["present"] = parts["present"][frames]
-        for name in ("psfFlux", "psfFluxErr", "truth_flux"):
-            table[name].unit = "nJy"
-        for name in ("x", "y", "truth_x", "truth_y"):
-            table[name].unit = "pix"
-        table["ra"].unit = "deg"
-        table["dec"].unit = "deg"
+        set_source_units(table)
         table.meta.update({"visit": meta.visit, "detector": meta.detector, "band": band, "mjd": meta.mjd})
         visits.append(to_visit(obs, cond1, table, meta))
     return visits

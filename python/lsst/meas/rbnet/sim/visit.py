@@ -29,24 +29,25 @@ from astropy.table import Table
 from ..constants import BOGUS, REAL, REAL_CLASSES
 from .detector import (
     BAND_FILTERS,
-    NJY_ZERO_POINT,
     SimImage,
     SimulatedVisit,
     SkyModel,
     VisitMetadata,
     local_size,
     make_wcs,
+    measure_sources,
     place_apart,
+    set_source_units,
     source_ids,
     template_covered,
     to_visit,
+    visit_metadata,
 )
 from .imaging import (
     Conditions,
     difference_sky_sigma,
     measure_objects,
     observe,
-    psf_photometry,
     sample_conditions,
 )
 from .labelled import CONDITIONED, add_labelled, amplitude_factors, sample_noise_snr, sample_snr
@@ -385,25 +386,16 @@ def simulate_visit(
     )
     truth_x = info["x"] - margin
     truth_y = info["y"] - margin
-    metadata = VisitMetadata(
+    metadata = visit_metadata(
+        cond,
+        obs,
         visit=visit,
-        detector=int(detector),
+        detector=detector,
         mjd=mjd,
         band=band,
-        physical_filter=BAND_FILTERS[band],
-        pixel_scale=float(pixel_scale),
+        pixel_scale=pixel_scale,
         wcs=make_wcs((height, width), pixel_scale, ra, dec, rotation),
-        fwhm_science=float(cond.psf_science.fwhm[0]),
-        fwhm_template=float(cond.psf_template.fwhm[0]),
-        fwhm_difference=float(cond.psf_difference.fwhm[0]),
-        zero_point=NJY_ZERO_POINT,
-        exposure_time=30.0,
-        sky_noise_science=float(cond.sky_sigma_science[0]),
-        sky_noise_template=float(cond.sky_sigma_template[0]),
-        sky_noise_difference=float(obs.sky_sigma_difference[0]),
-        instrumental_zero_point=float(NJY_ZERO_POINT + 2.5 * np.log10(cond.gain_science[0])),
-        saturation=float(cond.saturation[0]),
-        seed=int(seed),
+        seed=seed,
     )
     sources = _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata)
     return to_visit(obs, cond, sources, metadata)
@@ -411,19 +403,14 @@ def simulate_visit(
 
 def _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata) -> Table:
     k = len(classes)
-    # Centroid scatter of a PSF fit: about sqrt(2) sigma_PSF / S/N, at most 1.5 pixels.
-    err = np.minimum(np.sqrt(2.0) * cond.psf_difference.sigma[0] / np.maximum(snr, 1.0), 1.5)
-    x = truth_x + rng.normal(0, 1, k) * err
-    y = truth_y + rng.normal(0, 1, k) * err
-    psf = cond.psf_difference.take(np.zeros(k, int))
-    psf_flux, psf_flux_err = psf_photometry(obs.difference[0], obs.variance_difference[0], x, y, psf)
-    ra, dec = metadata.wcs.wcs_pix2world(x, y, 0)
+    measured = measure_sources(rng, obs, cond, truth_x, truth_y, snr, metadata.wcs)
+    x, y, psf_flux, psf_flux_err, ra, dec = measured
     table = Table()
     table["id"] = source_ids(metadata.visit, metadata.detector, k)
     table["x"] = x
     table["y"] = y
-    table["ra"] = np.asarray(ra, dtype=float)
-    table["dec"] = np.asarray(dec, dtype=float)
+    table["ra"] = ra
+    table["dec"] = dec
     table["psfFlux"] = psf_flux
     table["psfFluxErr"] = psf_flux_err
     table["snr"] = snr
@@ -435,12 +422,7 @@ def _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, me
     with np.errstate(invalid="ignore", divide="ignore"):
         table["detected"] = np.abs(psf_flux / psf_flux_err) >= 5.0
     table["host_flux"] = info["host_flux"]
-    for name in ("psfFlux", "psfFluxErr", "truth_flux", "host_flux"):
-        table[name].unit = "nJy"
-    for name in ("x", "y", "truth_x", "truth_y"):
-        table[name].unit = "pix"
-    table["ra"].unit = "deg"
-    table["dec"].unit = "deg"
+    set_source_units(table, ("psfFlux", "psfFluxErr", "truth_flux", "host_flux"))
     table.meta.update(
         {"visit": metadata.visit, "detector": metadata.detector, "band": metadata.band, "mjd": metadata.mjd}
     )
