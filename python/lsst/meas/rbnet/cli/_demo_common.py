@@ -26,6 +26,7 @@ __all__ = [
     "run_reliability_pipeline",
     "flag_counts",
     "summary_table",
+    "class_table",
     "finish_run",
 ]
 
@@ -300,6 +301,18 @@ def summary_table(title: str, rows, summary: dict[str, Any], timings: dict[str, 
         t.add_row(f"flag {name}", str(n))
     for name, seconds in timings.items():
         t.add_row(f"time: {name}", f"{seconds:.1f} s")
+    return t
+
+
+def class_table(title: str, columns, rows):
+    """The demos' per-class table: the ``class`` column left-aligned, the figures right-aligned."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for row in rows:
+        t.add_row(*row)
     return t
 
 

@@ -1,7 +1,7 @@
 # This file is part of meas_rbnet.
 """Option types shared by the ``rbnet`` commands."""
 
-__all__ = ["FINITE_FLOAT", "FiniteFloat", "FiniteFloatRange"]
+__all__ = ["FINITE_FLOAT", "FiniteFloat", "FiniteFloatRange", "input_file_option", "output_file_option"]
 
 import math
 
@@ -37,3 +37,14 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(f):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return f
+
+
+def input_file_option(*param_decls: str, help: str, required: bool = False):
+    """An option naming an existing file (`None` when not given and not required)."""
+    kwargs = {"required": True} if required else {"default": None}
+    return click.option(*param_decls, type=click.Path(exists=True, dir_okay=False), help=help, **kwargs)
+
+
+def output_file_option(*param_decls: str, help: str):
+    """A required option naming a file to write."""
+    return click.option(*param_decls, required=True, type=click.Path(dir_okay=False), help=help)

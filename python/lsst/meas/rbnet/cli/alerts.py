@@ -19,6 +19,7 @@ import click
 from ..alerts.output import AlertTableWriter, output_format
 from ..alerts.score import AlertScoreSummary, compare_with_survey, iter_scored_batches, output_columns
 from ..alerts.sources import expand_inputs, sniff_survey
+from ._options import input_file_option, output_file_option
 
 
 def _parse_sizes(values) -> dict[str, int]:
@@ -60,18 +61,9 @@ def _progress(console, total):
 
 @click.command("score-alerts")
 @click.argument("paths", nargs=-1, required=True)
-@click.option(
-    "--out",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Output table: .parquet, .csv or .ecsv.",
-)
-@click.option(
-    "--model",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Triplet model package (.safetensors); default: the shipped default model.",
+@output_file_option("--out", "out", help="Output table: .parquet, .csv or .ecsv.")
+@input_file_option(
+    "--model", help="Triplet model package (.safetensors); default: the shipped default model."
 )
 @click.option(
     "--compare",

@@ -40,6 +40,7 @@ from ._demo_common import (
     DEMO_MARKER,
     LABELS_RUN,
     SCORES_COLLECTION,
+    class_table,
     create_demo_repo,
     echo,
     finish_run,
@@ -196,8 +197,6 @@ def _summarise(table, threshold: float, outdir: Path, console) -> dict[str, Any]
 
 
 def _print_summary(summary: dict[str, Any], console, outdir: Path, timings: dict[str, float]) -> None:
-    from rich.table import Table
-
     rows = [
         ("model version", ", ".join(summary["versions"])),
         (
@@ -215,12 +214,12 @@ def _print_summary(summary: dict[str, Any], console, outdir: Path, timings: dict
         rows.append(("accuracy", f"{summary['accuracy']:.4f}"))
     console.print(summary_table("Reliability vs the simulated truth", rows, summary, timings))
     if "classes" in summary:
-        c = Table(title=f"Per class at threshold {summary['threshold']:.3g}")
-        for col in ("class", "n", "selected as real", "mean score"):
-            c.add_column(col, justify="right" if col != "class" else "left")
-        for name, d in summary["classes"].items():
-            c.add_row(name, str(d["n"]), f"{d['fraction_above']:.1%}", f"{d['mean_score']:.3f}")
-        console.print(c)
+        rows = [
+            (name, str(d["n"]), f"{d['fraction_above']:.1%}", f"{d['mean_score']:.3f}")
+            for name, d in summary["classes"].items()
+        ]
+        title = f"Per class at threshold {summary['threshold']:.3g}"
+        console.print(class_table(title, ("class", "n", "selected as real", "mean score"), rows))
     console.print(f"Plots and summary.json are in {outdir}/ (roc.png, score_histograms.png).")
 
 

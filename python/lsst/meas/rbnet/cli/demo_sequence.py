@@ -25,6 +25,7 @@ from ..sim import simulate_visit_series
 from ._demo_common import (
     LABELS_RUN,
     SCORES_COLLECTION,
+    class_table,
     create_demo_repo,
     echo,
     finish_run,
@@ -143,8 +144,6 @@ def _sequence_summary(objects, truth, outdir: Path) -> dict[str, Any]:
 
 
 def _print_sequence_summary(summary, console, outdir: Path, timings: dict[str, float]) -> None:
-    from rich.table import Table
-
     rows = [
         ("sequence model version", ", ".join(summary["versions"])),
         ("objects", f"{summary['objects']} ({summary['objects_scored']} scored)"),
@@ -157,14 +156,12 @@ def _print_sequence_summary(summary, console, outdir: Path, timings: dict[str, f
     title = "Objects: sequence model vs single-visit (triplet) scores"
     console.print(summary_table(title, rows, summary, timings))
     if "classes" in summary:
-        c = Table(title="Mean object score per class")
-        for col in ("class", "label", "n", "sequence", "max single-visit"):
-            c.add_column(col, justify="left" if col == "class" else "right")
-        for name, d in summary["classes"].items():
-            c.add_row(
-                name, str(d["label"]), str(d["n"]), f"{d['sequence_mean']:.3f}", f"{d['max_single_mean']:.3f}"
-            )
-        console.print(c)
+        rows = [
+            (name, str(d["label"]), str(d["n"]), f"{d['sequence_mean']:.3f}", f"{d['max_single_mean']:.3f}")
+            for name, d in summary["classes"].items()
+        ]
+        columns = ("class", "label", "n", "sequence", "max single-visit")
+        console.print(class_table("Mean object score per class", columns, rows))
     console.print(f"sequence_roc.png, objects.parquet and summary.json are in {outdir}/.")
 
 

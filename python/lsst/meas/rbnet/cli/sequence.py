@@ -14,7 +14,7 @@ from .. import sim
 from ..constants import CHANNEL_ORDER
 from ..fileio import check_output_path, write_atomic
 from ..sim.sequences import SequenceSet
-from ._options import FiniteFloatRange
+from ._options import FiniteFloatRange, input_file_option, output_file_option
 
 #: Default wall-time budget of ``sequence-cv`` (seconds): 5 folds must fit in 30 minutes.
 DEFAULT_CV_BUDGET = 1500.0
@@ -37,11 +37,10 @@ def _threads(n: int | None) -> None:
     type=click.Path(exists=True, file_okay=False),
     help="Directory of <object_id>.npy latent arrays (T, D), visits in time order.",
 )
-@click.option(
+@input_file_option(
     "--labels",
     "label_file",
     required=True,
-    type=click.Path(exists=True, dir_okay=False),
     help="CSV with columns object_id,label (RB_ZTF: 1 = artifact, 0 = real).",
 )
 @click.option(
@@ -63,11 +62,9 @@ def _threads(n: int | None) -> None:
     show_default=True,
     help="The label value that means real (0 for RB_ZTF label files, where 1 = artifact).",
 )
-@click.option(
+@input_file_option(
     "--times",
     "times_file",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
     help="Table (CSV/Parquet) with object_id,time (days) per visit; default: DIR/times.csv, "
     "DIR/times.parquet or DIR/<object_id>.times.npy if present.",
 )
@@ -218,19 +215,9 @@ def _parse_range(text: str) -> tuple[int, int]:
 
 
 @click.command("train-sequence")
-@click.option(
-    "--out",
-    "out_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Model package to write (.safetensors).",
-)
-@click.option(
-    "--input",
-    "input_path",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="A saved SequenceSet (.npz from the simulator); default: simulate one.",
+@output_file_option("--out", "out_path", help="Model package to write (.safetensors).")
+@input_file_option(
+    "--input", "input_path", help="A saved SequenceSet (.npz from the simulator); default: simulate one."
 )
 @click.option(
     "--n-objects", default=400, show_default=True, type=click.IntRange(min=10), help="Objects to simulate."
@@ -278,11 +265,8 @@ def _parse_range(text: str) -> tuple[int, int]:
     "here from the frames' difference/science/template channels); the package then needs those "
     "scores when scoring, as the sequence task gives it.",
 )
-@click.option(
-    "--visit-model",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Triplet model package for --visit-scores (default: the shipped model).",
+@input_file_option(
+    "--visit-model", help="Triplet model package for --visit-scores (default: the shipped model)."
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
