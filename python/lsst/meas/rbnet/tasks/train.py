@@ -41,6 +41,7 @@ from lsst.utils.timer import timeMethod
 from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, REAL
 from ..contract import NORMALIZATIONS
 from .connections import global_output, model_input, visit_input
+from .metrics import plain_metrics
 
 
 class TrainTripletConnections(pipeBase.PipelineTaskConnections, dimensions=()):
@@ -432,7 +433,7 @@ class TrainTripletTask(pipeBase.PipelineTask):
         }
         if init is not None:
             metrics["init"] = result.package.provenance["init"]
-        struct = pipeBase.Struct(model=result.package, metrics=_plain(metrics))
+        struct = pipeBase.Struct(model=result.package, metrics=plain_metrics(metrics))
         if config.doPlots:
             struct.rocPlot, struct.historyPlot = training_figures(result)
         return struct
@@ -520,16 +521,3 @@ class TrainingLog:
             self.log.info("Calibrating (temperature scaling on the validation set).")
         elif kind == "done":
             self.log.info("Training done.")
-
-
-def _plain(value):
-    """JSON/YAML-safe copy (numpy scalars and arrays to Python types)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

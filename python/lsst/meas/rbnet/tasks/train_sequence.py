@@ -28,6 +28,7 @@ from ..sequence.association import group_sources
 from ..sequence.labels import object_labels, training_sequences
 from ..tables import source_table_from_any
 from .connections import global_output, visit_input
+from .metrics import plain_metrics
 from .sequence_inputs import (
     SEQUENCE_MODEL_DATASET_TYPE,
     SequenceInputsConfig,
@@ -383,17 +384,4 @@ class TrainSequenceTask(pipeBase.PipelineTask):
         }
         self.metadata["numTrainObjects"] = int(np.count_nonzero(use_obj))
         self.metadata["modelVersion"] = package.version
-        return pipeBase.Struct(model=package, metrics=_plain(summary))
-
-
-def _plain(value):
-    """JSON/YAML-safe copy (numpy scalars and arrays to Python types, NaN kept as float)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+        return pipeBase.Struct(model=package, metrics=plain_metrics(summary))
