@@ -5,7 +5,7 @@ Moved out of `lsst.meas.rbnet.sim.imaging` (which re-exports both names) so the
 instrument model stays under about 600 lines.
 """
 
-__all__ = ["Conditions", "sample_conditions", "with_templates"]
+__all__ = ["Conditions", "exposure_conditions", "sample_conditions", "with_templates"]
 
 import dataclasses
 
@@ -100,6 +100,24 @@ class Conditions:
         )
 
 
+def exposure_conditions(
+    psf_science, psf_template, sky_science, sky_template, gain, depth, **rest
+) -> Conditions:
+    """Conditions of science exposures with ``gain`` and templates coadded from ``depth`` such exposures.
+
+    ``rest`` are the other fields of `Conditions`; the template's gain is ``gain / depth``.
+    """
+    return Conditions(
+        psf_science=psf_science,
+        psf_template=psf_template,
+        sky_sigma_science=sky_science,
+        sky_sigma_template=sky_template,
+        gain_science=gain,
+        gain_template=gain / depth,
+        **rest,
+    )
+
+
 def sample_conditions(
     rng: np.random.Generator,
     n: int,
@@ -160,13 +178,13 @@ def sample_conditions(
     sky_t = np.exp(rng.uniform(np.log(sky_sigma_range[0]), np.log(sky_sigma_range[1]), n)) / np.sqrt(depth)
     full_well = rng.uniform(9.0e4, 1.5e5, n)  # electrons
     sky_electrons = (sky / gain) ** 2
-    return Conditions(
-        psf_science=psf_s,
-        psf_template=psf_t,
-        sky_sigma_science=sky,
-        sky_sigma_template=sky_t,
-        gain_science=gain,
-        gain_template=gain / depth,
+    return exposure_conditions(
+        psf_s,
+        psf_t,
+        sky,
+        sky_t,
+        gain,
+        depth,
         saturation=gain * (full_well - sky_electrons),
         kernel_error=rng.normal(0.0, 0.004, n),
         template_dx=rng.normal(0.0, 0.02, n),

@@ -26,7 +26,7 @@ import dataclasses
 
 import numpy as np
 
-from .imaging import Conditions
+from .conditions import Conditions, exposure_conditions
 from .psf import DoubleGaussianPsf
 
 
@@ -255,13 +255,13 @@ def sample_survey_conditions(rng: np.random.Generator, n: int, preset: SurveyPre
     poor = rng.random(n) < 0.2
     misreg = preset.misregistration_sigma * np.where(poor, rng.uniform(2.0, 6.0, n), 1.0)
     kernel = preset.kernel_error_sigma * np.where(poor, rng.uniform(2.0, 5.0, n), 1.0)
-    return Conditions(
-        psf_science=psf_s,
-        psf_template=psf_t,
-        sky_sigma_science=sky,
-        sky_sigma_template=sky_t,
-        gain_science=gain,
-        gain_template=gain / depth,
+    return exposure_conditions(
+        psf_s,
+        psf_t,
+        sky,
+        sky_t,
+        gain,
+        depth,
         saturation=gain * np.maximum(full_well - sky_electrons, 0.2 * full_well),
         kernel_error=rng.normal(0.0, 1.0, n) * kernel,
         template_dx=rng.normal(0.0, 1.0, n) * misreg,
