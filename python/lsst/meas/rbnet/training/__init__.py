@@ -9,6 +9,10 @@ Modules:
   (numpy only);
 - `~lsst.meas.rbnet.training.calibration`: temperature scaling;
 - `~lsst.meas.rbnet.training.loop`: `train_triplet_model` (train, calibrate, package);
+- `~lsst.meas.rbnet.training.config`, `~lsst.meas.rbnet.training.finetune`,
+  `~lsst.meas.rbnet.training.evaluation`, `~lsst.meas.rbnet.training.steps`: the loop's config
+  and result, fine-tuning from a package, logits and thresholds, device/loss/schedule helpers
+  (re-exported by ``loop``);
 - `~lsst.meas.rbnet.training.crossval`: stratified k-fold cross-validation (its fold split,
   `fold_splits` of `~lsst.meas.rbnet.training.data.deal_folds`, also serves the sequence model's
   `~lsst.meas.rbnet.sequence.cv`);
