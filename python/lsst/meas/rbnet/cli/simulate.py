@@ -288,13 +288,7 @@ def stamps(
             survey=survey,
         )
     if size % 2 == 0:
-        # Cropping [:S, :S] keeps the centre pixel at S // 2, as in Rubin's even alert cutouts.
-        result.stamps = np.ascontiguousarray(result.stamps[:, :, :size, :size])
-        if result.masks is not None:
-            result.masks = np.ascontiguousarray(result.masks[:, :, :size, :size])
-        if result.variances is not None:
-            result.variances = np.ascontiguousarray(result.variances[:, :, :size, :size])
-        result.table.meta["stamp_size"] = size
+        result.crop(size)
     with atomic_path(out) as tmp:
         write_stamps(result, tmp)
     n_real = int((result.table["label"] == 1).sum())

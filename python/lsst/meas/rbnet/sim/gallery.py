@@ -118,7 +118,7 @@ def make_gallery(
     extra = {"edge_fraction": 0.0} if survey is None else {"survey": survey}
     result = simulate_stamps(pool * len(classes), size, seed, class_fractions={c: 1.0 for c in classes}, **extra)
     if size != stamp_size:
-        result.stamps = np.ascontiguousarray(result.stamps[:, :, :stamp_size, :stamp_size])
+        result.crop(stamp_size)
     table = result.table
     rows = len(classes)
     cols = n_per_class * 3

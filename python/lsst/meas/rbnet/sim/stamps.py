@@ -57,6 +57,18 @@ class StampSet:
     def __len__(self) -> int:
         return len(self.table)
 
+    def crop(self, size: int) -> None:
+        """Crop every plane to ``[:size, :size]`` in place (an even alert cutout size).
+
+        Simulate one pixel larger than an even ``size`` (Rubin's 30x30) and crop:
+        the source stays at pixel ``(size // 2, size // 2)``, as in the survey's cutouts.
+        """
+        for name in ("stamps", "masks", "variances"):
+            plane = getattr(self, name)
+            if plane is not None:
+                setattr(self, name, np.ascontiguousarray(plane[:, :, :size, :size]))
+        self.table.meta["stamp_size"] = size
+
     def __iter__(self):
         # Allows ``stamps, masks, table = simulate_stamps(...)``.
         return iter((self.stamps, self.masks, self.table))
@@ -301,7 +313,11 @@ def simulate_stamps(
         stop = start + len(classes)
         chunk = np.stack([obs.difference, obs.science, obs.template], axis=1)
         chunk_masks = np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1)
-        chunk_var = np.stack([obs.variance_difference, obs.variance_science, obs.variance_template], axis=1)
+        chunk_var = (
+            np.stack([obs.variance_difference, obs.variance_science, obs.variance_template], axis=1)
+            if variances is not None
+            else None
+        )
         truth["nan_block"] = _cut_nan_blocks(rng, chunk, chunk_masks, chunk_var, nan_block_fraction)
         truth["sky_level"] = _present(rng, chunk, chunk_masks, chunk_var, truth["detection_sign"], preset)
         stamps[start:stop] = chunk
@@ -504,7 +520,8 @@ def _cut_nan_blocks(rng, stamps, masks, variances, fraction):
         block &= ~centre
         for c in planes:
             stamps[i, c][block] = np.nan
-            variances[i, c][block] = np.nan
+            if variances is not None:
+                variances[i, c][block] = np.nan
             masks[i, c][block] = 1 << MASK_PLANES["NO_DATA"]
     return cut
 
