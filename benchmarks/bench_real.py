@@ -289,6 +289,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     from lsst.meas.rbnet.package import ModelPackage
+    from lsst.meas.rbnet.scoring import load_scorer
 
     if not pathlib.Path(args.data).is_dir():
         sys.exit(f"bench_real: no realdata folder at {args.data}")
@@ -304,11 +305,9 @@ def main(argv=None):
             models[name] = path
         versions, results, scores_by = {}, {}, {}
         for name, path in models.items():
-            pkg = ModelPackage.load(path) if path else None
-            from lsst.meas.rbnet.scoring import load_scorer
-
-            scorer = load_scorer(pkg if pkg is not None else None)
-            versions[name] = scorer.package.version if hasattr(scorer, "package") else "?"
+            # One scorer per model (the process-wide cache); every survey is scored with its package.
+            pkg = load_scorer(ModelPackage.load(path) if path else None).package
+            versions[name] = pkg.version
             results[name] = {}
             t0 = time.perf_counter()
             for survey, parts in data.items():
