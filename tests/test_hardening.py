@@ -1101,9 +1101,11 @@ def test_case23_sequence_bf16_fallback_is_logged(tmp_path, monkeypatch, caplog):
     import logging
 
     import lsst.meas.rbnet.sequence.scoring as seqscoring
+    from lsst.meas.rbnet import runtime
 
     pkg = ModelPackage.load(_sequence_package(tmp_path))
-    monkeypatch.setattr(seqscoring, "encoder_dtype", lambda device, precision="auto": torch.bfloat16)
+    runtime.clear_scorer_cache()  # the probe below must run, not an earlier probe's cached figure
+    monkeypatch.setattr(runtime, "cast_dtype", lambda device, precision="auto": torch.bfloat16)
     monkeypatch.setattr(seqscoring.SequenceScorer, "_bf16_score_error", lambda self, enc32: 0.5)
     with caplog.at_level(logging.INFO, logger="lsst.meas.rbnet.sequence.scoring"):
         scorer = seqscoring.SequenceScorer(pkg, device="cpu", precision="auto")

@@ -485,13 +485,14 @@ def test_visit_score_features():
 def test_encoder_precision_selection(monkeypatch):
     import torch
 
+    from lsst.meas.rbnet import runtime
     from lsst.meas.rbnet.sequence import scoring
 
-    monkeypatch.setattr(scoring, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
     assert scoring.native_bf16("cpu") and scoring.encoder_dtype("cpu", "auto") == torch.bfloat16
-    monkeypatch.setattr(scoring, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     assert scoring.encoder_dtype(torch.device("cpu"), "auto") == torch.bfloat16
-    monkeypatch.setattr(scoring, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert not scoring.native_bf16("cpu") and scoring.encoder_dtype("cpu", "auto") == torch.float32
     assert scoring.encoder_dtype("cpu", "bfloat16") == torch.bfloat16
     assert scoring.encoder_dtype("cpu", "float32") == torch.float32
@@ -506,6 +507,7 @@ def test_encoder_precision_selection(monkeypatch):
 
 
 def test_bfloat16_encoder_is_used_only_where_scores_survive(tiny_package, monkeypatch):
+    from lsst.meas.rbnet import runtime
     from lsst.meas.rbnet.sequence import scoring
 
     package, _, fr = tiny_package
@@ -515,7 +517,7 @@ def test_bfloat16_encoder_is_used_only_where_scores_survive(tiny_package, monkey
     a = p32.score(fr.frames, fr.offsets, fr.times)
     b = p16.score(fr.frames, fr.offsets, fr.times)
     # "auto" on a machine with bfloat16 units: probe frames decide.
-    monkeypatch.setattr(scoring, "native_bf16", lambda device: True)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
     auto = scoring.SequenceScorer(package)
     assert auto.bf16_error is not None and auto.bf16_error >= 0
     c = auto.score(fr.frames, fr.offsets, fr.times)
@@ -531,7 +533,7 @@ def test_bfloat16_encoder_is_used_only_where_scores_survive(tiny_package, monkey
     assert scoring.SequenceScorer(package).precision == "float32"
     monkeypatch.setattr(scoring, "BF16_MAX_ERROR", np.inf)
     assert scoring.SequenceScorer(package).precision == "bfloat16"
-    monkeypatch.setattr(scoring, "native_bf16", lambda device: False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
     none = scoring.SequenceScorer(package)
     assert none.precision == "float32" and none.bf16_error is None
 

@@ -1,7 +1,9 @@
 # This file is part of meas_rbnet.
 """The runtime shared by both models: device choice (`select_device`), precision
-(`autocast_dtype`), the CPU chunk of the network, conv+batch-norm fusion, and the
-process-wide model cache keyed by package digest (`cached_model`, `package_key`).
+(`autocast_dtype` for autocast, `checked_dtype` for networks cast to bfloat16 where a probe
+shows it safe, once per package digest and device), the CPU chunk of the network,
+conv+batch-norm fusion, and the process-wide model cache keyed by package digest
+(`cached_model`, `package_key`).
 
 `scoring` re-exports these names (the old import path).
 """
@@ -12,19 +14,24 @@ __all__ = [
     "CPU_CHUNK_PIXELS",
     "autocast_dtype",
     "cached_model",
+    "cast_dtype",
+    "checked_dtype",
     "cpu_network_chunk",
     "clear_scorer_cache",
+    "native_bf16",
     "package_key",
     "select_device",
 ]
 
 import collections
+import functools
 import hashlib
 import itertools
 import json
 import math
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -128,6 +135,95 @@ def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtyp
     raise ValueError(f"amp must be 'auto', 'on', 'off', 'float16', 'bfloat16' or a bool; got {amp!r}.")
 
 
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` does bfloat16 arithmetic natively (so bfloat16 is faster than float32).
+
+    On the CPU: the AMX-BF16 or AVX-512 BF16 instructions (read from the Linux CPU
+    flags; False where they cannot be read). On CUDA: ``torch.cuda.is_bf16_supported()``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+    return False
+
+
+def cast_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype:
+    """The dtype to cast a network to on ``device`` for ``precision``, before any probe.
+
+    ``"auto"``: bfloat16 where `native_bf16`, else float32; ``"float32"`` and
+    ``"bfloat16"`` as named. `checked_dtype` adds the probe that "auto" needs.
+    """
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if precision not in dtypes:
+        raise ValueError(f"precision must be 'auto' or one of {sorted(dtypes)}, got {precision!r}.")
+    return dtypes[precision]
+
+
+#: bfloat16 probe results (the largest output difference against float32) per package and
+#: device, so a package is probed once per process however many scorers are built for it.
+_probe_errors: dict[tuple, float] = {}
+
+
+def checked_dtype(
+    device: torch.device | str,
+    precision: str,
+    *,
+    key: tuple,
+    probe: Callable[[], float],
+    tolerance: float,
+) -> tuple[torch.dtype, float | None]:
+    """The dtype to cast a network to: bfloat16 with ``precision="auto"`` only where checked safe.
+
+    Parameters
+    ----------
+    device : `torch.device` or `str`
+        The device the network runs on.
+    precision : `str`
+        ``"auto"``, ``"float32"`` or ``"bfloat16"`` (see `cast_dtype`).
+    key : `tuple`
+        What identifies the network and device, e.g. ``(package_key(package), str(device))``;
+        ``probe`` runs once per key in the process (`clear_scorer_cache` forgets the results).
+    probe : callable
+        Returns the largest difference of the network's outputs between bfloat16 and float32
+        on probe inputs; called only when "auto" would choose bfloat16.
+    tolerance : `float`
+        The largest difference with which "auto" keeps bfloat16.
+
+    Returns
+    -------
+    dtype : `torch.dtype`
+        ``torch.bfloat16`` or ``torch.float32``.
+    error : `float` or `None`
+        The probe's figure, or None where no probe was needed.
+    """
+    dtype = cast_dtype(device, precision)
+    if precision != "auto" or dtype != torch.bfloat16:
+        return dtype, None
+    with _cache_lock:
+        error = _probe_errors.get(key)
+    if error is None:
+        error = float(probe())
+        with _cache_lock:
+            _probe_errors[key] = error
+    return (torch.bfloat16 if error <= tolerance else torch.float32), error
+
+
 def cpu_network_chunk(stamp_size: int) -> int:
     """Stamps per network call on the CPU: a power of two near ``CPU_CHUNK_PIXELS / stamp_size**2``.
 
@@ -172,9 +268,10 @@ _cache_lock = threading.Lock()
 
 
 def clear_scorer_cache() -> None:
-    """Forget every scorer made by `load_scorer` or `cached_model`."""
+    """Forget every scorer made by `load_scorer` or `cached_model`, and every bfloat16 probe result."""
     with _cache_lock:
         _cache.clear()
+        _probe_errors.clear()
 
 
 def cached_model(key: tuple, build) -> Any:

@@ -34,7 +34,6 @@ __all__ = [
     "encoder_dtype",
 ]
 
-import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -45,53 +44,14 @@ import torch
 from ..constants import CHANNEL_ORDER
 from ..cutouts import normalize_stamps
 from ..package import ModelPackage, ModelPackageError
-from ..scoring import cached_model, package_key, select_device
+from ..runtime import cached_model, checked_dtype, native_bf16, package_key, select_device
+from ..runtime import cast_dtype as encoder_dtype
 from .aggregate import FRAME_FEATURES, visit_score_features
 from .data import collate, length_batches
 from .encode import fused_encoder
 from .frames import frames_from_stamps
 
 _log = logging.getLogger(__name__)
-
-
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` does bfloat16 arithmetic natively (so bfloat16 is faster than float32).
-
-    On the CPU: the AMX-BF16 or AVX-512 BF16 instructions (read from the Linux CPU
-    flags; False where they cannot be read). On CUDA: ``torch.cuda.is_bf16_supported()``.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
-    return False
-
-
-def encoder_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype:
-    """The dtype to run the VAE encoder in on ``device`` for ``precision``.
-
-    ``"auto"``: bfloat16 where `native_bf16`, else float32; ``"float32"`` and
-    ``"bfloat16"`` as named.
-    """
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    if precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    if precision not in dtypes:
-        raise ValueError(f"precision must be 'auto' or one of {sorted(dtypes)}, got {precision!r}.")
-    return dtypes[precision]
 
 
 #: Largest difference of P(real) between bfloat16 and float32 encoding, on probe objects,
@@ -122,8 +82,9 @@ class SequenceScorer:
         and in float32 elsewhere; ``"float32"`` or ``"bfloat16"`` force one. bfloat16
         keeps about 3 significant digits, so "auto" first scores seeded probe objects
         with both encoders and keeps float32 when their P(real) differ by more than
-        `BF16_MAX_ERROR` (``bf16_error`` holds the figure). The heads that give the latents and the classifier always
-        run in float32.
+        `BF16_MAX_ERROR` (``bf16_error`` holds the figure); the choice is the runtime's
+        (`lsst.meas.rbnet.runtime.checked_dtype`), probed once per package and device.
+        The heads that give the latents and the classifier always run in float32.
     """
 
     def __init__(
@@ -149,9 +110,6 @@ class SequenceScorer:
         self.device = select_device(device)
         self.package = package
         self.vae = package.build("encoder")
-        self._dtype = encoder_dtype(self.device, precision)
-        self.encoder = fused_encoder(self.vae, self._dtype).to(self.device)
-        self.bf16_error: float | None = None
         self.classifier = package.build("classifier").to(self.device)
         self.temperature = float(package.temperature)
         self.contract = package.contract
@@ -176,28 +134,32 @@ class SequenceScorer:
             )
         self.chunk_frames = int(chunk_frames)
         self.classify_frames = int(classify_frames)
-        if precision == "auto" and self._dtype == torch.bfloat16:
-            # bfloat16 keeps ~3 significant digits. A latent whose spread over frames is
-            # small against its value would lose the information the classifier reads, so
-            # score probe objects both ways; keep float32 if the scores differ.
-            enc32 = fused_encoder(self.vae, torch.float32).to(self.device)
-            self.bf16_error = self._bf16_score_error(enc32)
-            if not self.bf16_error <= BF16_MAX_ERROR:
-                _log.info(
-                    "Sequence model %s: bfloat16 encoding moves probe scores by %.3g (> %g); "
-                    "falling back to float32.",
-                    package.version,
-                    self.bf16_error,
-                    BF16_MAX_ERROR,
-                )
-                self._dtype = torch.float32
-                self.encoder = enc32
-            else:
-                _log.info(
-                    "Sequence model %s: bfloat16 encoding kept (probe scores within %.3g of float32).",
-                    package.version,
-                    self.bf16_error,
-                )
+        # bfloat16 keeps ~3 significant digits. A latent whose spread over frames is small
+        # against its value would lose the information the classifier reads, so "auto" takes
+        # bfloat16 only where probe objects score the same both ways (the runtime's check,
+        # once per package and device).
+        self._dtype, self.bf16_error = checked_dtype(
+            self.device,
+            precision,
+            key=("sequence encoder", package_key(package), str(self.device)),
+            probe=lambda: self._bf16_score_error(fused_encoder(self.vae, torch.float32).to(self.device)),
+            tolerance=BF16_MAX_ERROR,
+        )
+        if self.bf16_error is not None and self._dtype == torch.float32:
+            _log.info(
+                "Sequence model %s: bfloat16 encoding moves probe scores by %.3g (> %g); "
+                "falling back to float32.",
+                package.version,
+                self.bf16_error,
+                BF16_MAX_ERROR,
+            )
+        elif self.bf16_error is not None:
+            _log.info(
+                "Sequence model %s: bfloat16 encoding kept (probe scores within %.3g of float32).",
+                package.version,
+                self.bf16_error,
+            )
+        self.encoder = fused_encoder(self.vae, self._dtype).to(self.device)
         if encode_batch is None:
             # Measured on a 2-core Xeon (AMX): bfloat16 is fastest in batches that stay in
             # cache (1024), float32 in larger ones (4096).
@@ -212,7 +174,7 @@ class SequenceScorer:
         )
 
     def _bf16_score_error(self, enc32: torch.nn.Module, n_objects: int = 64, n_visits: int = 8) -> float:
-        """Largest |P(real)| difference between ``self.encoder`` (bfloat16) and ``enc32`` on probe objects.
+        """Largest |P(real)| difference between a bfloat16 encoder and ``enc32`` on probe objects.
 
         The probe objects are seeded random sequences of frames with noise and a centred
         Gaussian source of random width and flux (in normalised units), random visit
@@ -229,7 +191,8 @@ class SequenceScorer:
         xt = torch.from_numpy(x.astype(np.float32)).to(self.device)
         with torch.inference_mode():
             mu32 = enc32(xt)[0].float().cpu().numpy()[:, self.latent_columns]
-            mu16 = self.encoder(xt.to(self._dtype))[0].float().cpu().numpy()[:, self.latent_columns]
+            enc16 = fused_encoder(vae, torch.bfloat16).to(self.device)
+            mu16 = enc16(xt.to(torch.bfloat16))[0].float().cpu().numpy()[:, self.latent_columns]
         offsets = np.arange(0, n + 1, n_visits)
         times = np.cumsum(rng.exponential(3.0, n))
         visit = rng.uniform(0, 1, n) if self.frame_features else None
