@@ -1,14 +1,17 @@
 # This file is part of meas_rbnet.
-"""The table of architecture builders and the `register` decorator that fills it.
+"""The table of architecture builders, the `register` decorator that fills it and
+`register_preset` for architectures that are one module class with some arguments fixed.
 
 The architecture modules (`triplet`, `vae`, `sequence`) import this module to
 register their builders; `lsst.meas.rbnet.nn.registry` imports them and builds
-by name from `BUILDERS`.
+by name from `BUILDERS`. A builder's signature is its architecture's contract: the
+hyperparameters it takes and their defaults (`registry.architecture_defaults`).
 """
 
-__all__ = ["BUILDERS", "register"]
+__all__ = ["BUILDERS", "register", "register_preset"]
 
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 import torch
 
@@ -30,3 +33,37 @@ def register(name: str):
         return builder
 
     return decorator
+
+
+def register_preset(name: str, module_class: type[torch.nn.Module], fixed: dict[str, Any], **defaults: Any):
+    """Register ``module_class`` under ``name`` with the arguments ``fixed`` set and other defaults.
+
+    The builder takes the class's arguments except ``fixed`` (which are therefore not
+    hyperparameters of the architecture: a package cannot change them) with the class's
+    defaults, except those given in ``defaults``; its signature says so, so
+    `registry.architecture_defaults` and `registry.build`'s checks see exactly these.
+
+    Returns
+    -------
+    builder : callable
+        The registered builder.
+    """
+    signature = inspect.signature(module_class)
+    unknown = sorted((set(fixed) | set(defaults)) - set(signature.parameters))
+    if unknown:
+        raise TypeError(f"{module_class.__name__} takes no arguments {unknown}.")
+    parameters = [
+        p.replace(default=defaults.get(p.name, p.default))
+        for p in signature.parameters.values()
+        if p.name not in fixed
+    ]
+
+    def builder(**hyperparameters: Any) -> torch.nn.Module:
+        arguments = {p.name: p.default for p in parameters if p.default is not p.empty}
+        arguments.update(hyperparameters)
+        return module_class(**fixed, **arguments)
+
+    builder.__signature__ = signature.replace(parameters=parameters, return_annotation=module_class)
+    builder.__name__ = builder.__qualname__ = f"build_{name}"
+    builder.__doc__ = f"Build a `{module_class.__name__}` with {fixed} (registry name ``{name!r}``)."
+    return register(name)(builder)

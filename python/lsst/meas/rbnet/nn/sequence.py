@@ -23,21 +23,29 @@ convolutional model re-zeroes padded steps after every layer (so a padded step l
 exactly like the convolution's own zero padding) and all poolings are masked. No
 batch normalisation is used for the same reason.
 
-Registered architectures:
+Registered architectures (the hyperparameters of each are the arguments of its class
+but the fixed ones, with the class's defaults unless said otherwise):
 
 ``"seq_bigru"``
-    Bidirectional GRU, hidden 128 (the paper's best model, trained with weight decay
-    1e-5), masked mean + max + std pooling of the outputs plus the final states.
+    `RecurrentClassifier` with ``cell="gru", bidirectional=True`` fixed: bidirectional
+    GRU, hidden 128 (the paper's best model, trained with weight decay 1e-5), masked
+    mean + max + std pooling of the outputs plus the final states; the default sequence
+    model. It reads every visit (``downsample=1``), as in the paper: on the stand-in,
+    fold 1 of its 5-fold evaluation, with the same 150 s training budget, it reached
+    ROC-AUC 0.829 at ``downsample=1``, against 0.780 at 4 and 0.801 at 2 (both stopped
+    early, within it).
 ``"seq_gru"``
-    Unidirectional GRU (the paper's baseline).
+    `RecurrentClassifier` with ``cell="gru", bidirectional=False`` fixed and
+    ``downsample=4``: unidirectional GRU (the paper's baseline).
 ``"seq_lstm"``
-    Unidirectional LSTM (the paper's variant).
+    `RecurrentClassifier` with ``cell="lstm"`` fixed, ``bidirectional=False`` and
+    ``downsample=4``: unidirectional LSTM (the paper's variant).
 ``"seq_conv1d"``
-    Residual dilated 1-D convolutions over time (128 channels, kernel 5, dilations
-    1, 2, 4) with masked mean + max + std pooling (ALeRCE found Conv1D as accurate as
-    recurrent models and several times faster).
+    `ConvClassifier`: residual dilated 1-D convolutions over time (128 channels, kernel
+    5, dilations 1, 2, 4) with masked mean + max + std pooling (ALeRCE found Conv1D as
+    accurate as recurrent models and several times faster).
 
-The builders' defaults (dropout 0.3; features ``"x+centered+diff"``; ``downsample=1``
+The defaults (dropout 0.3; features ``"x+centered+diff"``; ``downsample=1``
 for the bidirectional GRU, 4 for the GRU and LSTM) were chosen on the synthetic stand-in of the RB_ZTF set
 (`lsst.meas.rbnet.sequence.synthetic`) for accuracy within the 30-minute CPU budget of
 a 5-fold evaluation; ``features="x", pooling="last", downsample=1`` is the paper's
@@ -67,7 +75,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .registration import register
+from .registration import register, register_preset
 
 #: Pooling modes over time. ``"last"`` uses the final recurrent states (recurrent
 #: models only; the paper's choice); ``"mean"``, ``"max"`` and ``"attention"`` pool the
@@ -149,6 +157,10 @@ class SequenceClassifier(nn.Module):
         Dropout on the standardised input features during training.
     features : `str`
         ``+``-joined per-step features from `FEATURES`.
+
+    Notes
+    -----
+    Subclasses pool the per-step outputs of their layers and end with `_make_head`.
     """
 
     def __init__(
@@ -161,6 +173,25 @@ class SequenceClassifier(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(self.input_dim))
         self.register_buffer("feature_scale", torch.ones(self.input_dim))
         self.input_dropout = nn.Dropout(_check_dropout("input_dropout", input_dropout))
+
+    def _make_head(self, pooled: int, head_hidden: int, dropout: float) -> None:
+        """Set ``self.dropout`` and ``self.head``, from ``pooled`` features to one logit.
+
+        A hidden layer of ``head_hidden`` units (GELU, dropout) before the logit, or with
+        ``head_hidden=0`` a single linear layer.
+        """
+        self.dropout = nn.Dropout(dropout)
+        head_hidden = _check_int("head_hidden", head_hidden, 0)
+        if head_hidden:
+            self.head = nn.Sequential(
+                nn.Linear(pooled, head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1)
+            )
+        else:
+            self.head = nn.Linear(pooled, 1)
+
+    def _logit(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """``(B,)`` logits from the pooled features of every pooling mode."""
+        return self.head(self.dropout(torch.cat(pooled, dim=-1))).squeeze(-1)
 
     @property
     def feature_dim(self) -> int:
@@ -261,8 +292,6 @@ class RecurrentClassifier(SequenceClassifier):
 
     Parameters
     ----------
-    input_dim : `int`
-        Latent width ``D``.
     cell : `str`
         ``"gru"`` or ``"lstm"``.
     hidden_size : `int`
@@ -273,18 +302,14 @@ class RecurrentClassifier(SequenceClassifier):
         Read the sequence in both directions.
     dropout : `float`
         Dropout between stacked layers and before the head.
-    input_dropout : `float`
-        Dropout on input features.
     pooling : `str`
         ``+``-joined modes from `POOLINGS`.
     downsample : `int`
         Summarise windows of this many visits (mean and max) before the recurrence.
     head_hidden : `int`
         Width of the hidden layer of the head (0: a single linear layer).
-    use_time : `bool`
-        Use ``log(1 + dt)`` as a feature.
-    features : `str`
-        ``+``-joined per-step features from `FEATURES`.
+    input_dim, input_dropout, use_time, features
+        As for `SequenceClassifier`.
     """
 
     def __init__(
@@ -294,13 +319,13 @@ class RecurrentClassifier(SequenceClassifier):
         hidden_size: int = 128,
         num_layers: int = 1,
         bidirectional: bool = True,
-        dropout: float = 0.2,
+        dropout: float = 0.3,
         input_dropout: float = 0.0,
-        pooling: str = "mean+max+last",
+        pooling: str = "mean+max+std+last",
         downsample: int = 1,
         head_hidden: int = 64,
         use_time: bool = True,
-        features: str = "x",
+        features: str = "x+centered+diff",
     ):
         super().__init__(input_dim, use_time, input_dropout, features)
         if cell not in ("gru", "lstm"):
@@ -324,15 +349,7 @@ class RecurrentClassifier(SequenceClassifier):
         )
         out_dim = self.hidden_size * (2 if self.bidirectional else 1)
         self.attention = _AttentionPool(out_dim) if "attention" in self.pooling else None
-        pooled = out_dim * len(self.pooling)
-        self.dropout = nn.Dropout(dropout)
-        head_hidden = _check_int("head_hidden", head_hidden, 0)
-        if head_hidden:
-            self.head = nn.Sequential(
-                nn.Linear(pooled, head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1)
-            )
-        else:
-            self.head = nn.Linear(pooled, 1)
+        self._make_head(out_dim * len(self.pooling), head_hidden, dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
         """``(B,)`` logits of ``P(real)``; see the module docstring for the inputs."""
@@ -355,7 +372,7 @@ class RecurrentClassifier(SequenceClassifier):
                 pooled.append(self.attention(out, mask))
             else:
                 pooled.append(masked_pool(out, mask, mode))
-        return self.head(self.dropout(torch.cat(pooled, dim=-1))).squeeze(-1)
+        return self._logit(pooled)
 
 
 class _ConvBlock(nn.Module):
@@ -380,8 +397,6 @@ class ConvClassifier(SequenceClassifier):
 
     Parameters
     ----------
-    input_dim : `int`
-        Latent width ``D``.
     channels : `int`
         Width of the convolutional layers.
     kernel_size : `int`
@@ -392,16 +407,12 @@ class ConvClassifier(SequenceClassifier):
         Growth of the dilation (1 for plain convolutions).
     dropout : `float`
         Dropout in the blocks and the head.
-    input_dropout : `float`
-        Dropout on input features.
     pooling : `str`
-        ``+``-joined modes from ``("mean", "max", "attention")``.
+        ``+``-joined modes from ``("mean", "max", "std", "attention")``.
     head_hidden : `int`
         Width of the hidden layer of the head (0: a single linear layer).
-    use_time : `bool`
-        Use ``log(1 + dt)`` as a feature.
-    features : `str`
-        ``+``-joined per-step features from `FEATURES`.
+    input_dim, input_dropout, use_time, features
+        As for `SequenceClassifier`.
     """
 
     def __init__(
@@ -411,12 +422,12 @@ class ConvClassifier(SequenceClassifier):
         kernel_size: int = 5,
         num_layers: int = 3,
         dilation_base: int = 2,
-        dropout: float = 0.2,
+        dropout: float = 0.3,
         input_dropout: float = 0.0,
-        pooling: str = "mean+max",
+        pooling: str = "mean+max+std",
         head_hidden: int = 64,
         use_time: bool = True,
-        features: str = "x",
+        features: str = "x+centered+diff",
     ):
         super().__init__(input_dim, use_time, input_dropout, features)
         self.channels = _check_int("channels", channels)
@@ -433,15 +444,7 @@ class ConvClassifier(SequenceClassifier):
         )
         self.norm = nn.LayerNorm(self.channels)
         self.attention = _AttentionPool(self.channels) if "attention" in self.pooling else None
-        self.dropout = nn.Dropout(dropout)
-        pooled = self.channels * len(self.pooling)
-        head_hidden = _check_int("head_hidden", head_hidden, 0)
-        if head_hidden:
-            self.head = nn.Sequential(
-                nn.Linear(pooled, head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1)
-            )
-        else:
-            self.head = nn.Linear(pooled, 1)
+        self._make_head(self.channels * len(self.pooling), head_hidden, dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
         """``(B,)`` logits of ``P(real)``; see the module docstring for the inputs."""
@@ -455,130 +458,13 @@ class ConvClassifier(SequenceClassifier):
             self.attention(h, mask) if mode == "attention" else masked_pool(h, mask, mode)
             for mode in self.pooling
         ]
-        return self.head(self.dropout(torch.cat(pooled, dim=-1))).squeeze(-1)
+        return self._logit(pooled)
 
 
-@register("seq_bigru")
-def build_seq_bigru(
-    input_dim: int = 36,
-    hidden_size: int = 128,
-    num_layers: int = 1,
-    dropout: float = 0.3,
-    input_dropout: float = 0.0,
-    pooling: str = "mean+max+std+last",
-    downsample: int = 1,
-    head_hidden: int = 64,
-    use_time: bool = True,
-    features: str = "x+centered+diff",
-) -> RecurrentClassifier:
-    """Bidirectional GRU (registry name ``"seq_bigru"``; the default sequence model).
-
-    It reads every visit (``downsample=1``), as in the paper. On the stand-in, fold 1 of
-    its 5-fold evaluation, with the same 150 s training budget, it reached ROC-AUC 0.829
-    at ``downsample=1``, against 0.780 at 4 and 0.801 at 2 (both stopped early, within it).
-    """
-    return RecurrentClassifier(
-        input_dim,
-        "gru",
-        hidden_size,
-        num_layers,
-        True,
-        dropout,
-        input_dropout,
-        pooling,
-        downsample,
-        head_hidden,
-        use_time,
-        features,
-    )
-
-
-@register("seq_gru")
-def build_seq_gru(
-    input_dim: int = 36,
-    hidden_size: int = 128,
-    num_layers: int = 1,
-    dropout: float = 0.3,
-    input_dropout: float = 0.0,
-    pooling: str = "mean+max+std+last",
-    downsample: int = 4,
-    head_hidden: int = 64,
-    use_time: bool = True,
-    features: str = "x+centered+diff",
-) -> RecurrentClassifier:
-    """Unidirectional GRU (registry name ``"seq_gru"``; the paper's baseline)."""
-    return RecurrentClassifier(
-        input_dim,
-        "gru",
-        hidden_size,
-        num_layers,
-        False,
-        dropout,
-        input_dropout,
-        pooling,
-        downsample,
-        head_hidden,
-        use_time,
-        features,
-    )
-
-
-@register("seq_lstm")
-def build_seq_lstm(
-    input_dim: int = 36,
-    hidden_size: int = 128,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    dropout: float = 0.3,
-    input_dropout: float = 0.0,
-    pooling: str = "mean+max+std+last",
-    downsample: int = 4,
-    head_hidden: int = 64,
-    use_time: bool = True,
-    features: str = "x+centered+diff",
-) -> RecurrentClassifier:
-    """LSTM (registry name ``"seq_lstm"``)."""
-    return RecurrentClassifier(
-        input_dim,
-        "lstm",
-        hidden_size,
-        num_layers,
-        bidirectional,
-        dropout,
-        input_dropout,
-        pooling,
-        downsample,
-        head_hidden,
-        use_time,
-        features,
-    )
-
-
-@register("seq_conv1d")
-def build_seq_conv1d(
-    input_dim: int = 36,
-    channels: int = 128,
-    kernel_size: int = 5,
-    num_layers: int = 3,
-    dilation_base: int = 2,
-    dropout: float = 0.3,
-    input_dropout: float = 0.0,
-    pooling: str = "mean+max+std",
-    head_hidden: int = 64,
-    use_time: bool = True,
-    features: str = "x+centered+diff",
-) -> ConvClassifier:
-    """Dilated residual Conv1D (registry name ``"seq_conv1d"``)."""
-    return ConvClassifier(
-        input_dim,
-        channels,
-        kernel_size,
-        num_layers,
-        dilation_base,
-        dropout,
-        input_dropout,
-        pooling,
-        head_hidden,
-        use_time,
-        features,
-    )
+# The registered architectures (see the module docstring); their signatures are the contract of
+# the packages (`registry.architecture_defaults`), so a default changed here changes what a package
+# without that hyperparameter builds.
+register_preset("seq_bigru", RecurrentClassifier, {"cell": "gru", "bidirectional": True})
+register_preset("seq_gru", RecurrentClassifier, {"cell": "gru", "bidirectional": False}, downsample=4)
+register_preset("seq_lstm", RecurrentClassifier, {"cell": "lstm"}, bidirectional=False, downsample=4)
+register("seq_conv1d")(ConvClassifier)

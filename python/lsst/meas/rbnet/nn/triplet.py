@@ -86,6 +86,15 @@ def _check_dropout(value) -> float:
     return float(value)
 
 
+def _check_stamps(network: nn.Module, x: torch.Tensor) -> None:
+    """Raise unless ``x`` is ``(N, C, S, S)`` with the ``in_channels`` and ``stamp_size`` of ``network``."""
+    c, s = network.in_channels, network.stamp_size
+    if x.ndim != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
+        raise ValueError(f"{type(network).__name__} expects (N, {c}, {s}, {s}) stamps, got {tuple(x.shape)}.")
+
+
+# The classes are the registered builders: their arguments are the hyperparameters.
+@register("triplet_cnn")
 class TripletCNN(nn.Module):
     """Small CNN on triplet (or difference-only) stamps.
 
@@ -196,18 +205,6 @@ class TripletCNN(nn.Module):
         self.head = nn.Linear(n_head, 1)
         self.class_head = nn.Linear(n_head, n_classes) if n_classes else None
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if (
-            x.ndim != 4
-            or x.shape[1] != self.in_channels
-            or x.shape[2] != self.stamp_size
-            or x.shape[3] != self.stamp_size
-        ):
-            raise ValueError(
-                f"TripletCNN expects (N, {self.in_channels}, {self.stamp_size}, {self.stamp_size}) stamps, "
-                f"got {tuple(x.shape)}."
-            )
-
     def _pool(self, f: torch.Tensor) -> torch.Tensor:
         parts = []
         if self.pooling in ("avg", "avgmax", "avgmaxcenter"):
@@ -221,7 +218,7 @@ class TripletCNN(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(N, F)`` of stamps ``x`` ``(N, C, S, S)``."""
-        self._check_input(x)
+        _check_stamps(self, x)
         if not self.symmetric_pooling:
             return self._pool(self.features(x))
         n = x.shape[0]
@@ -242,6 +239,7 @@ class TripletCNN(nn.Module):
         return self.head(self.dropout(self.hidden(self.embed(x)))).squeeze(1)
 
 
+@register("braai_like")
 class BraaiLike(nn.Module):
     """VGG-like network in the style of ZTF braai (the benchmark comparison).
 
@@ -315,71 +313,13 @@ class BraaiLike(nn.Module):
         self.head = nn.Linear(dense, 1)
         self.class_head = nn.Linear(dense, n_classes) if n_classes else None
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if (
-            x.ndim != 4
-            or x.shape[1] != self.in_channels
-            or x.shape[2] != self.stamp_size
-            or x.shape[3] != self.stamp_size
-        ):
-            raise ValueError(
-                f"BraaiLike expects (N, {self.in_channels}, {self.stamp_size}, {self.stamp_size}) stamps, "
-                f"got {tuple(x.shape)}."
-            )
-
     def forward_with_classes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Real/bogus logits ``(N,)`` and class logits (None without a class head)."""
-        self._check_input(x)
+        _check_stamps(self, x)
         h = self.dropout(self.hidden(self.features(x)))
         return self.head(h).squeeze(1), (self.class_head(h) if self.class_head is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Real/bogus logits ``(N,)`` of stamps ``x`` ``(N, C, S, S)`` float32."""
-        self._check_input(x)
+        _check_stamps(self, x)
         return self.head(self.dropout(self.hidden(self.features(x)))).squeeze(1)
-
-
-@register("triplet_cnn")
-def triplet_cnn(
-    in_channels: int = 3,
-    stamp_size: int = DEFAULT_STAMP_SIZE,
-    widths: Sequence[int] = (16, 32, 64, 64),
-    convs_per_block: int = 1,
-    hidden: int = 64,
-    dropout: float = 0.2,
-    n_classes: int = 0,
-    pooling: str = "avgmaxcenter",
-    symmetric_pooling: bool = False,
-) -> TripletCNN:
-    """Build a `TripletCNN` (see it for the hyperparameters)."""
-    return TripletCNN(
-        in_channels=in_channels,
-        stamp_size=stamp_size,
-        widths=widths,
-        convs_per_block=convs_per_block,
-        hidden=hidden,
-        dropout=dropout,
-        n_classes=n_classes,
-        pooling=pooling,
-        symmetric_pooling=symmetric_pooling,
-    )
-
-
-@register("braai_like")
-def braai_like(
-    in_channels: int = 3,
-    stamp_size: int = 63,
-    widths: Sequence[int] = (16, 32),
-    dense: int = 256,
-    dropout: float = 0.25,
-    n_classes: int = 0,
-) -> BraaiLike:
-    """Build a `BraaiLike` network (see it for the hyperparameters)."""
-    return BraaiLike(
-        in_channels=in_channels,
-        stamp_size=stamp_size,
-        widths=widths,
-        dense=dense,
-        dropout=dropout,
-        n_classes=n_classes,
-    )

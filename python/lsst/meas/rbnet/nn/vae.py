@@ -42,6 +42,8 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
+# The class is the registered builder: its arguments are the hyperparameters.
+@register("vae")
 class FrameVAE(nn.Module):
     """Convolutional VAE on single frames.
 
@@ -179,25 +181,3 @@ class FrameVAE(nn.Module):
         rec = log_cosh(x - recon).mean()
         kl = (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
         return rec + self.kl_weight * kl, rec, kl
-
-
-@register("vae")
-def build_vae(
-    in_channels: int = 1,
-    frame_size: int = 28,
-    latent_dim: int = 36,
-    hidden_channels: list[int] = (32, 64, 128, 256, 512),
-    kernel_size: int = 3,
-    negative_slope: float = 0.01,
-    kl_weight: float = 8e-5,
-) -> FrameVAE:
-    """Builder of `FrameVAE` (registry name ``"vae"``)."""
-    return FrameVAE(
-        in_channels=in_channels,
-        frame_size=frame_size,
-        latent_dim=latent_dim,
-        hidden_channels=tuple(hidden_channels),
-        kernel_size=kernel_size,
-        negative_slope=negative_slope,
-        kl_weight=kl_weight,
-    )
