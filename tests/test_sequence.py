@@ -633,6 +633,59 @@ def test_package_with_unknown_frame_feature_is_refused(visit_score_package):
         SequenceScorer(odd)
 
 
+def test_fit_reads_the_loss_once_per_epoch(monkeypatch):
+    """The step losses stay on the device during an epoch (no read, hence no host-device
+    synchronisation, per step); the logged training loss is the same number a read per step gave."""
+    from lsst.meas.rbnet.sequence import train as seq_train
+
+    seen = []  # (loss tensor, batch size) of every step, in order
+    per_epoch = []  # number of steps seen when each epoch was logged
+    real_get_loss = seq_train.get_loss
+
+    def recording_get_loss(name, **params):
+        fn = real_get_loss(name, **params)
+
+        def loss(logits, target):
+            value = fn(logits, target)
+            seen.append((value.detach().clone(), len(target)))
+            return value
+
+        return loss
+
+    reads = []
+    real_float, real_item, real_tolist = torch.Tensor.__float__, torch.Tensor.item, torch.Tensor.tolist
+
+    def counted(name, real):
+        def read(self, *a, **k):
+            if self.ndim == 0 or name == "tolist":
+                reads.append((name, len(seen)))
+            return real(self, *a, **k)
+
+        return read
+
+    monkeypatch.setattr(seq_train, "get_loss", recording_get_loss)
+    monkeypatch.setattr(torch.Tensor, "__float__", counted("float", real_float))
+    monkeypatch.setattr(torch.Tensor, "item", counted("item", real_item))
+    monkeypatch.setattr(torch.Tensor, "tolist", counted("tolist", real_tolist))
+    cfg = seq_train.SequenceTrainConfig(architecture="seq_conv1d", **{**FAST, "batch_frames": 256})
+    fit = seq_train.fit_sequence_classifier(
+        _toy_latents(80), np.arange(80), cfg, log=lambda line: per_epoch.append(len(seen))
+    )
+    monkeypatch.undo()
+    assert len(fit.history) == len(per_epoch) >= 3
+    starts = [0] + per_epoch[:-1]
+    assert all(b - a >= 3 for a, b in zip(starts, per_epoch))  # several steps per epoch
+    for rec, a, b in zip(fit.history, starts, per_epoch):
+        total, count = 0.0, 0
+        for value, n in seen[a:b]:
+            total += float(value) * n
+            count += n
+        assert rec["train_loss"] == total / count  # bit for bit what a per-step read gave
+    # Loss reads (one tolist per epoch, after its last step), none while an epoch's steps run.
+    loss_reads = [at for name, at in reads if name in ("float", "tolist")]
+    assert loss_reads == per_epoch
+
+
 def test_fit_respects_time_budget_and_calibrates():
     from lsst.meas.rbnet.sequence.train import SequenceTrainConfig, fit_sequence_classifier, platt_scaling
 
