@@ -23,6 +23,7 @@ __all__ = [
     "ALL_CLASSES",
     "class_index",
     "MASK_PLANES",
+    "MASK_BIT",
     "DEFAULT_BAD_MASK_PLANES",
     "mask_bits",
     "VERSION_MAX_LENGTH",
@@ -104,6 +105,9 @@ MASK_PLANES: dict[str, int] = {
     "NO_DATA": 8,
     "STREAK": 9,
 }
+
+#: Bit value of each mask plane (``1 << MASK_PLANES[name]``), for setting and testing one plane.
+MASK_BIT: dict[str, int] = {name: 1 << bit for name, bit in MASK_PLANES.items()}
 
 #: Mask planes whose pixels are filled (not trusted) when making stamps.
 DEFAULT_BAD_MASK_PLANES: tuple[str, ...] = ("NO_DATA", "SAT", "BAD", "CR", "EDGE", "SUSPECT")

@@ -49,14 +49,12 @@ __all__ = [
 import numpy as np
 from scipy.special import erf
 
-from ..constants import MASK_PLANES
+from ..constants import MASK_BIT
 from .psf import DoubleGaussianPsf, pixel_gaussian_1d
-from .scene import Scene
+from .scene import AMPLITUDE_COLUMNS, Scene
 
 #: Central obscuration of the pupil (inner / outer radius), sets the shape of defocused images.
 PUPIL_OBSCURATION: float = 0.61
-
-_BIT = {name: np.int32(1 << bit) for name, bit in MASK_PLANES.items()}
 
 
 def _uniform_angle(rng, m):
@@ -306,36 +304,29 @@ def add_background_artifacts(
     if len(table["track"]) > before:
         per_track = np.exp(rng.uniform(np.log(50), np.log(2000), int(table["track"].max()) + 1))
         table["deposit"][new] *= per_track[table["track"][new]] * sky_sigma[table["canvas"][new]]
-    canvas, x, y = draw(hot_pixels_per_mpix)
-    start = len(scene.tables()["hot"]["canvas"])
-    add_hot_pixel(scene, rng, canvas, x, y, bad_probability=0.6)
-    table = scene.tables()["hot"]
-    table["amp"][start:] *= (
-        np.exp(rng.uniform(np.log(5), np.log(500), len(table["amp"]) - start))
-        * sky_sigma[table["canvas"][start:]]
+
+    def add_scaled(rate, add, kind, low, high, log_uniform, **options):
+        # Add one kind at ``rate`` and multiply the new rows' amplitude by a factor drawn
+        # in [low, high] (log-uniformly or uniformly) times their canvas' sky noise.
+        canvas, x, y = draw(rate)
+        start = len(scene.tables()[kind]["canvas"])
+        add(scene, rng, canvas, x, y, **options)
+        table = scene.tables()[kind]
+        (column,) = AMPLITUDE_COLUMNS[kind]
+        n = len(table[column]) - start
+        factor = (
+            np.exp(rng.uniform(np.log(low), np.log(high), n)) if log_uniform else rng.uniform(low, high, n)
+        )
+        table[column][start:] *= factor * sky_sigma[table["canvas"][start:]]
+
+    add_scaled(hot_pixels_per_mpix, add_hot_pixel, "hot", 5, 500, True, bad_probability=0.6)
+    add_scaled(
+        bad_columns_per_mpix, add_bad_column, "column", 0.5, 5.0, False, height=height, bad_probability=0.8
     )
-    canvas, x, y = draw(bad_columns_per_mpix)
-    start = len(scene.tables()["column"]["canvas"])
-    add_bad_column(scene, rng, canvas, x, y, height, bad_probability=0.8)
-    table = scene.tables()["column"]
-    table["amp"][start:] *= (
-        rng.uniform(0.5, 5.0, len(table["amp"]) - start) * sky_sigma[table["canvas"][start:]]
+    add_scaled(
+        satellite_probability_per_mpix, add_satellite_trail, "streak", 3, 300, True, masked_probability=0.7
     )
-    canvas, x, y = draw(satellite_probability_per_mpix)
-    start = len(scene.tables()["streak"]["canvas"])
-    add_satellite_trail(scene, rng, canvas, x, y, masked_probability=0.7)
-    table = scene.tables()["streak"]
-    table["flux"][start:] *= (
-        np.exp(rng.uniform(np.log(3), np.log(300), len(table["flux"]) - start))
-        * sky_sigma[table["canvas"][start:]]
-    )
-    canvas, x, y = draw(ghost_probability_per_mpix)
-    start = len(scene.tables()["ghost"]["canvas"])
-    add_ghost(scene, rng, canvas, x, y)
-    table = scene.tables()["ghost"]
-    table["amp"][start:] *= (
-        rng.uniform(0.2, 1.5, len(table["amp"]) - start) * sky_sigma[table["canvas"][start:]]
-    )
+    add_scaled(ghost_probability_per_mpix, add_ghost, "ghost", 0.2, 1.5, False)
 
 
 def _clip_box(y0, y1, x0, x1, height, width):
@@ -377,7 +368,7 @@ def render_artifacts(
         ):
             np.add.at(target, (t["canvas"][sel], iy[sel], ix[sel]), t["amp"][sel])
             bad = sel & t["bad"]
-            mask[t["canvas"][bad], iy[bad], ix[bad]] |= _BIT["BAD"]
+            mask[t["canvas"][bad], iy[bad], ix[bad]] |= MASK_BIT["BAD"]
     t = tables["column"]
     rows = np.arange(height, dtype=float)
     for i in range(len(t["canvas"])):
@@ -391,7 +382,7 @@ def render_artifacts(
             profile = np.exp(-(rows[ya:yb] - t["y0"][i]) / t["decay"][i])
         science[b, ya:yb, xa:xb] += (t["amp"][i] * profile)[:, None]
         if t["bad"][i]:
-            mask_science[b, ya:yb, xa:xb] |= _BIT["BAD"]
+            mask_science[b, ya:yb, xa:xb] |= MASK_BIT["BAD"]
     _render_streaks(tables["streak"], science, mask_difference, psf_science)
     _render_ghosts(tables["ghost"], science)
     _render_edges(tables["edge"], science)
@@ -420,7 +411,7 @@ def _render_cosmic_rays(t, science, mask_science):
         if t["masked"][rows[0]]:
             # The finder flags the sharp core but misses the faint wings of the track.
             peak = np.abs(patch).max()
-            mask_science[b, ya:yb, xa:xb] |= np.where(np.abs(patch) > 0.08 * peak, _BIT["CR"], 0).astype(
+            mask_science[b, ya:yb, xa:xb] |= np.where(np.abs(patch) > 0.08 * peak, MASK_BIT["CR"], 0).astype(
                 np.int32
             )
 
@@ -480,7 +471,7 @@ def _render_streaks(t, science, mask_difference, psf, tile: int = 128):
                 block = science[b, ty : ty + h, tx : tx + w]
                 block[near] += values.astype(science.dtype)
                 if t["masked"][i]:
-                    mask_difference[b, ty : ty + h, tx : tx + w][np.abs(d) < mask_half] |= _BIT["STREAK"]
+                    mask_difference[b, ty : ty + h, tx : tx + w][np.abs(d) < mask_half] |= MASK_BIT["STREAK"]
 
 
 def _render_ghosts(t, science):
@@ -583,5 +574,5 @@ def saturate(science: np.ndarray, threshold: np.ndarray, mask: np.ndarray, rng: 
     values += np.clip(e_dn[:, None] - before, 0, deficit)
     science[cb, :, cx] = values.astype(science.dtype)
     full = science >= t3 * (1 - 1e-6)
-    mask[full] |= _BIT["SAT"]
-    mask[(science > 0.85 * t3) & ~full] |= _BIT["SUSPECT"]
+    mask[full] |= MASK_BIT["SAT"]
+    mask[(science > 0.85 * t3) & ~full] |= MASK_BIT["SUSPECT"]

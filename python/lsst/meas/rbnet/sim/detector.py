@@ -24,6 +24,8 @@ __all__ = [
     "visit_metadata",
     "measure_sources",
     "set_source_units",
+    "source_table",
+    "draw_pointing",
     "SkyModel",
     "write_visit",
     "read_visit",
@@ -38,7 +40,7 @@ import scipy.fft
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from ..constants import MASK_PLANES
+from ..constants import BOGUS, MASK_PLANES, REAL, REAL_CLASSES
 from .artifacts import add_background_artifacts
 from .masked_fits import read_masked_image, write_masked_image
 from .imaging import Conditions, local_canvas_size, psf_photometry
@@ -346,6 +348,77 @@ def set_source_units(table: Table, flux_columns=("psfFlux", "psfFluxErr", "truth
         table[name].unit = "pix"
     table["ra"].unit = "deg"
     table["dec"].unit = "deg"
+
+
+def source_table(
+    rng: np.random.Generator,
+    obs,
+    cond: Conditions,
+    metadata: VisitMetadata,
+    classes,
+    truth_x,
+    truth_y,
+    snr,
+    truth_flux,
+) -> Table:
+    """The source table of the labelled objects on canvas 0 of ``obs``: what a pipeline measures, and the truth.
+
+    Parameters
+    ----------
+    rng : `numpy.random.Generator`
+        Draws the centroid scatter (`measure_sources`).
+    obs : `lsst.meas.rbnet.sim.imaging.Observation`
+    cond : `Conditions`
+        Conditions of the visit (length 1).
+    metadata : `VisitMetadata`
+    classes : array-like of `str`, (k,)
+    truth_x, truth_y, snr, truth_flux : `numpy.ndarray`, (k,)
+        True detector positions (pixels), true |S/N| and signed PSF flux (nJy) of each object.
+
+    Returns
+    -------
+    table : `astropy.table.Table`
+        Columns ``id``, ``x``, ``y``, ``ra``, ``dec``, ``psfFlux``, ``psfFluxErr``,
+        ``snr``, ``label``, ``source_class``, ``truth_x``, ``truth_y``, ``truth_flux``,
+        ``detected`` (``|psfFlux / psfFluxErr| >= 5``), with units (`set_source_units`);
+        ``meta`` holds the visit, detector, band and MJD.
+    """
+    x, y, psf_flux, psf_flux_err, ra, dec = measure_sources(
+        rng, obs, cond, truth_x, truth_y, snr, metadata.wcs
+    )
+    table = Table()
+    table["id"] = source_ids(metadata.visit, metadata.detector, len(classes))
+    table["x"] = x
+    table["y"] = y
+    table["ra"] = ra
+    table["dec"] = dec
+    table["psfFlux"] = psf_flux
+    table["psfFluxErr"] = psf_flux_err
+    table["snr"] = snr
+    table["label"] = np.where(np.isin(classes, list(REAL_CLASSES)), REAL, BOGUS).astype(np.int8)
+    table["source_class"] = np.asarray(classes, dtype=str)
+    table["truth_x"] = truth_x
+    table["truth_y"] = truth_y
+    table["truth_flux"] = truth_flux
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table["detected"] = np.abs(psf_flux / psf_flux_err) >= 5.0
+    set_source_units(table)
+    table.meta.update(
+        {"visit": metadata.visit, "detector": metadata.detector, "band": metadata.band, "mjd": metadata.mjd}
+    )
+    return table
+
+
+def draw_pointing(rng: np.random.Generator, ra: float | None, dec: float | None, rotation: float | None):
+    """The pointing of a detector: ``ra``, ``dec`` and ``rotation`` (degrees), each drawn when `None`.
+
+    ``ra`` is uniform, ``dec`` uniform on the sphere between about -70 and +10 degrees (Rubin's
+    sky), the rotation uniform; each draw is made only for a value not given.
+    """
+    ra = float(rng.uniform(0, 360)) if ra is None else float(ra)
+    dec = float(np.rad2deg(np.arcsin(rng.uniform(-0.94, 0.17)))) if dec is None else float(dec)
+    rotation = float(rng.uniform(0, 360)) if rotation is None else float(rotation)
+    return ra, dec, rotation
 
 
 def to_visit(obs, cond: Conditions, sources: Table, metadata: VisitMetadata) -> SimulatedVisit:

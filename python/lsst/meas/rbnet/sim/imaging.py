@@ -45,7 +45,7 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from ..constants import MASK_PLANES
+from ..constants import MASK_BIT
 from .artifacts import render_artifacts, saturate
 from .conditions import Conditions, sample_conditions
 from .photometry import psf_matched_filter, psf_photometry
@@ -55,8 +55,6 @@ from .scene import Scene
 
 #: Detection threshold of the simulated pipeline (PSF-smoothed S/N).
 DETECTION_THRESHOLD: float = 5.0
-
-_BIT = {name: np.int32(1 << bit) for name, bit in MASK_PLANES.items()}
 
 
 def render_models(
@@ -489,7 +487,7 @@ def observe(
     mask_s, mask_t, mask_d = masks
     covered, diff_invalid, on_chip, band = extra
     # The difference inherits the bad-pixel planes of both inputs.
-    inherit = ~(_BIT["DETECTED"] | _BIT["DETECTED_NEGATIVE"])
+    inherit = ~(MASK_BIT["DETECTED"] | MASK_BIT["DETECTED_NEGATIVE"])
     mask_d |= (mask_s | mask_t) & inherit
     if covered is not None:
         _set(mask_t, ~covered, "NO_DATA")
@@ -497,10 +495,10 @@ def observe(
     if on_chip is not None:
         off = ~on_chip
         for m in masks:
-            m[off] = _BIT["NO_DATA"]
+            m[off] = MASK_BIT["NO_DATA"]
             _set(m, band, "EDGE")
     for i, m in enumerate(masks):
-        nodata = (m & _BIT["NO_DATA"]) != 0
+        nodata = (m & MASK_BIT["NO_DATA"]) != 0
         if nodata.any():
             images[i][nodata] = np.nan
             images[i + 3][nodata] = np.nan
@@ -517,7 +515,7 @@ def _select(mode: np.ndarray, a, b):
 
 
 def _set(mask: np.ndarray, where: np.ndarray, plane: str) -> None:
-    np.bitwise_or(mask, _BIT[plane], out=mask, where=where)
+    np.bitwise_or(mask, MASK_BIT[plane], out=mask, where=where)
 
 
 def _embed(small: np.ndarray, shape) -> np.ndarray:

@@ -174,6 +174,20 @@ class Scene:
                 )
         return new
 
+    def take_objects(self, rows) -> "Scene":
+        """A new scene with the components of the labelled objects ``rows``, object ``rows[i]`` renumbered ``i``.
+
+        Used to hand the noise fluctuations of some objects to
+        `lsst.meas.rbnet.sim.imaging.observe`, which numbers its objects from 0.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        new = self.select(lambda t: np.isin(t["obj"], rows))
+        renumber = np.full(int(rows.max()) + 1 if len(rows) else 0, -1)
+        renumber[rows] = np.arange(len(rows))
+        for table in new.tables().values():
+            table["obj"] = renumber[table["obj"]]
+        return new
+
     def scale_objects(self, factor: np.ndarray) -> None:
         """Multiply the amplitude columns of every labelled object ``obj`` by ``factor[obj]``."""
         factor = np.asarray(factor, dtype=float)

@@ -13,21 +13,18 @@ lists every object (forced measurements), with its stable ``diaObjectId``.
 __all__ = ["simulate_visit_series"]
 
 import numpy as np
-from astropy.table import Table
 
-from ..constants import BOGUS, REAL, REAL_CLASSES
 from .artifacts import add_background_artifacts
 from .conditions import with_templates
 from .detector import (
     BAND_FILTERS,
     SimulatedVisit,
     SkyModel,
+    draw_pointing,
     local_size,
     make_wcs,
-    measure_sources,
     place_apart,
-    set_source_units,
-    source_ids,
+    source_table,
     template_covered,
     to_visit,
     visit_metadata,
@@ -96,9 +93,7 @@ def simulate_visit_series(
         raise ValueError(f"band must be one of {sorted(BAND_FILTERS)}, got {band!r}.")
     height, width = int(shape[0]), int(shape[1])
     rng = np.random.default_rng([seed, 0x5E1E5])
-    ra = float(rng.uniform(0, 360)) if ra is None else float(ra)
-    dec = float(np.rad2deg(np.arcsin(rng.uniform(-0.94, 0.17)))) if dec is None else float(dec)
-    rotation = float(rng.uniform(0, 360)) if rotation is None else float(rotation)
+    ra, dec, rotation = draw_pointing(rng, ra, dec, rotation)
     first_visit = 2026010100000 + 1000 * seed if first_visit is None else int(first_visit)
     wcs = make_wcs((height, width), pixel_scale, ra, dec, rotation)
 
@@ -171,11 +166,7 @@ def simulate_visit_series(
         if noise is not None and np.isin(noise["canvas"], frames).any():
             rows = np.flatnonzero(np.isin(noise["canvas"], frames))
             obj_of_row = mapping[noise["canvas"][rows]]
-            renumber = np.full(len(noise["canvas"]), -1)
-            renumber[rows] = np.arange(len(rows))
-            keys = noise["keys"].select(lambda t: np.isin(t["obj"], rows))
-            for table in keys.tables().values():
-                table["obj"] = renumber[table["obj"]]
+            keys = noise["keys"].take_objects(rows)
             keys = keys.replicate(
                 noise["canvas"][rows],
                 dx=dx[obj_of_row],
@@ -219,27 +210,9 @@ def simulate_visit_series(
         truth_x = gx - margin
         truth_y = gy - margin
         snr = np.abs(snr_signed)
-        x, y, flux, flux_err, ra_s, dec_s = measure_sources(rng, obs, cond1, truth_x, truth_y, snr, wcs)
-        table = Table()
-        table["id"] = source_ids(meta.visit, meta.detector, n_objects)
-        table["diaObjectId"] = object_ids
-        table["x"] = x
-        table["y"] = y
-        table["ra"] = ra_s
-        table["dec"] = dec_s
-        table["psfFlux"] = flux
-        table["psfFluxErr"] = flux_err
-        table["snr"] = snr
-        table["label"] = np.where(np.isin(classes, list(REAL_CLASSES)), REAL, BOGUS).astype(np.int8)
-        table["source_class"] = classes.astype(str)
-        table["kind"] = objs.kinds.astype(str)
-        table["truth_x"] = truth_x
-        table["truth_y"] = truth_y
-        table["truth_flux"] = truth_flux
-        with np.errstate(invalid="ignore", divide="ignore"):
-            table["detected"] = np.abs(flux / flux_err) >= 5.0
+        table = source_table(rng, obs, cond1, meta, classes, truth_x, truth_y, snr, truth_flux)
+        table.add_column(object_ids, name="diaObjectId", index=1)
+        table.add_column(objs.kinds.astype(str), name="kind", index=table.colnames.index("source_class") + 1)
         table["present"] = parts["present"][frames]
-        set_source_units(table)
-        table.meta.update({"visit": meta.visit, "detector": meta.detector, "band": band, "mjd": meta.mjd})
         visits.append(to_visit(obs, cond1, table, meta))
     return visits

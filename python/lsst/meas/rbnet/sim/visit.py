@@ -24,21 +24,19 @@ __all__ = [
 ]
 
 import numpy as np
-from astropy.table import Table
 
-from ..constants import BOGUS, REAL, REAL_CLASSES
 from .detector import (
     BAND_FILTERS,
     SimImage,
     SimulatedVisit,
     SkyModel,
     VisitMetadata,
+    draw_pointing,
     local_size,
     make_wcs,
-    measure_sources,
     place_apart,
-    set_source_units,
     source_ids,
+    source_table,
     template_covered,
     to_visit,
     visit_metadata,
@@ -126,11 +124,7 @@ def scale_labelled(
     noise_rows = np.flatnonzero(mode == CONDITIONED)
     noise_objects = None
     if len(noise_rows):
-        renumber = np.full(k, -1)
-        renumber[noise_rows] = np.arange(len(noise_rows))
-        bumps = noise_scene.select(lambda t: t["obj"] >= 0)
-        for table in bumps.tables().values():
-            table["obj"] = renumber[table["obj"]]
+        bumps = noise_scene.take_objects(noise_rows)
         kn = len(noise_rows)
         local = bumps.relocate(np.arange(kn), shift_x[noise_rows], shift_y[noise_rows])
         unit, _, _ = measure_objects(
@@ -339,9 +333,7 @@ def simulate_visit(
     rng = np.random.default_rng([seed, 0x71517])
     visit = 2026010100000 + seed if visit is None else int(visit)
     mjd = float(61041.0 + rng.uniform(0, 365)) if mjd is None else float(mjd)
-    ra = float(rng.uniform(0, 360)) if ra is None else float(ra)
-    dec = float(np.rad2deg(np.arcsin(rng.uniform(-0.94, 0.17)))) if dec is None else float(dec)
-    rotation = float(rng.uniform(0, 360)) if rotation is None else float(rotation)
+    ra, dec, rotation = draw_pointing(rng, ra, dec, rotation)
     cond = sample_conditions(
         rng, 1, fwhm_range=fwhm_range, fwhm_science=fwhm_science, fwhm_template=fwhm_template
     )
@@ -397,33 +389,7 @@ def simulate_visit(
         wcs=make_wcs((height, width), pixel_scale, ra, dec, rotation),
         seed=seed,
     )
-    sources = _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata)
+    sources = source_table(rng, obs, cond, metadata, classes, truth_x, truth_y, snr, flux)
+    sources["host_flux"] = info["host_flux"]
+    sources["host_flux"].unit = "nJy"
     return to_visit(obs, cond, sources, metadata)
-
-
-def _source_table(rng, obs, cond, classes, truth_x, truth_y, snr, flux, info, metadata) -> Table:
-    k = len(classes)
-    measured = measure_sources(rng, obs, cond, truth_x, truth_y, snr, metadata.wcs)
-    x, y, psf_flux, psf_flux_err, ra, dec = measured
-    table = Table()
-    table["id"] = source_ids(metadata.visit, metadata.detector, k)
-    table["x"] = x
-    table["y"] = y
-    table["ra"] = ra
-    table["dec"] = dec
-    table["psfFlux"] = psf_flux
-    table["psfFluxErr"] = psf_flux_err
-    table["snr"] = snr
-    table["label"] = np.where(np.isin(classes, list(REAL_CLASSES)), REAL, BOGUS).astype(np.int8)
-    table["source_class"] = np.asarray(classes, dtype=str)
-    table["truth_x"] = truth_x
-    table["truth_y"] = truth_y
-    table["truth_flux"] = flux
-    with np.errstate(invalid="ignore", divide="ignore"):
-        table["detected"] = np.abs(psf_flux / psf_flux_err) >= 5.0
-    table["host_flux"] = info["host_flux"]
-    set_source_units(table, ("psfFlux", "psfFluxErr", "truth_flux", "host_flux"))
-    table.meta.update(
-        {"visit": metadata.visit, "detector": metadata.detector, "band": metadata.band, "mjd": metadata.mjd}
-    )
-    return table
