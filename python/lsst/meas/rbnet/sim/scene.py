@@ -30,6 +30,8 @@ __all__ = [
     "mag_to_nJy",
     "FieldDensity",
     "add_field",
+    "add_cutout_fields",
+    "CUTOUT_DENSITY_RANGE",
     "add_galaxy",
     "sample_galaxy_radius",
 ]
@@ -455,3 +457,20 @@ def add_field(
     )
     bright = ~faint
     add_galaxy(scene, rng, canvas[bright], x[bright], y[bright], mag_to_nJy(mags[bright]), r_e[bright])
+
+
+#: Range of the factor on the field density of each cutout canvas (drawn log-uniformly):
+#: cutouts come from sparse and crowded fields alike.
+CUTOUT_DENSITY_RANGE: tuple[float, float] = (0.3, 3.0)
+
+
+def add_cutout_fields(
+    scene: Scene, rng: np.random.Generator, n_canvas: int, size: int, pixel_scale: float
+) -> None:
+    """Add the static field of ``n_canvas`` square cutout canvases of side ``size``, each at its own density.
+
+    The density factor of each canvas is drawn log-uniformly in `CUTOUT_DENSITY_RANGE`;
+    see `add_field` for the rest.
+    """
+    factor = np.exp(rng.uniform(*np.log(CUTOUT_DENSITY_RANGE), n_canvas))
+    add_field(scene, rng, n_canvas, size, size, pixel_scale=pixel_scale, density_factor=factor)

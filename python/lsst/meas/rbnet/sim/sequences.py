@@ -54,7 +54,7 @@ from .imaging import (
     sample_conditions,
 )
 from .objects import BEHAVIOUR, KINDS, draw_objects, object_components, rubin_cadence
-from .scene import Scene, add_field
+from .scene import Scene, add_cutout_fields
 from .series import simulate_visit_series
 from .stamps import class_counts
 
@@ -161,15 +161,7 @@ def _simulate_batch(
     cond = with_templates(cond_v, cond_o, frame_obj)
 
     static = Scene()  # on object canvases: both sides; the template side makes the template
-    add_field(
-        static,
-        rng,
-        n_obj,
-        size,
-        size,
-        pixel_scale=pixel_scale,
-        density_factor=np.exp(rng.uniform(np.log(0.3), np.log(3.0), n_obj)),
-    )
+    add_cutout_fields(static, rng, n_obj, size, pixel_scale)
     parts = object_components(rng, objs, times_by_object, n_visits, cond, shape, snr_range, static)
     present = parts["present"]
     per_frame = parts["per_frame"]
