@@ -43,7 +43,7 @@ from astropy.wcs import WCS
 from ..constants import BOGUS, MASK_PLANES, REAL, REAL_CLASSES
 from .artifacts import add_background_artifacts
 from .masked_fits import read_masked_image, write_masked_image
-from .imaging import Conditions, local_canvas_size, psf_photometry
+from .imaging import Conditions, Observation, local_canvas_size, observe, psf_photometry
 from .psf import DoubleGaussianPsf
 from .scene import FieldDensity, Scene, add_field
 
@@ -447,12 +447,28 @@ class SkyModel:
         Pixels between the canvas and the detector edge.
     on_chip : `numpy.ndarray` of `bool`, (1, H, W)
         The detector's pixels on the canvas.
+    shape : `tuple` [`int`, `int`]
+        The detector's ``(height, width)``.
     """
 
     scene: Scene
     canvas_shape: tuple[int, int]
     margin: int
     on_chip: np.ndarray
+    shape: tuple[int, int]
+
+    def template_covered(self, rng, fraction):
+        """`template_covered` on this canvas: `None`, or where the template has data, (1, H, W)."""
+        return template_covered(rng, fraction, self.canvas_shape, self.margin, self.shape)
+
+    def observe(self, scene: Scene, cond: Conditions, rng, **options) -> Observation:
+        """`lsst.meas.rbnet.sim.imaging.observe` of ``scene`` on this canvas, cropped to the detector.
+
+        Pixels off the detector are NO_DATA (``on_chip``); ``options`` are the other
+        keyword arguments of ``observe`` (``template_covered``, ``template``, ``noise_objects``).
+        """
+        crop = (self.margin, self.margin, *self.shape)
+        return observe(scene, cond, self.canvas_shape, rng, crop=crop, on_chip=self.on_chip, **options)
 
     @classmethod
     def build(
@@ -493,7 +509,7 @@ class SkyModel:
             add_background_artifacts(scene, rng, 1, *canvas_shape, cond.sky_sigma_science[:1])
         on_chip = np.zeros((1, *canvas_shape), bool)
         on_chip[0, margin : margin + height, margin : margin + width] = True
-        return cls(scene, canvas_shape, margin, on_chip)
+        return cls(scene, canvas_shape, margin, on_chip, (height, width))
 
 
 def write_visit(visit, directory, *, sources_format: str = "ecsv") -> dict[str, str]:

@@ -25,11 +25,10 @@ from .detector import (
     make_wcs,
     place_apart,
     source_table,
-    template_covered,
     to_visit,
     visit_metadata,
 )
-from .imaging import add_template_noise, observe, render_models, sample_conditions
+from .imaging import add_template_noise, render_models, sample_conditions
 from .objects import draw_objects, object_components, rubin_cadence
 from .scene import Scene
 from .stamps import class_counts
@@ -147,7 +146,7 @@ def simulate_visit_series(
     _, tmpl_model, *_ = render_models(static, tmpl, sky.canvas_shape, with_artifacts=False)
     template = add_template_noise(tmpl_model, tmpl, rng)
     del tmpl_model
-    covered = template_covered(rng, template_coverage, sky.canvas_shape, margin, (height, width))
+    covered = sky.template_covered(rng, template_coverage)
 
     noise = parts["noise"]
     visits = []
@@ -182,16 +181,8 @@ def simulate_visit_series(
                 "unit": noise["unit"][rows],
             }
         cond1 = cond_v.take([v])
-        obs = observe(
-            scene,
-            cond1,
-            sky.canvas_shape,
-            rng,
-            crop=(margin, margin, height, width),
-            on_chip=sky.on_chip,
-            template_covered=covered,
-            template=template,
-            noise_objects=noise_objects,
+        obs = sky.observe(
+            scene, cond1, rng, template_covered=covered, template=template, noise_objects=noise_objects
         )
         meta = visit_metadata(
             cond1,

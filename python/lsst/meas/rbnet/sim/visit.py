@@ -37,7 +37,6 @@ from .detector import (
     place_apart,
     source_ids,
     source_table,
-    template_covered,
     to_visit,
     visit_metadata,
 )
@@ -45,7 +44,6 @@ from .imaging import (
     Conditions,
     difference_sky_sigma,
     measure_objects,
-    observe,
     sample_conditions,
 )
 from .labelled import CONDITIONED, add_labelled, amplitude_factors, sample_noise_snr, sample_snr
@@ -362,20 +360,11 @@ def simulate_visit(
     snr, flux, noise_objects = scale_labelled(
         rng, labelled, noise_scene, classes, info, cond, snr_range, leader=leader
     )
-    covered = template_covered(rng, template_coverage, sky.canvas_shape, margin, (height, width))
+    covered = sky.template_covered(rng, template_coverage)
     scene = Scene()
     scene.extend(sky.scene)
     scene.extend(labelled)
-    obs = observe(
-        scene,
-        cond,
-        sky.canvas_shape,
-        rng,
-        crop=(margin, margin, height, width),
-        on_chip=sky.on_chip,
-        template_covered=covered,
-        noise_objects=noise_objects,
-    )
+    obs = sky.observe(scene, cond, rng, template_covered=covered, noise_objects=noise_objects)
     truth_x = info["x"] - margin
     truth_y = info["y"] - margin
     metadata = visit_metadata(
