@@ -1,6 +1,7 @@
 # This file is part of meas_rbnet.
-"""The table of architecture builders, the `register` decorator that fills it and
-`register_preset` for architectures that are one module class with some arguments fixed.
+"""The table of architecture builders, the `register` decorator that fills it,
+`register_preset` for architectures that are one module class with some arguments fixed,
+and the hyperparameter checks the architectures share (`check_int`, `check_dropout`).
 
 The architecture modules (`triplet`, `vae`, `sequence`) import this module to
 register their builders; `lsst.meas.rbnet.nn.registry` imports them and builds
@@ -8,7 +9,7 @@ by name from `BUILDERS`. A builder's signature is its architecture's contract: t
 hyperparameters it takes and their defaults (`registry.architecture_defaults`).
 """
 
-__all__ = ["BUILDERS", "register", "register_preset"]
+__all__ = ["BUILDERS", "register", "register_preset", "check_int", "check_dropout"]
 
 import inspect
 from typing import Any, Callable
@@ -17,6 +18,20 @@ import torch
 
 #: Builder of each registered architecture, by name.
 BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum``; else a ValueError naming hyperparameter ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Hyperparameter {name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def check_dropout(name: str, value) -> float:
+    """``value`` as a float if it is a number in [0, 1); else a ValueError naming hyperparameter ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < 1.0):
+        raise ValueError(f"Hyperparameter {name} must be a float in [0, 1), got {value!r}.")
+    return float(value)
 
 
 def register(name: str):

@@ -75,7 +75,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .registration import register, register_preset
+from .registration import check_dropout, check_int, register, register_preset
 
 #: Pooling modes over time. ``"last"`` uses the final recurrent states (recurrent
 #: models only; the paper's choice); ``"mean"``, ``"max"`` and ``"attention"`` pool the
@@ -118,18 +118,6 @@ def _parse_pooling(pooling: str, allowed: tuple[str, ...], what: str = "pooling"
     return modes
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Hyperparameter {name} must be an integer >= {minimum}, got {value!r}.")
-    return value
-
-
-def _check_dropout(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < 1.0):
-        raise ValueError(f"Hyperparameter {name} must be a float in [0, 1), got {value!r}.")
-    return float(value)
-
-
 class _AttentionPool(nn.Module):
     """Masked additive attention over time: ``softmax(w . tanh(W h))`` weights."""
 
@@ -167,12 +155,12 @@ class SequenceClassifier(nn.Module):
         self, input_dim: int, use_time: bool = True, input_dropout: float = 0.0, features: str = "x"
     ):
         super().__init__()
-        self.input_dim = _check_int("input_dim", input_dim)
+        self.input_dim = check_int("input_dim", input_dim)
         self.use_time = bool(use_time)
         self.features = _parse_pooling(features, FEATURES, "features")
         self.register_buffer("feature_mean", torch.zeros(self.input_dim))
         self.register_buffer("feature_scale", torch.ones(self.input_dim))
-        self.input_dropout = nn.Dropout(_check_dropout("input_dropout", input_dropout))
+        self.input_dropout = nn.Dropout(check_dropout("input_dropout", input_dropout))
 
     def _make_head(self, pooled: int, head_hidden: int, dropout: float) -> None:
         """Set ``self.dropout`` and ``self.head``, from ``pooled`` features to one logit.
@@ -181,7 +169,7 @@ class SequenceClassifier(nn.Module):
         ``head_hidden=0`` a single linear layer.
         """
         self.dropout = nn.Dropout(dropout)
-        head_hidden = _check_int("head_hidden", head_hidden, 0)
+        head_hidden = check_int("head_hidden", head_hidden, 0)
         if head_hidden:
             self.head = nn.Sequential(
                 nn.Linear(pooled, head_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_hidden, 1)
@@ -331,12 +319,12 @@ class RecurrentClassifier(SequenceClassifier):
         if cell not in ("gru", "lstm"):
             raise ValueError(f"Hyperparameter cell must be 'gru' or 'lstm', got {cell!r}.")
         self.cell = cell
-        self.hidden_size = _check_int("hidden_size", hidden_size)
-        self.num_layers = _check_int("num_layers", num_layers)
+        self.hidden_size = check_int("hidden_size", hidden_size)
+        self.num_layers = check_int("num_layers", num_layers)
         self.bidirectional = bool(bidirectional)
-        self.downsample = _check_int("downsample", downsample)
+        self.downsample = check_int("downsample", downsample)
         self.pooling = _parse_pooling(pooling, POOLINGS)
-        dropout = _check_dropout("dropout", dropout)
+        dropout = check_dropout("dropout", dropout)
         rnn_in = self.feature_dim * (2 if self.downsample > 1 else 1)
         rnn_cls = nn.GRU if cell == "gru" else nn.LSTM
         self.rnn = rnn_cls(
@@ -430,14 +418,14 @@ class ConvClassifier(SequenceClassifier):
         features: str = "x+centered+diff",
     ):
         super().__init__(input_dim, use_time, input_dropout, features)
-        self.channels = _check_int("channels", channels)
-        k = _check_int("kernel_size", kernel_size)
+        self.channels = check_int("channels", channels)
+        k = check_int("kernel_size", kernel_size)
         if k % 2 != 1:
             raise ValueError(f"Hyperparameter kernel_size must be odd, got {k}.")
-        self.num_layers = _check_int("num_layers", num_layers, 0)
-        base = _check_int("dilation_base", dilation_base)
+        self.num_layers = check_int("num_layers", num_layers, 0)
+        base = check_int("dilation_base", dilation_base)
         self.pooling = _parse_pooling(pooling, ("mean", "max", "std", "attention"))
-        dropout = _check_dropout("dropout", dropout)
+        dropout = check_dropout("dropout", dropout)
         self.embed = nn.Linear(self.feature_dim, self.channels)
         self.blocks = nn.ModuleList(
             [_ConvBlock(self.channels, k, base**i, dropout) for i in range(self.num_layers)]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..constants import ALL_CLASSES, DEFAULT_STAMP_SIZE
-from .registration import register
+from .registration import check_dropout, check_int, register
 
 #: Global pooling modes of `TripletCNN`:
 #: ``"avg"`` and ``"max"`` pool the last feature map; ``"avgmax"`` concatenates both;
@@ -72,18 +72,6 @@ def dihedral_transform(x: torch.Tensor, k: int) -> torch.Tensor:
     if k >= 4:
         x = torch.flip(x, dims=(-1,))
     return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Hyperparameter {name} must be an integer >= {minimum}, got {value!r}.")
-    return value
-
-
-def _check_dropout(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < 1.0):
-        raise ValueError(f"Hyperparameter dropout must be a float in [0, 1), got {value!r}.")
-    return float(value)
 
 
 def _check_stamps(network: nn.Module, x: torch.Tensor) -> None:
@@ -143,16 +131,16 @@ class TripletCNN(nn.Module):
         symmetric_pooling: bool = False,
     ):
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("stamp_size", stamp_size, minimum=3)
-        _check_positive_int("convs_per_block", convs_per_block)
-        _check_positive_int("hidden", hidden, minimum=0)
-        dropout = _check_dropout(dropout)
+        check_int("in_channels", in_channels)
+        check_int("stamp_size", stamp_size, minimum=3)
+        check_int("convs_per_block", convs_per_block)
+        check_int("hidden", hidden, minimum=0)
+        dropout = check_dropout("dropout", dropout)
         widths = list(widths) if isinstance(widths, (list, tuple)) else widths
         if not isinstance(widths, list) or not widths:
             raise ValueError(f"Hyperparameter widths must be a non-empty list of integers, got {widths!r}.")
         for w in widths:
-            _check_positive_int("widths[...]", w)
+            check_int("widths[...]", w)
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 0:
             raise ValueError(f"Hyperparameter n_classes must be an integer >= 0, got {n_classes!r}.")
         if n_classes not in (0, len(ALL_CLASSES)):
@@ -274,15 +262,15 @@ class BraaiLike(nn.Module):
         n_classes: int = 0,
     ):
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("stamp_size", stamp_size, minimum=3)
-        _check_positive_int("dense", dense)
-        dropout = _check_dropout(dropout)
+        check_int("in_channels", in_channels)
+        check_int("stamp_size", stamp_size, minimum=3)
+        check_int("dense", dense)
+        dropout = check_dropout("dropout", dropout)
         widths = list(widths) if isinstance(widths, (list, tuple)) else widths
         if not isinstance(widths, list) or len(widths) != 2:
             raise ValueError(f"Hyperparameter widths must be a list of two integers, got {widths!r}.")
         for w in widths:
-            _check_positive_int("widths[...]", w)
+            check_int("widths[...]", w)
         if (
             isinstance(n_classes, bool)
             or not isinstance(n_classes, int)

@@ -27,19 +27,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .registration import register
+from .registration import check_int, register
 
 
 def log_cosh(d: torch.Tensor) -> torch.Tensor:
     """``log(cosh(d))`` elementwise, stable for large ``|d|`` (no overflow of cosh)."""
     a = d.abs()
     return a + torch.nn.functional.softplus(-2.0 * a) - math.log(2.0)
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Hyperparameter {name} must be an integer >= {minimum}, got {value!r}.")
-    return value
 
 
 # The class is the registered builder: its arguments are the hyperparameters.
@@ -77,13 +71,13 @@ class FrameVAE(nn.Module):
         kl_weight: float = 8e-5,
     ):
         super().__init__()
-        self.in_channels = _check_int("in_channels", in_channels)
-        self.frame_size = _check_int("frame_size", frame_size, 2)
-        self.latent_dim = _check_int("latent_dim", latent_dim)
-        hidden = [_check_int("hidden_channels", int(c)) for c in hidden_channels]
+        self.in_channels = check_int("in_channels", in_channels)
+        self.frame_size = check_int("frame_size", frame_size, 2)
+        self.latent_dim = check_int("latent_dim", latent_dim)
+        hidden = [check_int("hidden_channels", int(c)) for c in hidden_channels]
         if not hidden:
             raise ValueError("Hyperparameter hidden_channels needs at least one layer.")
-        k = _check_int("kernel_size", kernel_size)
+        k = check_int("kernel_size", kernel_size)
         if k % 2 != 1:
             raise ValueError(f"Hyperparameter kernel_size must be odd, got {k}.")
         if not kl_weight >= 0:
