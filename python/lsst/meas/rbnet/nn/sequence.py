@@ -449,9 +449,8 @@ class ConvClassifier(SequenceClassifier):
         return self._logit(pooled)
 
 
-# The registered architectures (see the module docstring); their signatures are the contract of
-# the packages (`registry.architecture_defaults`), so a default changed here changes what a package
-# without that hyperparameter builds.
+# The registered architectures (see the module docstring). Their signatures give
+# `registry.architecture_defaults`, which a model package stores with its hyperparameters.
 register_preset("seq_bigru", RecurrentClassifier, {"cell": "gru", "bidirectional": True})
 register_preset("seq_gru", RecurrentClassifier, {"cell": "gru", "bidirectional": False}, downsample=4)
 register_preset("seq_lstm", RecurrentClassifier, {"cell": "lstm"}, bidirectional=False, downsample=4)
