@@ -129,6 +129,24 @@ def test_digest_identifies_weights(package):
     assert len(package.digest) == 64
 
 
+def test_digest_follows_changes_of_the_weights():
+    # The digest is kept between calls; a weight changed in place or replaced must still show.
+    pkg = make_package(seed=0)[0]
+    first = pkg.digest
+    assert pkg.digest == first == weights_digest(pkg.state)
+    name = sorted(pkg.state)[0]
+    original = pkg.state[name].clone()
+    with torch.no_grad():
+        pkg.state[name].add_(1.0)
+    changed = pkg.digest
+    assert changed != first and changed == weights_digest(pkg.state)
+    pkg.state[name] = original.clone()
+    assert pkg.digest == first
+    with torch.inference_mode():
+        pkg.state[name] = original + 1.0  # an inference tensor: no version counter
+    assert pkg.digest == changed
+
+
 def test_metadata_only(tmp_path, package):
     path = tmp_path / "m.safetensors"
     package.save(path)

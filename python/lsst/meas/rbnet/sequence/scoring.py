@@ -253,6 +253,9 @@ class SequenceScorer:
         channels = tuple(channels)
         if len(channels) != c:
             raise ValueError(f"channels {channels} do not match the frames' {c} channels.")
+        if channels == self.frame_channels:
+            # Already the model's channels in its order (as the task gathers them): no copy.
+            return frames
         missing = [ch for ch in self.frame_channels if ch not in channels]
         if missing:
             raise ValueError(f"The model needs channels {self.frame_channels}; the frames lack {missing}.")
