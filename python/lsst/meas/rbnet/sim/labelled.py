@@ -102,10 +102,24 @@ def sample_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.
     return out
 
 
+#: Share of noise detections drawn from a heavier tail than the Gaussian one, and the
+#: largest factor (log-uniform from 1) by which such a detection exceeds its Gaussian S/N.
+NOISE_HEAVY_TAIL_FRACTION: float = 0.0
+NOISE_HEAVY_TAIL_MAX: float = 1.6
+
+
 def sample_noise_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.ndarray:
     """|S/N| of noise fluctuations: the Gaussian tail above the lower S/N bound or above 5."""
     floor = np.where(rng.random(n) < 0.5, snr_range[0], max(snr_range[0], 5.0))
-    return np.sqrt(floor**2 - 2 * np.log(rng.random(n)))
+    snr = np.sqrt(floor**2 - 2 * np.log(rng.random(n)))
+    if NOISE_HEAVY_TAIL_FRACTION > 0:
+        # Real difference images are not Gaussian (correlated noise of the matching
+        # kernel, noise of faint template sources, weak unflagged artifacts): a share of
+        # their noise detections stand further above the threshold than a Gaussian tail.
+        heavy = rng.random(n) < NOISE_HEAVY_TAIL_FRACTION
+        excess = np.exp(rng.uniform(0.0, np.log(NOISE_HEAVY_TAIL_MAX), n))
+        snr = np.where(heavy, snr * excess, snr)
+    return snr
 
 
 def amplitude_factors(classes, mode, unit_snr, unit_peak, saturation, target):
@@ -155,6 +169,15 @@ GOOD_REGISTRATION_SIGMA: float = 0.03
 #: assumption, and the range of that fractional width error.
 PSF_MISMATCH_FRACTION: float = 0.35
 PSF_MISMATCH_RANGE: tuple[float, float] = (0.03, 0.12)
+
+
+#: Flux of a variable star in its fainter state over its change of flux (log-uniform
+#: range): ``real_brighter`` stars are ``base`` in the template and ``base + 1`` in the
+#: science image, ``real_fainter`` the other way round (a ratio of 40 is a 0.03 mag change).
+VARIABLE_BRIGHTER_BASE: tuple[float, float] = (0.3, 40.0)
+VARIABLE_FAINTER_BASE: tuple[float, float] = (0.2, 20.0)
+#: Fraction of fading sources that are gone from the science image (base 0).
+VARIABLE_FADED_OUT_FRACTION: float = 0.25
 
 
 def star_template_offsets(rng: np.random.Generator, n: int, *, detectable: bool = False):
@@ -306,14 +329,16 @@ def add_labelled(
     # Variable stars: the star is in the template and changed; its subtraction is as
     # imperfect as any constant star's (same offsets, same PSF mismatch).
     sel = rows("real_brighter")
-    base = np.exp(rng.uniform(np.log(0.3), np.log(40.0), len(sel)))
+    base = np.exp(rng.uniform(*np.log(VARIABLE_BRIGHTER_BASE), len(sel)))
     dx, dy = star_template_offsets(rng, len(sel))
     fx, fy = star_psf_mismatch(rng, len(sel))
     point(sel, base + 1.0, base, dx_t=dx, dy_t=dy, psf_fx=fx, psf_fy=fy)
 
     sel = rows("real_fainter")
     base = np.where(
-        rng.random(len(sel)) < 0.25, 0.0, np.exp(rng.uniform(np.log(0.2), np.log(20.0), len(sel)))
+        rng.random(len(sel)) < VARIABLE_FADED_OUT_FRACTION,
+        0.0,
+        np.exp(rng.uniform(*np.log(VARIABLE_FAINTER_BASE), len(sel))),
     )
     dx, dy = star_template_offsets(rng, len(sel))
     fx, fy = star_psf_mismatch(rng, len(sel))
