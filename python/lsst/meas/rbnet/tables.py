@@ -7,9 +7,10 @@ its pipe_base error types (`lsst.meas.rbnet.tasks.errors`).
 
 from __future__ import annotations
 
-__all__ = ["TableColumnError", "match_labels", "source_table_from_any"]
+__all__ = ["TableColumnError", "match_labels", "require_columns", "source_table_from_any"]
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import astropy.table
@@ -24,6 +25,43 @@ class TableColumnError(ValueError):
     def __init__(self, message: str, *, dataset: str, missing: list[str], columns: list[str]) -> None:
         super().__init__(message)
         self.details = {"dataset": dataset, "missing": list(missing), "columns": list(columns)}
+
+
+def require_columns(
+    table: astropy.table.Table,
+    columns: Sequence[str],
+    *,
+    what: str,
+    dataset: str,
+    hint: str = "",
+    plural: bool = False,
+) -> None:
+    """Raise `TableColumnError` if ``table`` lacks any of ``columns``.
+
+    Parameters
+    ----------
+    table : `astropy.table.Table`
+        The table.
+    columns : sequence of `str`
+        The columns it must have.
+    what : `str`
+        How the message names the table, e.g. ``"The source table (sources)"``.
+    dataset : `str`
+        The dataset named in the error's ``details``.
+    hint : `str`
+        Said after the missing columns, e.g. ``" (configured by idColumn/xColumn/yColumn)"``.
+    plural : `bool`
+        Whether ``what`` is plural ("The cutouts ... have").
+    """
+    missing = [c for c in columns if c not in table.colnames]
+    if missing:
+        has, it_has = ("have", "they have") if plural else ("has", "it has")
+        raise TableColumnError(
+            f"{what} {has} no column(s) {missing}{hint}; {it_has} {table.colnames}.",
+            dataset=dataset,
+            missing=missing,
+            columns=list(table.colnames),
+        )
 
 
 def source_table_from_any(sources: Any, name: str = "sources") -> astropy.table.Table:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..constants import CHANNEL_ORDER
 from ..flags import UNSCORABLE, SourceFlag
-from ..tables import TableColumnError, source_table_from_any
+from ..tables import require_columns, source_table_from_any
 
 
 @dataclasses.dataclass
@@ -179,24 +179,20 @@ def gather_frames(
         where = names[i]
         cut = source_table_from_any(_get(cutouts[i]), name=f"{cutouts_name} ({where})")
         src = source_table_from_any(_get(sources[i]), name=f"{sources_name} ({where})")
-        missing = [c for c in ("id", "stamp") if c not in cut.colnames]
-        if missing:
-            raise TableColumnError(
-                f"The cutouts ({cutouts_name}, {where}) have no column(s) {missing}; "
-                f"they have {cut.colnames}.",
-                dataset=f"{cutouts_name} ({where})",
-                missing=missing,
-                columns=list(cut.colnames),
-            )
-        missing = [c for c in (id_column, ra_column, dec_column) if c not in src.colnames]
-        if missing:
-            raise TableColumnError(
-                f"The source table ({sources_name}, {where}) has no column(s) {missing} (configured by "
-                f"idColumn/raColumn/decColumn); it has {src.colnames}.",
-                dataset=f"{sources_name} ({where})",
-                missing=missing,
-                columns=list(src.colnames),
-            )
+        require_columns(
+            cut,
+            ("id", "stamp"),
+            what=f"The cutouts ({cutouts_name}, {where})",
+            dataset=f"{cutouts_name} ({where})",
+            plural=True,
+        )
+        require_columns(
+            src,
+            (id_column, ra_column, dec_column),
+            what=f"The source table ({sources_name}, {where})",
+            dataset=f"{sources_name} ({where})",
+            hint=" (configured by idColumn/raColumn/decColumn)",
+        )
         cut_ids = np.asarray(cut["id"], dtype=np.int64)
         src_ids = np.asarray(src[id_column], dtype=np.int64)
         if len(cut_ids) == len(src_ids) and np.array_equal(cut_ids, src_ids):

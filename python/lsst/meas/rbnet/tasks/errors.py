@@ -38,10 +38,12 @@ __all__ = [
     "NoSequenceModelError",
     "no_model_message",
     "check_model_package",
+    "require_columns",
 ]
 
 from typing import Any
 
+from .. import tables
 from ..constants import VERSION_MAX_LENGTH
 
 from lsst.pipe.base import AlgorithmError, UnprocessableDataError
@@ -84,6 +86,14 @@ class RBNetAlgorithmError(AlgorithmError, ValueError):
 
 class MissingColumnError(RBNetAlgorithmError):
     """A table lacks a column the task's config names (metadata: dataset, missing, columns)."""
+
+
+def require_columns(table, columns, **kwargs) -> None:
+    """`lsst.meas.rbnet.tables.require_columns` raising `MissingColumnError` (same message and metadata)."""
+    try:
+        tables.require_columns(table, columns, **kwargs)
+    except tables.TableColumnError as err:
+        raise MissingColumnError(str(err), **err.details) from None
 
 
 class BadColumnError(RBNetAlgorithmError):

@@ -35,7 +35,7 @@ from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, DEFAULT_STAMP_SI
 from ..tables import match_labels, source_table_from_any
 from .adapter import check_same_bbox, to_arrays
 from .connections import VISIT_DIMENSIONS, visit_input, visit_output
-from .errors import MissingColumnError
+from .errors import MissingColumnError, require_columns
 
 class LabelledCutoutsConnections(pipeBase.PipelineTaskConnections, dimensions=VISIT_DIMENSIONS):
     """Connections of `LabelledCutoutsTask`."""
@@ -168,15 +168,12 @@ class LabelledCutoutsTask(pipeBase.PipelineTask):
 
         config = self.config
         table = source_table_from_any(sources, name=f"sources ({config.connections.sources})")
-        missing = [c for c in (config.idColumn, config.xColumn, config.yColumn) if c not in table.colnames]
-        if missing:
-            raise MissingColumnError(
-                f"The source table ({config.connections.sources}) has no column(s) {missing}; it has "
-                f"{table.colnames}.",
-                dataset=config.connections.sources,
-                missing=missing,
-                columns=list(table.colnames),
-            )
+        require_columns(
+            table,
+            (config.idColumn, config.xColumn, config.yColumn),
+            what=f"The source table ({config.connections.sources})",
+            dataset=config.connections.sources,
+        )
         labels = source_table_from_any(labels, name=f"labels ({config.connections.labels})")
         if "label" not in labels.colnames:
             raise MissingColumnError(

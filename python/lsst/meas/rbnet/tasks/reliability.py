@@ -51,14 +51,15 @@ from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, VERSION_MAX_LENG
 from ..flags import UNSCORABLE, SourceFlag
 from ..tables import source_table_from_any
 from .adapter import ImageArrays, check_same_bbox, to_arrays
+from .config_checks import check_channels
 from .connections import model_input, visit_input, visit_output
 from .errors import (
     BadColumnError,
     DuplicateSourceIdError,
-    MissingColumnError,
     NoModelError,
     check_model_package,
     no_model_message,
+    require_columns,
 )
 
 #: Mask plane marking pixels without template coverage.
@@ -238,17 +239,7 @@ class ReliabilityConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Reliabi
 
     def validate(self):
         super().validate()
-        channels = tuple(self.channels)
-        if (
-            not channels
-            or any(c not in CHANNEL_ORDER for c in channels)
-            or len(set(channels)) != len(channels)
-        ):
-            raise pexConfig.FieldValidationError(
-                ReliabilityConfig.channels,
-                self,
-                f"must be distinct names from {CHANNEL_ORDER}, got {channels}",
-            )
+        channels = check_channels(self)
         if "difference" not in channels:
             raise pexConfig.FieldValidationError(
                 ReliabilityConfig.channels, self, "must include 'difference' (sources are detected on it)"
@@ -351,15 +342,13 @@ class ReliabilityTask(pipeBase.PipelineTask):
 
     def _check_sources(self, sources: astropy.table.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         config = self.config
-        missing = [c for c in (config.idColumn, config.xColumn, config.yColumn) if c not in sources.colnames]
-        if missing:
-            raise MissingColumnError(
-                f"The source table ({config.connections.sources}) has no column(s) {missing} "
-                f"(configured by idColumn/xColumn/yColumn); it has {sources.colnames}.",
-                dataset=config.connections.sources,
-                missing=missing,
-                columns=list(sources.colnames),
-            )
+        require_columns(
+            sources,
+            (config.idColumn, config.xColumn, config.yColumn),
+            what=f"The source table ({config.connections.sources})",
+            dataset=config.connections.sources,
+            hint=" (configured by idColumn/xColumn/yColumn)",
+        )
         ids = np.asarray(sources[config.idColumn])
         if len(ids) and not np.issubdtype(ids.dtype, np.integer):
             raise BadColumnError(

@@ -40,6 +40,7 @@ from lsst.utils.timer import timeMethod
 
 from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, REAL
 from ..contract import NORMALIZATIONS
+from .config_checks import check_version
 from .connections import global_output, model_input, visit_input
 from .metrics import plain_metrics
 
@@ -164,10 +165,7 @@ class TrainTripletConfig(pipeBase.PipelineTaskConfig, pipelineConnections=TrainT
                 "its own prerequisite input. Set connections.model to another name, e.g. "
                 "'rbnetFineTunedModelPackage'",
             )
-        if not 1 <= len(self.version) <= 7:
-            raise pexConfig.FieldValidationError(
-                TrainTripletConfig.version, self, "must have 1 to 7 characters"
-            )
+        check_version(self)
         if any(c not in CHANNEL_ORDER for c in self.channels):
             raise pexConfig.FieldValidationError(
                 TrainTripletConfig.channels, self, f"must be names from {CHANNEL_ORDER}"

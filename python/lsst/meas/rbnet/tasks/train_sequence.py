@@ -22,11 +22,11 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from ..constants import CHANNEL_ORDER, VERSION_MAX_LENGTH
 from ..contract import NORMALIZATIONS
 from ..sequence.association import group_sources
 from ..sequence.labels import object_labels, training_sequences
 from ..tables import source_table_from_any
+from .config_checks import check_channels, check_version
 from .connections import global_output, visit_input
 from .metrics import plain_metrics
 from .sequence_inputs import (
@@ -169,19 +169,8 @@ class TrainSequenceConfig(
 
     def validate(self):
         super().validate()
-        if not 1 <= len(self.version) <= VERSION_MAX_LENGTH:
-            raise pexConfig.FieldValidationError(
-                TrainSequenceConfig.version, self, f"must have 1 to {VERSION_MAX_LENGTH} characters"
-            )
-        channels = tuple(self.channels)
-        if (
-            not channels
-            or any(c not in CHANNEL_ORDER for c in channels)
-            or len(set(channels)) != len(channels)
-        ):
-            raise pexConfig.FieldValidationError(
-                TrainSequenceConfig.channels, self, f"must be distinct names from {CHANNEL_ORDER}"
-            )
+        check_version(self)
+        check_channels(self)
         if self.frameSize < 4:
             raise pexConfig.FieldValidationError(TrainSequenceConfig.frameSize, self, "must be >= 4")
         if not 0.0 <= self.testFraction < 0.5:
