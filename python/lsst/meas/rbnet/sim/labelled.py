@@ -318,10 +318,12 @@ def add_labelled(
     def rows(name):
         return np.flatnonzero(classes == name)
 
+    def component(kind, sel, target=scene, **columns):
+        # One component of ``kind`` for each object of ``sel``, at the object's position.
+        target.add(kind, canvas[sel], obj=obj[sel], x=x[sel], y=y[sel], **columns)
+
     def point(sel, flux_s, flux_t, **extra):
-        scene.add(
-            "point", canvas[sel], obj=obj[sel], x=x[sel], y=y[sel], flux_s=flux_s, flux_t=flux_t, **extra
-        )
+        component("point", sel, flux_s=flux_s, flux_t=flux_t, **extra)
 
     sel = rows("real_new")
     point(sel, 1.0, 0.0)
@@ -374,12 +376,9 @@ def add_labelled(
         point(sel, 1.0, 0.0)
 
     sel = rows("real_moving")
-    scene.add(
+    component(
         "extended",
-        canvas[sel],
-        obj=obj[sel],
-        x=x[sel],
-        y=y[sel],
+        sel,
         flux_s=1.0,
         flux_t=0.0,
         shape=SHAPE_TRAIL,
@@ -468,15 +467,8 @@ def add_labelled(
         u = rng.random(k)
         in_template = u < 0.2
         negative = in_template | (u > 0.8)
-        noise_scene.add(
-            "point",
-            canvas[sel],
-            obj=obj[sel],
-            x=x[sel],
-            y=y[sel],
-            flux_s=np.where(in_template, 0.0, 1.0),
-            flux_t=np.where(in_template, 1.0, 0.0),
-        )
+        in_science = np.where(in_template, 0.0, 1.0)
+        component("point", sel, noise_scene, flux_s=in_science, flux_t=1.0 - in_science)
         info["mode"][sel] = CONDITIONED
         info["snr_sign"][sel] = np.where(negative, -1.0, 1.0)
         # A share of noise detections sit on a constant star or galaxy (its Poisson noise

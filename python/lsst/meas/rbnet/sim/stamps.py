@@ -22,7 +22,7 @@ from ..constants import ARTIFACT_CLASSES, BOGUS, CHANNEL_ORDER, MASK_PLANES, REA
 from .artifacts import add_background_artifacts
 from .imaging import measure_objects, observe, sample_conditions
 from .labelled import CONDITIONED, add_labelled, amplitude_factors, sample_noise_snr, sample_snr
-from .scene import Scene, add_field
+from .scene import Scene, add_cutout_fields
 from .surveys import SurveyPreset, get_survey, sample_survey_conditions
 
 #: Examples simulated per numpy batch. Part of the random stream: changing it changes the output.
@@ -389,15 +389,7 @@ def _simulate_chunk(
     covered, lacking = _template_coverage(rng, m, size, centre, stamp_size, no_template_fraction)
 
     scene = Scene()
-    add_field(
-        scene,
-        rng,
-        m,
-        size,
-        size,
-        pixel_scale=pixel_scale,
-        density_factor=np.exp(rng.uniform(np.log(0.3), np.log(3.0), m)),
-    )
+    add_cutout_fields(scene, rng, m, size, pixel_scale)
     add_background_artifacts(scene, rng, m, size, size, cond.sky_sigma_science)
     keys_and_companions = Scene()
     noise_keys = Scene()
@@ -432,12 +424,7 @@ def _simulate_chunk(
     noise_objects = None
     if len(noise_rows):
         noise_snr = sample_noise_snr(rng, len(noise_rows), snr_range) * info["snr_sign"][noise_rows]
-        # Renumber the bumps 0..k-1 in the order of noise_rows.
-        renumber = np.full(m, -1)
-        renumber[noise_rows] = np.arange(len(noise_rows))
-        bumps = noise_keys.select(lambda t: t["obj"] >= 0)
-        for table in bumps.tables().values():
-            table["obj"] = renumber[table["obj"]]
+        bumps = noise_keys.take_objects(noise_rows)
         unit, _, _ = measure_objects(
             bumps, cond, shape, noise_rows, tx[noise_rows], ty[noise_rows], search_radius=0.0
         )
