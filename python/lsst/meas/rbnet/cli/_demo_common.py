@@ -16,6 +16,8 @@ __all__ = [
     "package_root",
     "pipeline_path",
     "is_demo_repo",
+    "DemoRun",
+    "start_demo",
     "prepare_output",
     "create_demo_repo",
     "echo",
@@ -30,6 +32,7 @@ __all__ = [
     "finish_run",
 ]
 
+import dataclasses
 import json
 import os
 import shutil
@@ -130,6 +133,25 @@ def prepare_output(directory, overwrite: bool, console):
     return console, outdir, repo, log_path
 
 
+@dataclasses.dataclass
+class DemoRun:
+    """What every step of a demo run uses: where it writes, how it reports, what it has timed."""
+
+    console: Any
+    outdir: Path
+    repo: Path
+    log_path: Path
+    jobs: str
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def start_demo(directory, overwrite: bool, console, jobs: int) -> DemoRun:
+    """A demo run writing into ``directory`` (`prepare_output`), its clock started now."""
+    console, outdir, repo, log_path = prepare_output(directory, overwrite, console)
+    return DemoRun(console, outdir, repo, log_path, jobs=str(max(1, jobs)))
+
+
 def create_demo_repo(repo: Path, console=None):
     """Create the demo's repository and mark it as the demo's (see `is_demo_repo`); say so on ``console``."""
     # Here and below: the Butler layer imports daf_butler and scoring imports torch, which
@@ -203,9 +225,7 @@ def require_default_model() -> Path:
     return path
 
 
-def train_triplet_model(
-    butler, repo: Path, *, inputs: str, where: str, jobs: str, log_path: Path, console, what: str
-):
+def train_triplet_model(butler, run: DemoRun, *, inputs: str, where: str, what: str):
     """Train a triplet model with ``pipelines/Train.yaml`` (quick config) into `TRAIN_RUN`; register it.
 
     Returns
@@ -223,7 +243,7 @@ def train_triplet_model(
         [
             "run",
             "-b",
-            str(repo),
+            str(run.repo),
             "-i",
             inputs,
             "--output-run",
@@ -235,22 +255,20 @@ def train_triplet_model(
             "-C",
             f"trainTriplet:{package_root() / 'config' / 'trainQuick.py'}",
             "-j",
-            jobs,
+            run.jobs,
             "--register-dataset-types",
         ],
-        log_path,
-        console,
+        run.log_path,
+        run.console,
     )
-    butler = type(butler).from_config(str(repo), writeable=True)
+    butler = type(butler).from_config(str(run.repo), writeable=True)
     package = butler.get("pretrainedModelPackage", collections=TRAIN_RUN)
     register_model(butler, package, name="demo-trained")
-    echo(console, f"Trained {what} {package.version!r} registered as pretrained_models/demo-trained.")
+    echo(run.console, f"Trained {what} {package.version!r} registered as pretrained_models/demo-trained.")
     return butler, package, seconds
 
 
-def run_reliability_pipeline(
-    repo: Path, *, inputs: str, where: str, jobs: str, log_path: Path, console, config: tuple[str, ...] = ()
-) -> float:
+def run_reliability_pipeline(run: DemoRun, *, inputs: str, where: str, config: tuple[str, ...] = ()) -> float:
     """``pipetask run`` of ``pipelines/Demo.yaml`` (the reliability task) into `SCORES_COLLECTION`.
 
     ``config`` holds ``-c`` overrides (``label:field=value``). Returns the wall time.
@@ -260,7 +278,7 @@ def run_reliability_pipeline(
         [
             "run",
             "-b",
-            str(repo),
+            str(run.repo),
             "-i",
             inputs,
             "-o",
@@ -271,11 +289,11 @@ def run_reliability_pipeline(
             where,
             *overrides,
             "-j",
-            jobs,
+            run.jobs,
             "--register-dataset-types",
         ],
-        log_path,
-        console,
+        run.log_path,
+        run.console,
     )
 
 
@@ -316,13 +334,14 @@ def class_table(title: str, columns, rows):
     return t
 
 
-def finish_run(summary, table, *, start: float, timings, repo: Path, outdir: Path, table_name: str, show):
+def finish_run(run: DemoRun, summary, table, *, table_name: str, show):
     """Record the total time and repository in ``summary``, ``show`` it, and write ``summary.json`` and
-    ``table`` (as ``table_name``) into ``outdir``."""
-    timings["total"] = time.perf_counter() - start
+    ``table`` (as ``table_name``) into the run's folder."""
+    timings = run.timings
+    timings["total"] = time.perf_counter() - run.start
     summary["timings_seconds"] = timings
-    summary["repo"] = str(repo)
+    summary["repo"] = str(run.repo)
     show(summary, timings)
-    write_atomic(outdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    with atomic_path(outdir / table_name) as tmp:
+    write_atomic(run.outdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    with atomic_path(run.outdir / table_name) as tmp:
         table.write(tmp, overwrite=True)

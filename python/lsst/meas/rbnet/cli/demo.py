@@ -52,6 +52,7 @@ from ._demo_common import (
     progress_bar,
     require_default_model,
     run_reliability_pipeline,
+    start_demo,
     summary_table,
     train_triplet_model,
 )
@@ -243,9 +244,8 @@ def run_demo(
     # The Butler layer imports daf_butler (seconds): here, so that `rbnet demo --help` stays fast.
     from ..butler.repo import DEFAULT_INSTRUMENT, VisitWriter, ingest_labels, register_model
 
-    console, outdir, repo, log_path = prepare_output(directory, overwrite, console)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+    run = start_demo(directory, overwrite, console, jobs)
+    console, repo, timings = run.console, run.repo, run.timings
 
     console.rule("[bold]1. Butler repository")
     butler = create_demo_repo(repo, console)
@@ -298,14 +298,7 @@ def run_demo(
         t0 = time.perf_counter()
         where = f"instrument='{DEFAULT_INSTRUMENT}' AND visit >= {min(train_inputs)}"
         butler, _, timings["pipetask (train)"] = train_triplet_model(
-            butler,
-            repo,
-            inputs=f"{TRAIN_SIM_RUN},{LABELS_RUN}",
-            where=where,
-            jobs=str(max(1, jobs)),
-            log_path=log_path,
-            console=console,
-            what="model",
+            butler, run, inputs=f"{TRAIN_SIM_RUN},{LABELS_RUN}", where=where, what="model"
         )
         timings["train (total)"] = time.perf_counter() - t0
     else:
@@ -316,12 +309,7 @@ def run_demo(
     console.rule("[bold]4. pipetask run: the reliability pipeline")
     where = f"instrument='{DEFAULT_INSTRUMENT}' AND visit <= {max(visit_ids)}"
     timings["pipetask (score)"] = run_reliability_pipeline(
-        repo,
-        inputs=f"{SIM_RUN},pretrained_models",
-        where=where,
-        jobs=str(max(1, jobs)),
-        log_path=log_path,
-        console=console,
+        run, inputs=f"{SIM_RUN},pretrained_models", where=where
     )
 
     console.rule("[bold]5. Results")
@@ -334,17 +322,14 @@ def run_demo(
         threshold = package.threshold("default")
     except KeyError:
         threshold = 0.5
-    summary = _summarise(table, threshold, outdir, console)
+    summary = _summarise(table, threshold, run.outdir, console)
     summary["quanta"] = n_quanta
     finish_run(
+        run,
         summary,
         table,
-        start=start,
-        timings=timings,
-        repo=repo,
-        outdir=outdir,
         table_name="scores.parquet",
-        show=lambda s, t: _print_summary(s, console, outdir, t),
+        show=lambda s, t: _print_summary(s, console, run.outdir, t),
     )
     return summary
 
@@ -375,7 +360,12 @@ def run_demo(
     help="Sources per detector (simulator's default).",
 )
 @click.option(
-    "-j", "--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Processes for pipetask run -j."
+    "-j",
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes for pipetask run -j.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace DIRECTORY/repo if it exists.")
 @click.option(

@@ -32,11 +32,11 @@ from ._demo_common import (
     flag_counts,
     package_root,
     pipeline_path,
-    prepare_output,
     progress_bar,
     require_default_model,
     run_pipetask,
     run_reliability_pipeline,
+    start_demo,
     summary_table,
     train_triplet_model,
 )
@@ -201,10 +201,8 @@ def run_sequence_demo(
     from ..butler.repo import DEFAULT_INSTRUMENT, VisitWriter, ingest_labels, labels_table, register_model
     from ..tasks.sequence import SEQUENCE_MODEL_DATASET_TYPE, SEQUENCE_RELIABILITY_DATASET_TYPE
 
-    console, outdir, repo, log_path = prepare_output(directory, overwrite, console)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    jobs_arg = str(max(1, jobs))
+    run = start_demo(directory, overwrite, console, jobs)
+    console, repo, log_path, timings = run.console, run.repo, run.log_path, run.timings
     train_ids = list(range(SEQ_TRAIN_FIRST_VISIT, SEQ_TRAIN_FIRST_VISIT + visits))
     score_ids = list(range(SEQ_SCORE_FIRST_VISIT, SEQ_SCORE_FIRST_VISIT + visits))
     if not train:
@@ -214,31 +212,24 @@ def run_sequence_demo(
     butler = create_demo_repo(repo, console)
     t0 = time.perf_counter()
     writer = VisitWriter(butler, run=SEQ_SIM_RUN)
-    train_tables = _write_series(
-        writer,
-        n_visits=visits,
-        n_objects=objects,
-        seed=2 * seed + 1,
-        first_visit=train_ids[0],
-        detector=0,
-        size=size,
-        ra=150.0,
-        dec=2.0,
-        console=console,
-        what="the training series",
-    )
-    score_tables = _write_series(
-        writer,
-        n_visits=visits,
-        n_objects=objects,
-        seed=2 * seed + 2,
-        first_visit=score_ids[0],
-        detector=1,
-        size=size,
-        ra=150.5,
-        dec=2.0,
-        console=console,
-        what="the scoring series",
+    # The two series differ only in seed, visits, detector and field.
+    train_tables, score_tables = (
+        _write_series(
+            writer,
+            n_visits=visits,
+            n_objects=objects,
+            seed=2 * seed + k + 1,
+            first_visit=ids[0],
+            detector=k,
+            size=size,
+            ra=ra,
+            dec=2.0,
+            console=console,
+            what=what,
+        )
+        for k, (ids, ra, what) in enumerate(
+            ((train_ids, 150.0, "the training series"), (score_ids, 150.5, "the scoring series"))
+        )
     )
     ingest_labels(butler, writer.labels(), run=LABELS_RUN, instrument=DEFAULT_INSTRUMENT)
     timings["simulate and write"] = time.perf_counter() - t0
@@ -262,12 +253,9 @@ def run_sequence_demo(
         )
         butler, _, timings["pipetask (train triplet)"] = train_triplet_model(
             butler,
-            repo,
+            run,
             inputs=f"{SEQ_SIM_RUN},{SEQ_DETECTION_LABELS_RUN}",
             where=f"instrument='{DEFAULT_INSTRUMENT}' AND visit <= {train_ids[-1]}",
-            jobs=jobs_arg,
-            log_path=log_path,
-            console=console,
             what="triplet model",
         )
     else:
@@ -276,12 +264,9 @@ def run_sequence_demo(
 
     console.rule("[bold]3. pipetask run: the reliability pipeline, writing cutouts")
     timings["pipetask (score visits)"] = run_reliability_pipeline(
-        repo,
+        run,
         inputs=f"{SEQ_SIM_RUN},pretrained_models",
         where=f"instrument='{DEFAULT_INSTRUMENT}'",
-        jobs=jobs_arg,
-        log_path=log_path,
-        console=console,
         config=(f"computeReliability:cutoutSize={SEQ_CUTOUT_SIZE}",),
     )
 
@@ -334,7 +319,7 @@ def run_sequence_demo(
             "-d",
             f"instrument='{DEFAULT_INSTRUMENT}' AND visit >= {score_ids[0]}",
             "-j",
-            jobs_arg,
+            run.jobs,
             "--register-dataset-types",
         ],
         log_path,
@@ -356,17 +341,14 @@ def run_sequence_demo(
     objects.sort("objectId")
     if len(np.unique(objects["objectId"])) != len(objects):
         raise click.ClickException("An object was scored by more than one partition.")
-    summary = _sequence_summary(objects, _object_truth(score_tables), outdir)
+    summary = _sequence_summary(objects, _object_truth(score_tables), run.outdir)
     summary["partitions"] = len(refs)
     summary["training_metrics"] = metrics
     finish_run(
+        run,
         summary,
         objects,
-        start=start,
-        timings=timings,
-        repo=repo,
-        outdir=outdir,
         table_name="objects.parquet",
-        show=lambda s, t: _print_sequence_summary(s, console, outdir, t),
+        show=lambda s, t: _print_sequence_summary(s, console, run.outdir, t),
     )
     return summary

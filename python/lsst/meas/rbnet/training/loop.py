@@ -267,18 +267,24 @@ def train_triplet_model(
             best_state = copy.deepcopy(model.state_dict())
             best_epoch = 0
             init_validation, init_summary = None, None
-            if init_package is not None:
-                # The package itself on the new validation set: the bar fine-tuning must beat.
-                init_logits = model_logits(
+            val_targets = torch.from_numpy(val.labels.astype(np.float32))
+
+            def validation_scores() -> tuple[np.ndarray, float, float]:
+                """Logits, loss and ROC-AUC of the model now on the validation set."""
+                logits = model_logits(
                     model,
                     val.x,
                     batch_size=config.eval_batch_size,
                     device=device,
                     channels_last=channels_last,
                 )
-                val_targets = torch.from_numpy(val.labels.astype(np.float32))
-                best_loss = float(loss_fn(torch.from_numpy(init_logits).float(), val_targets))
-                init_summary = {"val_loss": best_loss, "val_auc": M.roc_auc(init_logits, val.labels)}
+                loss = float(loss_fn(torch.from_numpy(logits).float(), val_targets))
+                return logits, loss, M.roc_auc(logits, val.labels)
+
+            if init_package is not None:
+                # The package itself on the new validation set: the bar fine-tuning must beat.
+                init_logits, best_loss, init_auc = validation_scores()
+                init_summary = {"val_loss": best_loss, "val_auc": init_auc}
                 init_validation = ValidationScores(
                     logits=init_logits,
                     probabilities=apply_temperature(init_logits, init_package.temperature),
@@ -345,16 +351,7 @@ def train_triplet_model(
                         pending, sum_loss, n_seen, epoch, steps_per_epoch, notify
                     )
                 seconds = time.monotonic() - t_epoch
-                val_logits = model_logits(
-                    model,
-                    val.x,
-                    batch_size=config.eval_batch_size,
-                    device=device,
-                    channels_last=channels_last,
-                )
-                vt = torch.from_numpy(val_logits).float()
-                val_loss = float(loss_fn(vt, torch.from_numpy(val.labels.astype(np.float32))))
-                val_auc = M.roc_auc(val_logits, val.labels)
+                val_logits, val_loss, val_auc = validation_scores()
                 if config.schedule == "plateau":
                     scheduler.step(val_loss)
                 improved = val_loss < best_loss - config.min_delta
