@@ -360,12 +360,7 @@ def run_demo(
     help="Sources per detector (simulator's default).",
 )
 @click.option(
-    "-j",
-    "--jobs",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1, 64),
-    help="Processes for pipetask run -j.",
+    "-j", "--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Processes for pipetask run -j."
 )
 @click.option("--overwrite", is_flag=True, help="Replace DIRECTORY/repo if it exists.")
 @click.option(

@@ -269,15 +269,20 @@ def train_triplet_model(
             init_validation, init_summary = None, None
             val_targets = torch.from_numpy(val.labels.astype(np.float32))
 
-            def validation_scores() -> tuple[np.ndarray, float, float]:
-                """Logits, loss and ROC-AUC of the model now on the validation set."""
-                logits = model_logits(
+            def validation_logits(symmetric: bool = False) -> np.ndarray:
+                """Logits of the model now on the validation set."""
+                return model_logits(
                     model,
                     val.x,
                     batch_size=config.eval_batch_size,
                     device=device,
+                    symmetric=symmetric,
                     channels_last=channels_last,
                 )
+
+            def validation_scores() -> tuple[np.ndarray, float, float]:
+                """Logits, loss and ROC-AUC of the model now on the validation set."""
+                logits = validation_logits()
                 loss = float(loss_fn(torch.from_numpy(logits).float(), val_targets))
                 return logits, loss, M.roc_auc(logits, val.labels)
 
@@ -390,20 +395,11 @@ def train_triplet_model(
             train_seconds = time.monotonic() - t_start
 
             notify({"event": "calibrate"})
-            val_logits = model_logits(
-                model, val.x, batch_size=config.eval_batch_size, device=device, channels_last=channels_last
-            )
+            val_logits = validation_logits()
             temperature = fit_temperature(val_logits, val.labels)
             temperature_symmetric = None
             if config.symmetric_temperature:
-                sym_logits = model_logits(
-                    model,
-                    val.x,
-                    batch_size=config.eval_batch_size,
-                    device=device,
-                    symmetric=True,
-                    channels_last=channels_last,
-                )
+                sym_logits = validation_logits(symmetric=True)
                 temperature_symmetric = fit_temperature(sym_logits, val.labels)
     finally:
         if config.num_threads is not None:
