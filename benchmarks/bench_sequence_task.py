@@ -9,11 +9,18 @@ frames, VAE 32..512 channels, 36 latents, bidirectional GRU of 128 units: speed 
 depend on the weights). Reported, warm (second call), for objects grouped by
 ``diaObjectId`` and by positional association (1 arcsec friends-of-friends):
 the task's total, the sequence scorer alone on the same frames, and the difference
-(joining tables, cutting frames, grouping, partition, output table).
+(joining tables, cutting frames, grouping, partition, output table). Wall-clock differences
+of a few hundredths of a second drown in the load of a shared machine, so the task's own CPU
+time outside the scorer's ``score`` call is reported too (process CPU time of ``run`` minus
+that of the ``score`` call inside it; best of 5).
+
+``--before results.json`` adds the figures of an earlier run (e.g. of the previous commit,
+run in the same session) to the table.
 
 Results: ``benchmarks/results/sequence_task.json`` and ``sequence_task.md``.
 
-Usage: ``python benchmarks/bench_sequence_task.py [--objects 1000] [--visits 20] [--threads 2]``
+Usage: ``python benchmarks/bench_sequence_task.py [--objects 1000] [--visits 20] [--threads 2]
+[--before results.json]``
 """
 
 import argparse
@@ -74,11 +81,37 @@ def _inputs(n_objects, n_visits, seed=0):
     return cutouts, sources, times
 
 
+def _overhead_cpu(task, cutouts, sources, package, times, repeats=5):
+    """Best CPU time of ``task.run`` outside its scorer's ``score`` call (seconds)."""
+    scorer = task.load_scorer(package)
+    inside = []
+
+    def timed_score(*args, **kwargs):
+        c0 = time.process_time()
+        try:
+            return type(scorer).score(scorer, *args, **kwargs)
+        finally:
+            inside.append(time.process_time() - c0)
+
+    scorer.score = timed_score  # on this cached instance only; removed below
+    try:
+        best = np.inf
+        for _ in range(repeats):
+            inside.clear()
+            c0 = time.process_time()
+            task.run(cutouts, sources, package, times=times)
+            best = min(best, time.process_time() - c0 - sum(inside))
+    finally:
+        del scorer.score
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--visits", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--before", help="sequence_task.json of an earlier run to show beside this one")
     args = parser.parse_args()
 
     import torch
@@ -100,6 +133,7 @@ def main():
         "sources": n_sources,
         "threads": args.threads,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "load_average_at_start": os.getloadavg()[0],
         "model": "untrained default-size VAE (28 px science frames, 36 latents) + seq_bigru(128)",
     }
     for mode in ("diaObjectId", "position"):
@@ -117,6 +151,7 @@ def main():
             runs.append(time.perf_counter() - t0)
             assert len(table) == args.objects, (mode, len(table))
         results[f"task_seconds_{mode}"] = min(runs)
+        results[f"task_overhead_cpu_seconds_{mode}"] = _overhead_cpu(task, cutouts, sources, package, times)
     # The scorer alone on the same frames, already cut and in object order.
     frames = gather_frames(cutouts, sources, channels=("science",), frame_size=28, times=times)
     order = np.lexsort((frames.mjd, frames.object_id))
@@ -142,19 +177,29 @@ def main():
         "",
         f"{args.objects} objects x {args.visits} visits ({n_sources} sources), {results['model']}, "
         f"{args.threads} torch threads, {results['machine']}; encoder precision {results['scorer_precision']} "
-        "(the scorer's 'auto'); best of 3 warm runs.",
+        f"(the scorer's 'auto'); best of 3 warm runs; load average {results['load_average_at_start']:.1f} "
+        "at the start.",
         "",
         f"Command: `python benchmarks/bench_sequence_task.py --objects {args.objects} --visits {args.visits} "
-        f"--threads {args.threads}`.",
+        f"--threads {args.threads}{' --before ' + os.path.basename(args.before) if args.before else ''}`.",
         "",
-        "| grouping | task total (s) | scorer alone (s) | task overhead (s) | objects/s |",
-        "|---|---|---|---|---|",
+        "| run | grouping | task total (s) | scorer alone (s) | task overhead (s) | "
+        "task CPU outside score() (s) | objects/s |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for mode in ("diaObjectId", "position"):
-        lines.append(
-            f"| {mode} | {results[f'task_seconds_{mode}']:.2f} | {results['scorer_seconds']:.2f} | "
-            f"{results[f'task_overhead_seconds_{mode}']:.2f} | {results[f'objects_per_second_{mode}']:.0f} |"
-        )
+    runs = [("this run", results)]
+    if args.before:
+        with open(args.before) as f:
+            runs.insert(0, ("before", json.load(f)))
+        lines[2] += f" Before: `{os.path.basename(args.before)}` of an earlier run, shown beside."
+    for name, res in runs:
+        for mode in ("diaObjectId", "position"):
+            cpu = res.get(f"task_overhead_cpu_seconds_{mode}")
+            lines.append(
+                f"| {name} | {mode} | {res[f'task_seconds_{mode}']:.2f} | {res['scorer_seconds']:.2f} | "
+                f"{res[f'task_overhead_seconds_{mode}']:.2f} | {'-' if cpu is None else f'{cpu:.3f}'} | "
+                f"{res[f'objects_per_second_{mode}']:.0f} |"
+            )
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "sequence_task.md"), "w") as f:
         f.write(text)
