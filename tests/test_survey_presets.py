@@ -196,3 +196,17 @@ def test_cli_gallery_of_a_survey(tmp_path):
     assert out.stat().st_size > 10000
     result = CliRunner().invoke(main, ["gallery", str(tmp_path / "h.png"), "--size", "30"])
     assert result.exit_code != 0 and "--size must be odd" in result.output
+
+
+def test_stamps_file_keeps_survey_units_and_scale(tmp_path):
+    from lsst.meas.rbnet.sim.io import read_stamps, write_stamps
+
+    st = simulate_stamps(6, 31, seed=1, survey="ztf", class_fractions={"real_new": 1})
+    path = write_stamps(st, tmp_path / "z.npz")
+    back = read_stamps(path)
+    for key in ("survey", "units", "pixel_scale"):
+        assert back.table.meta[key] == st.table.meta[key]
+    assert back.table.meta["survey"] == "ztf"
+    assert np.array_equal(back.stamps, st.stamps, equal_nan=True)
+    # The meta scalars are not mistaken for columns.
+    assert not any(name.startswith("meta_") for name in back.table.colnames)

@@ -14,6 +14,7 @@ re-exported here.
 """
 
 __all__ = [
+    "META_PREFIX",
     "STAMP_KEYS",
     "write_stamps",
     "read_stamps",
@@ -45,11 +46,17 @@ STAMP_KEYS: tuple[str, ...] = (
 )
 
 
+#: Prefix of the keys that hold the scalars of the table's ``meta`` in a stamps file.
+META_PREFIX = "meta_"
+
+
 def write_stamps(stamp_set, path) -> str:
     """Write a `StampSet` to a compressed ``.npz`` readable without pickle.
 
     Besides `STAMP_KEYS` every other numeric or boolean table column is
-    written under its own name, plus ``channels`` (fixed-width unicode).
+    written under its own name, plus ``channels`` (fixed-width unicode), and
+    every scalar of ``table.meta`` (survey, units, pixel scale, stamp size) as
+    a 0-d array named ``meta_<key>``.
     """
     table = stamp_set.table
     arrays = {"stamps": stamp_set.stamps, "channels": np.array(CHANNEL_ORDER, dtype="U16")}
@@ -66,6 +73,9 @@ def write_stamps(stamp_set, path) -> str:
         elif column.dtype.kind not in "biuf":
             continue
         arrays[name] = column
+    for key, value in table.meta.items():
+        if isinstance(value, (str, bool, int, float, np.generic)):
+            arrays[f"{META_PREFIX}{key}"] = np.asarray(value)
     np.savez_compressed(path, **arrays)
     return str(path)
 
@@ -80,7 +90,9 @@ def read_stamps(path):
     table = Table()
     skip = {"stamps", "masks", "variances", "channels"}
     for name, value in arrays.items():
-        if name not in skip and value.ndim == 1:
+        if name.startswith(META_PREFIX) and value.ndim == 0:
+            table.meta[name[len(META_PREFIX) :]] = value.item()
+        elif name not in skip and value.ndim == 1:
             table[name] = value
     return StampSet(
         stamps=arrays["stamps"], masks=arrays["masks"], table=table, variances=arrays.get("variances")
