@@ -210,3 +210,24 @@ def test_stamps_file_keeps_survey_units_and_scale(tmp_path):
     assert np.array_equal(back.stamps, st.stamps, equal_nan=True)
     # The meta scalars are not mistaken for columns.
     assert not any(name.startswith("meta_") for name in back.table.colnames)
+
+
+def test_noise_detections_have_a_heavier_than_gaussian_tail(monkeypatch):
+    from lsst.meas.rbnet.sim import labelled
+
+    default = labelled.NOISE_HEAVY_TAIL_FRACTION
+    assert 0 < default < 1
+
+    def above(threshold, fraction):
+        monkeypatch.setattr(labelled, "NOISE_HEAVY_TAIL_FRACTION", fraction)
+        snr = labelled.sample_noise_snr(np.random.default_rng(4), 20000)
+        assert snr.min() >= 3.0
+        return np.mean(snr > threshold)
+
+    # A Gaussian tail above 3 or 5 sigma hardly reaches 6.5 sigma (exp(-(6.5**2 - 5**2) / 2) / 2 = 0.5%);
+    # the heavier tail puts a share of the noise detections there, as real difference images do.
+    gaussian = above(6.5, 0.0)
+    assert gaussian < 0.01
+    heavy = above(6.5, default)
+    assert heavy > 0.05
+    assert above(5.0 * labelled.NOISE_HEAVY_TAIL_MAX * 1.5, default) < 0.01

@@ -105,7 +105,7 @@ def sample_snr(rng: np.random.Generator, n: int, snr_range=(3.0, 1000.0)) -> np.
 
 #: Share of noise detections drawn from a heavier tail than the Gaussian one, and the
 #: largest factor (log-uniform from 1) by which such a detection exceeds its Gaussian S/N.
-NOISE_HEAVY_TAIL_FRACTION: float = 0.0
+NOISE_HEAVY_TAIL_FRACTION: float = 0.3
 NOISE_HEAVY_TAIL_MAX: float = 1.6
 
 
