@@ -1054,6 +1054,22 @@ def test_case22_duplicate_ids_are_an_algorithm_error():
                            dataset="dia_source_unstandardized")
 
 
+def test_labels_without_a_label_column_are_a_missing_column_error():
+    from astropy.table import Table
+
+    from lsst.meas.rbnet.tasks.errors import MissingColumnError
+    from lsst.meas.rbnet.tasks.labelled_cutouts import LabelledCutoutsConfig, LabelledCutoutsTask
+
+    _, visit, _ = _reliability_inputs()
+    task = LabelledCutoutsTask(config=LabelledCutoutsConfig())
+    labels = Table({"id": visit.sources["id"]})
+    with pytest.raises(MissingColumnError, match="label") as info:
+        task.run(science=visit.science, template=visit.template, difference=visit.difference,
+                 sources=visit.sources, labels=labels)
+    _check_algorithm_error(info.value, MissingColumnError, missing="label",
+                           dataset=task.config.connections.labels)
+
+
 def test_case22_missing_and_bad_columns_are_algorithm_errors():
     from lsst.meas.rbnet.tasks.errors import BadColumnError, MissingColumnError
 

@@ -2,7 +2,6 @@
 """Tests of lsst.meas.rbnet.sequence: latents I/O, batching, k-fold CV, CLI, scoring and packages."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -411,7 +411,6 @@ def observe(
     detection_threshold : `float`
         S/N of the DETECTED planes.
     """
-    n = len(cond)
     science_model, template_model, mask_s, mask_t, mask_d = render_models(
         scene, cond, shape, with_template=template is None
     )

@@ -35,7 +35,7 @@ from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, DEFAULT_STAMP_SI
 from ..tables import match_labels, source_table_from_any
 from .adapter import check_same_bbox, to_arrays
 from .connections import VISIT_DIMENSIONS, visit_input, visit_output
-from .errors import MissingColumnError, require_columns
+from .errors import require_columns
 
 class LabelledCutoutsConnections(pipeBase.PipelineTaskConnections, dimensions=VISIT_DIMENSIONS):
     """Connections of `LabelledCutoutsTask`."""
@@ -175,13 +175,13 @@ class LabelledCutoutsTask(pipeBase.PipelineTask):
             dataset=config.connections.sources,
         )
         labels = source_table_from_any(labels, name=f"labels ({config.connections.labels})")
-        if "label" not in labels.colnames:
-            raise MissingColumnError(
-                f"The labels ({config.connections.labels}) have no 'label' column.",
-                dataset=config.connections.labels,
-                missing=["label"],
-                columns=list(labels.colnames),
-            )
+        require_columns(
+            labels,
+            ("label",),
+            what=f"The labels ({config.connections.labels})",
+            dataset=config.connections.labels,
+            plural=True,
+        )
         index = match_labels(
             table,
             labels,
