@@ -121,81 +121,44 @@ class SurveyPreset:
         return self.cutout_size + 1 if self.cutout_size % 2 == 0 else self.cutout_size
 
 
-#: The presets, by name. ``generic`` is the broad distribution the first default
+#: The presets' traits side by side, one row a `SurveyPreset` field, the values in the order of
+#: `_PRESET_NAMES`, so that the surveys are compared at a glance.
+_PRESET_NAMES = ("rubin", "ztf", "decam")
+_PRESET_TRAITS = {
+    "pixel_scale": (0.2, 1.01, 0.263),
+    # Rubin: early LSSTCam operations (real alert cutouts: about 1.15").
+    "seeing_median": (1.1, 2.4, 1.1),
+    "seeing_log_sigma": (0.25, 0.2, 0.2),
+    "fwhm_range": ((2.0, 9.0), (1.3, 4.5), (2.0, 8.0)),
+    "template_sharper_fraction": (0.9, 0.93, 0.85),
+    # nJy (40 nJy is a typical 30 s r-band visit), DN, counts.
+    "sky_sigma_range": ((20.0, 70.0), (3.0, 12.0), (3.0, 15.0)),
+    "units": ("nJy", "DN", "counts"),
+    "template_depth_range": ((8.0, 30.0), (15.0, 60.0), (1.0, 10.0)),
+    "template_noise_smoothing": ((0.3, 0.6), (0.3, 0.5), (0.0, 0.6)),
+    # Survey units per electron: nJy; DN (a gain of about 6 e-/DN); counts.
+    "gain_range": ((0.35, 0.7), (0.15, 0.2), (0.2, 0.3)),
+    "cutout_size": (30, 63, 63),
+    "full_well_range": ((9.0e4, 1.5e5), (1.0e5, 1.6e5), (1.3e5, 1.8e5)),
+    "negative_difference_flipped": (False, True, False),
+    "sky_level_range": ((0.0, 0.0), (40.0, 400.0), (0.0, 0.0)),
+    "ellipticity_sigma": (0.04, 0.06, 0.05),
+    "wing_fraction_range": ((0.05, 0.2), (0.08, 0.25), (0.05, 0.2)),
+    "misregistration_sigma": (0.04, 0.06, 0.05),
+    "kernel_error_sigma": (0.01, 0.015, 0.012),
+    "saturated_as_nan": (False, True, False),
+    "nan_block_fraction": (0.03, 0.04, 0.05),
+    "edge_fraction": (0.03, 0.04, 0.03),
+    # ZTF: zero point about 25.96 mag for DN of a 30 s exposure; DECam: about 29.1 mag for
+    # counts of a 90 s exposure.
+    "nJy_per_unit": (1.0, 150.0, 8.0),
+}
+
+#: The presets, by name. ``generic`` (no preset) is the broad distribution the first default
 #: model was trained on (Rubin-like pixels, seeing 1.5-6 pixels).
 SURVEYS: dict[str, SurveyPreset] = {
-    "rubin": SurveyPreset(
-        name="rubin",
-        pixel_scale=0.2,
-        seeing_median=1.1,  # early LSSTCam operations (real alert cutouts: about 1.15")
-        seeing_log_sigma=0.25,
-        fwhm_range=(2.0, 9.0),
-        template_sharper_fraction=0.9,
-        sky_sigma_range=(20.0, 70.0),  # nJy; 40 nJy is a typical 30 s r-band visit
-        template_depth_range=(8.0, 30.0),
-        template_noise_smoothing=(0.3, 0.6),
-        gain_range=(0.35, 0.7),  # nJy per electron
-        full_well_range=(9.0e4, 1.5e5),
-        sky_level_range=(0.0, 0.0),
-        units="nJy",
-        cutout_size=30,
-        negative_difference_flipped=False,
-        ellipticity_sigma=0.04,
-        wing_fraction_range=(0.05, 0.2),
-        misregistration_sigma=0.04,
-        kernel_error_sigma=0.01,
-        nan_block_fraction=0.03,
-        edge_fraction=0.03,
-    ),
-    "ztf": SurveyPreset(
-        name="ztf",
-        pixel_scale=1.01,
-        seeing_median=2.4,
-        seeing_log_sigma=0.2,
-        fwhm_range=(1.3, 4.5),
-        template_sharper_fraction=0.93,
-        sky_sigma_range=(3.0, 12.0),  # DN
-        template_depth_range=(15.0, 60.0),
-        template_noise_smoothing=(0.3, 0.5),
-        gain_range=(0.15, 0.2),  # DN per electron (gain about 6 e-/DN)
-        full_well_range=(1.0e5, 1.6e5),
-        sky_level_range=(40.0, 400.0),
-        units="DN",
-        cutout_size=63,
-        negative_difference_flipped=True,
-        ellipticity_sigma=0.06,
-        wing_fraction_range=(0.08, 0.25),
-        misregistration_sigma=0.06,
-        kernel_error_sigma=0.015,
-        nan_block_fraction=0.04,
-        edge_fraction=0.04,
-        saturated_as_nan=True,
-        nJy_per_unit=150.0,  # zero point about 25.96 mag for DN of a 30 s exposure
-    ),
-    "decam": SurveyPreset(
-        name="decam",
-        pixel_scale=0.263,
-        seeing_median=1.1,
-        seeing_log_sigma=0.2,
-        fwhm_range=(2.0, 8.0),
-        template_sharper_fraction=0.85,
-        sky_sigma_range=(3.0, 15.0),  # counts
-        template_depth_range=(1.0, 10.0),
-        template_noise_smoothing=(0.0, 0.6),
-        gain_range=(0.2, 0.3),
-        full_well_range=(1.3e5, 1.8e5),
-        sky_level_range=(0.0, 0.0),
-        units="counts",
-        cutout_size=63,
-        negative_difference_flipped=False,
-        ellipticity_sigma=0.05,
-        wing_fraction_range=(0.05, 0.2),
-        misregistration_sigma=0.05,
-        kernel_error_sigma=0.012,
-        nan_block_fraction=0.05,
-        edge_fraction=0.03,
-        nJy_per_unit=8.0,  # zero point about 29.1 mag for counts of a 90 s exposure
-    ),
+    name: SurveyPreset(name=name, **{trait: values[i] for trait, values in _PRESET_TRAITS.items()})
+    for i, name in enumerate(_PRESET_NAMES)
 }
 
 
