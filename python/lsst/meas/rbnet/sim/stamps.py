@@ -262,14 +262,13 @@ def simulate_stamps(
     counts = class_counts(n, class_fractions, real_fraction)
     order_rng = np.random.default_rng([seed, 0x5EED])
     classes_all = order_rng.permutation(np.repeat(np.array(list(counts), dtype="U32"), list(counts.values())))
-    margin = int(np.ceil(1.5 * fwhm_range[1])) + 2
-    size = scipy.fft.next_fast_len(stamp_size + 2 * margin, real=True)
-    y0 = (size - stamp_size) // 2
-    centre = y0 + stamp_size // 2
 
     stamps = np.empty((n, 3, stamp_size, stamp_size), np.float32)
     masks = np.empty((n, 3, stamp_size, stamp_size), np.int32) if with_masks else None
     variances = np.empty((n, 3, stamp_size, stamp_size), np.float32) if with_variance else None
+    settings = _ChunkSettings(
+        stamp_size, fwhm_range, snr_range, edge_fraction, no_template_fraction, pixel_scale, preset
+    )
     columns = {
         name: []
         for name in (
@@ -295,21 +294,7 @@ def simulate_stamps(
     for chunk_index, start in enumerate(range(0, n, _CHUNK)):
         classes = classes_all[start : start + _CHUNK]
         rng = np.random.default_rng([seed, chunk_index])
-        result = _simulate_chunk(
-            rng,
-            classes,
-            stamp_size,
-            size,
-            y0,
-            centre,
-            fwhm_range,
-            snr_range,
-            edge_fraction,
-            no_template_fraction,
-            pixel_scale,
-            preset,
-        )
-        obs, truth = result
+        obs, truth = _simulate_chunk(rng, classes, settings)
         stop = start + len(classes)
         chunk = np.stack([obs.difference, obs.science, obs.template], axis=1)
         chunk_masks = np.stack([obs.mask_difference, obs.mask_science, obs.mask_template], axis=1)
@@ -362,34 +347,54 @@ def simulate_stamps(
     return StampSet(stamps=stamps, masks=masks, table=table, variances=variances)
 
 
-def _simulate_chunk(
-    rng,
-    classes,
-    stamp_size,
-    size,
-    y0,
-    centre,
-    fwhm_range,
-    snr_range,
-    edge_fraction,
-    no_template_fraction,
-    pixel_scale,
-    preset,
-):
+@dataclasses.dataclass(frozen=True)
+class _ChunkSettings:
+    # What every batch of `simulate_stamps` shares: the stamp side and the settings of the draws
+    # (with a preset, its ``fwhm_range``, ``edge_fraction`` and ``pixel_scale``).
+    stamp_size: int
+    fwhm_range: tuple
+    snr_range: tuple
+    edge_fraction: float
+    no_template_fraction: float
+    pixel_scale: float
+    preset: SurveyPreset | None
+
+    @property
+    def size(self) -> int:
+        # Side of the canvas the stamp is cropped from: room for PSF matching and neighbours' light.
+        margin = int(np.ceil(1.5 * self.fwhm_range[1])) + 2
+        return scipy.fft.next_fast_len(self.stamp_size + 2 * margin, real=True)
+
+    @property
+    def y0(self) -> int:
+        # First row (and column) of the crop.
+        return (self.size - self.stamp_size) // 2
+
+    @property
+    def centre(self) -> int:
+        # The stamp's centre pixel on the canvas.
+        return self.y0 + self.stamp_size // 2
+
+
+def _simulate_chunk(rng, classes, settings: _ChunkSettings):
+    stamp_size, size, y0, centre = settings.stamp_size, settings.size, settings.y0, settings.centre
+    snr_range, preset = settings.snr_range, settings.preset
     m = len(classes)
     shape = (size, size)
     if preset is None:
-        cond = sample_conditions(rng, m, fwhm_range=fwhm_range)
+        cond = sample_conditions(rng, m, fwhm_range=settings.fwhm_range)
     else:
         cond = sample_survey_conditions(rng, m, preset)
     # Detection positions: the centre pixel plus a sub-pixel offset.
     tx = centre + rng.uniform(-0.5, 0.5, m)
     ty = centre + rng.uniform(-0.5, 0.5, m)
-    edge_geometry, on_chip, near = _edge_geometry(rng, classes, tx, ty, size, stamp_size, edge_fraction)
-    covered, lacking = _template_coverage(rng, m, size, centre, stamp_size, no_template_fraction)
+    edge_geometry, on_chip, near = _edge_geometry(
+        rng, classes, tx, ty, size, stamp_size, settings.edge_fraction
+    )
+    covered, lacking = _template_coverage(rng, m, size, centre, stamp_size, settings.no_template_fraction)
 
     scene = Scene()
-    add_cutout_fields(scene, rng, m, size, pixel_scale)
+    add_cutout_fields(scene, rng, m, size, settings.pixel_scale)
     add_background_artifacts(scene, rng, m, size, size, cond.sky_sigma_science)
     keys_and_companions = Scene()
     noise_keys = Scene()
