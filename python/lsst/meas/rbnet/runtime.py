@@ -11,16 +11,8 @@ conv+batch-norm fusion, and the process-wide model cache keyed by package digest
 from __future__ import annotations
 
 __all__ = [
-    "CPU_CHUNK_PIXELS",
-    "autocast_dtype",
-    "cached_model",
-    "cast_dtype",
-    "checked_dtype",
-    "cpu_network_chunk",
-    "clear_scorer_cache",
-    "native_bf16",
-    "package_key",
-    "select_device",
+    "CPU_CHUNK_PIXELS", "autocast_dtype", "cached_model", "cast_dtype", "checked_dtype", "cpu_network_chunk",
+    "clear_scorer_cache", "native_bf16", "package_key", "select_device"
 ]
 
 import collections

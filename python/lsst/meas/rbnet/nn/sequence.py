@@ -148,7 +148,8 @@ class SequenceClassifier(nn.Module):
 
     Notes
     -----
-    Subclasses pool the per-step outputs of their layers and end with `_make_head`.
+    Subclasses pool the per-step outputs of their layers and end with `_make_head`; they take
+    ``head_hidden``, the width of the hidden layer of the head (0: a single linear layer).
     """
 
     def __init__(
@@ -294,9 +295,7 @@ class RecurrentClassifier(SequenceClassifier):
         ``+``-joined modes from `POOLINGS`.
     downsample : `int`
         Summarise windows of this many visits (mean and max) before the recurrence.
-    head_hidden : `int`
-        Width of the hidden layer of the head (0: a single linear layer).
-    input_dim, input_dropout, use_time, features
+    head_hidden, input_dim, input_dropout, use_time, features
         As for `SequenceClassifier`.
     """
 
@@ -397,9 +396,7 @@ class ConvClassifier(SequenceClassifier):
         Dropout in the blocks and the head.
     pooling : `str`
         ``+``-joined modes from ``("mean", "max", "std", "attention")``.
-    head_hidden : `int`
-        Width of the hidden layer of the head (0: a single linear layer).
-    input_dim, input_dropout, use_time, features
+    head_hidden, input_dim, input_dropout, use_time, features
         As for `SequenceClassifier`.
     """
 

@@ -94,10 +94,8 @@ def training_sequences(
 
     Parameters
     ----------
-    frames : `SourceFrames`
-        The sources.
-    groups : `ObjectGroups`
-        Their objects.
+    frames, groups
+        As for `object_labels`.
     labels : `numpy.ndarray`
         ``(M,)`` object labels (`object_labels`; -1 none).
     max_bad_fraction : `float`

@@ -5,12 +5,7 @@
 `sequence.train` re-exports these names (the old import path).
 """
 
-__all__ = [
-    "SequenceTrainConfig",
-    "FitResult",
-    "TRAIN_PRESETS",
-    "SequencePackageConfig",
-]
+__all__ = ["SequenceTrainConfig", "FitResult", "TRAIN_PRESETS", "SequencePackageConfig"]
 
 import dataclasses
 from typing import Any

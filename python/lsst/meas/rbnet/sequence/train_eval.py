@@ -6,12 +6,7 @@ binary cross-entropy of logits.
 `sequence.train` re-exports these names (the old import path).
 """
 
-__all__ = [
-    "predict_logits",
-    "standardization",
-    "stratified_split",
-    "platt_scaling",
-]
+__all__ = ["predict_logits", "standardization", "stratified_split", "platt_scaling"]
 
 import numpy as np
 import torch

@@ -5,12 +5,7 @@
 `training.loop` re-exports these names (the old import path).
 """
 
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "ValidationScores",
-    "SCHEDULES",
-]
+__all__ = ["TrainConfig", "TrainResult", "ValidationScores", "SCHEDULES"]
 
 import dataclasses
 import math
