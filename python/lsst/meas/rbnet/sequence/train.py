@@ -53,6 +53,7 @@ import torch
 from ..nn import registry
 from ..training.losses import get_loss
 from ..training.metrics import roc_auc
+from ..training.steps import sum_step_losses
 from .data import collate, length_batches
 from .latents import LatentSet
 from .train_config import TRAIN_PRESETS, SequenceTrainConfig, FitResult, SequencePackageConfig  # noqa: F401
@@ -145,7 +146,7 @@ def fit_sequence_classifier(
         model.train()
         # Step losses stay on the device and are read once, after the epoch's last step: a read
         # per step would make the host wait for the device every step (a synchronisation).
-        pending: list[tuple[torch.Tensor, int]] = []
+        pending: list[tuple[int, torch.Tensor, int]] = []
         for b in length_batches(
             lengths,
             config.batch_frames,
@@ -176,12 +177,12 @@ def fit_sequence_classifier(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             step += 1
-            pending.append((loss.detach(), len(idx)))
+            pending.append((step, loss.detach(), len(idx)))
             if config.max_seconds is not None and time.perf_counter() - t_start > config.max_seconds:
                 # Out of time within an epoch (a slow or busy machine): validate what we have and stop.
                 out_of_time = True
                 break
-        total, count = _epoch_loss(pending)
+        total, count = sum_step_losses(pending)
         val_logits = predict_logits(model, latents, val_index, device=config.device)
         val_loss = _bce(val_logits, y_val)
         try:
@@ -237,22 +238,6 @@ def fit_sequence_classifier(
         temperature=temperature,
         seconds=time.perf_counter() - t_start,
     )
-
-
-def _epoch_loss(pending: list[tuple[torch.Tensor, int]]) -> tuple[float, int]:
-    """Sum of step loss x batch size, and number of objects, over an epoch's ``(loss, n)`` steps.
-
-    The losses are read from the device in one transfer; the sum is taken in Python floats in step
-    order, as reading each loss at its step would give (the logged figures do not change).
-    """
-    if not pending:
-        return 0.0, 0
-    values = torch.stack([loss for loss, _ in pending]).cpu().tolist()
-    total, count = 0.0, 0
-    for value, (_, n) in zip(values, pending):
-        total += value * n
-        count += n
-    return total, count
 
 
 def train_sequence_package(

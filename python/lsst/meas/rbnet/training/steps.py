@@ -6,14 +6,11 @@ commit for provenance.
 `training.loop` re-exports these names (the old import path).
 """
 
-__all__ = [
-    "git_commit",
-    "LOSS_SYNC_STEPS",
-]
+__all__ = ["git_commit", "LOSS_SYNC_STEPS", "sum_step_losses"]
 
 import math
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +62,51 @@ def _drain_losses(
 
     Returns the running ``(sum of loss x batch size, number of samples)``; empties ``pending``.
     """
-    values = torch.stack([loss for _, loss, _ in pending]).float().cpu().tolist()
-    for (step, _, n), value in zip(pending, values):
+
+    def check_and_report(step: int, value: float) -> None:
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"training loss became {value} at epoch {epoch}, step {step}; lower the learning rate."
             )
+        notify({"event": "step", "epoch": epoch, "step": step, "steps": steps, "loss": value})
+
+    sum_loss, n_seen = sum_step_losses(pending, sum_loss, n_seen, check_and_report)
+    pending.clear()
+    return sum_loss, n_seen
+
+
+def sum_step_losses(
+    pending: Sequence[tuple[int, torch.Tensor, int]],
+    sum_loss: float = 0.0,
+    n_seen: int = 0,
+    each: Callable[[int, float], None] | None = None,
+) -> tuple[float, int]:
+    """Add training-step losses, read from the device in one transfer, to a running sum.
+
+    Parameters
+    ----------
+    pending : sequence of ``(step, loss, n)``
+        Each step's number, its loss (a 0-d tensor, still on the device) and its batch size.
+    sum_loss, n_seen : `float`, `int`
+        The running sum of loss x batch size and number of samples to add to.
+    each : callable, optional
+        Called as ``each(step, value)`` with every step's loss as a Python float, in step order
+        (to check or report it).
+
+    Returns
+    -------
+    sum_loss, n_seen : `float`, `int`
+        The sums with ``pending`` added, in Python floats in step order, as reading each loss
+        at its step would give (a read per step would make the host wait for the device every step).
+    """
+    if not pending:
+        return sum_loss, n_seen
+    values = torch.stack([loss for _, loss, _ in pending]).float().cpu().tolist()
+    for (step, _, n), value in zip(pending, values):
+        if each is not None:
+            each(step, value)
         sum_loss += value * n
         n_seen += n
-        notify({"event": "step", "epoch": epoch, "step": step, "steps": steps, "loss": value})
-    pending.clear()
     return sum_loss, n_seen
 
 
