@@ -213,16 +213,7 @@ class Scene:
                 continue
             cols = {k: v[sel].copy() for k, v in table.items()}
             obj = cols["obj"]
-            dx, dy = dx_of_obj[obj], dy_of_obj[obj]
-            for name in ("x",):
-                if name in cols:
-                    cols[name] += dx
-            for name in ("y", "y0", "y1"):
-                if name in cols:
-                    cols[name] += dy
-            if kind == "edge":
-                cols["boundary"] += np.where(cols["side"] < 2, dx, dy)
-                cols["center"] += np.where(cols["side"] < 2, dy, dx)
+            _shift(kind, cols, dx_of_obj[obj], dy_of_obj[obj])
             canvas = canvas_of_obj[obj]
             del cols["canvas"]
             new.add(kind, canvas, **cols)
@@ -255,16 +246,7 @@ class Scene:
             targets = order[starts + within]
             cols = {k: v[rows].copy() for k, v in table.items() if k != "canvas"}
             if dx is not None:
-                ddx = np.asarray(dx)[targets]
-                ddy = np.asarray(dy)[targets]
-                if "x" in cols:
-                    cols["x"] += ddx
-                for name in ("y", "y0", "y1"):
-                    if name in cols:
-                        cols[name] += ddy
-                if kind == "edge":
-                    cols["boundary"] += np.where(cols["side"] < 2, ddx, ddy)
-                    cols["center"] += np.where(cols["side"] < 2, ddy, ddx)
+                _shift(kind, cols, np.asarray(dx)[targets], np.asarray(dy)[targets])
             if obj is not None:
                 cols["obj"] = np.asarray(obj)[targets]
             new.add(kind, targets if new_canvas is None else np.asarray(new_canvas)[targets], **cols)
@@ -272,6 +254,19 @@ class Scene:
 
     def __len__(self) -> int:
         return sum(len(t["canvas"]) for t in self.tables().values())
+
+
+def _shift(kind: str, cols: dict, dx: np.ndarray, dy: np.ndarray) -> None:
+    # Move the components in the columns ``cols`` of a ``kind`` table by (dx, dy), in place:
+    # their centres, the rows a bad column spans and a chip edge's boundary line.
+    if "x" in cols:
+        cols["x"] += dx
+    for name in ("y", "y0", "y1"):
+        if name in cols:
+            cols[name] += dy
+    if kind == "edge":
+        cols["boundary"] += np.where(cols["side"] < 2, dx, dy)
+        cols["center"] += np.where(cols["side"] < 2, dy, dx)
 
 
 @dataclasses.dataclass
@@ -335,6 +330,8 @@ def add_galaxy(
     Parameters
     ----------
     scene : `Scene`
+        Receives the galaxies' ``extended`` components: a disc and a bulge each
+        (one of them for pure discs and spheroids).
     rng : `numpy.random.Generator`
     canvas, x, y, flux, r_e : array-like, (m,)
         Canvas, centre (pixels), total flux (nJy, same in science and template), disc
