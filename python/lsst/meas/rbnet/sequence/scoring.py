@@ -134,6 +134,7 @@ class SequenceScorer:
             )
         self.chunk_frames = int(chunk_frames)
         self.classify_frames = int(classify_frames)
+        self._encoders: dict[torch.dtype, torch.nn.Module] = {}
         # bfloat16 keeps ~3 significant digits. A latent whose spread over frames is small
         # against its value would lose the information the classifier reads, so "auto" takes
         # bfloat16 only where probe objects score the same both ways (the runtime's check,
@@ -142,7 +143,7 @@ class SequenceScorer:
             self.device,
             precision,
             key=("sequence encoder", package_key(package), str(self.device)),
-            probe=lambda: self._bf16_score_error(fused_encoder(self.vae, torch.float32).to(self.device)),
+            probe=lambda: self._bf16_score_error(self._fused_encoder(torch.float32)),
             tolerance=BF16_MAX_ERROR,
         )
         if self.bf16_error is not None and self._dtype == torch.float32:
@@ -159,7 +160,9 @@ class SequenceScorer:
                 package.version,
                 self.bf16_error,
             )
-        self.encoder = fused_encoder(self.vae, self._dtype).to(self.device)
+        self.encoder = self._fused_encoder(self._dtype)
+        # The probe's other encoder is not needed any more.
+        self._encoders = {self._dtype: self.encoder}
         if encode_batch is None:
             # Measured on a 2-core Xeon (AMX): bfloat16 is fastest in batches that stay in
             # cache (1024), float32 in larger ones (4096).
@@ -172,6 +175,13 @@ class SequenceScorer:
             str(self._dtype).replace("torch.", ""),
             precision,
         )
+
+    def _fused_encoder(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The VAE's fused encoder in ``dtype`` on the scorer's device, built once: the bfloat16
+        probe and the scorer share it (built outside inference mode, so it serves both)."""
+        if dtype not in self._encoders:
+            self._encoders[dtype] = fused_encoder(self.vae, dtype).to(self.device)
+        return self._encoders[dtype]
 
     def _bf16_score_error(self, enc32: torch.nn.Module, n_objects: int = 64, n_visits: int = 8) -> float:
         """Largest |P(real)| difference between a bfloat16 encoder and ``enc32`` on probe objects.
@@ -189,9 +199,9 @@ class SequenceScorer:
         src = np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
         x = rng.normal(size=(n, vae.in_channels, f, f)) + rng.uniform(0, 8, (n, vae.in_channels, 1, 1)) * src
         xt = torch.from_numpy(x.astype(np.float32)).to(self.device)
+        enc16 = self._fused_encoder(torch.bfloat16)
         with torch.inference_mode():
             mu32 = enc32(xt)[0].float().cpu().numpy()[:, self.latent_columns]
-            enc16 = fused_encoder(vae, torch.bfloat16).to(self.device)
             mu16 = enc16(xt.to(torch.bfloat16))[0].float().cpu().numpy()[:, self.latent_columns]
         offsets = np.arange(0, n + 1, n_visits)
         times = np.cumsum(rng.exponential(3.0, n))
