@@ -375,9 +375,14 @@ class _ChunkSettings:
         # The stamp's centre pixel on the canvas.
         return self.y0 + self.stamp_size // 2
 
+    @property
+    def crop(self) -> tuple[int, int, int, int]:
+        # The stamp's region of the canvas, as `observe` takes it: (y0, x0, height, width).
+        return (self.y0, self.y0, self.stamp_size, self.stamp_size)
+
 
 def _simulate_chunk(rng, classes, settings: _ChunkSettings):
-    stamp_size, size, y0, centre = settings.stamp_size, settings.size, settings.y0, settings.centre
+    stamp_size, size, centre = settings.stamp_size, settings.size, settings.centre
     snr_range, preset = settings.snr_range, settings.preset
     m = len(classes)
     shape = (size, size)
@@ -426,29 +431,18 @@ def _simulate_chunk(rng, classes, settings: _ChunkSettings):
     flux = unit_flux * factor
 
     noise_rows = np.flatnonzero(mode == CONDITIONED)
-    noise_objects = None
-    if len(noise_rows):
-        noise_snr = sample_noise_snr(rng, len(noise_rows), snr_range) * info["snr_sign"][noise_rows]
-        bumps = noise_keys.take_objects(noise_rows)
-        unit, _, _ = measure_objects(
-            bumps, cond, shape, noise_rows, tx[noise_rows], ty[noise_rows], search_radius=0.0
-        )
-        noise_objects = {
-            "keys": bumps,
-            "canvas": noise_rows,
-            "x": tx[noise_rows],
-            "y": ty[noise_rows],
-            "snr": noise_snr,
-            "unit": unit,
-        }
-        snr[noise_rows] = np.abs(noise_snr)
+    noise_objects = _noise_objects(
+        rng, noise_keys, noise_rows, cond, shape, tx, ty, info["snr_sign"], snr_range
+    )
+    if noise_objects is not None:
+        snr[noise_rows] = np.abs(noise_objects["snr"])
 
     obs = observe(
         scene,
         cond,
         shape,
         rng,
-        crop=(y0, y0, stamp_size, stamp_size),
+        crop=settings.crop,
         on_chip=on_chip,
         template_covered=covered,
         noise_objects=noise_objects,
@@ -478,6 +472,18 @@ def _simulate_chunk(rng, classes, settings: _ChunkSettings):
         "detection_sign": np.where(info["snr_sign"] < 0, -1, 1),
     }
     return obs, truth
+
+
+def _noise_objects(rng, noise_keys, rows, cond, shape, tx, ty, snr_sign, snr_range):
+    # The noise fluctuations of the labelled objects ``rows`` (each on its own canvas), in the
+    # form `observe` conditions the noise with; None when there are none. Their S/N is drawn
+    # here, with the sign of their detection.
+    if not len(rows):
+        return None
+    noise_snr = sample_noise_snr(rng, len(rows), snr_range) * snr_sign[rows]
+    bumps = noise_keys.take_objects(rows)
+    unit, _, _ = measure_objects(bumps, cond, shape, rows, tx[rows], ty[rows], search_radius=0.0)
+    return {"keys": bumps, "canvas": rows, "x": tx[rows], "y": ty[rows], "snr": noise_snr, "unit": unit}
 
 
 def _cut_nan_blocks(rng, stamps, masks, variances, fraction):
