@@ -34,6 +34,7 @@ from lsst.utils.timer import timeMethod
 from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, DEFAULT_STAMP_SIZE
 from ..tables import match_labels, source_table_from_any
 from .adapter import check_same_bbox, to_arrays
+from .config_checks import check_field
 from .connections import VISIT_DIMENSIONS, visit_input, visit_output
 from .errors import require_columns
 
@@ -93,12 +94,9 @@ class LabelledCutoutsConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Lab
 
     def validate(self):
         super().validate()
-        if self.stampSize < 3 or self.stampSize % 2 != 1:
-            raise pexConfig.FieldValidationError(
-                LabelledCutoutsConfig.stampSize, self, f"must be an odd integer >= 3, got {self.stampSize}"
-            )
-        if not self.matchRadius > 0:
-            raise pexConfig.FieldValidationError(LabelledCutoutsConfig.matchRadius, self, "must be > 0")
+        odd = self.stampSize >= 3 and self.stampSize % 2 == 1
+        check_field(self, "stampSize", odd, f"must be an odd integer >= 3, got {self.stampSize}")
+        check_field(self, "matchRadius", self.matchRadius > 0, "must be > 0")
 
 
 def empty_cutouts_table(stamp_size: int, n_channels: int = len(CHANNEL_ORDER)) -> astropy.table.Table:

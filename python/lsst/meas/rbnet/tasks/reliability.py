@@ -51,7 +51,7 @@ from ..constants import CHANNEL_ORDER, DEFAULT_BAD_MASK_PLANES, VERSION_MAX_LENG
 from ..flags import UNSCORABLE, SourceFlag
 from ..tables import source_table_from_any
 from .adapter import ImageArrays, check_same_bbox, to_arrays
-from .config_checks import check_channels
+from .config_checks import TorchRuntimeConfig, check_channels, check_field
 from .connections import model_input, visit_input, visit_output
 from .errors import (
     BadColumnError,
@@ -64,6 +64,22 @@ from .errors import (
 
 #: Mask plane marking pixels without template coverage.
 _NO_DATA_PLANE = "NO_DATA"
+
+#: Connections whose storage class the config may change (field ``<name>StorageClass``).
+_STORAGE_CLASS_CONNECTIONS = ("science", "template", "difference", "sources")
+
+
+def _storage_class_field(what: str, keeps: str) -> pexConfig.Field[str]:
+    """The config field ``<connection>StorageClass``: empty keeps the connection's storage class.
+
+    Parameters
+    ----------
+    what : `str`
+        The dataset, as the doc names it.
+    keeps : `str`
+        The rest of the doc: the default storage class and what else reads the dataset.
+    """
+    return pexConfig.Field[str](doc=f"Storage class to read the {what} as; empty keeps {keeps}", default="")
 
 
 class ReliabilityConnections(
@@ -120,13 +136,8 @@ class ReliabilityConnections(
             return
         # Storage classes are configurable so the same task reads afw repositories
         # (e.g. RBNetMaskedImage for an ExposureF science image) or DataFrame sources.
-        for name, field in (
-            ("science", "scienceStorageClass"),
-            ("template", "templateStorageClass"),
-            ("difference", "differenceStorageClass"),
-            ("sources", "sourcesStorageClass"),
-        ):
-            value = getattr(config, field)
+        for name in _STORAGE_CLASS_CONNECTIONS:
+            value = getattr(config, f"{name}StorageClass")
             if value:
                 setattr(self, name, dataclasses.replace(getattr(self, name), storageClass=value))
         channels = set(config.channels)
@@ -146,8 +157,10 @@ class ReliabilityConnections(
         return super().adjustQuantum(inputs, outputs, label, data_id)
 
 
-class ReliabilityConfig(pipeBase.PipelineTaskConfig, pipelineConnections=ReliabilityConnections):
-    """Configuration of `ReliabilityTask`."""
+class ReliabilityConfig(
+    pipeBase.PipelineTaskConfig, TorchRuntimeConfig, pipelineConnections=ReliabilityConnections
+):
+    """Configuration of `ReliabilityTask` (``device`` and ``numThreads`` from `TorchRuntimeConfig`)."""
 
     channels = pexConfig.ListField[str](
         doc="Images the model reads, a subsequence of (difference, science, template). Must equal the "
@@ -164,15 +177,6 @@ class ReliabilityConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Reliabi
         doc="Sources per batch sent to the network (memory is about batchSize x channels x stamp^2 x 4 "
         "bytes per batch).",
         default=1024,
-    )
-    device = pexConfig.Field[str](
-        doc="Torch device: 'auto' (GPU if there is one, else CPU), 'cpu', 'cuda' or 'cuda:N'.",
-        default="auto",
-    )
-    numThreads = pexConfig.Field[int](
-        doc="CPU threads torch may use in this process (0 leaves torch's default). Set it when running "
-        "several quanta in parallel (pipetask -j).",
-        default=0,
     )
     doSymmetry = pexConfig.Field[bool](
         doc="Average the logits over the 8 rotations/flips of each stamp (8x the compute; uses the "
@@ -218,44 +222,30 @@ class ReliabilityConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Reliabi
         "the wrong model from the collections).",
         default="",
     )
-    scienceStorageClass = pexConfig.Field[str](
-        doc="Storage class to read the science image as; empty keeps VisitImage. RBNetMaskedImage reads "
-        "afw ExposureF datasets too.",
-        default="",
+    scienceStorageClass = _storage_class_field(
+        "science image", "VisitImage. RBNetMaskedImage reads afw ExposureF datasets too."
     )
-    templateStorageClass = pexConfig.Field[str](
-        doc="Storage class to read the template as; empty keeps RBNetMaskedImage (reads lsst.images "
-        "MaskedImage/VisitImage/DifferenceImage and afw Exposure/MaskedImage datasets).",
-        default="",
+    templateStorageClass = _storage_class_field(
+        "template",
+        "RBNetMaskedImage (reads lsst.images MaskedImage/VisitImage/DifferenceImage and afw "
+        "Exposure/MaskedImage datasets).",
     )
-    differenceStorageClass = pexConfig.Field[str](
-        doc="Storage class to read the difference image as; empty keeps DifferenceImage.", default=""
-    )
-    sourcesStorageClass = pexConfig.Field[str](
-        doc="Storage class to read the sources as; empty keeps ArrowAstropy (DataFrame, ArrowNumpy and "
-        "ArrowTable work too).",
-        default="",
+    differenceStorageClass = _storage_class_field("difference image", "DifferenceImage.")
+    sourcesStorageClass = _storage_class_field(
+        "sources", "ArrowAstropy (DataFrame, ArrowNumpy and ArrowTable work too)."
     )
 
     def validate(self):
         super().validate()
         channels = check_channels(self)
-        if "difference" not in channels:
-            raise pexConfig.FieldValidationError(
-                ReliabilityConfig.channels, self, "must include 'difference' (sources are detected on it)"
-            )
-        if self.batchSize < 1:
-            raise pexConfig.FieldValidationError(ReliabilityConfig.batchSize, self, "must be >= 1")
-        if self.stampSize < 0 or self.cutoutSize < 0:
-            raise pexConfig.FieldValidationError(ReliabilityConfig.stampSize, self, "sizes must be >= 0")
-        if self.numThreads < 0:
-            raise pexConfig.FieldValidationError(ReliabilityConfig.numThreads, self, "must be >= 0")
-        if not (0.0 < self.maxBadFraction <= 1.0):
-            raise pexConfig.FieldValidationError(ReliabilityConfig.maxBadFraction, self, "must be in (0, 1]")
-        if not (math.isnan(self.unscorableScore) or 0.0 <= self.unscorableScore <= 1.0):
-            raise pexConfig.FieldValidationError(
-                ReliabilityConfig.unscorableScore, self, "must be NaN or in [0, 1]"
-            )
+        detected_on = "difference" in channels
+        check_field(self, "channels", detected_on, "must include 'difference' (sources are detected on it)")
+        check_field(self, "batchSize", self.batchSize >= 1, "must be >= 1")
+        check_field(self, "stampSize", self.stampSize >= 0 and self.cutoutSize >= 0, "sizes must be >= 0")
+        check_field(self, "maxBadFraction", 0.0 < self.maxBadFraction <= 1.0, "must be in (0, 1]")
+        score = self.unscorableScore
+        in_range = math.isnan(score) or 0.0 <= score <= 1.0
+        check_field(self, "unscorableScore", in_range, "must be NaN or in [0, 1]")
 
 
 

@@ -24,6 +24,7 @@ import lsst.pipe.base as pipeBase
 
 from ..sequence.frames import SourceFrames, gather_frames
 from ..tables import TableColumnError
+from .config_checks import TorchRuntimeConfig, check_field
 from .connections import VISIT_DIMENSIONS
 from .errors import MissingColumnError
 
@@ -34,8 +35,9 @@ SEQUENCE_MODEL_DATASET_TYPE = "pretrainedSequenceModelPackage"
 SEQUENCE_RELIABILITY_DATASET_TYPE = "dia_object_sequence_reliability"
 
 
-class SequenceInputsConfig(pexConfig.Config):
-    """Fields of both sequence tasks: how to read the sources and build the objects."""
+class SequenceInputsConfig(TorchRuntimeConfig):
+    """Fields of both sequence tasks: how to read the sources and build the objects (and, from
+    `TorchRuntimeConfig`, ``device`` and ``numThreads``)."""
 
     idColumn = pexConfig.Field[str](doc="Source id column of the source table.", default="id")
     raColumn = pexConfig.Field[str](doc="Right ascension column of the sources (degrees).", default="ra")
@@ -71,25 +73,12 @@ class SequenceInputsConfig(pexConfig.Config):
         "training, not trained on.",
         default=1,
     )
-    device = pexConfig.Field[str](doc="Torch device: auto, cpu, cuda or cuda:N.", default="auto")
-    numThreads = pexConfig.Field[int](
-        doc="CPU threads torch may use in this process (0 leaves torch's default).", default=0
-    )
 
     def validate(self):
         super().validate()
-        if not self.associationRadius > 0:
-            raise pexConfig.FieldValidationError(
-                SequenceInputsConfig.associationRadius, self, "must be > 0 arcsec"
-            )
-        if not 0.0 <= self.maxBadFrameFraction <= 1.0:
-            raise pexConfig.FieldValidationError(
-                SequenceInputsConfig.maxBadFrameFraction, self, "must be in [0, 1]"
-            )
-        if self.minVisits < 1:
-            raise pexConfig.FieldValidationError(SequenceInputsConfig.minVisits, self, "must be >= 1")
-        if self.numThreads < 0:
-            raise pexConfig.FieldValidationError(SequenceInputsConfig.numThreads, self, "must be >= 0")
+        check_field(self, "associationRadius", self.associationRadius > 0, "must be > 0 arcsec")
+        check_field(self, "maxBadFrameFraction", 0.0 <= self.maxBadFrameFraction <= 1.0, "must be in [0, 1]")
+        check_field(self, "minVisits", self.minVisits >= 1, "must be >= 1")
 
 
 def set_threads(n: int) -> None:

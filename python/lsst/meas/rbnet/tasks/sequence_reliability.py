@@ -30,6 +30,7 @@ from ..flags import ObjectFlag
 from ..sequence.association import group_sources
 from ..sequence.objects import score_objects
 from ..sequence.partition import SkyPartition
+from .config_checks import check_field
 from .connections import model_input, visit_input
 from .errors import NoSequenceModelError, check_model_package, no_model_message
 from .sequence_inputs import (
@@ -136,12 +137,9 @@ class SequenceReliabilityConfig(
 
     def validate(self):
         super().validate()
-        if not self.partitionDimensions:
-            raise pexConfig.FieldValidationError(
-                SequenceReliabilityConfig.partitionDimensions, self, "must not be empty (e.g. ['instrument'])"
-            )
-        if self.chunkFrames < 1:
-            raise pexConfig.FieldValidationError(SequenceReliabilityConfig.chunkFrames, self, "must be >= 1")
+        dims = bool(self.partitionDimensions)
+        check_field(self, "partitionDimensions", dims, "must not be empty (e.g. ['instrument'])")
+        check_field(self, "chunkFrames", self.chunkFrames >= 1, "must be >= 1")
 
 
 class SequenceReliabilityTask(pipeBase.PipelineTask):

@@ -26,7 +26,7 @@ from ..contract import NORMALIZATIONS
 from ..sequence.association import group_sources
 from ..sequence.labels import object_labels, training_sequences
 from ..tables import source_table_from_any
-from .config_checks import check_channels, check_version
+from .config_checks import check_channels, check_field, check_version
 from .connections import global_output, visit_input
 from .metrics import plain_metrics
 from .sequence_inputs import (
@@ -171,15 +171,10 @@ class TrainSequenceConfig(
         super().validate()
         check_version(self)
         check_channels(self)
-        if self.frameSize < 4:
-            raise pexConfig.FieldValidationError(TrainSequenceConfig.frameSize, self, "must be >= 4")
-        if not 0.0 <= self.testFraction < 0.5:
-            raise pexConfig.FieldValidationError(
-                TrainSequenceConfig.testFraction, self, "must be in [0, 0.5)"
-            )
+        check_field(self, "frameSize", self.frameSize >= 4, "must be >= 4")
+        check_field(self, "testFraction", 0.0 <= self.testFraction < 0.5, "must be in [0, 0.5)")
         for name in ("vaeEpochs", "maxEpochs", "patience", "latentDim", "vaeBatchSize"):
-            if getattr(self, name) < 1:
-                raise pexConfig.FieldValidationError(getattr(TrainSequenceConfig, name), self, "must be >= 1")
+            check_field(self, name, getattr(self, name) >= 1, "must be >= 1")
 
 
 class TrainSequenceTask(pipeBase.PipelineTask):
