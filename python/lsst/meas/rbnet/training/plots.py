@@ -14,6 +14,7 @@ __all__ = [
     "plot_gallery",
     "make_evaluation_plots",
     "BAD_COLOR",
+    "ModelScores",
 ]
 
 import dataclasses
@@ -25,6 +26,11 @@ import numpy as np
 
 from ..fileio import atomic_path
 from . import metrics as M
+
+
+#: What `plot_roc` and `plot_reliability` compare: model name -> ``(scores, labels)``, ``(N,)`` each
+#: (probabilities for `plot_reliability`).
+type ModelScores = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 
 #: Colour of missing pixels (NaN) and of panels without data in galleries (the simulator
@@ -133,18 +139,12 @@ def draw_roc(
         ax.legend(**(legend if legend is not None else {"loc": "lower right"}))
 
 
-def plot_roc(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    path: str | os.PathLike,
-    *,
-    mask=None,
-    title: str = "ROC",
-) -> Path:
+def plot_roc(curves: ModelScores, path: str | os.PathLike, *, mask=None, title: str = "ROC") -> Path:
     """ROC curves of several models on one plot (log false-positive rate).
 
     Parameters
     ----------
-    curves : `dict` [`str`, `tuple`]
+    curves : `ModelScores`
         Model name -> ``(scores, labels)``.
     path : path-like
         PNG to write.
@@ -164,17 +164,13 @@ def plot_roc(
 
 
 def plot_reliability(
-    models: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    path: str | os.PathLike,
-    *,
-    n_bins: int = 15,
-    title: str = "Reliability diagram",
+    models: ModelScores, path: str | os.PathLike, *, n_bins: int = 15, title: str = "Reliability diagram"
 ) -> Path:
     """Observed real fraction against predicted probability (calibration), with counts.
 
     Parameters
     ----------
-    models : `dict` [`str`, `tuple`]
+    models : `ModelScores`
         Model name -> ``(probabilities, labels)``.
     """
     fig = _figure((6.0, 6.0))
