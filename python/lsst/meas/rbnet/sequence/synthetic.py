@@ -220,6 +220,11 @@ def make_synthetic_frames(
 ) -> SyntheticFrames:
     """Small frame sequences: real sources vary smoothly, artifacts get streaks and hot columns.
 
+    Every object is a centred Gaussian source (of its own width in each visit)
+    seen at random times in [0, 200), with Gaussian noise of sigma 0.3 in each
+    channel. A real object's flux is a sinusoid of time; an artifact's is drawn
+    anew each visit, and each of its frames gets a hot column or a streak.
+
     Parameters
     ----------
     n_objects : `int`
