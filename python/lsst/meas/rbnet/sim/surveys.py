@@ -133,22 +133,22 @@ _PRESET_TRAITS = {
     "template_sharper_fraction": (0.9, 0.93, 0.85),
     # nJy (40 nJy is a typical 30 s r-band visit), DN, counts.
     "sky_sigma_range": ((20.0, 70.0), (3.0, 12.0), (3.0, 15.0)),
-    "units": ("nJy", "DN", "counts"),
     "template_depth_range": ((8.0, 30.0), (15.0, 60.0), (1.0, 10.0)),
     "template_noise_smoothing": ((0.3, 0.6), (0.3, 0.5), (0.0, 0.6)),
     # Survey units per electron: nJy; DN (a gain of about 6 e-/DN); counts.
     "gain_range": ((0.35, 0.7), (0.15, 0.2), (0.2, 0.3)),
-    "cutout_size": (30, 63, 63),
     "full_well_range": ((9.0e4, 1.5e5), (1.0e5, 1.6e5), (1.3e5, 1.8e5)),
-    "negative_difference_flipped": (False, True, False),
     "sky_level_range": ((0.0, 0.0), (40.0, 400.0), (0.0, 0.0)),
+    "units": ("nJy", "DN", "counts"),
+    "cutout_size": (30, 63, 63),
+    "negative_difference_flipped": (False, True, False),
     "ellipticity_sigma": (0.04, 0.06, 0.05),
     "wing_fraction_range": ((0.05, 0.2), (0.08, 0.25), (0.05, 0.2)),
     "misregistration_sigma": (0.04, 0.06, 0.05),
     "kernel_error_sigma": (0.01, 0.015, 0.012),
-    "saturated_as_nan": (False, True, False),
     "nan_block_fraction": (0.03, 0.04, 0.05),
     "edge_fraction": (0.03, 0.04, 0.03),
+    "saturated_as_nan": (False, True, False),
     # ZTF: zero point about 25.96 mag for DN of a 30 s exposure; DECam: about 29.1 mag for
     # counts of a 90 s exposure.
     "nJy_per_unit": (1.0, 150.0, 8.0),
