@@ -52,7 +52,7 @@ from ..flags import UNSCORABLE, SourceFlag
 from ..tables import source_table_from_any
 from .adapter import ImageArrays, check_same_bbox, to_arrays
 from .config_checks import TorchRuntimeConfig, check_channels, check_field
-from .connections import model_input, visit_input, visit_output
+from .connections import ModelInputCheck, model_input, visit_input, visit_output
 from .errors import (
     BadColumnError,
     DuplicateSourceIdError,
@@ -83,10 +83,11 @@ def _storage_class_field(what: str, keeps: str) -> pexConfig.Field[str]:
 
 
 class ReliabilityConnections(
+    ModelInputCheck,
     pipeBase.PipelineTaskConnections,
     dimensions=("instrument", "visit", "detector"),
 ):
-    """Connections of `ReliabilityTask`; names default to ap_pipe's."""
+    """Connections of `ReliabilityTask`; names default to ap_pipe's (``adjustQuantum``: `ModelInputCheck`)."""
 
     science = visit_input(
         "preliminary_visit_image",
@@ -148,19 +149,15 @@ class ReliabilityConnections(
         if not config.doWriteCutouts:
             del self.cutouts
 
-    def adjustQuantum(self, inputs, outputs, label, data_id):
-        # Say how to fix a missing model rather than only that it is missing.
-        if "pretrainedModel" in inputs:
-            connection, refs = inputs["pretrainedModel"]
-            if len(refs) == 0:
-                raise NoModelError(f"{label} ({data_id}): " + no_model_message(connection.name))
-        return super().adjustQuantum(inputs, outputs, label, data_id)
-
 
 class ReliabilityConfig(
     pipeBase.PipelineTaskConfig, TorchRuntimeConfig, pipelineConnections=ReliabilityConnections
 ):
-    """Configuration of `ReliabilityTask` (``device`` and ``numThreads`` from `TorchRuntimeConfig`)."""
+    """Configuration of `ReliabilityTask`.
+
+    ``device`` and ``numThreads`` come from `TorchRuntimeConfig`, shared with the other tasks
+    that run a network.
+    """
 
     channels = pexConfig.ListField[str](
         doc="Images the model reads, a subsequence of (difference, science, template). Must equal the "

@@ -10,6 +10,7 @@ __all__ = [
     "SEQUENCE_MODEL_DATASET_TYPE",
     "SEQUENCE_RELIABILITY_DATASET_TYPE",
     "VISIT_DIMENSIONS",
+    "PairedVisitInputs",
     "SequenceInputsConfig",
     "gather_inputs",
     "keep_pairs",
@@ -151,6 +152,16 @@ def keep_pairs(inputs, label, data_id) -> None:
         )
     inputs["cutouts"] = (cut_conn, [r for r in cut_refs if r.dataId.required_values in both])
     inputs["sources"] = (src_conn, [r for r in src_refs if r.dataId.required_values in both])
+
+
+class PairedVisitInputs:
+    """Connections mixin of the sequence tasks (before `~lsst.pipe.base.PipelineTaskConnections`
+    in the bases): a quantum keeps only the (visit, detector)s with both their cutouts and
+    their sources (`keep_pairs`)."""
+
+    def adjustQuantum(self, inputs, outputs, label, data_id):
+        keep_pairs(inputs, label, data_id)
+        return super().adjustQuantum(inputs, outputs, label, data_id)
 
 
 def read_visit_inputs(butlerQC, inputRefs) -> dict:

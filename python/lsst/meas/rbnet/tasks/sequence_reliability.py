@@ -31,14 +31,14 @@ from ..sequence.association import group_sources
 from ..sequence.objects import score_objects
 from ..sequence.partition import SkyPartition
 from .config_checks import check_field
-from .connections import model_input, visit_input
+from .connections import ModelInputCheck, model_input, visit_input
 from .errors import NoSequenceModelError, check_model_package, no_model_message
 from .sequence_inputs import (
     SEQUENCE_MODEL_DATASET_TYPE,
     SEQUENCE_RELIABILITY_DATASET_TYPE,
+    PairedVisitInputs,
     SequenceInputsConfig,
     gather_inputs,
-    keep_pairs,
     read_visit_inputs,
     set_threads,
 )
@@ -65,10 +65,19 @@ def _sky_partition(data_id) -> SkyPartition | None:
 
 
 class SequenceReliabilityConnections(
+    ModelInputCheck,
+    PairedVisitInputs,
     pipeBase.PipelineTaskConnections,
     dimensions=("instrument", "htm7"),
 ):
-    """Connections of `SequenceReliabilityTask`; the quantum dimensions are ``config.partitionDimensions``."""
+    """Connections of `SequenceReliabilityTask`; the quantum dimensions are ``config.partitionDimensions``.
+
+    ``adjustQuantum``: the missing-model check (`ModelInputCheck`), then the pairing of the
+    inputs (`PairedVisitInputs`).
+    """
+
+    modelConnection = "sequenceModel"
+    modelKind = "sequence"
 
     cutouts = visit_input(
         "dia_source_cutouts",
@@ -106,15 +115,6 @@ class SequenceReliabilityConnections(
         self.dimensions.clear()
         self.dimensions.update(dims)
         self.objectReliability = dataclasses.replace(self.objectReliability, dimensions=frozenset(dims))
-
-    def adjustQuantum(self, inputs, outputs, label, data_id):
-        if "sequenceModel" in inputs:
-            connection, refs = inputs["sequenceModel"]
-            if len(refs) == 0:
-                message = no_model_message(connection.name, "sequence")
-                raise NoSequenceModelError(f"{label} ({data_id}): " + message)
-        keep_pairs(inputs, label, data_id)
-        return super().adjustQuantum(inputs, outputs, label, data_id)
 
 
 class SequenceReliabilityConfig(

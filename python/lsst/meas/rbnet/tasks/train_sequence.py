@@ -31,9 +31,9 @@ from .connections import global_output, visit_input
 from .metrics import plain_metrics
 from .sequence_inputs import (
     SEQUENCE_MODEL_DATASET_TYPE,
+    PairedVisitInputs,
     SequenceInputsConfig,
     gather_inputs,
-    keep_pairs,
     read_visit_inputs,
     set_threads,
 )
@@ -47,7 +47,7 @@ _WIDTH_ARGUMENT = {
 }
 
 
-class TrainSequenceConnections(pipeBase.PipelineTaskConnections, dimensions=()):
+class TrainSequenceConnections(PairedVisitInputs, pipeBase.PipelineTaskConnections, dimensions=()):
     """Connections of `TrainSequenceTask`: one quantum over all selected visits."""
 
     cutouts = visit_input(
@@ -83,10 +83,6 @@ class TrainSequenceConnections(pipeBase.PipelineTaskConnections, dimensions=()):
         "StructuredDataDict",
         "Held-out metrics, data summary and training settings of the sequence model.",
     )
-
-    def adjustQuantum(self, inputs, outputs, label, data_id):
-        keep_pairs(inputs, label, data_id)
-        return super().adjustQuantum(inputs, outputs, label, data_id)
 
 
 class TrainSequenceConfig(
