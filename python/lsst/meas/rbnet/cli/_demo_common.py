@@ -335,13 +335,14 @@ def class_table(title: str, columns, rows):
 
 
 def finish_run(run: DemoRun, summary, table, *, table_name: str, show):
-    """Record the total time and repository in ``summary``, ``show`` it, and write ``summary.json`` and
-    ``table`` (as ``table_name``) into the run's folder."""
+    """Record the total time and repository in ``summary``, show it with ``show(summary, console,
+    outdir, timings)`` (the demo's summary printer), and write ``summary.json`` and ``table`` (as
+    ``table_name``) into the run's folder."""
     timings = run.timings
     timings["total"] = time.perf_counter() - run.start
     summary["timings_seconds"] = timings
     summary["repo"] = str(run.repo)
-    show(summary, timings)
+    show(summary, run.console, run.outdir, timings)
     write_atomic(run.outdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     with atomic_path(run.outdir / table_name) as tmp:
         table.write(tmp, overwrite=True)

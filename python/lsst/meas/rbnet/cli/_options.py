@@ -1,7 +1,14 @@
 # This file is part of meas_rbnet.
 """Option types shared by the ``rbnet`` commands."""
 
-__all__ = ["FINITE_FLOAT", "FiniteFloat", "FiniteFloatRange", "input_file_option", "output_file_option"]
+__all__ = [
+    "FINITE_FLOAT",
+    "FiniteFloat",
+    "FiniteFloatRange",
+    "choice_option",
+    "input_file_option",
+    "output_file_option",
+]
 
 import math
 
@@ -37,6 +44,13 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(f):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return f
+
+
+def choice_option(*param_decls: str, choices, default: str, help: str | None = None):
+    """An option taking one of ``choices``, ``default`` when not given (shown in ``--help``)."""
+    return click.option(
+        *param_decls, type=click.Choice(list(choices)), default=default, show_default=True, help=help
+    )
 
 
 def input_file_option(*param_decls: str, help: str, required: bool = False):

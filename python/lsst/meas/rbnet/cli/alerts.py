@@ -19,7 +19,7 @@ import click
 from ..alerts.output import AlertTableWriter, output_format
 from ..alerts.score import AlertScoreSummary, compare_with_survey, iter_scored_batches, output_columns
 from ..alerts.sources import expand_inputs, sniff_survey
-from ._options import input_file_option, output_file_option
+from ._options import choice_option, input_file_option, output_file_option
 
 
 def _parse_sizes(values) -> dict[str, int]:
@@ -98,11 +98,10 @@ def _progress(console, total):
     metavar="SURVEY=PIXELS",
     help="Cutout size of a survey's stacks instead of its own (ztf=63, rubin=30); repeatable.",
 )
-@click.option(
+@choice_option(
     "--fits-reader",
-    type=click.Choice(["lean", "astropy"]),
+    choices=["lean", "astropy"],
     default="lean",
-    show_default=True,
     help="FITS decoder of the cutouts (same pixels; lean is faster).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

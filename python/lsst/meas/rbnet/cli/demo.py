@@ -324,13 +324,7 @@ def run_demo(
         threshold = 0.5
     summary = _summarise(table, threshold, run.outdir, console)
     summary["quanta"] = n_quanta
-    finish_run(
-        run,
-        summary,
-        table,
-        table_name="scores.parquet",
-        show=lambda s, t: _print_summary(s, console, run.outdir, t),
-    )
+    finish_run(run, summary, table, table_name="scores.parquet", show=_print_summary)
     return summary
 
 
@@ -396,29 +390,18 @@ def demo(
     'pipetask run' of the reliability pipeline, and report how well the scores
     separate real sources from artifacts (plots and summary.json in DIRECTORY).
     With --sequence, do the same for objects over many visits with the sequence model."""
+    # The options both demos take.
+    common = dict(train=train, seed=seed, size=size, jobs=jobs, overwrite=overwrite)
     if sequence:
         source = click.get_current_context().get_parameter_source("visits")
         default_visits = source is None or source.name == "DEFAULT"
-        run_sequence_demo(
-            directory,
-            visits=12 if default_visits else visits,
-            objects=n_objects,
-            train=train,
-            seed=seed,
-            size=size,
-            jobs=jobs,
-            overwrite=overwrite,
-        )
+        run_sequence_demo(directory, visits=12 if default_visits else visits, objects=n_objects, **common)
         return
     run_demo(
         directory,
         detectors=detectors,
         visits=visits,
-        train=train,
         train_visits=train_visits,
-        seed=seed,
-        size=size,
         n_sources=n_sources,
-        jobs=jobs,
-        overwrite=overwrite,
+        **common,
     )

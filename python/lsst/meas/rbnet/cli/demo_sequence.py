@@ -344,11 +344,5 @@ def run_sequence_demo(
     summary = _sequence_summary(objects, _object_truth(score_tables), run.outdir)
     summary["partitions"] = len(refs)
     summary["training_metrics"] = metrics
-    finish_run(
-        run,
-        summary,
-        objects,
-        table_name="objects.parquet",
-        show=lambda s, t: _print_sequence_summary(s, console, run.outdir, t),
-    )
+    finish_run(run, summary, objects, table_name="objects.parquet", show=_print_sequence_summary)
     return summary

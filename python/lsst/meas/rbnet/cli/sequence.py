@@ -14,7 +14,7 @@ from .. import sim
 from ..constants import CHANNEL_ORDER
 from ..fileio import check_output_path, write_atomic
 from ..sim.sequences import SequenceSet
-from ._options import FiniteFloatRange, input_file_option, output_file_option
+from ._options import FiniteFloatRange, choice_option, input_file_option, output_file_option
 
 #: Default wall-time budget of ``sequence-cv`` (seconds): 5 folds must fit in 30 minutes.
 DEFAULT_CV_BUDGET = 1500.0
@@ -52,14 +52,13 @@ def _threads(n: int | None) -> None:
     show_default=True,
     help="Comma-separated models: bigru, gru, lstm, conv1d. With several, an ensemble row is added.",
 )
-@click.option("--loss", type=click.Choice(["bce", "bce+tversky"]), default="bce", show_default=True)
+@choice_option("--loss", choices=["bce", "bce+tversky"], default="bce")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 20), help="Number of folds.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of training.")
-@click.option(
+@choice_option(
     "--label-real-is",
-    type=click.Choice(["0", "1"]),
+    choices=["0", "1"],
     default="0",
-    show_default=True,
     help="The label value that means real (0 for RB_ZTF label files, where 1 = artifact).",
 )
 @input_file_option(
@@ -226,11 +225,10 @@ def _parse_range(text: str) -> tuple[int, int]:
 @click.option(
     "--frame-size", default=28, show_default=True, type=click.IntRange(8, 101), help="Frame side (pixels)."
 )
-@click.option(
+@choice_option(
     "--channels",
-    type=click.Choice(["science", "difference", "triplet"]),
+    choices=["science", "difference", "triplet"],
     default="science",
-    show_default=True,
     help="Frame channels the model reads (the paper: science).",
 )
 @click.option("--latent-dim", default=36, show_default=True, type=click.IntRange(1, 1024), help="VAE latent size.")
@@ -243,7 +241,7 @@ def _parse_range(text: str) -> tuple[int, int]:
     help="Train the VAE on at most this many frames (0: all).",
 )
 @click.option("--model", default="bigru", show_default=True, help="bigru, gru, lstm or conv1d.")
-@click.option("--loss", type=click.Choice(["bce", "bce+tversky"]), default="bce", show_default=True)
+@choice_option("--loss", choices=["bce", "bce+tversky"], default="bce")
 @click.option(
     "--max-epochs", default=40, show_default=True, type=click.IntRange(min=1), help="Classifier epochs at most."
 )

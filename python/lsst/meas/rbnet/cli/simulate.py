@@ -21,7 +21,7 @@ from ..sim.sequences import simulate_sequences
 from ..sim.stamps import class_counts, simulate_stamps
 from ..sim.visit import simulate_visit
 from ..sim.visit_stamps import simulate_visit_stamps
-from ._options import FiniteFloatRange
+from ._options import FiniteFloatRange, choice_option
 
 #: Smallest stamp side the simulator accepts (pixels): the seeing FWHM reaches 6 pixels and
 #: chip edges are placed 2 to S/2 - 1 pixels from the centre.
@@ -357,9 +357,9 @@ def visit_stamps(out, first_seed, visits, size, shape, n_sources):
 )
 @click.option("--visit", type=int, default=None, help="Visit id (default 2026010100000 + seed).")
 @click.option("--detector", type=int, default=0, show_default=True, help="Detector id.")
-@click.option("--band", type=click.Choice(["u", "g", "r", "i", "z", "y"]), default="r", show_default=True)
+@choice_option("--band", choices=["u", "g", "r", "i", "z", "y"], default="r")
 @_fraction_option("--template-coverage", 0.0, "Fraction of the detector without template data.")
-@click.option("--sources-format", type=click.Choice(["ecsv", "parquet"]), default="ecsv", show_default=True)
+@choice_option("--sources-format", choices=["ecsv", "parquet"], default="ecsv")
 @click.option(
     "--preview",
     type=click.Path(dir_okay=False, writable=True),

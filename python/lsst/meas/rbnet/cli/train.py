@@ -33,7 +33,7 @@ from ..constants import CHANNEL_ORDER, DEFAULT_STAMP_SIZE, DIFFERENCE_ONLY
 from ..contract import NORMALIZATIONS, InputContract
 from ..fileio import write_atomic
 from ..sim import simulate_stamps
-from ._options import FINITE_FLOAT, FiniteFloatRange
+from ._options import FINITE_FLOAT, FiniteFloatRange, choice_option
 
 #: Losses offered on the command line (kept in sync with `training.losses.LOSSES`, checked in the tests).
 _LOSSES = ("bce", "focal", "tversky", "bce+tversky")
@@ -298,19 +298,19 @@ def _gallery(plots, test, probs, snr_min):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model package to write (.safetensors).")
 @click.option("--version", "model_version", default="dev", show_default=True,
               help="reliabilityVersion of the package (at most 7 characters).")
-@click.option("--channels", type=click.Choice(["triplet", "difference"]), default="triplet", show_default=True,
-              help="Difference, science and template stamps, or the difference only.")
+@choice_option("--channels", choices=["triplet", "difference"], default="triplet",
+               help="Difference, science and template stamps, or the difference only.")
 @click.option("--stamp-size", type=int, default=DEFAULT_STAMP_SIZE, show_default=True,
               help="Side of the stamps the model sees (odd, pixels).")
-@click.option("--normalization", type=click.Choice(NORMALIZATIONS), default="robust_asinh", show_default=True)
+@choice_option("--normalization", choices=NORMALIZATIONS, default="robust_asinh")
 @click.option("--architecture", default="triplet_cnn", show_default=True, help="Registered architecture name.")
 @click.option("--widths", default=None, help="Convolution widths, comma-separated (e.g. 16,32,64).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--lr", type=FINITE_FLOAT, default=None,
               help="Peak AdamW learning rate [default: 3e-3; 3e-4 with --init, 3e-3 with --freeze-features].")
-@click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine", show_default=True)
-@click.option("--loss", type=click.Choice(_LOSSES), default="bce", show_default=True)
+@choice_option("--schedule", choices=["cosine", "plateau", "constant"], default="cosine")
+@choice_option("--loss", choices=_LOSSES, default="bce")
 @click.option("--class-weight", type=FINITE_FLOAT, default=0.2, show_default=True,
               help="Weight of the artifact-class head loss (0: no class head).")
 @click.option("--noise-std", type=FINITE_FLOAT, default=0.0, show_default=True, help="Augmentation: added noise.")
