@@ -374,30 +374,18 @@ class VisitWriter:
             },
             update=True,
         )
-        common = dict(
-            wcs=wcs,
-            instrument=self.instrument,
-            detector=detector,
-            visit=visit,
-            band=band,
-            physical_filter=physical_filter,
-            mjd=mjd,
-            exposure_time=exposure_time,
-        )
+        # Every image has the WCS and the detector; the science and difference images also the
+        # visit's metadata and the PSF width.
+        placement = dict(wcs=wcs, instrument=self.instrument, detector=detector)
+        visit_meta = dict(visit=visit, band=band, physical_filter=physical_filter, mjd=mjd, fwhm=fwhm)
+        common = dict(placement, exposure_time=exposure_time, **visit_meta)
         data_id = {"instrument": self.instrument, "visit": visit, "detector": detector}
-        science = make_visit_image(
-            sim.science.image, sim.science.variance, sim.science.mask, fwhm=fwhm, **common
-        )
+        science = make_visit_image(sim.science.image, sim.science.variance, sim.science.mask, **common)
         difference = make_difference_image(
-            sim.difference.image, sim.difference.variance, sim.difference.mask, fwhm=fwhm, **common
+            sim.difference.image, sim.difference.variance, sim.difference.mask, **common
         )
         template = make_masked_image(
-            sim.template.image,
-            sim.template.variance,
-            sim.template.mask,
-            wcs=wcs,
-            instrument=self.instrument,
-            detector=detector,
+            sim.template.image, sim.template.variance, sim.template.mask, **placement
         )
         self.butler.put(science, "preliminary_visit_image", data_id, run=self.run)
         self.butler.put(template, "template_detector", data_id, run=self.run)
