@@ -12,7 +12,7 @@ __all__ = [
     "VISIT_DIMENSIONS",
     "PairedVisitInputs",
     "SequenceInputsConfig",
-    "gather_inputs",
+    "gather_objects",
     "keep_pairs",
     "read_visit_inputs",
     "set_threads",
@@ -23,6 +23,7 @@ __all__ = [
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 
+from ..sequence.association import ObjectGroups, group_sources
 from ..sequence.frames import SourceFrames, gather_frames
 from ..tables import TableColumnError
 from .config_checks import TorchRuntimeConfig, check_field
@@ -89,13 +90,36 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(int(n))
 
 
-def gather_inputs(
-    config, cutouts, sources, *, channels, frame_size, score_column, times, visits, names
-) -> SourceFrames:
-    """`gather_frames` with the task's column and connection names; a missing column is a
-    `MissingColumnError` (an `~lsst.pipe.base.AlgorithmError` with metadata)."""
+def gather_objects(
+    config, cutouts, sources, times, visits, names, channels, frame_size, score_column: str | None = None
+) -> tuple[SourceFrames, ObjectGroups]:
+    """The frames of a sequence task's inputs and the objects they belong to.
+
+    `gather_frames` with the task's column and connection names, then `group_sources`
+    (``diaObjectId``, else friends-of-friends within ``config.associationRadius``).
+
+    Parameters
+    ----------
+    config : `SequenceInputsConfig`
+        The task's config (columns, connection names, association radius).
+    cutouts, sources, times, visits, names : `list`
+        The task's ``run`` arguments of those names, one item per (visit, detector).
+    channels : `tuple` [`str`, ...]
+        Frame channels to read.
+    frame_size : `int`
+        Frame side (pixels).
+    score_column : `str`, optional
+        Single-visit score column: ``config.scoreColumn`` by default, ``""`` for none.
+
+    Raises
+    ------
+    MissingColumnError
+        A column is missing (an `~lsst.pipe.base.AlgorithmError` with metadata).
+    """
+    if score_column is None:
+        score_column = config.scoreColumn
     try:
-        return gather_frames(
+        frames = gather_frames(
             cutouts,
             sources,
             channels=channels,
@@ -114,6 +138,10 @@ def gather_inputs(
         )
     except TableColumnError as err:
         raise MissingColumnError(str(err), **err.details) from err
+    groups = group_sources(
+        frames.ra, frames.dec, frames.object_id, frames.source_id, config.associationRadius
+    )
+    return frames, groups
 
 
 def visit_times(refs) -> tuple[list[float | None], list[int | None], list[str]]:

@@ -27,7 +27,6 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from ..flags import ObjectFlag
-from ..sequence.association import group_sources
 from ..sequence.objects import score_objects
 from ..sequence.partition import SkyPartition
 from .config_checks import check_field
@@ -38,7 +37,7 @@ from .sequence_inputs import (
     SEQUENCE_RELIABILITY_DATASET_TYPE,
     PairedVisitInputs,
     SequenceInputsConfig,
-    gather_inputs,
+    gather_objects,
     read_visit_inputs,
     set_threads,
 )
@@ -235,19 +234,8 @@ class SequenceReliabilityTask(pipeBase.PipelineTask):
         config = self.config
         scorer = self.load_scorer(sequenceModel)
         version = scorer.version
-        frames = gather_inputs(
-            config,
-            cutouts,
-            sources,
-            channels=scorer.frame_channels,
-            frame_size=scorer.frame_size,
-            score_column=config.scoreColumn,
-            times=times,
-            visits=visits,
-            names=names,
-        )
-        groups = group_sources(
-            frames.ra, frames.dec, frames.object_id, frames.source_id, config.associationRadius
+        frames, groups = gather_objects(
+            config, cutouts, sources, times, visits, names, scorer.frame_channels, scorer.frame_size
         )
         n_all = len(groups)
         table = score_objects(

@@ -23,7 +23,6 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from ..contract import NORMALIZATIONS
-from ..sequence.association import group_sources
 from ..sequence.labels import object_labels, training_sequences
 from ..tables import source_table_from_any
 from .config_checks import check_channels, check_field, check_version
@@ -33,7 +32,7 @@ from .sequence_inputs import (
     SEQUENCE_MODEL_DATASET_TYPE,
     PairedVisitInputs,
     SequenceInputsConfig,
-    gather_inputs,
+    gather_objects,
     read_visit_inputs,
     set_threads,
 )
@@ -230,16 +229,9 @@ class TrainSequenceTask(pipeBase.PipelineTask):
         config = self.config
         set_threads(config.numThreads)
         device = str(select_device(config.device))
-        frames = gather_inputs(
-            config,
-            cutouts,
-            sources,
-            channels=config.channels,
-            frame_size=config.frameSize,
-            score_column=config.scoreColumn if config.useVisitScores else "",
-            times=times,
-            visits=visits,
-            names=names,
+        score_column = None if config.useVisitScores else ""
+        frames, groups = gather_objects(
+            config, cutouts, sources, times, visits, names, config.channels, config.frameSize, score_column
         )
         if isinstance(labels, (list, tuple)):
             tables = [source_table_from_any(t, name=f"labels ({config.connections.labels})") for t in labels]
@@ -247,9 +239,6 @@ class TrainSequenceTask(pipeBase.PipelineTask):
             labels = astropy.table.vstack(tables, join_type="outer") if tables else None
         if labels is None or len(labels) == 0:
             raise ValueError(f"The labels ({config.connections.labels}) are empty.")
-        groups = group_sources(
-            frames.ra, frames.dec, frames.object_id, frames.source_id, config.associationRadius
-        )
         obj_label, counts = object_labels(
             frames,
             groups,
@@ -293,6 +282,8 @@ class TrainSequenceTask(pipeBase.PipelineTask):
             hp_cls[_WIDTH_ARGUMENT[config.architecture]] = int(config.classifierWidth)
         if config.headHidden:
             hp_cls["head_hidden"] = int(config.headHidden)
+        # Both stages train with the task's seed on its device.
+        stage = dict(seed=config.seed, device=device)
         package_config = SequencePackageConfig(
             vae=VAETrainConfig(
                 hyperparameters=hp_vae,
@@ -300,8 +291,7 @@ class TrainSequenceTask(pipeBase.PipelineTask):
                 epochs=config.vaeEpochs,
                 batch_size=config.vaeBatchSize,
                 max_frames=config.vaeMaxFrames,
-                seed=config.seed,
-                device=device,
+                **stage,
             ),
             classifier=SequenceTrainConfig(
                 architecture=config.architecture,
@@ -312,8 +302,7 @@ class TrainSequenceTask(pipeBase.PipelineTask):
                 min_epochs=min(config.minEpochs, config.maxEpochs),
                 patience=config.patience,
                 max_seconds=config.maxSeconds or None,
-                seed=config.seed,
-                device=device,
+                **stage,
             ),
             normalization=config.normalization,
             channels=tuple(config.channels),
