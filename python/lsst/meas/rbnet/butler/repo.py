@@ -452,8 +452,7 @@ def register_model(
     """
     from ..package import ModelPackage
 
-    butler = repo if isinstance(repo, Butler) else Butler.from_config(repo, writeable=True)
-    check_storage_classes(butler)
+    butler = open_repo(repo)
     if package is None:
         from ..scoring import default_model_path
 
