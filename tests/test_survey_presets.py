@@ -231,3 +231,35 @@ def test_noise_detections_have_a_heavier_than_gaussian_tail(monkeypatch):
     heavy = above(6.5, default)
     assert heavy > 0.05
     assert above(5.0 * labelled.NOISE_HEAVY_TAIL_MAX * 1.5, default) < 0.01
+
+
+def test_flux_scale_errors_leave_monopoles_on_constant_stars(monkeypatch):
+    # A constant star whose template flux scale is off (zero point, colour term) leaves a
+    # PSF-shaped residual of either sign: bogus by the label policy, however much it looks
+    # like a small change of a variable star.
+    from lsst.meas.rbnet.sim import labelled
+
+    assert labelled.STAR_FLUX_SCALE_SIGMA == 0 and labelled.FLUX_SCALE_RESIDUAL_FRACTION == 0  # off by default
+    assert np.array_equal(labelled.star_flux_scales(np.random.default_rng(0), 5), np.ones(5))
+    monkeypatch.setattr(labelled, "STAR_FLUX_SCALE_SIGMA", 0.02)
+    scales = labelled.star_flux_scales(np.random.default_rng(0), 20000)
+    assert abs(np.std(scales) - 0.02) < 0.002 and abs(np.mean(scales) - 1) < 0.001
+
+    # Well-registered stars, so that what is left is the flux-scale or PSF residual alone.
+    monkeypatch.setattr(labelled, "star_template_offsets", lambda rng, n, detectable=False: (np.zeros(n),) * 2)
+
+    def residuals():
+        st = simulate_stamps(
+            200, 31, seed=8, survey="rubin", class_fractions={"bright_star_residual": 1}, nan_block_fraction=0
+        )
+        assert not np.any(np.asarray(st.table["label"]))
+        net = np.nansum(st.stamps[:, DIFF, 11:20, 11:20].astype(float), axis=(1, 2))
+        return np.sign(net), np.asarray(st.table["detection_sign"])
+
+    net_sign, sign = residuals()
+    assert np.all(sign == 1)  # PSF-mismatch residuals: detected on their positive core
+    monkeypatch.setattr(labelled, "FLUX_SCALE_RESIDUAL_FRACTION", 1.0)
+    net_sign, sign = residuals()
+    # Monopoles of both signs, detected with the sign of their net flux.
+    assert 0.3 < np.mean(sign == -1) < 0.7
+    assert np.mean(net_sign == sign) > 0.75

@@ -184,6 +184,23 @@ VARIABLE_FAINTER_BASE: tuple[float, float] = (0.2, 20.0)
 #: Fraction of fading sources that are gone from the science image (base 0).
 VARIABLE_FADED_OUT_FRACTION: float = 0.25
 
+#: Sigma of the star-to-star error of the template's flux scale against the science
+#: image (zero point, colour term, aperture correction): a property of the subtraction,
+#: drawn for every labelled star, constant or variable.
+STAR_FLUX_SCALE_SIGMA: float = 0.0
+#: Share of ``bright_star_residual`` stars whose detected residual is a flux-scale error
+#: (a PSF-shaped residual of either sign on the star) instead of a PSF mismatch, and the
+#: log-uniform range of that error.
+FLUX_SCALE_RESIDUAL_FRACTION: float = 0.0
+FLUX_SCALE_RESIDUAL_RANGE: tuple[float, float] = (0.01, 0.05)
+
+
+def star_flux_scales(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Template flux scale (1 + error) of ``n`` stars; all ones when the error is off."""
+    if STAR_FLUX_SCALE_SIGMA <= 0:
+        return np.ones(n)
+    return 1.0 + rng.normal(0.0, STAR_FLUX_SCALE_SIGMA, n)
+
 
 def star_template_offsets(rng: np.random.Generator, n: int, *, detectable: bool = False):
     """Template position minus science position of ``n`` stars (pixels).
@@ -339,7 +356,7 @@ def add_labelled(
     base = np.exp(rng.uniform(*np.log(VARIABLE_BRIGHTER_BASE), len(sel)))
     dx, dy = star_template_offsets(rng, len(sel))
     fx, fy = star_psf_mismatch(rng, len(sel))
-    point(sel, base + 1.0, base, dx_t=dx, dy_t=dy, psf_fx=fx, psf_fy=fy)
+    point(sel, base + 1.0, base * star_flux_scales(rng, len(sel)), dx_t=dx, dy_t=dy, psf_fx=fx, psf_fy=fy)
 
     sel = rows("real_fainter")
     base = np.where(
@@ -349,7 +366,7 @@ def add_labelled(
     )
     dx, dy = star_template_offsets(rng, len(sel))
     fx, fy = star_psf_mismatch(rng, len(sel))
-    point(sel, base, base + 1.0, dx_t=dx, dy_t=dy, psf_fx=fx, psf_fy=fy)
+    point(sel, base, (base + 1.0) * star_flux_scales(rng, len(sel)), dx_t=dx, dy_t=dy, psf_fx=fx, psf_fy=fy)
     info["snr_sign"][sel] = -1.0
 
     sel = rows("real_on_galaxy")
@@ -416,7 +433,7 @@ def add_labelled(
         dx, dy = star_template_offsets(rng, k, detectable=True)
         galaxy = rng.random(k) < 0.3
         s = sel[~galaxy]
-        point(s, 1.0, 1.0, dx_t=dx[~galaxy], dy_t=dy[~galaxy])
+        point(s, 1.0, star_flux_scales(rng, len(s)), dx_t=dx[~galaxy], dy_t=dy[~galaxy])
         s = sel[galaxy]
         add_galaxy(
             scene,
@@ -437,7 +454,16 @@ def add_labelled(
         fx, fy = star_psf_mismatch(rng, k, detectable=True)
         # Its template offset is drawn like any star's.
         dx, dy = star_template_offsets(rng, k)
-        point(sel, 1.0, 1.0, psf_fx=fx, psf_fy=fy, dx_t=dx, dy_t=dy)
+        scale_t = star_flux_scales(rng, k)
+        if FLUX_SCALE_RESIDUAL_FRACTION > 0:
+            # A share leave a flux-scale residual (a monopole) with an ordinary PSF mismatch.
+            mono = rng.random(k) < FLUX_SCALE_RESIDUAL_FRACTION
+            err = np.exp(rng.uniform(*np.log(FLUX_SCALE_RESIDUAL_RANGE), k)) * rng.choice([-1.0, 1.0], k)
+            ofx, ofy = star_psf_mismatch(rng, k)
+            fx, fy = np.where(mono, ofx, fx), np.where(mono, ofy, fy)
+            scale_t = np.where(mono, 1.0 + err, scale_t)
+            info["snr_sign"][sel] = np.where(mono & (err > 0), -1.0, 1.0)
+        point(sel, 1.0, scale_t, psf_fx=fx, psf_fy=fy, dx_t=dx, dy_t=dy)
 
     sel = rows("satellite_trail")
     artifacts.add_satellite_trail(scene, rng, canvas[sel], x[sel], y[sel], obj=obj[sel])
