@@ -106,6 +106,9 @@ def ingest_labels(
 ) -> Any:
     """Validate a labels table and put it into the repository.
 
+    Labels are never overwritten: ``run`` must be a new RUN collection, and a failure
+    removes it again, so the registry stays as it was.
+
     Parameters
     ----------
     repo : `lsst.resources.ResourcePathExpression` or `lsst.daf.butler.Butler`
