@@ -163,8 +163,10 @@ def test_statistics_of_simulated_rubin_stamps():
     s = st.stamps[:, :, : preset.cutout_size, : preset.cutout_size]
     t = cutout_statistics(s[:, 1], s[:, 2], s[:, 0])
     lo, hi = preset.sky_sigma_range
-    # Background-subtracted cutouts whose science noise is the preset's, within the MAD's scatter.
-    assert np.all(np.abs(t["sky_over_noise_science"]) < 2.0)
+    # Background-subtracted cutouts whose science noise is the preset's, within the MAD's scatter
+    # (a ghost or a large galaxy filling a stamp may bias one stamp's background estimate).
+    sky = np.abs(t["sky_over_noise_science"])
+    assert np.median(sky) < 0.5 and np.mean(sky < 2.0) >= 0.9
     assert lo * 0.8 < np.median(t["noise_science"]) < hi * 1.2
     assert np.median(t["noise_ratio_template"]) < 1.0  # the template is a deeper coadd
 

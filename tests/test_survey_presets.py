@@ -113,6 +113,7 @@ def test_variable_stars_carry_subtraction_residuals_like_artifacts(monkeypatch):
     with_residuals = negative_lobes()
     monkeypatch.setattr(labelled, "star_template_offsets", lambda rng, n, detectable=False: (np.zeros(n),) * 2)
     monkeypatch.setattr(labelled, "star_psf_mismatch", lambda rng, n, detectable=False: (np.ones(n),) * 2)
+    monkeypatch.setattr(labelled, "star_flux_scales", lambda rng, n: np.ones(n))
     perfect = negative_lobes()
     assert with_residuals > 0.1
     assert with_residuals > 2.5 * perfect
@@ -239,7 +240,8 @@ def test_flux_scale_errors_leave_monopoles_on_constant_stars(monkeypatch):
     # like a small change of a variable star.
     from lsst.meas.rbnet.sim import labelled
 
-    assert labelled.STAR_FLUX_SCALE_SIGMA == 0 and labelled.FLUX_SCALE_RESIDUAL_FRACTION == 0  # off by default
+    assert labelled.STAR_FLUX_SCALE_SIGMA > 0 and 0 < labelled.FLUX_SCALE_RESIDUAL_FRACTION < 1  # on by default
+    monkeypatch.setattr(labelled, "STAR_FLUX_SCALE_SIGMA", 0.0)
     assert np.array_equal(labelled.star_flux_scales(np.random.default_rng(0), 5), np.ones(5))
     monkeypatch.setattr(labelled, "STAR_FLUX_SCALE_SIGMA", 0.02)
     scales = labelled.star_flux_scales(np.random.default_rng(0), 20000)
@@ -256,6 +258,7 @@ def test_flux_scale_errors_leave_monopoles_on_constant_stars(monkeypatch):
         net = np.nansum(st.stamps[:, DIFF, 11:20, 11:20].astype(float), axis=(1, 2))
         return np.sign(net), np.asarray(st.table["detection_sign"])
 
+    monkeypatch.setattr(labelled, "FLUX_SCALE_RESIDUAL_FRACTION", 0.0)
     net_sign, sign = residuals()
     assert np.all(sign == 1)  # PSF-mismatch residuals: detected on their positive core
     monkeypatch.setattr(labelled, "FLUX_SCALE_RESIDUAL_FRACTION", 1.0)

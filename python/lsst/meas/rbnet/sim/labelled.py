@@ -186,12 +186,14 @@ VARIABLE_FADED_OUT_FRACTION: float = 0.25
 
 #: Sigma of the star-to-star error of the template's flux scale against the science
 #: image (zero point, colour term, aperture correction): a property of the subtraction,
-#: drawn for every labelled star, constant or variable.
-STAR_FLUX_SCALE_SIGMA: float = 0.0
+#: drawn for every labelled star, constant or variable (0 turns it off: no draws).
+STAR_FLUX_SCALE_SIGMA: float = 0.01
 #: Share of ``bright_star_residual`` stars whose detected residual is a flux-scale error
-#: (a PSF-shaped residual of either sign on the star) instead of a PSF mismatch, and the
-#: log-uniform range of that error.
-FLUX_SCALE_RESIDUAL_FRACTION: float = 0.0
+#: (a PSF-shaped residual of either sign on the star, bogus by the label policy however
+#: much it looks like a small change of a variable star) instead of a PSF mismatch, and
+#: the log-uniform range of that error. Both were added for sim2.1 (doc/default-model.md):
+#: without them every PSF-shaped residual on a star was a variable star.
+FLUX_SCALE_RESIDUAL_FRACTION: float = 0.5
 FLUX_SCALE_RESIDUAL_RANGE: tuple[float, float] = (0.01, 0.05)
 
 
