@@ -21,17 +21,19 @@ Artifact classes
     See `lsst.meas.rbnet.sim.artifacts`; ``dipole`` is a constant star or compact
     galaxy whose template position is off (misregistration or differential
     chromatic refraction); ``bright_star_residual`` a constant bright star whose
-    science PSF differs from what the matching kernel assumed; ``saturated_star``
+    science PSF differs from what the matching kernel assumed, or (half of them)
+    whose template flux scale is off by 1-5%; ``saturated_star``
     a star above the full well; ``noise`` a fluctuation of the noise reaching the
     target S/N.
 
 Label policy (doc/label-policy.md): real means the flux on the sky changed at
 the position, however clean the subtraction; bogus means nothing changed. The
 subtraction imperfections of a star (its template offset from misregistration
-and chromatic refraction, `star_template_offsets`, and its PSF mismatch,
-`star_psf_mismatch`) are drawn from the same distributions for the variable
-stars of ``real_brighter`` / ``real_fainter`` as for the constant stars of
-``dipole`` and ``bright_star_residual``, so a variable star often carries the
+and chromatic refraction, `star_template_offsets`, its PSF mismatch,
+`star_psf_mismatch`, and its template flux scale, `star_flux_scales`) are drawn
+from the same distributions for the variable stars of ``real_brighter`` /
+``real_fainter`` as for the constant stars of ``dipole`` and
+``bright_star_residual``, so a variable star often carries the
 same dipole or ring residual as an artifact, on top of its net change of flux.
 The artifacts are conditioned on a residual large enough to be detected (a
 constant star with a perfect subtraction leaves nothing to detect); the
@@ -51,6 +53,7 @@ __all__ = [
     "SNAP_Y",
     "star_template_offsets",
     "star_psf_mismatch",
+    "star_flux_scales",
     "saturation_excess",
     "psf_peak_fraction",
 ]
