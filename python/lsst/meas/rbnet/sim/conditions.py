@@ -79,7 +79,7 @@ class Conditions:
 
     @property
     def convolve_science(self) -> np.ndarray:
-        """True where the template is the sharper image, so the science image is convolved (n,)."""
+        """True where the science image is the sharper one, so it is convolved to the template's PSF (n,)."""
         # The image with the narrower core is convolved: a kernel that narrows a core would
         # have to deconvolve, which PSF matching cannot do.
         return self.psf_template.sigma > self.psf_science.sigma
