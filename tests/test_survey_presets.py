@@ -266,3 +266,47 @@ def test_flux_scale_errors_leave_monopoles_on_constant_stars(monkeypatch):
     # Monopoles of both signs, detected with the sign of their net flux.
     assert 0.3 < np.mean(sign == -1) < 0.7
     assert np.mean(net_sign == sign) > 0.75
+
+
+def _neighbour_correlation(planes):
+    # Median over difference planes of the lag-1 correlation of their noise: pixels outside
+    # the central 11x11 and within 4 robust sigma (sources and residuals left out).
+    c = planes.shape[1] // 2
+    out = []
+    for p in planes.astype(float):
+        a = (p - np.nanmedian(p)) / _robust_sigma(p)
+        a[c - 5 : c + 6, c - 5 : c + 6] = np.nan
+        a[np.abs(a) > 4] = np.nan
+        left, right = a[:, :-1], a[:, 1:]
+        ok = np.isfinite(left) & np.isfinite(right)
+        out.append(np.corrcoef(left[ok], right[ok])[0, 1])
+    return np.median(out)
+
+
+@pytest.mark.parametrize("name", ["rubin", "ztf"])
+def test_decorrelated_differences_are_white(name):
+    # Rubin whitens its differences and ZTF's ZOGY differences are white: where the science
+    # image is the sharper one and is convolved, the difference keeps white noise of the
+    # summed variance, instead of the smooth, quieter noise of a plain Alard-Lupton subtraction.
+    import dataclasses
+
+    preset = get_survey(name)
+    assert preset.decorrelated_difference and not get_survey("decam").decorrelated_difference
+    plain = dataclasses.replace(preset, decorrelated_difference=False)
+    kw = dict(class_fractions={"noise": 1}, nan_block_fraction=0.0)
+    white = simulate_stamps(600, 31, seed=8, survey=name, **kw)
+    smooth = simulate_stamps(600, 31, seed=8, survey=plain, **kw)
+    conv = np.asarray(white.table["convolved_science"], bool)
+    np.testing.assert_array_equal(conv, np.asarray(smooth.table["convolved_science"], bool))
+    assert conv.sum() >= 20
+    assert _neighbour_correlation(smooth.stamps[conv, DIFF]) > 0.3
+    assert abs(_neighbour_correlation(white.stamps[conv, DIFF])) < 0.1
+    # The difference's noise is what the truth table says: the summed variance once whitened.
+    for st in (white, smooth):
+        measured = np.array([_robust_sigma(p) for p in st.stamps[:, DIFF]])
+        ratio = measured / np.asarray(st.table["sky_noise_difference"])
+        assert 0.93 < np.median(ratio[conv]) < 1.12 and 0.93 < np.median(ratio[~conv]) < 1.12
+    sci = np.array([_robust_sigma(p) for p in white.stamps[conv, SCI]])
+    assert np.median(np.array([_robust_sigma(p) for p in white.stamps[conv, DIFF]]) / sci) > 0.9
+    sci = np.array([_robust_sigma(p) for p in smooth.stamps[conv, SCI]])
+    assert np.median(np.array([_robust_sigma(p) for p in smooth.stamps[conv, DIFF]]) / sci) < 0.75

@@ -37,6 +37,11 @@ class Conditions:
     template_noise_smoothing : `numpy.ndarray`
         Gaussian sigma (pixels) of the correlation of the template's noise
         (a warped coadd); 0 for white noise. The per-pixel variance is kept.
+    decorrelate : `numpy.ndarray`
+        1 where the pipeline whitens the difference image after PSF matching
+        (Rubin's decorrelation of Alard-Lupton differences; ZTF's ZOGY
+        differences are white by construction), 0 where it leaves the noise
+        the matching kernel correlated.
     """
 
     psf_science: DoubleGaussianPsf
@@ -51,6 +56,7 @@ class Conditions:
     template_dy: np.ndarray
     spike_angle: np.ndarray = 0.7853981633974483
     template_noise_smoothing: np.ndarray = 0.0
+    decorrelate: np.ndarray = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.psf_science)
@@ -85,8 +91,8 @@ class Conditions:
         return self.psf_template.sigma > self.psf_science.sigma
 
     @property
-    def psf_difference(self) -> DoubleGaussianPsf:
-        """PSF of the difference image: that of the convolved (broader) image."""
+    def psf_matched(self) -> DoubleGaussianPsf:
+        """PSF of the PSF-matched images: that of the convolved (broader) image."""
         mode = self.convolve_science
         s, t = self.psf_science, self.psf_template
         return DoubleGaussianPsf(
@@ -95,6 +101,26 @@ class Conditions:
                 for a, b in zip(
                     (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
                     (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
+                )
+            )
+        )
+
+    @property
+    def psf_difference(self) -> DoubleGaussianPsf:
+        """PSF of the difference image: `psf_matched`, or the science PSF where the difference
+        is decorrelated (whitening undoes the convolution of the science image, down to the
+        template's noise level)."""
+        matched = self.psf_matched
+        dec = self.decorrelate > 0
+        if not dec.any():
+            return matched
+        s = self.psf_science
+        return DoubleGaussianPsf(
+            *(
+                np.where(dec, a, b)
+                for a, b in zip(
+                    (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
+                    (matched.sigma_x, matched.sigma_y, matched.wing_fraction, matched.wing_ratio),
                 )
             )
         )
@@ -211,4 +237,5 @@ def with_templates(science: Conditions, templates: Conditions, index) -> Conditi
         template_dx=templates.template_dx[index],
         template_dy=templates.template_dy[index],
         spike_angle=science.spike_angle,
+        decorrelate=science.decorrelate,
     )

@@ -191,18 +191,61 @@ def noiseless_difference(science: np.ndarray, template: np.ndarray, cond: Condit
     if len(has_t):
         t_hat = _rfft(template[has_t])
         d_hat[has_t] -= np.where(mode[has_t], t_hat, kernel[has_t] * t_hat)
+    dec = np.flatnonzero(cond.decorrelate > 0)
+    if len(dec):
+        d_hat[dec] *= _decorrelation_fourier(cond, shape)[dec]
     return _irfft(d_hat, shape).astype(np.float32)
+
+
+def _decorrelation_fourier(cond: Conditions, shape) -> np.ndarray:
+    # Fourier transform of the whitening filter of each canvas's difference (n, H, W//2+1),
+    # cached like the kernel. The difference's background noise power is P_s |K|^2 + P_t
+    # (science convolved) or P_s + P_t |K|^2 (template convolved), with P_s the science's
+    # white variance and P_t the template's spectrum (white, or smoothed as in
+    # `add_template_noise`); sqrt((var_s + var_t) / power) makes it flat at the summed
+    # variance (Reiss & Lupton 2016, as Rubin's pipeline decorrelates its differences).
+    # 1 for canvases that are not decorrelated.
+    cache = cond.__dict__.setdefault("_kernel_cache", {})
+    key = ("decorrelation", tuple(shape))
+    if key not in cache:
+        k2 = np.abs(_kernel_fourier(cond, shape)) ** 2
+        mode = cond.convolve_science[:, None, None]
+        var_s = (cond.sky_sigma_science**2)[:, None, None]
+        var_t = (cond.sky_sigma_template**2)[:, None, None]
+        power_t = var_t * _template_noise_spectrum(cond, shape)
+        power = np.where(mode, var_s * k2 + power_t, var_s + power_t * k2)
+        phi = np.sqrt((var_s + var_t) / power)
+        phi[~(cond.decorrelate > 0)] = 1.0
+        cache[key] = phi
+    return cache[key]
+
+
+def _template_noise_spectrum(cond: Conditions, shape) -> np.ndarray:
+    # Power spectrum of the template's noise per unit variance (n, H, W//2+1) on the rfft grid:
+    # 1 for white noise; for the smoothing of `add_template_noise` (same levels and filter),
+    # the squared transfer of its filter, normalised by the filter's sum of squares so the
+    # per-pixel variance is kept.
+    levels = np.round(cond.template_noise_smoothing, 1)
+    out = np.ones((len(cond), shape[0], shape[1] // 2 + 1))
+    for level in np.unique(levels[levels > 0.05]):
+        unit = np.zeros((4 * int(np.ceil(4 * level)) + 1,) * 2, np.float32)
+        unit[unit.shape[0] // 2, unit.shape[1] // 2] = 1.0
+        taps = ndimage.gaussian_filter(unit, level, mode="constant").astype(np.float64)
+        transfer = np.abs(_rfft(_embed(taps[None], shape)[0])) ** 2
+        out[levels == level] = transfer / (taps**2).sum()
+    return out
 
 
 def _difference_sky_sigma(cond: Conditions, sum_k2: np.ndarray) -> np.ndarray:
     mode = cond.convolve_science
-    return np.sqrt(
-        np.where(
-            mode,
-            cond.sky_sigma_science**2 * sum_k2 + cond.sky_sigma_template**2,
-            cond.sky_sigma_science**2 + cond.sky_sigma_template**2 * sum_k2,
-        )
+    var = np.where(
+        mode,
+        cond.sky_sigma_science**2 * sum_k2 + cond.sky_sigma_template**2,
+        cond.sky_sigma_science**2 + cond.sky_sigma_template**2 * sum_k2,
     )
+    # A decorrelated difference is white with the summed variance of the two images.
+    var = np.where(cond.decorrelate > 0, cond.sky_sigma_science**2 + cond.sky_sigma_template**2, var)
+    return np.sqrt(var)
 
 
 def kernel_sum_squares(cond: Conditions) -> np.ndarray:
@@ -443,6 +486,12 @@ def observe(
     difference = _select(mode, matched - template_in, science - matched).astype(np.float32, copy=False)
     var_d = _select(mode, matched_var + var_t, var_s + matched_var).astype(np.float32, copy=False)
     del matched, matched_var
+    dec = np.flatnonzero(cond.decorrelate > 0)
+    if len(dec):
+        # Whiten the difference (its variance plane becomes the plain sum of the two images').
+        phi = _decorrelation_fourier(cond, shape)[dec]
+        difference[dec] = _irfft(_rfft(difference[dec]) * phi, shape)
+        var_d[dec] = var_s[dec] + var_t_in[dec]
     sigma_d = _difference_sky_sigma(cond, sum_k2)
 
     # Pixels whose matched template used missing template data are not valid.
@@ -530,7 +579,7 @@ def _kernel_small(cond: Conditions) -> np.ndarray:
     # Real-space PSF-matching kernels on a small grid (n, k, k), centred (k odd), cached.
     cache = cond.__dict__.setdefault("_kernel_cache", {})
     if "small" not in cache:
-        size = scipy.fft.next_fast_len(int(2 * np.ceil(np.max(cond.psf_difference.extent))) + 1)
+        size = scipy.fft.next_fast_len(int(2 * np.ceil(np.max(cond.psf_matched.extent))) + 1)
         small = _irfft(_kernel_fourier(cond, (size, size)), (size, size))
         small = np.fft.fftshift(small, axes=(1, 2)).astype(np.float32)
         if size % 2 == 0:
@@ -555,7 +604,7 @@ def _kernel_real(cond: Conditions, shape):
 
 def local_canvas_size(cond: Conditions, minimum: int = 64) -> int:
     """Side of a canvas large enough to measure or render one object alone under ``cond`` (pixels)."""
-    reach = 0.7 * float(np.max(cond.psf_difference.extent)) + 2.5 * float(
+    reach = 0.7 * float(np.max(cond.psf_matched.extent)) + 2.5 * float(
         np.max(np.concatenate([cond.psf_science.fwhm, cond.psf_template.fwhm]))
     )
     return scipy.fft.next_fast_len(max(minimum, int(2 * reach) + 8), real=True)

@@ -6,8 +6,9 @@ real alert cutouts in ``shared/realdata`` show (their README and
 ``benchmarks/compare_sim_real.py`` compare them): pixel scale, seeing, noise
 and sky levels, template (reference coadd) depth and noise correlation,
 saturation, units, alert cutout size, whether the sky is left in the science
-and template cutouts, how negative detections are shown, and how often
-cutouts carry blocks of missing pixels.
+and template cutouts, how negative detections are shown, whether the
+difference images are whitened after PSF matching, and how often cutouts
+carry blocks of missing pixels.
 
 `simulate_stamps(..., survey=NAME)` uses a preset; `sample_survey_conditions`
 draws the observing conditions of a batch of stamps from one. Subtraction
@@ -89,6 +90,13 @@ class SurveyPreset:
         point ZP of the survey's pixel units). Scenes are made in nJy, so stars
         and galaxies have their true brightness against the survey's noise;
         the cutouts are then given in the survey's units.
+    decorrelated_difference : `bool`
+        True when the survey's difference images have white noise whichever
+        image was convolved: Rubin whitens its Alard-Lupton differences
+        (decorrelation), ZTF's ZOGY differences are white by construction.
+        False leaves the noise correlated by the matching kernel, as a plain
+        Alard-Lupton subtraction does (the smoothed differences of a
+        convolved science image).
     """
 
     name: str
@@ -114,6 +122,7 @@ class SurveyPreset:
     edge_fraction: float
     saturated_as_nan: bool = False
     nJy_per_unit: float = 1.0
+    decorrelated_difference: bool = False
 
     @property
     def simulation_size(self) -> int:
@@ -152,6 +161,9 @@ _PRESET_TRAITS = {
     # ZTF: zero point about 25.96 mag for DN of a 30 s exposure; DECam: about 29.1 mag for
     # counts of a 90 s exposure.
     "nJy_per_unit": (1.0, 150.0, 8.0),
+    # Rubin decorrelates its differences, ZTF's ZOGY makes them white; DECam pipelines
+    # (HOTPANTS-based) do not.
+    "decorrelated_difference": (True, True, False),
 }
 
 #: The presets, by name. ``generic`` (no preset) is the broad distribution the first default
@@ -231,4 +243,5 @@ def sample_survey_conditions(rng: np.random.Generator, n: int, preset: SurveyPre
         template_dy=rng.normal(0.0, 1.0, n) * misreg,
         spike_angle=rng.uniform(0.0, np.pi / 2, n),
         template_noise_smoothing=rng.uniform(*preset.template_noise_smoothing, n),
+        decorrelate=float(preset.decorrelated_difference),
     )
