@@ -321,7 +321,8 @@ def test_visit_files_round_trip(tmp_path):
 def test_difference_is_science_minus_matched_template():
     from scipy.signal import fftconvolve
 
-    from lsst.meas.rbnet.sim.imaging import _kernel_real, observe
+    from lsst.meas.rbnet.sim.imaging import observe
+    from lsst.meas.rbnet.sim.subtraction import kernel_real
     from lsst.meas.rbnet.sim.scene import add_field
 
     rng = np.random.default_rng(0)
@@ -340,7 +341,7 @@ def test_difference_is_science_minus_matched_template():
     scene = Scene()
     add_field(scene, rng, 1, 128, 128, density_factor=5.0)
     obs = observe(scene, cond, (128, 128), rng)
-    kernel, _ = _kernel_real(cond, (128, 128))
+    kernel, _ = kernel_real(cond, (128, 128))
     matched = fftconvolve(obs.template[0].astype(np.float64), kernel[0].astype(np.float64), mode="same")
     inner = (slice(24, -24), slice(24, -24))
     resid = obs.difference[0][inner] - (obs.science[0] - matched)[inner]

@@ -12,7 +12,8 @@ Rubin's image differencing do to it:
 4. PSF-match: convolve the sharper image with the kernel that turns its PSF
    into the other's (the ideal Alard-Lupton solution, with a small width
    error so very bright stars leave faint residuals), subtract, and propagate
-   the variance (``var_diff = var_sci + K^2 * var_tmpl``),
+   the variance (``var_diff = var_sci + K^2 * var_tmpl``); where the survey
+   whitens its differences, decorrelate (`lsst.meas.rbnet.sim.subtraction`),
 5. set the mask planes a pipeline sets (SAT, SUSPECT, BAD, CR, STREAK, EDGE,
    NO_DATA, DETECTED, DETECTED_NEGATIVE).
 
@@ -20,8 +21,9 @@ Rubin's image differencing do to it:
 objects in the noiseless difference, which sets their amplitudes.
 
 `Conditions` and `sample_conditions` live in `lsst.meas.rbnet.sim.conditions`,
-`psf_matched_filter` and `psf_photometry` in `lsst.meas.rbnet.sim.photometry`;
-they are re-exported here.
+`psf_matched_filter` and `psf_photometry` in `lsst.meas.rbnet.sim.photometry`,
+`noiseless_difference`, `difference_sky_sigma` and `kernel_sum_squares` in
+`lsst.meas.rbnet.sim.subtraction`; they are re-exported here.
 """
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "observe",
     "render_models",
     "noiseless_difference",
+    "difference_sky_sigma",
+    "kernel_sum_squares",
     "psf_matched_filter",
     "measure_objects",
     "psf_photometry",
@@ -49,9 +53,22 @@ from ..constants import MASK_BIT
 from .artifacts import render_artifacts, saturate
 from .conditions import Conditions, sample_conditions
 from .photometry import psf_matched_filter, psf_photometry
-from .psf import DoubleGaussianPsf, matching_kernel_fourier
+from .psf import DoubleGaussianPsf
 from .render import add_patches, render_fourier, render_points, render_spikes
 from .scene import Scene
+from .subtraction import (
+    decorrelation_fourier,
+    difference_sky_sigma,
+    embed_kernels,
+    irfft,
+    kernel_fourier,
+    kernel_real,
+    kernel_sum_squares,
+    noiseless_difference,
+    rfft,
+    sky_sigma_of_difference,
+    smoothing_taps,
+)
 
 #: Detection threshold of the simulated pipeline (PSF-smoothed S/N).
 DETECTION_THRESHOLD: float = 5.0
@@ -130,133 +147,6 @@ def render_models(
     if with_artifacts:
         render_artifacts(tables, science, template, *masks, cond.psf_science)
     return (science, template, *masks)
-
-
-def _frequencies(shape):
-    return scipy.fft.fftfreq(shape[0]), scipy.fft.rfftfreq(shape[1])
-
-
-def _rfft(a):
-    return scipy.fft.rfft2(a, axes=(-2, -1), workers=1)
-
-
-def _irfft(a, shape):
-    return scipy.fft.irfft2(a, s=shape, axes=(-2, -1), workers=1)
-
-
-def _kernel_fourier(cond: Conditions, shape) -> np.ndarray:
-    # Fourier transform of the PSF-matching kernel of each canvas (n, H, W//2+1),
-    # kept on the conditions object (it is needed several times per batch).
-    cache = cond.__dict__.setdefault("_kernel_cache", {})
-    if tuple(shape) not in cache:
-        cache[tuple(shape)] = _compute_kernel_fourier(cond, shape)
-    return cache[tuple(shape)]
-
-
-def _compute_kernel_fourier(cond: Conditions, shape) -> np.ndarray:
-    ky, kx = _frequencies(shape)
-    mode = cond.convolve_science
-    s, t = cond.psf_science, cond.psf_template
-    target = DoubleGaussianPsf(
-        *(
-            np.where(mode, a, b)
-            for a, b in zip(
-                (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
-                (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
-            )
-        )
-    )
-    source = DoubleGaussianPsf(
-        *(
-            np.where(mode, b, a)
-            for a, b in zip(
-                (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
-                (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
-            )
-        )
-    )
-    target = target.scaled(1 + cond.kernel_error, 1 + cond.kernel_error)
-    return matching_kernel_fourier(target, source, ky, kx)
-
-
-def noiseless_difference(science: np.ndarray, template: np.ndarray, cond: Conditions) -> np.ndarray:
-    """Difference of noiseless canvases with the same PSF matching as `observe` (n, H, W) float32."""
-    shape = science.shape[1:]
-    kernel = _kernel_fourier(cond, shape)
-    mode = cond.convolve_science[:, None, None]
-    s_hat = _rfft(science)
-    # Most labelled objects have nothing in the template: skip those transforms.
-    has_t = np.flatnonzero(np.any(template != 0, axis=(1, 2)))
-    d_hat = np.where(mode, kernel * s_hat, s_hat)
-    if len(has_t):
-        t_hat = _rfft(template[has_t])
-        d_hat[has_t] -= np.where(mode[has_t], t_hat, kernel[has_t] * t_hat)
-    dec = np.flatnonzero(cond.decorrelate > 0)
-    if len(dec):
-        d_hat[dec] *= _decorrelation_fourier(cond, shape)[dec]
-    return _irfft(d_hat, shape).astype(np.float32)
-
-
-def _decorrelation_fourier(cond: Conditions, shape) -> np.ndarray:
-    # Fourier transform of the whitening filter of each canvas's difference (n, H, W//2+1),
-    # cached like the kernel. The difference's background noise power is P_s |K|^2 + P_t
-    # (science convolved) or P_s + P_t |K|^2 (template convolved), with P_s the science's
-    # white variance and P_t the template's spectrum (white, or smoothed as in
-    # `add_template_noise`); sqrt((var_s + var_t) / power) makes it flat at the summed
-    # variance (Reiss & Lupton 2016, as Rubin's pipeline decorrelates its differences).
-    # 1 for canvases that are not decorrelated.
-    cache = cond.__dict__.setdefault("_kernel_cache", {})
-    key = ("decorrelation", tuple(shape))
-    if key not in cache:
-        k2 = np.abs(_kernel_fourier(cond, shape)) ** 2
-        mode = cond.convolve_science[:, None, None]
-        var_s = (cond.sky_sigma_science**2)[:, None, None]
-        var_t = (cond.sky_sigma_template**2)[:, None, None]
-        power_t = var_t * _template_noise_spectrum(cond, shape)
-        power = np.where(mode, var_s * k2 + power_t, var_s + power_t * k2)
-        phi = np.sqrt((var_s + var_t) / power)
-        phi[~(cond.decorrelate > 0)] = 1.0
-        cache[key] = phi
-    return cache[key]
-
-
-def _template_noise_spectrum(cond: Conditions, shape) -> np.ndarray:
-    # Power spectrum of the template's noise per unit variance (n, H, W//2+1) on the rfft grid:
-    # 1 for white noise; for the smoothing of `add_template_noise` (same levels and filter),
-    # the squared transfer of its filter, normalised by the filter's sum of squares so the
-    # per-pixel variance is kept.
-    levels = np.round(cond.template_noise_smoothing, 1)
-    out = np.ones((len(cond), shape[0], shape[1] // 2 + 1))
-    for level in np.unique(levels[levels > 0.05]):
-        unit = np.zeros((4 * int(np.ceil(4 * level)) + 1,) * 2, np.float32)
-        unit[unit.shape[0] // 2, unit.shape[1] // 2] = 1.0
-        taps = ndimage.gaussian_filter(unit, level, mode="constant").astype(np.float64)
-        transfer = np.abs(_rfft(_embed(taps[None], shape)[0])) ** 2
-        out[levels == level] = transfer / (taps**2).sum()
-    return out
-
-
-def _difference_sky_sigma(cond: Conditions, sum_k2: np.ndarray) -> np.ndarray:
-    mode = cond.convolve_science
-    var = np.where(
-        mode,
-        cond.sky_sigma_science**2 * sum_k2 + cond.sky_sigma_template**2,
-        cond.sky_sigma_science**2 + cond.sky_sigma_template**2 * sum_k2,
-    )
-    # A decorrelated difference is white with the summed variance of the two images.
-    var = np.where(cond.decorrelate > 0, cond.sky_sigma_science**2 + cond.sky_sigma_template**2, var)
-    return np.sqrt(var)
-
-
-def kernel_sum_squares(cond: Conditions) -> np.ndarray:
-    """Sum of the squared PSF-matching kernel of each canvas, (n,)."""
-    kernel = _kernel_small(cond)
-    return (kernel.astype(np.float64) ** 2).sum(axis=(1, 2))
-
-
-def difference_sky_sigma(cond: Conditions) -> np.ndarray:
-    """Background noise per pixel of the difference image (nJy), (n,)."""
-    return _difference_sky_sigma(cond, kernel_sum_squares(cond))
 
 
 def measure_objects(keys: Scene, cond: Conditions, shape, canvas, x, y, *, search_radius=2.0):
@@ -403,9 +293,7 @@ def add_template_noise(template_model: np.ndarray, cond: Conditions, rng: np.ran
         for level in np.unique(levels[levels > 0.05]):
             sel = np.flatnonzero(levels == level)
             smoothed = ndimage.gaussian_filter(noise[sel], sigma=(0, level, level), mode="wrap")
-            unit = np.zeros((4 * int(np.ceil(4 * level)) + 1,) * 2, np.float32)
-            unit[unit.shape[0] // 2, unit.shape[1] // 2] = 1.0
-            gain = np.sqrt((ndimage.gaussian_filter(unit, level, mode="constant") ** 2).sum())
+            gain = np.sqrt((smoothing_taps(level) ** 2).sum())
             noise[sel] = smoothed / gain
     return template_model + np.sqrt(var_t) * noise, var_t
 
@@ -471,8 +359,8 @@ def observe(
     saturate(science, cond.saturation, mask_s, rng)
 
     # PSF matching and subtraction.
-    kernel_hat = _kernel_fourier(cond, shape)
-    kernel, k2_hat = _kernel_real(cond, shape)
+    kernel_hat = kernel_fourier(cond, shape)
+    kernel, k2_hat = kernel_real(cond, shape)
     sum_k2 = (kernel.astype(np.float64) ** 2).sum(axis=(1, 2))
     mode = cond.convolve_science
     if template_covered is not None and not template_covered.all():
@@ -481,24 +369,24 @@ def observe(
     else:
         template_covered = None
         template_in, var_t_in = template, var_t
-    matched = _irfft(_rfft(_select(mode, science, template_in)) * kernel_hat, shape)
-    matched_var = _irfft(_rfft(_select(mode, var_s, var_t_in)) * k2_hat, shape)
+    matched = irfft(rfft(_select(mode, science, template_in)) * kernel_hat, shape)
+    matched_var = irfft(rfft(_select(mode, var_s, var_t_in)) * k2_hat, shape)
     difference = _select(mode, matched - template_in, science - matched).astype(np.float32, copy=False)
     var_d = _select(mode, matched_var + var_t, var_s + matched_var).astype(np.float32, copy=False)
     del matched, matched_var
     dec = np.flatnonzero(cond.decorrelate > 0)
     if len(dec):
         # Whiten the difference (its variance plane becomes the plain sum of the two images').
-        phi = _decorrelation_fourier(cond, shape)[dec]
-        difference[dec] = _irfft(_rfft(difference[dec]) * phi, shape)
+        phi = decorrelation_fourier(cond, shape)[dec]
+        difference[dec] = irfft(rfft(difference[dec]) * phi, shape)
         var_d[dec] = var_s[dec] + var_t_in[dec]
-    sigma_d = _difference_sky_sigma(cond, sum_k2)
+    sigma_d = sky_sigma_of_difference(cond, sum_k2)
 
     # Pixels whose matched template used missing template data are not valid.
     diff_invalid = None
     if template_covered is not None:
-        reach = _irfft(
-            _rfft((~template_covered).astype(np.float32)) * _rfft(_embed(np.abs(kernel), shape)), shape
+        reach = irfft(
+            rfft((~template_covered).astype(np.float32)) * rfft(embed_kernels(np.abs(kernel), shape)), shape
         )
         diff_invalid = ~template_covered | (np.where(mode[:, None, None], 0.0, reach) > 1e-3)
 
@@ -564,42 +452,6 @@ def _select(mode: np.ndarray, a, b):
 
 def _set(mask: np.ndarray, where: np.ndarray, plane: str) -> None:
     np.bitwise_or(mask, MASK_BIT[plane], out=mask, where=where)
-
-
-def _embed(small: np.ndarray, shape) -> np.ndarray:
-    # Centred small kernels (n, k, k) placed on canvases of ``shape`` with their centre at
-    # pixel (0, 0), wrapped around, for FFT convolution.
-    n, ky, kx = small.shape
-    out = np.zeros((n, *shape), np.float32)
-    out[:, :ky, :kx] = small
-    return np.roll(out, (-(ky // 2), -(kx // 2)), axis=(1, 2))
-
-
-def _kernel_small(cond: Conditions) -> np.ndarray:
-    # Real-space PSF-matching kernels on a small grid (n, k, k), centred (k odd), cached.
-    cache = cond.__dict__.setdefault("_kernel_cache", {})
-    if "small" not in cache:
-        size = scipy.fft.next_fast_len(int(2 * np.ceil(np.max(cond.psf_matched.extent))) + 1)
-        small = _irfft(_kernel_fourier(cond, (size, size)), (size, size))
-        small = np.fft.fftshift(small, axes=(1, 2)).astype(np.float32)
-        if size % 2 == 0:
-            # Keep an odd, centred support.
-            small = small[:, 1:, 1:]
-        cache["small"] = small
-    return cache["small"]
-
-
-def _kernel_real(cond: Conditions, shape):
-    # Real-space PSF-matching kernels (n, k, k) and the Fourier transform of their squares on
-    # the canvas grid (for the variance).
-    small = _kernel_small(cond)
-    if small.shape[1] > min(shape):
-        # Kernels wider than the canvas (tiny canvases): fold them onto it.
-        small = _irfft(_kernel_fourier(cond, shape), shape)
-        small = np.fft.fftshift(small, axes=(1, 2)).astype(np.float32)
-        if shape[0] % 2 == 0 or shape[1] % 2 == 0:
-            small = small[:, 1 - shape[0] % 2 :, 1 - shape[1] % 2 :]
-    return small, _rfft(_embed(small * small, shape))
 
 
 def local_canvas_size(cond: Conditions, minimum: int = 64) -> int:
