@@ -153,6 +153,7 @@ def sample_conditions(
     fwhm_template=None,
     sky_sigma_range=(12.0, 50.0),
     template_depth_range=(6.0, 30.0),
+    decorrelate: bool = True,
 ) -> Conditions:
     """Draw observing conditions typical of Rubin visits and templates.
 
@@ -169,6 +170,11 @@ def sample_conditions(
     template_depth_range : `tuple` [`float`, `float`]
         Range of the number of visits in the template coadd (its noise is
         ``sqrt(depth)`` lower).
+    decorrelate : `bool`
+        Whiten the differences after PSF matching, as Rubin's pipeline does
+        (`Conditions.decorrelate`); False leaves the plain Alard-Lupton
+        difference, whose noise the kernel correlates where the science image
+        is convolved.
     """
     lo, hi = fwhm_range
     if not 0 < lo <= hi:
@@ -216,6 +222,7 @@ def sample_conditions(
         template_dx=rng.normal(0.0, 0.02, n),
         template_dy=rng.normal(0.0, 0.02, n),
         spike_angle=rng.uniform(0.0, np.pi / 2, n),
+        decorrelate=float(decorrelate),
     )
 
 
