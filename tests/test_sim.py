@@ -359,3 +359,28 @@ def test_matching_kernels_never_amplify_noise():
     sigma = difference_sky_sigma(cond)
     bound = np.hypot(cond.sky_sigma_science, cond.sky_sigma_template)
     assert np.all(sigma <= bound * (1 + 1e-3))
+
+
+@pytest.mark.parametrize("decorrelate", [True, False])
+def test_rubin_like_differences_are_decorrelated(decorrelate):
+    # Rubin whitens its differences: where the science image is the sharper one and is
+    # convolved, the difference keeps white noise of the summed variance instead of the
+    # kernel's smooth, quieter noise.
+    from lsst.meas.rbnet.sim.imaging import observe, sample_conditions
+
+    rng = np.random.default_rng(3)
+    cond = sample_conditions(rng, 16, fwhm_science=2.5, fwhm_template=4.0, decorrelate=decorrelate)
+    assert cond.convolve_science.all() and np.all(cond.decorrelate == float(decorrelate))
+    obs = observe(Scene(), cond, (64, 64), rng)
+    d = obs.difference / difference_sky_sigma(cond)[:, None, None]
+    lag1 = np.corrcoef(d[:, :, :-1].ravel(), d[:, :, 1:].ravel())[0, 1]
+    bound = np.hypot(cond.sky_sigma_science, cond.sky_sigma_template)
+    if decorrelate:
+        assert abs(lag1) < 0.05
+        np.testing.assert_allclose(difference_sky_sigma(cond), bound)
+        # The variance plane is the plain sum of the two images'.
+        np.testing.assert_allclose(obs.variance_difference, obs.variance_science + obs.variance_template, rtol=1e-5)
+    else:
+        assert lag1 > 0.3
+        assert np.all(difference_sky_sigma(cond) < 0.9 * bound)
+    assert abs(d.std() - 1) < 0.05
