@@ -38,7 +38,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "realdata"
 #: The commit whose shipped default model is the "old" model: sim2.1, the default before
-#: sim2.2 (sim2.0 is at 59bd01b, sim1.1, the default before issue 8, at c8e9966:
+#: sim2.3 (sim2.0 is at 59bd01b, sim1.1, the default before issue 8, at c8e9966:
 #: ``--old-rev c8e9966``).
 OLD_REV = "e9d4c36"
 PACKAGE_PATH = "python/lsst/meas/rbnet/data/rbnet-default.safetensors"
