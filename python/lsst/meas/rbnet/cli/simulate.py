@@ -217,7 +217,8 @@ def simulate():
     type=_SURVEY_CHOICE,
     default=None,
     help="Simulate with a survey preset (seeing, pixel scale, noise, sky, template depth, units, "
-    "edges, missing pixels, sign of negative detections); replaces --fwhm-range and --edge-fraction. "
+    "edges, missing pixels, sign of negative detections, whitened differences for rubin and ztf); "
+    "replaces --fwhm-range and --edge-fraction. "
     "--size may then be the preset's alert cutout size (rubin 30, ztf 63, decam 63), even sizes too.",
 )
 @click.option(
