@@ -93,37 +93,17 @@ class Conditions:
     @property
     def psf_matched(self) -> DoubleGaussianPsf:
         """PSF of the PSF-matched images: that of the convolved (broader) image."""
-        mode = self.convolve_science
-        s, t = self.psf_science, self.psf_template
-        return DoubleGaussianPsf(
-            *(
-                np.where(mode, a, b)
-                for a, b in zip(
-                    (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
-                    (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
-                )
-            )
-        )
+        return DoubleGaussianPsf.where(self.convolve_science, self.psf_template, self.psf_science)
 
     @property
     def psf_difference(self) -> DoubleGaussianPsf:
         """PSF of the difference image: `psf_matched`, or the science PSF where the difference
         is decorrelated (whitening undoes the convolution of the science image, down to the
         template's noise level)."""
-        matched = self.psf_matched
         dec = self.decorrelate > 0
         if not dec.any():
-            return matched
-        s = self.psf_science
-        return DoubleGaussianPsf(
-            *(
-                np.where(dec, a, b)
-                for a, b in zip(
-                    (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
-                    (matched.sigma_x, matched.sigma_y, matched.wing_fraction, matched.wing_ratio),
-                )
-            )
-        )
+            return self.psf_matched
+        return DoubleGaussianPsf.where(dec, self.psf_science, self.psf_matched)
 
 
 def exposure_conditions(

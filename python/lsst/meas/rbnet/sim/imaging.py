@@ -67,6 +67,7 @@ from .subtraction import (
     noiseless_difference,
     rfft,
     sky_sigma_of_difference,
+    smoothing_groups,
     smoothing_taps,
 )
 
@@ -285,16 +286,12 @@ def add_template_noise(template_model: np.ndarray, cond: Conditions, rng: np.ran
         cond.sky_sigma_template**2
     )[:, None, None].astype(np.float32)
     noise = rng.standard_normal(template_model.shape, dtype=np.float32)
-    smoothing = cond.template_noise_smoothing
-    if np.any(smoothing > 0.05):
-        # Correlated noise of a warped coadd: smooth the white noise and restore its
-        # per-pixel variance (the variance plane stays the per-pixel variance).
-        levels = np.round(smoothing, 1)
-        for level in np.unique(levels[levels > 0.05]):
-            sel = np.flatnonzero(levels == level)
-            smoothed = ndimage.gaussian_filter(noise[sel], sigma=(0, level, level), mode="wrap")
-            gain = np.sqrt((smoothing_taps(level) ** 2).sum())
-            noise[sel] = smoothed / gain
+    # Correlated noise of a warped coadd: smooth the white noise and restore its per-pixel
+    # variance (the variance plane stays the per-pixel variance).
+    for level, sel in smoothing_groups(cond.template_noise_smoothing):
+        smoothed = ndimage.gaussian_filter(noise[sel], sigma=(0, level, level), mode="wrap")
+        gain = np.sqrt((smoothing_taps(level) ** 2).sum())
+        noise[sel] = smoothed / gain
     return template_model + np.sqrt(var_t) * noise, var_t
 
 

@@ -136,6 +136,16 @@ class DoubleGaussianPsf:
         new.wing_ratio = self.wing_ratio[index]
         return new
 
+    @staticmethod
+    def where(choose, a: "DoubleGaussianPsf", b: "DoubleGaussianPsf") -> "DoubleGaussianPsf":
+        """Per PSF of the batch, ``a``'s where ``choose`` is True and ``b``'s elsewhere."""
+        return DoubleGaussianPsf(
+            np.where(choose, a.sigma_x, b.sigma_x),
+            np.where(choose, a.sigma_y, b.sigma_y),
+            np.where(choose, a.wing_fraction, b.wing_fraction),
+            np.where(choose, a.wing_ratio, b.wing_ratio),
+        )
+
     def scaled(self, factor_x=1.0, factor_y=1.0) -> "DoubleGaussianPsf":
         """The same PSFs with widths multiplied by ``factor_x`` and ``factor_y``."""
         return DoubleGaussianPsf(

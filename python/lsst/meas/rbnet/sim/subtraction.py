@@ -21,6 +21,7 @@ __all__ = [
     "embed_kernels",
     "decorrelation_fourier",
     "template_noise_spectrum",
+    "smoothing_groups",
     "smoothing_taps",
     "noiseless_difference",
     "difference_sky_sigma",
@@ -61,28 +62,11 @@ def kernel_fourier(cond: Conditions, shape) -> np.ndarray:
 
 
 def _compute_kernel_fourier(cond: Conditions, shape) -> np.ndarray:
+    # The kernel turns the PSF of the sharper image (the one convolved) into `psf_matched`,
+    # with the kernel's width error.
     ky, kx = frequencies(shape)
-    mode = cond.convolve_science
-    s, t = cond.psf_science, cond.psf_template
-    target = DoubleGaussianPsf(
-        *(
-            np.where(mode, a, b)
-            for a, b in zip(
-                (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
-                (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
-            )
-        )
-    )
-    source = DoubleGaussianPsf(
-        *(
-            np.where(mode, b, a)
-            for a, b in zip(
-                (t.sigma_x, t.sigma_y, t.wing_fraction, t.wing_ratio),
-                (s.sigma_x, s.sigma_y, s.wing_fraction, s.wing_ratio),
-            )
-        )
-    )
-    target = target.scaled(1 + cond.kernel_error, 1 + cond.kernel_error)
+    source = DoubleGaussianPsf.where(cond.convolve_science, cond.psf_science, cond.psf_template)
+    target = cond.psf_matched.scaled(1 + cond.kernel_error, 1 + cond.kernel_error)
     return matching_kernel_fourier(target, source, ky, kx)
 
 
@@ -128,6 +112,14 @@ def decorrelation_fourier(cond: Conditions, shape) -> np.ndarray:
     return cache[key]
 
 
+def smoothing_groups(smoothing: np.ndarray):
+    """``(level, canvases)`` pairs of the template noise smoothing that `add_template_noise`
+    applies: ``smoothing`` (n,) rounded to 0.1 pixel, white (left out) under 0.05."""
+    levels = np.round(smoothing, 1)
+    for level in np.unique(levels[levels > 0.05]):
+        yield level, np.flatnonzero(levels == level)
+
+
 def smoothing_taps(level: float) -> np.ndarray:
     """The filter with which `add_template_noise` smooths the template's noise at ``level``
     (Gaussian sigma, pixels): the impulse response of its ``ndimage.gaussian_filter``, a
@@ -143,12 +135,11 @@ def template_noise_spectrum(cond: Conditions, shape) -> np.ndarray:
     the squared transfer of its filter, normalised by the filter's sum of squares so the
     per-pixel variance is kept.
     """
-    levels = np.round(cond.template_noise_smoothing, 1)
     out = np.ones((len(cond), shape[0], shape[1] // 2 + 1))
-    for level in np.unique(levels[levels > 0.05]):
+    for level, sel in smoothing_groups(cond.template_noise_smoothing):
         taps = smoothing_taps(level).astype(np.float64)
         transfer = np.abs(rfft(embed_kernels(taps[None], shape)[0])) ** 2
-        out[levels == level] = transfer / (taps**2).sum()
+        out[sel] = transfer / (taps**2).sum()
     return out
 
 
