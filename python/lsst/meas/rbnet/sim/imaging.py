@@ -367,16 +367,22 @@ def observe(
         template_covered = None
         template_in, var_t_in = template, var_t
     matched = irfft(rfft(_select(mode, science, template_in)) * kernel_hat, shape)
-    matched_var = irfft(rfft(_select(mode, var_s, var_t_in)) * k2_hat, shape)
     difference = _select(mode, matched - template_in, science - matched).astype(np.float32, copy=False)
-    var_d = _select(mode, matched_var + var_t, var_s + matched_var).astype(np.float32, copy=False)
-    del matched, matched_var
-    dec = np.flatnonzero(cond.decorrelate > 0)
-    if len(dec):
-        # Whiten the difference (its variance plane becomes the plain sum of the two images').
-        phi = decorrelation_fourier(cond, shape)[dec]
-        difference[dec] = irfft(rfft(difference[dec]) * phi, shape)
+    del matched
+    # A decorrelated difference is white: its variance plane is the plain sum of the two
+    # images', and the kernel-convolved variance is only needed for the others.
+    dec = cond.decorrelate > 0
+    if dec.all():
+        var_d = (var_s + var_t_in).astype(np.float32, copy=False)
+    else:
+        matched_var = irfft(rfft(_select(mode, var_s, var_t_in)) * k2_hat, shape)
+        var_d = _select(mode, matched_var + var_t, var_s + matched_var).astype(np.float32, copy=False)
+        del matched_var
         var_d[dec] = var_s[dec] + var_t_in[dec]
+    if dec.any():
+        # Whiten the difference.
+        sel = np.flatnonzero(dec)
+        difference[sel] = irfft(rfft(difference[sel]) * decorrelation_fourier(cond, shape)[sel], shape)
     sigma_d = sky_sigma_of_difference(cond, sum_k2)
 
     # Pixels whose matched template used missing template data are not valid.
